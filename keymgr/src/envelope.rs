@@ -1,0 +1,271 @@
+//! The ciphertext envelope: byte layout, raw parsing, text armour and the cheap `looks_like_envelope` scan.
+//!
+//! See the crate docs for the byte diagram. This module only frames bytes; [`crate::cipher`] does
+//! the cryptography.
+
+use std::borrow::Cow;
+
+use base64::Engine as _;
+
+use crate::error::{KeyError, Result};
+use crate::Mode;
+
+/// First two bytes of every raw envelope. `0xC1` never occurs in UTF-8, so a raw envelope is never
+/// valid text and cannot be mistaken for a plaintext `text` value.
+pub const MAGIC: [u8; 2] = [0xC1, 0x0A];
+/// Envelope format version written by this crate.
+pub const FORMAT_VERSION: u8 = 1;
+/// Header length: magic (2) + format version (1) + mode (1) + key id (4) + key version (4).
+pub const HEADER_LEN: usize = 12;
+/// AES-GCM nonce length.
+pub const NONCE_LEN: usize = 12;
+/// AES-GCM tag length.
+pub const TAG_LEN: usize = 16;
+/// Shortest possible raw envelope (empty plaintext).
+pub const MIN_RAW_LEN: usize = HEADER_LEN + NONCE_LEN + TAG_LEN;
+/// Printable prefix of the armoured (text) encoding.
+pub const ARMOR_PREFIX: &[u8] = b"pgc1:";
+/// Every armoured envelope starts with this: the prefix plus the base64 of magic + format version
+/// (`C1 0A 01` encodes to `wQoB`).
+const ARMOR_LEAD: &[u8] = b"pgc1:wQoB";
+/// Shortest possible armoured envelope.
+pub const MIN_ARMORED_LEN: usize = ARMOR_PREFIX.len() + (MIN_RAW_LEN * 4).div_ceil(3);
+/// Largest plaintext the crate encrypts (PostgreSQL's own limit for one field is 1 GiB).
+pub const MAX_PLAINTEXT_LEN: usize = 1 << 30;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+/// The two storage encodings of an envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Encoding {
+    /// The raw envelope bytes, for `bytea` storage columns.
+    Raw,
+    /// `pgc1:` + unpadded URL-safe base64 of the raw envelope, for `text`/`varchar` storage columns.
+    Armored,
+}
+
+/// Cheap check whether a stored value is a pgcloak envelope in either encoding: magic, format
+/// version, mode byte and minimum length for raw; prefix, lead characters and minimum length for
+/// armoured. It does not authenticate anything.
+pub fn looks_like_envelope(bytes: &[u8]) -> bool {
+    looks_like_raw(bytes) || looks_like_armored(bytes)
+}
+
+fn looks_like_raw(b: &[u8]) -> bool {
+    b.len() >= MIN_RAW_LEN
+        && b[0..2] == MAGIC
+        && b[2] == FORMAT_VERSION
+        && Mode::from_byte(b[3]).is_some()
+}
+
+fn looks_like_armored(b: &[u8]) -> bool {
+    b.len() >= MIN_ARMORED_LEN && b.starts_with(ARMOR_LEAD)
+}
+
+/// Encodes a raw envelope as armoured text (`pgc1:` + base64url without padding).
+pub fn armor(raw: &[u8]) -> String {
+    let mut out = String::with_capacity(ARMOR_PREFIX.len() + (raw.len() * 4).div_ceil(3));
+    out.push_str("pgc1:");
+    B64.encode_string(raw, &mut out);
+    out
+}
+
+/// Decodes an armoured envelope back to raw bytes (checking the raw framing too).
+pub fn dearmor(text: &[u8]) -> Result<Vec<u8>> {
+    let body = text
+        .strip_prefix(ARMOR_PREFIX)
+        .ok_or(KeyError::NotAnEnvelope)?;
+    let raw = B64.decode(body).map_err(|_| KeyError::MalformedEnvelope {
+        reason: "the armoured text is not valid base64",
+    })?;
+    Envelope::parse(&raw)?;
+    Ok(raw)
+}
+
+/// Returns the raw envelope of a stored value in either encoding (borrowed when it already is raw).
+pub fn decode_any(bytes: &[u8]) -> Result<Cow<'_, [u8]>> {
+    if bytes.starts_with(ARMOR_PREFIX) {
+        dearmor(bytes).map(Cow::Owned)
+    } else {
+        Envelope::parse(bytes)?;
+        Ok(Cow::Borrowed(bytes))
+    }
+}
+
+/// A parsed (not decrypted) raw envelope, borrowing the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Envelope<'a> {
+    mode: Mode,
+    key_id: u32,
+    version: u32,
+    raw: &'a [u8],
+}
+
+impl<'a> Envelope<'a> {
+    /// Parses the header of a raw envelope. Fails on anything shorter than [`MIN_RAW_LEN`], a wrong
+    /// magic, an unknown format version or mode.
+    pub fn parse(raw: &'a [u8]) -> Result<Envelope<'a>> {
+        if raw.len() < 2 || raw[0..2] != MAGIC {
+            return Err(KeyError::NotAnEnvelope);
+        }
+        if raw.len() < MIN_RAW_LEN {
+            return Err(KeyError::MalformedEnvelope {
+                reason: "it is shorter than an envelope header, nonce and tag",
+            });
+        }
+        if raw[2] != FORMAT_VERSION {
+            return Err(KeyError::MalformedEnvelope {
+                reason: "unknown envelope format version",
+            });
+        }
+        let mode = Mode::from_byte(raw[3]).ok_or(KeyError::MalformedEnvelope {
+            reason: "unknown encryption mode byte",
+        })?;
+        let key_id = u32::from_be_bytes([raw[4], raw[5], raw[6], raw[7]]);
+        let version = u32::from_be_bytes([raw[8], raw[9], raw[10], raw[11]]);
+        Ok(Envelope {
+            mode,
+            key_id,
+            version,
+            raw,
+        })
+    }
+
+    /// Column key id (identifies the column's key in the keyring).
+    pub fn key_id(&self) -> u32 {
+        self.key_id
+    }
+
+    /// Key version the value was encrypted with.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// Encryption mode.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The header bytes (first [`HEADER_LEN`] bytes).
+    pub fn header(&self) -> &'a [u8] {
+        &self.raw[..HEADER_LEN]
+    }
+
+    /// The nonce.
+    pub fn nonce(&self) -> [u8; NONCE_LEN] {
+        let mut n = [0u8; NONCE_LEN];
+        n.copy_from_slice(&self.raw[HEADER_LEN..HEADER_LEN + NONCE_LEN]);
+        n
+    }
+
+    /// Ciphertext followed by the 16-byte tag.
+    pub fn sealed(&self) -> &'a [u8] {
+        &self.raw[HEADER_LEN + NONCE_LEN..]
+    }
+
+    /// Length of the plaintext inside.
+    pub fn plaintext_len(&self) -> usize {
+        self.raw.len() - MIN_RAW_LEN
+    }
+
+    /// The whole raw envelope.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.raw
+    }
+}
+
+/// The header for a mode, key id and version.
+pub(crate) fn header(mode: Mode, key_id: u32, version: u32) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[0..2].copy_from_slice(&MAGIC);
+    h[2] = FORMAT_VERSION;
+    h[3] = mode.byte();
+    h[4..8].copy_from_slice(&key_id.to_be_bytes());
+    h[8..12].copy_from_slice(&version.to_be_bytes());
+    h
+}
+
+/// Associated data: header || u32 BE length of the column name || column name (UTF-8).
+///
+/// The length prefix keeps `AD || plaintext` (the deterministic nonce's HMAC input) unambiguous.
+pub(crate) fn associated_data(header: &[u8; HEADER_LEN], column: &str) -> Vec<u8> {
+    let mut ad = Vec::with_capacity(HEADER_LEN + 4 + column.len());
+    ad.extend_from_slice(header);
+    ad.extend_from_slice(&(column.len() as u32).to_be_bytes());
+    ad.extend_from_slice(column.as_bytes());
+    ad
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(len: usize) -> Vec<u8> {
+        let mut v = header(Mode::Deterministic, 7, 3).to_vec();
+        v.resize(len, 0xAB);
+        v
+    }
+
+    #[test]
+    fn header_layout() {
+        let h = header(Mode::Randomized, 0x01020304, 0x0A0B0C0D);
+        assert_eq!(
+            h,
+            [0xC1, 0x0A, 0x01, 0x01, 1, 2, 3, 4, 0x0A, 0x0B, 0x0C, 0x0D]
+        );
+        let ad = associated_data(&h, "s.t.c");
+        assert_eq!(&ad[12..16], &[0, 0, 0, 5]);
+        assert_eq!(&ad[16..], b"s.t.c");
+    }
+
+    #[test]
+    fn parse_accessors() {
+        let raw = sample(MIN_RAW_LEN + 5);
+        let e = Envelope::parse(&raw).unwrap();
+        assert_eq!(e.key_id(), 7);
+        assert_eq!(e.version(), 3);
+        assert_eq!(e.mode(), Mode::Deterministic);
+        assert_eq!(e.plaintext_len(), 5);
+        assert_eq!(e.sealed().len(), 5 + TAG_LEN);
+        assert!(looks_like_envelope(&raw));
+        let a = armor(&raw);
+        assert!(a.starts_with("pgc1:wQoB"));
+        assert!(looks_like_envelope(a.as_bytes()));
+        assert_eq!(dearmor(a.as_bytes()).unwrap(), raw);
+        assert_eq!(decode_any(a.as_bytes()).unwrap().as_ref(), &raw[..]);
+        assert_eq!(decode_any(&raw).unwrap().as_ref(), &raw[..]);
+    }
+
+    #[test]
+    fn min_lengths_are_exact() {
+        let raw = sample(MIN_RAW_LEN);
+        assert!(Envelope::parse(&raw).is_ok());
+        assert!(Envelope::parse(&raw[..MIN_RAW_LEN - 1]).is_err());
+        assert!(!looks_like_envelope(&raw[..MIN_RAW_LEN - 1]));
+        let a = armor(&raw);
+        assert_eq!(a.len(), MIN_ARMORED_LEN);
+        assert!(looks_like_envelope(a.as_bytes()));
+        assert!(!looks_like_envelope(&a.as_bytes()[..MIN_ARMORED_LEN - 1]));
+    }
+
+    #[test]
+    fn rejects_non_envelopes() {
+        for v in [&b""[..], b"hello world", b"pgc1:", b"\xC1", b"pgc1:!!!!"] {
+            assert!(!looks_like_envelope(v));
+            assert!(decode_any(v).is_err());
+        }
+        let mut raw = sample(MIN_RAW_LEN);
+        raw[2] = 2;
+        assert!(matches!(
+            Envelope::parse(&raw),
+            Err(KeyError::MalformedEnvelope { .. })
+        ));
+        raw[2] = 1;
+        raw[3] = 9;
+        assert!(!looks_like_envelope(&raw));
+        assert!(Envelope::parse(&raw).is_err());
+        // padded or non-canonical base64 is refused
+        let a = armor(&sample(MIN_RAW_LEN + 1)) + "=";
+        assert!(dearmor(a.as_bytes()).is_err());
+    }
+}

@@ -1,0 +1,289 @@
+//! Typed plaintexts: PostgreSQL text and binary wire formats of each logical type to and from one
+//! canonical byte form, so that `'42'` (text) and `00 00 00 2a` (binary) encrypt identically.
+//!
+//! Canonical forms (what is encrypted):
+//!
+//! | type | canonical bytes |
+//! |---|---|
+//! | `text` | the bytes as given (client encoding; no validation) |
+//! | `bytea` | the raw bytes |
+//! | `int4`, `int8` | two's complement big-endian, 4 / 8 bytes (= binary format) |
+//! | `bool` | one byte, `0` or `1` |
+//! | `date` | i32 BE days since 2000-01-01; `infinity` = i32::MAX, `-infinity` = i32::MIN (= binary format) |
+//! | `timestamptz` | i64 BE microseconds since 2000-01-01 00:00:00 UTC; ±infinity = i64::MAX / i64::MIN (= binary format) |
+//! | `numeric` | PostgreSQL's binary format, normalised as `numeric_recv` stores it: no leading or trailing zero base-10000 digits, digits beyond `dscale` dropped, zero has sign `+` and weight 0, NaN/±Infinity have no digits |
+//! | `jsonb` | the JSON text as the client sent it (validated, **not** normalised): deterministic equality on a jsonb column is equality of the JSON text, so `{"a":1}` and `{"a": 1}` encrypt differently |
+//!
+//! Text input follows PostgreSQL's input functions where it matters (surrounding whitespace, bool
+//! spellings, `infinity`, BC dates, numeric exponents); text output is what PostgreSQL prints with
+//! `DateStyle = ISO` and `TimeZone = UTC`. Not supported on input: PostgreSQL 16's `0x`/`0o`/`0b`
+//! integer literals and `_` digit separators, date styles other than ISO year-month-day, named time
+//! zones, and the words `now`/`today`/`tomorrow`/`yesterday` (they depend on the clock; the proxy
+//! must refuse or resolve them). A timestamp without an offset is taken as UTC.
+
+mod datetime;
+mod numeric;
+
+use crate::error::{KeyError, Result};
+use crate::LogicalType;
+
+pub use datetime::{
+    date_from_days, timestamp_from_micros, DATE_NEG_INFINITY, DATE_POS_INFINITY,
+    TIMESTAMP_NEG_INFINITY, TIMESTAMP_POS_INFINITY,
+};
+
+pub(crate) fn invalid(ty: LogicalType, format: &'static str, reason: &'static str) -> KeyError {
+    KeyError::InvalidValue {
+        ty: ty.name(),
+        format,
+        reason,
+    }
+}
+
+/// Canonical bytes of a value in PostgreSQL's text format.
+pub fn canonical_from_text(ty: LogicalType, text: &[u8]) -> Result<Vec<u8>> {
+    match ty {
+        LogicalType::Text => Ok(text.to_vec()),
+        LogicalType::Bytea => bytea_from_text(text),
+        LogicalType::Int4 => {
+            let v = parse_int(ty, text, i32::MIN as i64, i32::MAX as i64)?;
+            Ok((v as i32).to_be_bytes().to_vec())
+        }
+        LogicalType::Int8 => Ok(parse_int(ty, text, i64::MIN, i64::MAX)?.to_be_bytes().to_vec()),
+        LogicalType::Bool => Ok(vec![u8::from(parse_bool(text)?)]),
+        LogicalType::Date => Ok(datetime::date_from_text(text)?.to_be_bytes().to_vec()),
+        LogicalType::Timestamptz => Ok(datetime::timestamptz_from_text(text)?.to_be_bytes().to_vec()),
+        LogicalType::Numeric => numeric::from_text(text),
+        LogicalType::Jsonb => {
+            validate_json(ty, "text", text)?;
+            Ok(text.to_vec())
+        }
+    }
+}
+
+/// Canonical bytes of a value in PostgreSQL's binary format (what `*_recv` accepts).
+pub fn canonical_from_binary(ty: LogicalType, bin: &[u8]) -> Result<Vec<u8>> {
+    match ty {
+        LogicalType::Text | LogicalType::Bytea => Ok(bin.to_vec()),
+        LogicalType::Int4 => fixed::<4>(ty, "binary", bin).map(|b| b.to_vec()),
+        LogicalType::Int8 => fixed::<8>(ty, "binary", bin).map(|b| b.to_vec()),
+        LogicalType::Bool => {
+            // boolrecv: any non-zero byte is true
+            let [b] = fixed::<1>(ty, "binary", bin)?;
+            Ok(vec![u8::from(b != 0)])
+        }
+        LogicalType::Date => {
+            let d = i32::from_be_bytes(fixed::<4>(ty, "binary", bin)?);
+            datetime::check_date(d, "binary")?;
+            Ok(d.to_be_bytes().to_vec())
+        }
+        LogicalType::Timestamptz => {
+            let t = i64::from_be_bytes(fixed::<8>(ty, "binary", bin)?);
+            datetime::check_timestamp(t, "binary")?;
+            Ok(t.to_be_bytes().to_vec())
+        }
+        LogicalType::Numeric => numeric::from_binary(bin, "binary"),
+        LogicalType::Jsonb => {
+            let (&version, json) = bin
+                .split_first()
+                .ok_or(invalid(ty, "binary", "it is empty"))?;
+            if version != 1 {
+                return Err(invalid(ty, "binary", "unsupported jsonb version byte (expected 1)"));
+            }
+            validate_json(ty, "binary", json)?;
+            Ok(json.to_vec())
+        }
+    }
+}
+
+/// PostgreSQL's text format of a canonical value.
+pub fn to_text(ty: LogicalType, canonical: &[u8]) -> Result<Vec<u8>> {
+    const C: &str = "canonical";
+    match ty {
+        LogicalType::Text | LogicalType::Jsonb => Ok(canonical.to_vec()),
+        LogicalType::Bytea => {
+            let mut out = Vec::with_capacity(2 + canonical.len() * 2);
+            out.extend_from_slice(b"\\x");
+            out.extend_from_slice(hex::encode(canonical).as_bytes());
+            Ok(out)
+        }
+        LogicalType::Int4 => Ok(i32::from_be_bytes(fixed::<4>(ty, C, canonical)?)
+            .to_string()
+            .into_bytes()),
+        LogicalType::Int8 => Ok(i64::from_be_bytes(fixed::<8>(ty, C, canonical)?)
+            .to_string()
+            .into_bytes()),
+        LogicalType::Bool => match fixed::<1>(ty, C, canonical)? {
+            [0] => Ok(b"f".to_vec()),
+            [1] => Ok(b"t".to_vec()),
+            _ => Err(invalid(ty, C, "the byte is neither 0 nor 1")),
+        },
+        LogicalType::Date => {
+            let d = i32::from_be_bytes(fixed::<4>(ty, C, canonical)?);
+            datetime::check_date(d, C)?;
+            Ok(datetime::date_to_text(d).into_bytes())
+        }
+        LogicalType::Timestamptz => {
+            let t = i64::from_be_bytes(fixed::<8>(ty, C, canonical)?);
+            datetime::check_timestamp(t, C)?;
+            Ok(datetime::timestamptz_to_text(t).into_bytes())
+        }
+        LogicalType::Numeric => numeric::to_text(canonical),
+    }
+}
+
+/// PostgreSQL's binary format of a canonical value.
+pub fn to_binary(ty: LogicalType, canonical: &[u8]) -> Result<Vec<u8>> {
+    const C: &str = "canonical";
+    match ty {
+        LogicalType::Text | LogicalType::Bytea => Ok(canonical.to_vec()),
+        LogicalType::Jsonb => {
+            let mut out = Vec::with_capacity(1 + canonical.len());
+            out.push(1);
+            out.extend_from_slice(canonical);
+            Ok(out)
+        }
+        LogicalType::Bool => match fixed::<1>(ty, C, canonical)? {
+            [b @ (0 | 1)] => Ok(vec![b]),
+            _ => Err(invalid(ty, C, "the byte is neither 0 nor 1")),
+        },
+        LogicalType::Int4 => fixed::<4>(ty, C, canonical).map(|b| b.to_vec()),
+        LogicalType::Int8 => fixed::<8>(ty, C, canonical).map(|b| b.to_vec()),
+        LogicalType::Date => {
+            let b = fixed::<4>(ty, C, canonical)?;
+            datetime::check_date(i32::from_be_bytes(b), C)?;
+            Ok(b.to_vec())
+        }
+        LogicalType::Timestamptz => {
+            let b = fixed::<8>(ty, C, canonical)?;
+            datetime::check_timestamp(i64::from_be_bytes(b), C)?;
+            Ok(b.to_vec())
+        }
+        LogicalType::Numeric => {
+            // Canonical is already the binary format; re-normalise to validate it.
+            numeric::from_binary(canonical, C)
+        }
+    }
+}
+
+fn fixed<const N: usize>(ty: LogicalType, format: &'static str, b: &[u8]) -> Result<[u8; N]> {
+    b.try_into().map_err(|_| {
+        invalid(
+            ty,
+            format,
+            match N {
+                1 => "it is not exactly 1 byte",
+                4 => "it is not exactly 4 bytes",
+                _ => "it is not exactly 8 bytes",
+            },
+        )
+    })
+}
+
+pub(crate) fn trim_ascii_ws(b: &[u8]) -> &[u8] {
+    let is_ws = |c: &u8| matches!(c, b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c');
+    let start = b.iter().position(|c| !is_ws(c)).unwrap_or(b.len());
+    let end = b.iter().rposition(|c| !is_ws(c)).map_or(start, |e| e + 1);
+    &b[start..end]
+}
+
+/// `int4in` / `int8in`: optional surrounding whitespace, optional sign, decimal digits.
+fn parse_int(ty: LogicalType, text: &[u8], min: i64, max: i64) -> Result<i64> {
+    let t = trim_ascii_ws(text);
+    let (neg, digits) = match t.first() {
+        Some(b'-') => (true, &t[1..]),
+        Some(b'+') => (false, &t[1..]),
+        _ => (false, t),
+    };
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(invalid(ty, "text", "it is not an integer"));
+    }
+    // Accumulate negatively so i64::MIN parses.
+    let mut v: i64 = 0;
+    for &d in digits {
+        v = v
+            .checked_mul(10)
+            .and_then(|v| v.checked_sub(i64::from(d - b'0')))
+            .ok_or(invalid(ty, "text", "it is out of range"))?;
+    }
+    let v = if neg {
+        v
+    } else {
+        v.checked_neg().ok_or(invalid(ty, "text", "it is out of range"))?
+    };
+    if v < min || v > max {
+        return Err(invalid(ty, "text", "it is out of range"));
+    }
+    Ok(v)
+}
+
+/// `boolin`: whitespace-trimmed, case-insensitive; any prefix of `true`/`false`/`yes`/`no`, `on`,
+/// `of`/`off`, `1`, `0`.
+fn parse_bool(text: &[u8]) -> Result<bool> {
+    let t = trim_ascii_ws(text).to_ascii_lowercase();
+    let prefix_of = |word: &[u8], min: usize| t.len() >= min && word.starts_with(&t);
+    if prefix_of(b"true", 1) || prefix_of(b"yes", 1) || prefix_of(b"on", 2) || t == b"1" {
+        Ok(true)
+    } else if prefix_of(b"false", 1) || prefix_of(b"no", 1) || prefix_of(b"off", 2) || t == b"0" {
+        Ok(false)
+    } else {
+        Err(invalid(LogicalType::Bool, "text", "it is not a boolean spelling"))
+    }
+}
+
+/// `byteain`: `\x` hex (whitespace allowed between digit pairs) or the escape format.
+fn bytea_from_text(text: &[u8]) -> Result<Vec<u8>> {
+    let ty = LogicalType::Bytea;
+    if let Some(hex) = text.strip_prefix(b"\\x") {
+        let mut out = Vec::with_capacity(hex.len() / 2);
+        let mut it = hex.iter().copied().filter(|c| !matches!(c, b' ' | b'\t' | b'\n' | b'\r'));
+        while let Some(hi) = it.next() {
+            let lo = it
+                .next()
+                .ok_or(invalid(ty, "text", "odd number of hexadecimal digits"))?;
+            let h = hex_val(hi).ok_or(invalid(ty, "text", "invalid hexadecimal digit"))?;
+            let l = hex_val(lo).ok_or(invalid(ty, "text", "invalid hexadecimal digit"))?;
+            out.push(h << 4 | l);
+        }
+        return Ok(out);
+    }
+    let mut out = Vec::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        if text[i] != b'\\' {
+            out.push(text[i]);
+            i += 1;
+        } else if text.get(i + 1) == Some(&b'\\') {
+            out.push(b'\\');
+            i += 2;
+        } else if let Some(&[a, b, c]) = text.get(i + 1..i + 4).map(|s| <&[u8; 3]>::try_from(s).ok()).flatten() {
+            if (b'0'..=b'3').contains(&a) && (b'0'..=b'7').contains(&b) && (b'0'..=b'7').contains(&c) {
+                out.push((a - b'0') << 6 | (b - b'0') << 3 | (c - b'0'));
+                i += 4;
+            } else {
+                return Err(invalid(ty, "text", "invalid escape sequence"));
+            }
+        } else {
+            return Err(invalid(ty, "text", "invalid escape sequence"));
+        }
+    }
+    Ok(out)
+}
+
+fn hex_val(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn validate_json(ty: LogicalType, format: &'static str, json: &[u8]) -> Result<()> {
+    serde_json::from_slice::<serde::de::IgnoredAny>(json)
+        .map(|_| ())
+        .map_err(|_| invalid(ty, format, "it is not valid JSON"))
+}
+
+#[cfg(test)]
+mod tests;

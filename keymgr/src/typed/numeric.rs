@@ -1,0 +1,280 @@
+//! `numeric`: PostgreSQL's base-10000 binary format (ndigits, weight, sign, dscale, digits) and its
+//! decimal text, normalised the way `numeric_recv` / `numeric_in` store values.
+
+use super::{invalid, trim_ascii_ws};
+use crate::error::Result;
+use crate::LogicalType;
+
+const POS: u16 = 0x0000;
+const NEG: u16 = 0x4000;
+const NAN: u16 = 0xC000;
+const PINF: u16 = 0xD000;
+const NINF: u16 = 0xF000;
+/// `NUMERIC_DSCALE_MAX`.
+const DSCALE_MAX: i64 = 0x3FFF;
+/// `NUMERIC_MAX_PRECISION`: bound on the exponent of text input.
+const MAX_EXPONENT: i64 = 1000;
+const NBASE: u16 = 10_000;
+
+const TY: LogicalType = LogicalType::Numeric;
+
+/// A numeric value in PostgreSQL's variable form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Num {
+    sign: u16,
+    weight: i16,
+    dscale: u16,
+    digits: Vec<u16>,
+}
+
+impl Num {
+    fn special(sign: u16) -> Num {
+        Num {
+            sign,
+            weight: 0,
+            dscale: 0,
+            digits: Vec::new(),
+        }
+    }
+
+    /// `trunc_var(dscale)` + `strip_var` + zero normalisation, as `numeric_recv` does.
+    fn normalise(mut self) -> Num {
+        if matches!(self.sign, NAN | PINF | NINF) {
+            return Num::special(self.sign);
+        }
+        // trunc_var(dscale): keep the decimal digits up to `dscale` places after the point.
+        let di = (i64::from(self.weight) + 1) * 4 + i64::from(self.dscale);
+        if di <= 0 {
+            self.digits.clear();
+        } else {
+            let keep = usize::try_from((di + 3) / 4).unwrap_or(usize::MAX);
+            if keep <= self.digits.len() {
+                self.digits.truncate(keep);
+                let r = di % 4;
+                if r > 0 {
+                    let p = 10u16.pow((4 - r) as u32);
+                    if let Some(last) = self.digits.last_mut() {
+                        *last -= *last % p;
+                    }
+                }
+            }
+        }
+        // strip leading zeros
+        let lead = self.digits.iter().take_while(|&&d| d == 0).count();
+        if lead > 0 {
+            self.digits.drain(..lead);
+            self.weight = self.weight.saturating_sub(lead as i16);
+        }
+        while self.digits.last() == Some(&0) {
+            self.digits.pop();
+        }
+        if self.digits.is_empty() {
+            self.sign = POS;
+            self.weight = 0;
+        }
+        self
+    }
+
+    fn to_binary(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 + 2 * self.digits.len());
+        out.extend_from_slice(&(self.digits.len() as u16).to_be_bytes());
+        out.extend_from_slice(&self.weight.to_be_bytes());
+        out.extend_from_slice(&self.sign.to_be_bytes());
+        out.extend_from_slice(&self.dscale.to_be_bytes());
+        for d in &self.digits {
+            out.extend_from_slice(&d.to_be_bytes());
+        }
+        out
+    }
+}
+
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+/// Decodes `numeric_recv`'s input and returns the normalised binary (the canonical form).
+pub(super) fn from_binary(bin: &[u8], format: &'static str) -> Result<Vec<u8>> {
+    Ok(decode(bin, format)?.to_binary())
+}
+
+fn decode(bin: &[u8], format: &'static str) -> Result<Num> {
+    if bin.len() < 8 {
+        return Err(invalid(TY, format, "it is shorter than the 8-byte header"));
+    }
+    let ndigits = be16(bin, 0) as i16;
+    let weight = be16(bin, 2) as i16;
+    let sign = be16(bin, 4);
+    let dscale = be16(bin, 6);
+    if ndigits < 0 {
+        return Err(invalid(TY, format, "negative digit count"));
+    }
+    if bin.len() != 8 + 2 * ndigits as usize {
+        return Err(invalid(TY, format, "the digit count does not match the length"));
+    }
+    if !matches!(sign, POS | NEG | NAN | PINF | NINF) {
+        return Err(invalid(TY, format, "invalid sign"));
+    }
+    if i64::from(dscale) > DSCALE_MAX {
+        return Err(invalid(TY, format, "invalid scale"));
+    }
+    let mut digits = Vec::with_capacity(ndigits as usize);
+    for i in 0..ndigits as usize {
+        let d = be16(bin, 8 + 2 * i);
+        if d >= NBASE {
+            return Err(invalid(TY, format, "invalid digit"));
+        }
+        digits.push(d);
+    }
+    Ok(Num {
+        sign,
+        weight,
+        dscale,
+        digits,
+    }
+    .normalise())
+}
+
+/// Decimal text of a canonical numeric, as `numeric_out` prints it (dscale digits after the point).
+pub(super) fn to_text(canonical: &[u8]) -> Result<Vec<u8>> {
+    let n = decode(canonical, "canonical")?;
+    match n.sign {
+        NAN => return Ok(b"NaN".to_vec()),
+        PINF => return Ok(b"Infinity".to_vec()),
+        NINF => return Ok(b"-Infinity".to_vec()),
+        _ => {}
+    }
+    let mut out = Vec::with_capacity(n.digits.len() * 4 + 4);
+    if n.sign == NEG {
+        out.push(b'-');
+    }
+    let weight = i64::from(n.weight);
+    let digit = |idx: i64| -> u16 {
+        usize::try_from(idx)
+            .ok()
+            .and_then(|i| n.digits.get(i).copied())
+            .unwrap_or(0)
+    };
+    if weight < 0 {
+        out.push(b'0');
+    } else {
+        for idx in 0..=weight {
+            let d = digit(idx);
+            if idx == 0 {
+                out.extend_from_slice(d.to_string().as_bytes());
+            } else {
+                out.extend_from_slice(format!("{d:04}").as_bytes());
+            }
+        }
+    }
+    if n.dscale > 0 {
+        out.push(b'.');
+        let mut remaining = usize::from(n.dscale);
+        let mut k = 1i64;
+        while remaining > 0 {
+            let d = digit(weight + k);
+            let s = format!("{d:04}");
+            let take = remaining.min(4);
+            out.extend_from_slice(&s.as_bytes()[..take]);
+            remaining -= take;
+            k += 1;
+        }
+    }
+    Ok(out)
+}
+
+/// `numeric_in`: whitespace, sign, digits with optional point, optional exponent; `NaN`,
+/// `Infinity`/`inf` (signed), case-insensitive. Returns the canonical binary.
+pub(super) fn from_text(text: &[u8]) -> Result<Vec<u8>> {
+    let bad = || invalid(TY, "text", "it is not a number");
+    let t = trim_ascii_ws(text);
+    let lower = t.to_ascii_lowercase();
+    match &lower[..] {
+        b"nan" => return Ok(Num::special(NAN).to_binary()),
+        b"infinity" | b"+infinity" | b"inf" | b"+inf" => return Ok(Num::special(PINF).to_binary()),
+        b"-infinity" | b"-inf" => return Ok(Num::special(NINF).to_binary()),
+        _ => {}
+    }
+    let (neg, rest) = match t.first() {
+        Some(b'-') => (true, &t[1..]),
+        Some(b'+') => (false, &t[1..]),
+        _ => (false, t),
+    };
+    let int_len = rest.iter().take_while(|c| c.is_ascii_digit()).count();
+    let int = &rest[..int_len];
+    let mut rest = &rest[int_len..];
+    let mut frac: &[u8] = &[];
+    if let Some(r) = rest.strip_prefix(b".") {
+        let n = r.iter().take_while(|c| c.is_ascii_digit()).count();
+        frac = &r[..n];
+        rest = &r[n..];
+    }
+    if int.is_empty() && frac.is_empty() {
+        return Err(bad());
+    }
+    let mut exp: i64 = 0;
+    if let Some(r) = rest.strip_prefix(b"e").or_else(|| rest.strip_prefix(b"E")) {
+        let (eneg, r) = match r.first() {
+            Some(b'-') => (true, &r[1..]),
+            Some(b'+') => (false, &r[1..]),
+            _ => (false, r),
+        };
+        if r.is_empty() || !r.iter().all(u8::is_ascii_digit) {
+            return Err(bad());
+        }
+        for &d in r {
+            exp = exp * 10 + i64::from(d - b'0');
+            if exp > MAX_EXPONENT {
+                return Err(invalid(TY, "text", "the exponent is out of range"));
+            }
+        }
+        if eneg {
+            exp = -exp;
+        }
+        rest = &[];
+    }
+    if !rest.is_empty() {
+        return Err(bad());
+    }
+    let dscale = (frac.len() as i64 - exp).max(0);
+    if dscale > DSCALE_MAX {
+        return Err(invalid(TY, "text", "too many digits after the decimal point"));
+    }
+    // Decimal digit j (of int ++ frac) has decimal exponent point - 1 - j.
+    let point = int_len as i64 + exp;
+    let all = int.iter().chain(frac.iter());
+    let first_nz = int.iter().chain(frac.iter()).position(|&c| c != b'0');
+    let Some(first_nz) = first_nz else {
+        return Ok(Num {
+            sign: POS,
+            weight: 0,
+            dscale: dscale as u16,
+            digits: Vec::new(),
+        }
+        .to_binary());
+    };
+    let top_exp = point - 1 - first_nz as i64;
+    let weight = top_exp.div_euclid(4);
+    if weight > i64::from(i16::MAX) {
+        return Err(invalid(TY, "text", "value overflows numeric format"));
+    }
+    let mut digits: Vec<u16> = Vec::new();
+    for (j, &c) in all.enumerate().skip(first_nz) {
+        let e = point - 1 - j as i64;
+        let idx = usize::try_from(weight - e.div_euclid(4)).map_err(|_| bad())?;
+        if idx >= digits.len() {
+            digits.resize(idx + 1, 0);
+        }
+        digits[idx] += u16::from(c - b'0') * 10u16.pow(e.rem_euclid(4) as u32);
+    }
+    if digits.len() > i16::MAX as usize {
+        return Err(invalid(TY, "text", "value overflows numeric format"));
+    }
+    Ok(Num {
+        sign: if neg { NEG } else { POS },
+        weight: weight as i16,
+        dscale: dscale as u16,
+        digits,
+    }
+    .normalise()
+    .to_binary())
+}
