@@ -129,6 +129,9 @@ pub mod secret;
 pub mod typed;
 pub mod types;
 
+#[cfg(test)]
+mod props;
+
 pub use cipher::ColumnCipher;
 pub use envelope::{armor, dearmor, decode_any, looks_like_envelope, Encoding, Envelope};
 pub use error::{KeyError, StoreError};

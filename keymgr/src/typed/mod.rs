@@ -286,4 +286,4 @@ fn validate_json(ty: LogicalType, format: &'static str, json: &[u8]) -> Result<(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
