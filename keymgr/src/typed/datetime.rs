@@ -326,8 +326,8 @@ pub(super) fn timestamptz_from_text(text: &[u8]) -> Result<i64> {
                 }
             }
         }
+        let before_zone = c.i;
         c.spaces();
-        // zone
         if c.eat(b'z') {
         } else if c.rest().starts_with(b"utc") {
             c.i += 3;
@@ -356,6 +356,9 @@ pub(super) fn timestamptz_from_text(text: &[u8]) -> Result<i64> {
             if sign == b'-' {
                 offset_s = -offset_s;
             }
+        } else {
+            // No zone: leave the spaces for a following era suffix.
+            c.i = before_zone;
         }
     } else {
         c.i = save;

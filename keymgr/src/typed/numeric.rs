@@ -32,7 +32,9 @@ impl Num {
         Num {
             sign,
             weight: 0,
-            dscale: 0,
+            // numeric_send reads the dscale of ±Infinity out of the short header's flag bits and so
+            // sends 32 (0x20); NaN sends 0. Reproduce that byte for byte.
+            dscale: if sign == NAN { 0 } else { 0x20 },
             digits: Vec::new(),
         }
     }
