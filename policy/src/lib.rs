@@ -1,1 +1,13 @@
-//! placeholder
+//! pgcloak-policy: the policy model, SQL analysis and decisions of pgcloak. Pure: no I/O, no unsafe code,
+//! and no panics on any input.
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod lexer;
+pub mod mask;
+pub mod model;
+
+pub use error::{PolicyError, PolicyIssue};
+pub use lexer::{lex, names_any, Lexed, Literal, LiteralKind, StatementKind, StatementSpan};
+pub use mask::{apply_mask, Mask, MaskedValue};
+pub use model::{Access, Class, ColumnPolicy, EncryptMode, LogicalType, Policy, RolePolicy, RoleRef};

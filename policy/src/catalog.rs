@@ -1,0 +1,69 @@
+//! The catalog snapshot the proxy passes in: which tables exist, their ordered columns, and the search path.
+
+use std::collections::HashMap;
+
+/// Tables known to the database (the proxy fills it from `pg_catalog`; tests build it by hand).
+///
+/// Names are stored as PostgreSQL stores them (unquoted identifiers folded to lower case). Only the column
+/// *order* matters here (for `*`, `t.*` and `INSERT` without a column list); types live in the policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Catalog {
+    tables: HashMap<(String, String), Vec<String>>,
+    /// Schemas searched, in order, for unqualified table names (default `["public"]`).
+    pub search_path: Vec<String>,
+    /// Bumped by the proxy whenever it refreshes the snapshot; part of plan cache keys.
+    pub version: u64,
+}
+
+impl Default for Catalog {
+    fn default() -> Self {
+        Catalog {
+            tables: HashMap::new(),
+            search_path: vec!["public".to_string()],
+            version: 0,
+        }
+    }
+}
+
+impl Catalog {
+    /// An empty catalog with search path `["public"]`.
+    pub fn new() -> Catalog {
+        Catalog::default()
+    }
+
+    /// Add (or replace) a table with its columns in attribute order.
+    pub fn add_table<S: Into<String>>(&mut self, schema: &str, table: &str, columns: impl IntoIterator<Item = S>) {
+        self.tables.insert(
+            (schema.to_string(), table.to_string()),
+            columns.into_iter().map(Into::into).collect(),
+        );
+    }
+
+    /// Builder form of [`Catalog::add_table`].
+    pub fn with_table<S: Into<String>>(mut self, schema: &str, table: &str, columns: impl IntoIterator<Item = S>) -> Catalog {
+        self.add_table(schema, table, columns);
+        self
+    }
+
+    /// The columns of a table, in order, if known.
+    pub fn columns(&self, schema: &str, table: &str) -> Option<&[String]> {
+        self.tables
+            .get(&(schema.to_string(), table.to_string()))
+            .map(Vec::as_slice)
+    }
+
+    /// Whether the table is known.
+    pub fn has_table(&self, schema: &str, table: &str) -> bool {
+        self.tables.contains_key(&(schema.to_string(), table.to_string()))
+    }
+
+    /// A tag of what plans depend on (version and search path), for cache keys.
+    pub fn cache_tag(&self) -> u64 {
+        let mut h = crate::lexer::fnv1a(&self.version.to_le_bytes());
+        for s in &self.search_path {
+            h ^= crate::lexer::fnv1a(s.as_bytes());
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h
+    }
+}

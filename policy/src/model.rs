@@ -1,0 +1,763 @@
+//! The policy model: column classes, encryption modes, masks and role access, parsed from the policy TOML.
+//!
+//! Parsing collects every problem (with `file:line` and the fix) instead of stopping at the first, so
+//! `pgcloak check` can list them all at once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::ops::Range;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::error::{PolicyError, PolicyIssue};
+use crate::mask::Mask;
+
+/// Sensitivity class of a column, ordered `public < internal < sensitive < confidential`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Class {
+    Public,
+    Internal,
+    Sensitive,
+    Confidential,
+}
+
+impl Class {
+    pub const ALL: [Class; 4] = [Class::Public, Class::Internal, Class::Sensitive, Class::Confidential];
+
+    pub fn parse(s: &str) -> Option<Class> {
+        match s {
+            "public" => Some(Class::Public),
+            "internal" => Some(Class::Internal),
+            "sensitive" => Some(Class::Sensitive),
+            "confidential" => Some(Class::Confidential),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Class::Public => "public",
+            Class::Internal => "internal",
+            Class::Sensitive => "sensitive",
+            Class::Confidential => "confidential",
+        }
+    }
+
+    /// `sensitive` and `confidential`: the classes `max_rows` and `copy_out` are about.
+    pub fn is_classified(self) -> bool {
+        self >= Class::Sensitive
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for Class {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a role may read a class of columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Access {
+    Plaintext,
+    Masked,
+    Null,
+    Deny,
+}
+
+impl Access {
+    pub fn parse(s: &str) -> Option<Access> {
+        match s {
+            "plaintext" => Some(Access::Plaintext),
+            "masked" => Some(Access::Masked),
+            "null" => Some(Access::Null),
+            "deny" => Some(Access::Deny),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::Plaintext => "plaintext",
+            Access::Masked => "masked",
+            Access::Null => "null",
+            Access::Deny => "deny",
+        }
+    }
+
+    fn default_for(class: Class) -> Access {
+        match class {
+            Class::Public | Class::Internal => Access::Plaintext,
+            Class::Sensitive | Class::Confidential => Access::Deny,
+        }
+    }
+}
+
+impl fmt::Display for Access {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Encryption mode of a column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EncryptMode {
+    None,
+    Randomized,
+    Deterministic,
+}
+
+impl EncryptMode {
+    pub fn parse(s: &str) -> Option<EncryptMode> {
+        match s {
+            "none" => Some(EncryptMode::None),
+            "randomized" => Some(EncryptMode::Randomized),
+            "deterministic" => Some(EncryptMode::Deterministic),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EncryptMode::None => "none",
+            EncryptMode::Randomized => "randomized",
+            EncryptMode::Deterministic => "deterministic",
+        }
+    }
+
+    pub fn is_encrypted(self) -> bool {
+        self != EncryptMode::None
+    }
+}
+
+impl fmt::Display for EncryptMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The logical type clients see for a column (its storage may be `bytea`/`text` ciphertext).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LogicalType {
+    Text,
+    Int4,
+    Int8,
+    Numeric,
+    Date,
+    Timestamptz,
+    Bool,
+    Jsonb,
+    Bytea,
+}
+
+impl LogicalType {
+    pub const ALL: [LogicalType; 9] = [
+        LogicalType::Text,
+        LogicalType::Int4,
+        LogicalType::Int8,
+        LogicalType::Numeric,
+        LogicalType::Date,
+        LogicalType::Timestamptz,
+        LogicalType::Bool,
+        LogicalType::Jsonb,
+        LogicalType::Bytea,
+    ];
+
+    pub fn parse(s: &str) -> Option<LogicalType> {
+        LogicalType::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogicalType::Text => "text",
+            LogicalType::Int4 => "int4",
+            LogicalType::Int8 => "int8",
+            LogicalType::Numeric => "numeric",
+            LogicalType::Date => "date",
+            LogicalType::Timestamptz => "timestamptz",
+            LogicalType::Bool => "bool",
+            LogicalType::Jsonb => "jsonb",
+            LogicalType::Bytea => "bytea",
+        }
+    }
+}
+
+impl fmt::Display for LogicalType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One `[[column]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnPolicy {
+    pub schema: String,
+    pub table: String,
+    pub column: String,
+    pub class: Class,
+    pub encrypt: EncryptMode,
+    pub logical_type: LogicalType,
+    /// The mask a `masked` reader sees; `redact` when the entry names none.
+    pub mask: Mask,
+    /// Line of the entry in the policy file.
+    pub line: usize,
+}
+
+impl ColumnPolicy {
+    /// `schema.table.column`, the name used in plans, key ids and audit records.
+    pub fn qualified_name(&self) -> String {
+        format!("{}.{}.{}", self.schema, self.table, self.column)
+    }
+}
+
+/// Read/write rights of one policy role (or of `[default]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolePolicy {
+    /// PostgreSQL role name; `default` for the `[default]` section.
+    pub name: String,
+    read: [Access; 4],
+    write: [bool; 4],
+    /// At most this many rows carrying sensitive/confidential values per statement.
+    pub max_rows: Option<u64>,
+    /// Whether `COPY ... TO` of classified columns is allowed (default true).
+    pub copy_out: bool,
+    /// Line of the entry in the policy file (0 for an implicit default).
+    pub line: usize,
+}
+
+/// What the analysis is given for "the policy role of this login user".
+pub type RoleRef<'p> = &'p RolePolicy;
+
+impl RolePolicy {
+    fn with_defaults(name: &str, line: usize) -> RolePolicy {
+        RolePolicy {
+            name: name.to_string(),
+            read: Class::ALL.map(Access::default_for),
+            write: [true, true, false, false],
+            max_rows: None,
+            copy_out: true,
+            line,
+        }
+    }
+
+    /// Read access to a class.
+    pub fn read(&self, class: Class) -> Access {
+        self.read.get(class.index()).copied().unwrap_or(Access::Deny)
+    }
+
+    /// Whether the role may insert/update columns of this class. Unclassified, `public` and `internal`
+    /// columns are writable by every role; `write` only grants `sensitive` and `confidential`.
+    pub fn may_write(&self, class: Class) -> bool {
+        self.write.get(class.index()).copied().unwrap_or(false)
+    }
+
+    /// True for the `[default]` policy.
+    pub fn is_default(&self) -> bool {
+        self.name == "default"
+    }
+}
+
+/// A parsed, validated policy file.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    file: String,
+    columns: Vec<ColumnPolicy>,
+    by_name: HashMap<(String, String, String), usize>,
+    tables: HashMap<(String, String), Vec<usize>>,
+    table_names: Vec<String>,
+    roles: Vec<RolePolicy>,
+    default: RolePolicy,
+    version: u64,
+    version_hex: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default)]
+    column: Vec<Spanned<RawColumn>>,
+    #[serde(default)]
+    role: Vec<Spanned<RawRole>>,
+    #[serde(default)]
+    default: Option<Spanned<RawDefault>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawColumn {
+    name: Option<Spanned<String>>,
+    class: Option<Spanned<String>>,
+    encrypt: Option<Spanned<String>>,
+    #[serde(rename = "type")]
+    ty: Option<Spanned<String>>,
+    mask: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRole {
+    name: Option<Spanned<String>>,
+    read: Option<Spanned<BTreeMap<Spanned<String>, Spanned<String>>>>,
+    write: Option<Spanned<Vec<Spanned<String>>>>,
+    max_rows: Option<Spanned<i64>>,
+    copy_out: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDefault {
+    read: Option<Spanned<BTreeMap<Spanned<String>, Spanned<String>>>>,
+    write: Option<Spanned<Vec<Spanned<String>>>>,
+    max_rows: Option<Spanned<i64>>,
+    copy_out: Option<bool>,
+}
+
+struct Ctx<'a> {
+    text: &'a str,
+    file: &'a str,
+    issues: Vec<PolicyIssue>,
+}
+
+impl Ctx<'_> {
+    fn line_of(&self, offset: usize) -> usize {
+        line_of(self.text, offset)
+    }
+
+    fn err(&mut self, span: Range<usize>, message: String) {
+        let line = self.line_of(span.start);
+        self.issues.push(PolicyIssue {
+            file: self.file.to_string(),
+            line: Some(line),
+            message,
+        });
+    }
+}
+
+/// 1-based line number of a byte offset (clamped to the text).
+pub(crate) fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()
+        .get(..end)
+        .map(|b| b.iter().filter(|c| **c == b'\n').count())
+        .unwrap_or(0)
+        + 1
+}
+
+/// Is `s` a lower-case unquoted PostgreSQL identifier (what policy names must be)?
+fn is_plain_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(c) if c.is_ascii_lowercase() || c == '_' => {}
+        _ => return false,
+    }
+    chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$')
+}
+
+fn parse_read(
+    ctx: &mut Ctx<'_>,
+    read: &Option<Spanned<BTreeMap<Spanned<String>, Spanned<String>>>>,
+    into: &mut [Access; 4],
+) {
+    let Some(read) = read else { return };
+    for (class, access) in read.get_ref() {
+        let c = Class::parse(class.get_ref());
+        let a = Access::parse(access.get_ref());
+        match c {
+            None => ctx.err(
+                class.span(),
+                format!(
+                    "unknown class `{}` in `read`; use one of public, internal, sensitive, confidential",
+                    class.get_ref()
+                ),
+            ),
+            Some(c) => match a {
+                None => ctx.err(
+                    access.span(),
+                    format!(
+                        "unknown access `{}` for class {c}; use one of plaintext, masked, null, deny",
+                        access.get_ref()
+                    ),
+                ),
+                Some(a) => {
+                    if let Some(slot) = into.get_mut(c.index()) {
+                        *slot = a;
+                    }
+                }
+            },
+        }
+    }
+}
+
+fn parse_write(ctx: &mut Ctx<'_>, write: &Option<Spanned<Vec<Spanned<String>>>>, into: &mut [bool; 4]) {
+    let Some(write) = write else { return };
+    for class in write.get_ref() {
+        match Class::parse(class.get_ref()) {
+            Some(c) => {
+                if let Some(slot) = into.get_mut(c.index()) {
+                    *slot = true;
+                }
+            }
+            None => ctx.err(
+                class.span(),
+                format!(
+                    "unknown class `{}` in `write`; use one of public, internal, sensitive, confidential",
+                    class.get_ref()
+                ),
+            ),
+        }
+    }
+}
+
+fn parse_max_rows(ctx: &mut Ctx<'_>, max_rows: &Option<Spanned<i64>>) -> Option<u64> {
+    let m = max_rows.as_ref()?;
+    match u64::try_from(*m.get_ref()) {
+        Ok(v) => Some(v),
+        Err(_) => {
+            ctx.err(
+                m.span(),
+                format!("max_rows = {} is negative; use a row count of 0 or more", m.get_ref()),
+            );
+            None
+        }
+    }
+}
+
+impl Policy {
+    /// Parse and validate a policy file. `file` is only used in messages (`file:line: ...`).
+    pub fn parse(text: &str, file: &str) -> Result<Policy, PolicyError> {
+        let mut ctx = Ctx {
+            text,
+            file,
+            issues: Vec::new(),
+        };
+        let raw: RawPolicy = match toml::from_str(text) {
+            Ok(raw) => raw,
+            Err(e) => {
+                let line = e.span().map(|s| line_of(text, s.start));
+                let message = toml_message(e.message());
+                return Err(PolicyError::Invalid(vec![PolicyIssue {
+                    file: file.to_string(),
+                    line,
+                    message,
+                }]));
+            }
+        };
+
+        let mut columns = Vec::new();
+        let mut by_name: HashMap<(String, String, String), usize> = HashMap::new();
+        let mut first_line: HashMap<(String, String, String), usize> = HashMap::new();
+        for entry in &raw.column {
+            let span = entry.span();
+            let entry_line = ctx.line_of(span.start);
+            let col = entry.get_ref();
+            let Some(name) = &col.name else {
+                ctx.err(
+                    span,
+                    "[[column]] entry has no `name`; add name = \"schema.table.column\"".to_string(),
+                );
+                continue;
+            };
+            let parts: Vec<&str> = name.get_ref().split('.').collect();
+            let valid_parts = parts.len() == 3 && parts.iter().all(|p| is_plain_identifier(p));
+            let mut ok = true;
+            if !valid_parts {
+                let hint = if name.get_ref().chars().any(|c| c.is_ascii_uppercase()) {
+                    " (names are lower-case unquoted identifiers, as PostgreSQL folds them)"
+                } else {
+                    ""
+                };
+                ctx.err(
+                    name.span(),
+                    format!(
+                        "column name `{}` is not schema.table.column; write it like \"public.customers.email\"{hint}",
+                        name.get_ref()
+                    ),
+                );
+                ok = false;
+            }
+            let class = match &col.class {
+                None => {
+                    ctx.err(
+                        span.clone(),
+                        format!(
+                            "column `{}` has no `class`; add class = \"public\" | \"internal\" | \"sensitive\" | \"confidential\"",
+                            name.get_ref()
+                        ),
+                    );
+                    ok = false;
+                    Class::Confidential
+                }
+                Some(c) => match Class::parse(c.get_ref()) {
+                    Some(c) => c,
+                    None => {
+                        ctx.err(
+                            c.span(),
+                            format!(
+                                "unknown class `{}`; use one of public, internal, sensitive, confidential",
+                                c.get_ref()
+                            ),
+                        );
+                        ok = false;
+                        Class::Confidential
+                    }
+                },
+            };
+            let encrypt = match &col.encrypt {
+                None => EncryptMode::None,
+                Some(m) => match EncryptMode::parse(m.get_ref()) {
+                    Some(m) => m,
+                    None => {
+                        ctx.err(
+                            m.span(),
+                            format!(
+                                "unknown encrypt mode `{}`; use one of none, randomized, deterministic",
+                                m.get_ref()
+                            ),
+                        );
+                        ok = false;
+                        EncryptMode::Randomized
+                    }
+                },
+            };
+            let logical_type = match &col.ty {
+                None => LogicalType::Text,
+                Some(t) => match LogicalType::parse(t.get_ref()) {
+                    Some(t) => t,
+                    None => {
+                        ctx.err(
+                            t.span(),
+                            format!(
+                                "unknown type `{}`; use one of text, int4, int8, numeric, date, timestamptz, bool, jsonb, bytea",
+                                t.get_ref()
+                            ),
+                        );
+                        ok = false;
+                        LogicalType::Text
+                    }
+                },
+            };
+            let mask = match &col.mask {
+                None => Mask::Redact,
+                Some(m) => match Mask::parse(m.get_ref()) {
+                    Ok(m) => m,
+                    Err(why) => {
+                        ctx.err(m.span(), why);
+                        ok = false;
+                        Mask::Redact
+                    }
+                },
+            };
+            if !ok || !valid_parts {
+                continue;
+            }
+            let (schema, table, column) = match parts.as_slice() {
+                [s, t, c] => (s.to_string(), t.to_string(), c.to_string()),
+                _ => continue,
+            };
+            let key = (schema.clone(), table.clone(), column.clone());
+            if let Some(prev) = first_line.get(&key) {
+                let prev = *prev;
+                ctx.err(
+                    name.span(),
+                    format!(
+                        "duplicate column `{}` (first defined at line {prev}); keep one entry",
+                        name.get_ref()
+                    ),
+                );
+                continue;
+            }
+            first_line.insert(key.clone(), entry_line);
+            by_name.insert(key, columns.len());
+            columns.push(ColumnPolicy {
+                schema,
+                table,
+                column,
+                class,
+                encrypt,
+                logical_type,
+                mask,
+                line: ctx.line_of(name.span().start),
+            });
+        }
+
+        let mut roles: Vec<RolePolicy> = Vec::new();
+        let mut role_lines: HashMap<String, usize> = HashMap::new();
+        for entry in &raw.role {
+            let span = entry.span();
+            let r = entry.get_ref();
+            let Some(name) = &r.name else {
+                ctx.err(
+                    span,
+                    "[[role]] entry has no `name`; add name = \"<postgresql role>\"".to_string(),
+                );
+                continue;
+            };
+            let role_name = name.get_ref().clone();
+            if role_name.is_empty() {
+                ctx.err(
+                    name.span(),
+                    "role name is empty; give the PostgreSQL role name".to_string(),
+                );
+                continue;
+            }
+            if role_name == "default" {
+                ctx.err(
+                    name.span(),
+                    "a [[role]] cannot be named `default`; put those rules in the [default] section".to_string(),
+                );
+                continue;
+            }
+            let line = ctx.line_of(name.span().start);
+            if let Some(prev) = role_lines.get(&role_name) {
+                let prev = *prev;
+                ctx.err(
+                    name.span(),
+                    format!("duplicate role `{role_name}` (first defined at line {prev}); keep one entry"),
+                );
+                continue;
+            }
+            role_lines.insert(role_name.clone(), line);
+            let mut role = RolePolicy::with_defaults(&role_name, line);
+            parse_read(&mut ctx, &r.read, &mut role.read);
+            parse_write(&mut ctx, &r.write, &mut role.write);
+            role.max_rows = parse_max_rows(&mut ctx, &r.max_rows);
+            role.copy_out = r.copy_out.unwrap_or(true);
+            roles.push(role);
+        }
+
+        let mut default = RolePolicy::with_defaults("default", 0);
+        if let Some(d) = &raw.default {
+            default.line = 0;
+            let d = d.get_ref();
+            parse_read(&mut ctx, &d.read, &mut default.read);
+            parse_write(&mut ctx, &d.write, &mut default.write);
+            default.max_rows = parse_max_rows(&mut ctx, &d.max_rows);
+            default.copy_out = d.copy_out.unwrap_or(true);
+        }
+
+        if !ctx.issues.is_empty() {
+            let mut issues = ctx.issues;
+            issues.sort_by_key(|i| i.line.unwrap_or(0));
+            return Err(PolicyError::Invalid(issues));
+        }
+
+        let mut tables: HashMap<(String, String), Vec<usize>> = HashMap::new();
+        for (i, c) in columns.iter().enumerate() {
+            tables
+                .entry((c.schema.clone(), c.table.clone()))
+                .or_default()
+                .push(i);
+        }
+        let mut table_names: Vec<String> = columns.iter().map(|c| c.table.clone()).collect();
+        table_names.sort();
+        table_names.dedup();
+
+        let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+        let bytes = digest.as_ref();
+        let mut v = [0u8; 8];
+        for (dst, src) in v.iter_mut().zip(bytes.iter()) {
+            *dst = *src;
+        }
+        let version = u64::from_be_bytes(v);
+        let version_hex = hex::encode(bytes.get(..16).unwrap_or(bytes));
+
+        Ok(Policy {
+            file: file.to_string(),
+            columns,
+            by_name,
+            tables,
+            table_names,
+            roles,
+            default,
+            version,
+            version_hex,
+        })
+    }
+
+    /// The file name given to [`Policy::parse`].
+    pub fn file(&self) -> &str {
+        &self.file
+    }
+
+    /// Every `[[column]]` entry, in file order.
+    pub fn columns(&self) -> &[ColumnPolicy] {
+        &self.columns
+    }
+
+    /// The entry for one column (names already folded as PostgreSQL folds them).
+    pub fn column(&self, schema: &str, table: &str, column: &str) -> Option<&ColumnPolicy> {
+        let key = (schema.to_string(), table.to_string(), column.to_string());
+        self.by_name.get(&key).and_then(|i| self.columns.get(*i))
+    }
+
+    /// Whether a table has any policy column.
+    pub fn has_table(&self, schema: &str, table: &str) -> bool {
+        self.tables.contains_key(&(schema.to_string(), table.to_string()))
+    }
+
+    /// The policy columns of one table, in file order.
+    pub fn table_columns<'s>(&'s self, schema: &str, table: &str) -> impl Iterator<Item = &'s ColumnPolicy> + 's {
+        let idx = self
+            .tables
+            .get(&(schema.to_string(), table.to_string()))
+            .cloned()
+            .unwrap_or_default();
+        idx.into_iter().filter_map(move |i| self.columns.get(i))
+    }
+
+    /// Names (without schema) of every table that has a policy column — input of [`crate::lexer::names_any`].
+    pub fn protected_table_names(&self) -> &[String] {
+        &self.table_names
+    }
+
+    /// Listed `[[role]]` entries, in file order.
+    pub fn roles(&self) -> &[RolePolicy] {
+        &self.roles
+    }
+
+    /// The `[default]` rules (for login users in no listed role).
+    pub fn default_role(&self) -> &RolePolicy {
+        &self.default
+    }
+
+    /// A listed role by exact name.
+    pub fn role_named(&self, name: &str) -> Option<&RolePolicy> {
+        self.roles.iter().find(|r| r.name == name)
+    }
+
+    /// The policy role of a login user: the first listed role (in policy-file order) among `memberships`
+    /// (every role the user is a member of, transitively, including itself), else `[default]`.
+    /// `SET ROLE` does not change the answer: pass the login user's memberships.
+    pub fn role_for(&self, memberships: &[&str]) -> RoleRef<'_> {
+        self.roles
+            .iter()
+            .find(|r| memberships.contains(&r.name.as_str()))
+            .unwrap_or(&self.default)
+    }
+
+    /// A 64-bit version of the policy text (SHA-256 prefix), for cache keys.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Hex of the first 16 bytes of the SHA-256 of the policy text, for logs and audit.
+    pub fn version_hex(&self) -> &str {
+        &self.version_hex
+    }
+}
+
+/// Make toml's parse messages read as a fix: they already say what is wrong; keep the first line.
+fn toml_message(msg: &str) -> String {
+    let first = msg.lines().next().unwrap_or(msg).trim();
+    if first.starts_with("unknown field") {
+        format!("{first}; remove it or fix its spelling (see the policy file format)")
+    } else if first.starts_with("missing field") {
+        format!("{first}; add it")
+    } else {
+        format!("{first}; fix the TOML syntax or the value's type")
+    }
+}
