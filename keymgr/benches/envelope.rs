@@ -8,8 +8,10 @@ use pgcloak_keymgr::{Keyring, KeyringDoc, MasterKey, Mode};
 fn keyring() -> Keyring {
     let m = MasterKey::generate().unwrap();
     let mut d = KeyringDoc::new(&m).unwrap();
-    d.ensure_column("public.t.rnd", Mode::Randomized, "bench").unwrap();
-    d.ensure_column("public.t.det", Mode::Deterministic, "bench").unwrap();
+    d.ensure_column("public.t.rnd", Mode::Randomized, "bench")
+        .unwrap();
+    d.ensure_column("public.t.det", Mode::Deterministic, "bench")
+        .unwrap();
     Keyring::unlock(&d.to_json_bytes().unwrap(), &m).unwrap()
 }
 
@@ -30,7 +32,11 @@ fn raw_ring_baseline(c: &mut Criterion) {
             b.iter(|| {
                 let mut buf = black_box(&value).clone();
                 let tag = key
-                    .seal_in_place_separate_tag(Nonce::assume_unique_for_key([1; 12]), Aad::empty(), &mut buf)
+                    .seal_in_place_separate_tag(
+                        Nonce::assume_unique_for_key([1; 12]),
+                        Aad::empty(),
+                        &mut buf,
+                    )
                     .unwrap();
                 buf.extend_from_slice(tag.as_ref());
                 let mut ct = black_box(&buf).clone();
@@ -56,7 +62,10 @@ fn round_trips(c: &mut Criterion) {
         } else {
             Throughput::Bytes(size as u64)
         });
-        for (mode, col) in [("randomized", "public.t.rnd"), ("deterministic", "public.t.det")] {
+        for (mode, col) in [
+            ("randomized", "public.t.rnd"),
+            ("deterministic", "public.t.det"),
+        ] {
             let cipher = kr.cipher(col).unwrap();
             g.bench_function(mode, |b| {
                 b.iter(|| {
@@ -72,8 +81,12 @@ fn round_trips(c: &mut Criterion) {
     let value = [0x5Au8; 32];
     let rnd = kr.cipher("public.t.rnd").unwrap();
     let ct = rnd.encrypt(&value).unwrap();
-    g.bench_function("encrypt_randomized", |b| b.iter(|| rnd.encrypt(black_box(&value)).unwrap()));
-    g.bench_function("decrypt", |b| b.iter(|| rnd.decrypt(black_box(&ct)).unwrap()));
+    g.bench_function("encrypt_randomized", |b| {
+        b.iter(|| rnd.encrypt(black_box(&value)).unwrap())
+    });
+    g.bench_function("decrypt", |b| {
+        b.iter(|| rnd.decrypt(black_box(&ct)).unwrap())
+    });
     g.bench_function("encrypt_armored_randomized", |b| {
         b.iter(|| rnd.encrypt_armored(black_box(&value)).unwrap())
     });

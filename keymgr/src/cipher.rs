@@ -104,9 +104,10 @@ impl ColumnCipher {
         let mut expanded = Vec::with_capacity(versions.len());
         for (version, dek) in &versions {
             let enc = hkdf32(dek.expose(), INFO_DEK_ENC);
-            let unbound = UnboundKey::new(&AES_256_GCM, &enc[..]).map_err(|_| KeyError::Internal {
-                what: "AES-256-GCM key setup",
-            })?;
+            let unbound =
+                UnboundKey::new(&AES_256_GCM, &enc[..]).map_err(|_| KeyError::Internal {
+                    what: "AES-256-GCM key setup",
+                })?;
             let mac = match mode {
                 Mode::Randomized => None,
                 Mode::Deterministic => {
@@ -123,12 +124,13 @@ impl ColumnCipher {
                 header,
             });
         }
-        let active = expanded
-            .iter()
-            .position(|v| v.version == active)
-            .ok_or(KeyError::Internal {
-                what: "active key version missing",
-            })?;
+        let active =
+            expanded
+                .iter()
+                .position(|v| v.version == active)
+                .ok_or(KeyError::Internal {
+                    what: "active key version missing",
+                })?;
         Ok(ColumnCipher {
             column: column.to_string(),
             key_id,
@@ -360,7 +362,9 @@ pub(crate) mod tests {
             &rng,
         )
         .unwrap();
-        let nonce = [0xA0, 0xA1, 0xA2, 0xA3, 0xA4, 0xA5, 0xA6, 0xA7, 0xA8, 0xA9, 0xAA, 0xAB];
+        let nonce = [
+            0xA0, 0xA1, 0xA2, 0xA3, 0xA4, 0xA5, 0xA6, 0xA7, 0xA8, 0xA9, 0xAA, 0xAB,
+        ];
         let got = r.seal_with_nonce_for_test(3, nonce, b"555-0100");
         assert_eq!(hex::encode(&got), KAT_RANDOMIZED);
         assert_eq!(r.decrypt(&got).unwrap(), b"555-0100");
@@ -384,7 +388,8 @@ pub(crate) mod tests {
 
     const KAT_RANDOMIZED: &str = "c10a01010000000700000003a0a1a2a3a4a5a6a7a8a9aaab7b8efd15abaf3cefa1429cce30390278914d5fb91e29c078";
     const KAT_DETERMINISTIC: &str = "c10a010200000007000000038ca1c0c3bcedb4dc007e64acb46017e735f299acc796f96a4f769cdd6c5e230d70ab85e4";
-    const KAT_DETERMINISTIC_B64URL: &str = "wQoBAgAAAAcAAAADjKHAw7zttNwAfmSstGAX5zXymazHlvlqT3ac3WxeIw1wq4Xk";
+    const KAT_DETERMINISTIC_B64URL: &str =
+        "wQoBAgAAAAcAAAADjKHAw7zttNwAfmSstGAX5zXymazHlvlqT3ac3WxeIw1wq4Xk";
 
     #[test]
     fn randomized_nonces_differ_and_round_trip() {
@@ -392,7 +397,10 @@ pub(crate) mod tests {
         let a = c.encrypt(b"x").unwrap();
         let b = c.encrypt(b"x").unwrap();
         assert_ne!(a, b);
-        assert_ne!(Envelope::parse(&a).unwrap().nonce(), Envelope::parse(&b).unwrap().nonce());
+        assert_ne!(
+            Envelope::parse(&a).unwrap().nonce(),
+            Envelope::parse(&b).unwrap().nonce()
+        );
         assert_eq!(c.decrypt(&a).unwrap(), b"x");
         assert_eq!(c.decrypt(&b).unwrap(), b"x");
         assert!(c.equality_variants(b"x", Encoding::Raw).is_err());
@@ -419,15 +427,27 @@ pub(crate) mod tests {
         let b = test_cipher(Mode::Deterministic, "s.t.b", 1);
         let ct = a.encrypt(b"v").unwrap();
         // Same key id and DEK, different column name: associated data differs.
-        assert!(matches!(b.decrypt(&ct), Err(KeyError::DecryptFailed { .. })));
+        assert!(matches!(
+            b.decrypt(&ct),
+            Err(KeyError::DecryptFailed { .. })
+        ));
         let c = test_cipher(Mode::Deterministic, "s.t.a", 2);
-        assert!(matches!(c.decrypt(&ct), Err(KeyError::WrongColumnKey { .. })));
+        assert!(matches!(
+            c.decrypt(&ct),
+            Err(KeyError::WrongColumnKey { .. })
+        ));
         // Re-label the version: v1's key is different, so authentication fails.
         let mut relabeled = ct.clone();
         relabeled[11] = 1;
-        assert!(matches!(a.decrypt(&relabeled), Err(KeyError::DecryptFailed { .. })));
+        assert!(matches!(
+            a.decrypt(&relabeled),
+            Err(KeyError::DecryptFailed { .. })
+        ));
         relabeled[11] = 9;
-        assert!(matches!(a.decrypt(&relabeled), Err(KeyError::UnknownKeyVersion { .. })));
+        assert!(matches!(
+            a.decrypt(&relabeled),
+            Err(KeyError::UnknownKeyVersion { .. })
+        ));
     }
 
     #[test]
@@ -436,7 +456,10 @@ pub(crate) mod tests {
             prefix: [1, 2, 3, 4],
             counter: AtomicU64::new(u64::MAX),
         };
-        assert_eq!(n.next(), [1, 2, 3, 4, 255, 255, 255, 255, 255, 255, 255, 255]);
+        assert_eq!(
+            n.next(),
+            [1, 2, 3, 4, 255, 255, 255, 255, 255, 255, 255, 255]
+        );
         assert_eq!(n.next(), [1, 2, 3, 4, 0, 0, 0, 0, 0, 0, 0, 0]);
     }
 

@@ -73,7 +73,9 @@ pub enum KeyError {
     #[error("the value is not a pgcloak ciphertext (no envelope header); it may be plaintext that was never encrypted, run `pgcloak encrypt` for the column")]
     NotAnEnvelope,
     /// The value starts like an envelope but its header or armour is malformed.
-    #[error("the pgcloak ciphertext is malformed ({reason}); the stored value was damaged or truncated")]
+    #[error(
+        "the pgcloak ciphertext is malformed ({reason}); the stored value was damaged or truncated"
+    )]
     MalformedEnvelope {
         /// What is wrong with it.
         reason: &'static str,

@@ -311,7 +311,14 @@ impl KeyringDoc {
         dek.ok_or_else(bad)
     }
 
-    fn wrap_dek(&self, column: &str, key_id: u32, version: u32, mode: Mode, dek: &Dek) -> Result<String> {
+    fn wrap_dek(
+        &self,
+        column: &str,
+        key_id: u32,
+        version: u32,
+        mode: Mode,
+        dek: &Dek,
+    ) -> Result<String> {
         let mut nonce = [0u8; 12];
         fill_random(&self.rng, &mut nonce)?;
         let ad = wrap_ad(column, key_id, version, mode);
@@ -330,7 +337,14 @@ impl KeyringDoc {
         Ok(B64.encode(&out))
     }
 
-    fn new_version(&self, column: &str, key_id: u32, version: u32, mode: Mode, created: &str) -> Result<VersionJson> {
+    fn new_version(
+        &self,
+        column: &str,
+        key_id: u32,
+        version: u32,
+        mode: Mode,
+        created: &str,
+    ) -> Result<VersionJson> {
         let dek = Dek::generate(&self.rng)?;
         Ok(VersionJson {
             version,
@@ -356,7 +370,9 @@ impl KeyringDoc {
             return Ok(false);
         }
         let key_id = self.doc.next_key_id;
-        let next = key_id.checked_add(1).ok_or_else(|| corrupt("no column key ids left"))?;
+        let next = key_id
+            .checked_add(1)
+            .ok_or_else(|| corrupt("no column key ids left"))?;
         let v = self.new_version(column, key_id, 1, mode, created)?;
         self.doc.columns.push(ColumnJson {
             column: column.to_string(),
@@ -430,7 +446,11 @@ impl KeyringDoc {
             .enumerate()
             .map(|(i, c)| (c.column().to_string(), i))
             .collect();
-        let by_id = ciphers.iter().enumerate().map(|(i, c)| (c.key_id(), i)).collect();
+        let by_id = ciphers
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.key_id(), i))
+            .collect();
         Ok(Keyring {
             ciphers,
             by_name,
@@ -568,7 +588,11 @@ fn store_error(e: StoreError) -> KeyError {
 /// attempt on a freshly loaded document). Nothing is written when `change` leaves a loaded document
 /// unchanged; a new document is always written (so `keys init` records the master-key check).
 /// Returns the value of the successful attempt and the document as stored.
-pub fn update_with_retry<S, T, F>(store: &S, master: &MasterKey, mut change: F) -> Result<(T, KeyringDoc)>
+pub fn update_with_retry<S, T, F>(
+    store: &S,
+    master: &MasterKey,
+    mut change: F,
+) -> Result<(T, KeyringDoc)>
 where
     S: KeyringStore + ?Sized,
     F: FnMut(&mut KeyringDoc) -> Result<T>,

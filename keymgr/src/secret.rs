@@ -79,7 +79,9 @@ impl MasterKey {
     pub fn from_base64(text: &str) -> Result<MasterKey> {
         let trimmed = text.trim();
         if trimmed.is_empty() {
-            return Err(KeyError::InvalidMasterKey { reason: "it is empty" });
+            return Err(KeyError::InvalidMasterKey {
+                reason: "it is empty",
+            });
         }
         let decoded = decode_base64_lenient(trimmed).ok_or(KeyError::InvalidMasterKey {
             reason: "it is not valid base64",
@@ -293,13 +295,29 @@ mod tests {
         assert_eq!(a.public_key_bytes(), b.public_key_bytes());
         let sig = a.sign(b"checkpoint 42");
         assert_eq!(sig.len(), 64);
-        assert!(verify_audit_signature(&a.public_key_bytes(), b"checkpoint 42", &sig));
-        assert!(!verify_audit_signature(&a.public_key_bytes(), b"checkpoint 43", &sig));
+        assert!(verify_audit_signature(
+            &a.public_key_bytes(),
+            b"checkpoint 42",
+            &sig
+        ));
+        assert!(!verify_audit_signature(
+            &a.public_key_bytes(),
+            b"checkpoint 43",
+            &sig
+        ));
         assert!(!verify_audit_signature(&[0u8; 5], b"checkpoint 42", &sig));
-        assert!(!verify_audit_signature(&a.public_key_bytes(), b"checkpoint 42", &sig[..63]));
+        assert!(!verify_audit_signature(
+            &a.public_key_bytes(),
+            b"checkpoint 42",
+            &sig[..63]
+        ));
         let other = MasterKey::generate().unwrap().audit_signing_key().unwrap();
         assert_ne!(other.public_key_bytes(), a.public_key_bytes());
-        assert!(!verify_audit_signature(&other.public_key_bytes(), b"checkpoint 42", &sig));
+        assert!(!verify_audit_signature(
+            &other.public_key_bytes(),
+            b"checkpoint 42",
+            &sig
+        ));
         assert_eq!(a.public_key_base64().len(), 44);
     }
 }

@@ -195,7 +195,10 @@ mod tests {
         }
         assert_eq!("INT4".parse::<LogicalType>().unwrap(), LogicalType::Int4);
         let err = "varchar".parse::<LogicalType>().unwrap_err().to_string();
-        assert!(err.contains("varchar") && err.contains("timestamptz"), "{err}");
+        assert!(
+            err.contains("varchar") && err.contains("timestamptz"),
+            "{err}"
+        );
     }
 
     #[test]

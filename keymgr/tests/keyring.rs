@@ -37,7 +37,9 @@ impl KeyringStore for MemStore {
             *self.conflicts.lock().unwrap() += 1;
             return Err(StoreError::Conflict);
         }
-        assert!(KeyringDoc::peek_generation(doc).unwrap() > expected.unwrap_or(0) || expected.is_none());
+        assert!(
+            KeyringDoc::peek_generation(doc).unwrap() > expected.unwrap_or(0) || expected.is_none()
+        );
         *cur = Some(doc.to_vec());
         *self.writes.lock().unwrap() += 1;
         Ok(())
@@ -97,7 +99,9 @@ fn document_holds_no_key_material_and_lists_contract_json() {
     let dbg = format!("{doc:?} {:?}", Keyring::unlock(&bytes, &m).unwrap());
     assert!(dbg.contains("[redacted]"));
     let v: Value = serde_json::from_slice(&bytes).unwrap();
-    let wrapped = v["columns"][0]["versions"][0]["wrapped_key"].as_str().unwrap();
+    let wrapped = v["columns"][0]["versions"][0]["wrapped_key"]
+        .as_str()
+        .unwrap();
     assert!(!dbg.contains(wrapped));
 }
 
@@ -107,7 +111,9 @@ fn wrong_master_key_is_one_clear_error() {
     let other = MasterKey::generate().unwrap();
     let err = Keyring::unlock(&bytes, &other).unwrap_err();
     assert_eq!(err, KeyError::WrongMasterKey);
-    assert!(err.to_string().contains("use the master key the keyring was created with"));
+    assert!(err
+        .to_string()
+        .contains("use the master key the keyring was created with"));
     assert!(matches!(
         KeyringDoc::open(&bytes, &other),
         Err(KeyError::WrongMasterKey)
@@ -137,7 +143,13 @@ fn corrupt_keyrings_are_reported_not_garbage() {
         assert!(is_corrupt(&e), "len {n}: {e:?}");
     }
     // Missing fields.
-    for field in ["format", "generation", "master_check", "next_key_id", "columns"] {
+    for field in [
+        "format",
+        "generation",
+        "master_check",
+        "next_key_id",
+        "columns",
+    ] {
         let e = corrupt_with(|v| {
             v.as_object_mut().unwrap().remove(field);
         });
@@ -145,28 +157,54 @@ fn corrupt_keyrings_are_reported_not_garbage() {
         assert!(e.to_string().contains(field), "{e}");
     }
     let e = corrupt_with(|v| {
-        v["columns"][0]["versions"][0].as_object_mut().unwrap().remove("wrapped_key");
+        v["columns"][0]["versions"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("wrapped_key");
     });
     assert!(is_corrupt(&e));
     // Unknown field, wrong format, newer version.
-    assert!(is_corrupt(&corrupt_with(|v| v["extra"] = Value::Bool(true))));
+    assert!(is_corrupt(
+        &corrupt_with(|v| v["extra"] = Value::Bool(true))
+    ));
     assert!(is_corrupt(&corrupt_with(|v| v["format"] = "x".into())));
     assert!(matches!(
         corrupt_with(|v| v["format_version"] = 2.into()),
-        KeyError::UnsupportedKeyringVersion { found: 2, supported: 1 }
+        KeyError::UnsupportedKeyringVersion {
+            found: 2,
+            supported: 1
+        }
     ));
     // Broken invariants.
-    assert!(is_corrupt(&corrupt_with(|v| v["columns"][1]["key_id"] = 1.into())));
-    assert!(is_corrupt(&corrupt_with(|v| v["columns"][1]["column"] = PHONE.into())));
-    assert!(is_corrupt(&corrupt_with(|v| v["columns"][0]["active_version"] = 2.into())));
+    assert!(is_corrupt(&corrupt_with(
+        |v| v["columns"][1]["key_id"] = 1.into()
+    )));
+    assert!(is_corrupt(&corrupt_with(
+        |v| v["columns"][1]["column"] = PHONE.into()
+    )));
+    assert!(is_corrupt(&corrupt_with(|v| v["columns"][0]
+        ["active_version"] =
+        2.into())));
     assert!(is_corrupt(&corrupt_with(|v| v["next_key_id"] = 2.into())));
-    assert!(is_corrupt(&corrupt_with(|v| v["columns"][0]["versions"] = Value::Array(vec![]))));
-    assert!(is_corrupt(&corrupt_with(|v| v["columns"][0]["column"] = "nodots".into())));
-    assert!(is_corrupt(&corrupt_with(|v| v["master_check"] = "zz".into())));
+    assert!(is_corrupt(&corrupt_with(
+        |v| v["columns"][0]["versions"] = Value::Array(vec![])
+    )));
+    assert!(is_corrupt(&corrupt_with(
+        |v| v["columns"][0]["column"] = "nodots".into()
+    )));
+    assert!(is_corrupt(&corrupt_with(
+        |v| v["master_check"] = "zz".into()
+    )));
     // Edited metadata that the wrapped key's associated data binds.
-    assert!(is_corrupt(&corrupt_with(|v| v["columns"][0]["mode"] = "randomized".into())));
-    assert!(is_corrupt(&corrupt_with(|v| v["columns"][0]["column"] = "public.other.col".into())));
-    assert!(is_corrupt(&corrupt_with(|v| v["columns"][0]["versions"][0]["version"] = 5.into())));
+    assert!(is_corrupt(&corrupt_with(
+        |v| v["columns"][0]["mode"] = "randomized".into()
+    )));
+    assert!(is_corrupt(&corrupt_with(
+        |v| v["columns"][0]["column"] = "public.other.col".into()
+    )));
+    assert!(is_corrupt(&corrupt_with(
+        |v| v["columns"][0]["versions"][0]["version"] = 5.into()
+    )));
     assert!(is_corrupt(&corrupt_with(|v| {
         let w = v["columns"][1]["versions"][0]["wrapped_key"].clone();
         v["columns"][0]["versions"][0]["wrapped_key"] = w;
@@ -180,7 +218,11 @@ fn every_bit_flip_in_a_wrapped_key_is_detected() {
     let m = master();
     let v: Value = serde_json::from_slice(&sample_doc(&m)).unwrap();
     let wrapped = b64
-        .decode(v["columns"][0]["versions"][0]["wrapped_key"].as_str().unwrap())
+        .decode(
+            v["columns"][0]["versions"][0]["wrapped_key"]
+                .as_str()
+                .unwrap(),
+        )
         .unwrap();
     for bit in 0..wrapped.len() * 8 {
         let mut w = wrapped.clone();
@@ -201,7 +243,9 @@ fn every_bit_flip_in_a_wrapped_key_is_detected() {
                 assert_eq!(kr.list().len(), 2);
             }
             Err(e) => assert!(
-                is_corrupt(&e) || e == KeyError::WrongMasterKey || matches!(e, KeyError::UnsupportedKeyringVersion { .. }),
+                is_corrupt(&e)
+                    || e == KeyError::WrongMasterKey
+                    || matches!(e, KeyError::UnsupportedKeyringVersion { .. }),
                 "{e:?}"
             ),
         }
@@ -213,7 +257,9 @@ fn ensure_column_is_idempotent_and_checks_mode() {
     let m = master();
     let mut doc = KeyringDoc::open(&sample_doc(&m), &m).unwrap();
     let before = doc.to_json_bytes().unwrap();
-    assert!(!doc.ensure_column(PHONE, Mode::Deterministic, "later").unwrap());
+    assert!(!doc
+        .ensure_column(PHONE, Mode::Deterministic, "later")
+        .unwrap());
     assert!(!doc.is_modified());
     assert_eq!(doc.to_json_bytes().unwrap(), before);
     assert!(matches!(
@@ -247,7 +293,13 @@ fn rotation_keeps_old_versions_decrypting() {
     assert_eq!(phone.active_version(), 3);
     assert_eq!(phone.versions(), vec![1, 2, 3]);
     assert_eq!(phone.decrypt(&old_det).unwrap(), b"555-0100");
-    assert_eq!(kr.cipher(NOTES).unwrap().decrypt(old_rnd.as_bytes()).unwrap(), b"note");
+    assert_eq!(
+        kr.cipher(NOTES)
+            .unwrap()
+            .decrypt(old_rnd.as_bytes())
+            .unwrap(),
+        b"note"
+    );
     let new = phone.encrypt(b"555-0100").unwrap();
     assert_ne!(new, old_det);
     assert_eq!(pgcloak_keymgr::Envelope::parse(&new).unwrap().version(), 3);
@@ -275,8 +327,10 @@ fn update_with_retry_creates_then_updates() {
     assert_eq!(doc.generation(), 2);
     assert!(!doc.is_modified());
     // Idempotent init: no write.
-    let (created, _) =
-        update_with_retry(&store, &m, |d| d.ensure_column(PHONE, Mode::Deterministic, T0)).unwrap();
+    let (created, _) = update_with_retry(&store, &m, |d| {
+        d.ensure_column(PHONE, Mode::Deterministic, T0)
+    })
+    .unwrap();
     assert!(!created);
     assert_eq!(*store.writes.lock().unwrap(), 1);
     // An empty init still records the master check.
@@ -285,8 +339,9 @@ fn update_with_retry_creates_then_updates() {
     assert!(empty.doc.lock().unwrap().is_some());
     // Wrong master key through the helper.
     assert_eq!(
-        update_with_retry(&store, &MasterKey::generate().unwrap(), |d| d.rotate(PHONE, T0))
-            .unwrap_err(),
+        update_with_retry(&store, &MasterKey::generate().unwrap(), |d| d
+            .rotate(PHONE, T0))
+        .unwrap_err(),
         KeyError::WrongMasterKey
     );
 }
@@ -348,7 +403,10 @@ fn concurrent_rotations_never_lose_a_version() {
     const ROTATIONS: usize = 15;
     let store = Arc::new(MemStore::default());
     let m = Arc::new(master());
-    update_with_retry(&*store, &m, |d| d.ensure_column(PHONE, Mode::Deterministic, T0)).unwrap();
+    update_with_retry(&*store, &m, |d| {
+        d.ensure_column(PHONE, Mode::Deterministic, T0)
+    })
+    .unwrap();
     let handles: Vec<_> = (0..THREADS)
         .map(|t| {
             let store = Arc::clone(&store);
@@ -381,7 +439,10 @@ fn concurrent_rotations_never_lose_a_version() {
     for t in 0..THREADS {
         for r in 0..ROTATIONS {
             let label = format!("thread {t} rotation {r}");
-            assert!(info.versions.iter().any(|v| v.created == label), "{label} lost");
+            assert!(
+                info.versions.iter().any(|v| v.created == label),
+                "{label} lost"
+            );
         }
     }
     println!("conflicts retried: {}", store.conflicts.lock().unwrap());

@@ -84,7 +84,9 @@ pub fn timestamp_from_micros(year: i64, month: u32, day: u32, micros_of_day: i64
     }
     let days = i128::from(days_from_civil(year, m, d) - PG_EPOCH_UNIX_DAYS);
     let t = days * i128::from(USECS_PER_DAY) + i128::from(micros_of_day);
-    i64::try_from(t).ok().filter(|t| (TS_MIN..TS_END).contains(t))
+    i64::try_from(t)
+        .ok()
+        .filter(|t| (TS_MIN..TS_END).contains(t))
 }
 
 pub(super) fn check_date(d: i32, format: &'static str) -> Result<()> {
@@ -99,7 +101,11 @@ pub(super) fn check_timestamp(t: i64, format: &'static str) -> Result<()> {
     if t == TIMESTAMP_POS_INFINITY || t == TIMESTAMP_NEG_INFINITY || (TS_MIN..TS_END).contains(&t) {
         Ok(())
     } else {
-        Err(invalid(LogicalType::Timestamptz, format, "timestamp out of range"))
+        Err(invalid(
+            LogicalType::Timestamptz,
+            format,
+            "timestamp out of range",
+        ))
     }
 }
 
@@ -260,7 +266,13 @@ fn astronomical(y: i64, bc: bool) -> Option<i64> {
 
 /// `date_in` for ISO input: `YYYY-MM-DD[ BC]`, `infinity`, `-infinity`, `epoch`.
 pub(super) fn date_from_text(text: &[u8]) -> Result<i32> {
-    let bad = || invalid(LogicalType::Date, "text", "it is not an ISO date (YYYY-MM-DD)");
+    let bad = || {
+        invalid(
+            LogicalType::Date,
+            "text",
+            "it is not an ISO date (YYYY-MM-DD)",
+        )
+    };
     let t = trim_ascii_ws(text).to_ascii_lowercase();
     match &t[..] {
         b"infinity" | b"+infinity" => return Ok(DATE_POS_INFINITY),
@@ -276,7 +288,11 @@ pub(super) fn date_from_text(text: &[u8]) -> Result<i32> {
     }
     let y = astronomical(y, bc).ok_or_else(bad)?;
     if !(1..=12).contains(&m) || d < 1 || d > days_in_month(y, m) {
-        return Err(invalid(LogicalType::Date, "text", "date field value out of range"));
+        return Err(invalid(
+            LogicalType::Date,
+            "text",
+            "date field value out of range",
+        ));
     }
     date_from_days(y, m as u32, d as u32)
         .ok_or_else(|| invalid(LogicalType::Date, "text", "date out of range"))
@@ -399,6 +415,9 @@ mod tests {
         assert_eq!(date_to_text(DATE_MIN), "4714-11-24 BC");
         assert_eq!(date_to_text(DATE_END - 1), "5874897-12-31");
         assert_eq!(timestamptz_to_text(TS_MIN), "4714-11-24 00:00:00+00 BC");
-        assert_eq!(timestamptz_to_text(TS_END - 1), "294276-12-31 23:59:59.999999+00");
+        assert_eq!(
+            timestamptz_to_text(TS_END - 1),
+            "294276-12-31 23:59:59.999999+00"
+        );
     }
 }

@@ -49,10 +49,14 @@ pub fn canonical_from_text(ty: LogicalType, text: &[u8]) -> Result<Vec<u8>> {
             let v = parse_int(ty, text, i32::MIN as i64, i32::MAX as i64)?;
             Ok((v as i32).to_be_bytes().to_vec())
         }
-        LogicalType::Int8 => Ok(parse_int(ty, text, i64::MIN, i64::MAX)?.to_be_bytes().to_vec()),
+        LogicalType::Int8 => Ok(parse_int(ty, text, i64::MIN, i64::MAX)?
+            .to_be_bytes()
+            .to_vec()),
         LogicalType::Bool => Ok(vec![u8::from(parse_bool(text)?)]),
         LogicalType::Date => Ok(datetime::date_from_text(text)?.to_be_bytes().to_vec()),
-        LogicalType::Timestamptz => Ok(datetime::timestamptz_from_text(text)?.to_be_bytes().to_vec()),
+        LogicalType::Timestamptz => Ok(datetime::timestamptz_from_text(text)?
+            .to_be_bytes()
+            .to_vec()),
         LogicalType::Numeric => numeric::from_text(text),
         LogicalType::Jsonb => {
             validate_json(ty, "text", text)?;
@@ -88,7 +92,11 @@ pub fn canonical_from_binary(ty: LogicalType, bin: &[u8]) -> Result<Vec<u8>> {
                 .split_first()
                 .ok_or(invalid(ty, "binary", "it is empty"))?;
             if version != 1 {
-                return Err(invalid(ty, "binary", "unsupported jsonb version byte (expected 1)"));
+                return Err(invalid(
+                    ty,
+                    "binary",
+                    "unsupported jsonb version byte (expected 1)",
+                ));
             }
             validate_json(ty, "binary", json)?;
             Ok(json.to_vec())
@@ -209,7 +217,8 @@ fn parse_int(ty: LogicalType, text: &[u8], min: i64, max: i64) -> Result<i64> {
     let v = if neg {
         v
     } else {
-        v.checked_neg().ok_or(invalid(ty, "text", "it is out of range"))?
+        v.checked_neg()
+            .ok_or(invalid(ty, "text", "it is out of range"))?
     };
     if v < min || v > max {
         return Err(invalid(ty, "text", "it is out of range"));
@@ -227,7 +236,11 @@ fn parse_bool(text: &[u8]) -> Result<bool> {
     } else if prefix_of(b"false", 1) || prefix_of(b"no", 1) || prefix_of(b"off", 2) || t == b"0" {
         Ok(false)
     } else {
-        Err(invalid(LogicalType::Bool, "text", "it is not a boolean spelling"))
+        Err(invalid(
+            LogicalType::Bool,
+            "text",
+            "it is not a boolean spelling",
+        ))
     }
 }
 
@@ -236,7 +249,10 @@ fn bytea_from_text(text: &[u8]) -> Result<Vec<u8>> {
     let ty = LogicalType::Bytea;
     if let Some(hex) = text.strip_prefix(b"\\x") {
         let mut out = Vec::with_capacity(hex.len() / 2);
-        let mut it = hex.iter().copied().filter(|c| !matches!(c, b' ' | b'\t' | b'\n' | b'\r'));
+        let mut it = hex
+            .iter()
+            .copied()
+            .filter(|c| !matches!(c, b' ' | b'\t' | b'\n' | b'\r'));
         while let Some(hi) = it.next() {
             let lo = it
                 .next()
@@ -256,8 +272,14 @@ fn bytea_from_text(text: &[u8]) -> Result<Vec<u8>> {
         } else if text.get(i + 1) == Some(&b'\\') {
             out.push(b'\\');
             i += 2;
-        } else if let Some(&[a, b, c]) = text.get(i + 1..i + 4).map(|s| <&[u8; 3]>::try_from(s).ok()).flatten() {
-            if (b'0'..=b'3').contains(&a) && (b'0'..=b'7').contains(&b) && (b'0'..=b'7').contains(&c) {
+        } else if let Some(&[a, b, c]) = text
+            .get(i + 1..i + 4)
+            .and_then(|s| <&[u8; 3]>::try_from(s).ok())
+        {
+            if (b'0'..=b'3').contains(&a)
+                && (b'0'..=b'7').contains(&b)
+                && (b'0'..=b'7').contains(&c)
+            {
                 out.push((a - b'0') << 6 | (b - b'0') << 3 | (c - b'0'));
                 i += 4;
             } else {

@@ -111,7 +111,11 @@ fn decode(bin: &[u8], format: &'static str) -> Result<Num> {
         return Err(invalid(TY, format, "negative digit count"));
     }
     if bin.len() != 8 + 2 * ndigits as usize {
-        return Err(invalid(TY, format, "the digit count does not match the length"));
+        return Err(invalid(
+            TY,
+            format,
+            "the digit count does not match the length",
+        ));
     }
     if !matches!(sign, POS | NEG | NAN | PINF | NINF) {
         return Err(invalid(TY, format, "invalid sign"));
@@ -239,7 +243,11 @@ pub(super) fn from_text(text: &[u8]) -> Result<Vec<u8>> {
     }
     let dscale = (frac.len() as i64 - exp).max(0);
     if dscale > DSCALE_MAX {
-        return Err(invalid(TY, "text", "too many digits after the decimal point"));
+        return Err(invalid(
+            TY,
+            "text",
+            "too many digits after the decimal point",
+        ));
     }
     // Decimal digit j (of int ++ frac) has decimal exponent point - 1 - j.
     let point = int_len as i64 + exp;

@@ -20,9 +20,15 @@ fn norm(ty: LogicalType, s: &str) -> String {
 #[test]
 fn numeric_known_binary() {
     // From PostgreSQL: SELECT numeric_send(12.34) = \x0002000000000002000c0d48
-    assert_eq!(hex::encode(text(Numeric, "12.34")), "0002000000000002000c0d48");
+    assert_eq!(
+        hex::encode(text(Numeric, "12.34")),
+        "0002000000000002000c0d48"
+    );
     // numeric_send(-12.3400): dscale 4 kept, trailing zero digits stripped
-    assert_eq!(hex::encode(text(Numeric, "-12.3400")), "0002000040000004000c0d48");
+    assert_eq!(
+        hex::encode(text(Numeric, "-12.3400")),
+        "0002000040000004000c0d48"
+    );
     // numeric_send(0) = \x0000000000000000 ; 0.00 keeps dscale 2
     assert_eq!(hex::encode(text(Numeric, "0")), "0000000000000000");
     assert_eq!(hex::encode(text(Numeric, "-0.00")), "0000000000000002");
@@ -59,12 +65,30 @@ fn numeric_text_forms() {
         ("nan", "NaN"),
         ("+Infinity", "Infinity"),
         ("-inf", "-Infinity"),
-        ("99999999999999999999.99999999999999999999", "99999999999999999999.99999999999999999999"),
+        (
+            "99999999999999999999.99999999999999999999",
+            "99999999999999999999.99999999999999999999",
+        ),
     ] {
         assert_eq!(norm(Numeric, input), expect, "{input}");
     }
-    for bad in ["", "-", ".", "1.2.3", "1e", "e5", "1e1001", "abc", "1 2", "0x10", "1e-99999999999"] {
-        assert!(canonical_from_text(Numeric, bad.as_bytes()).is_err(), "{bad}");
+    for bad in [
+        "",
+        "-",
+        ".",
+        "1.2.3",
+        "1e",
+        "e5",
+        "1e1001",
+        "abc",
+        "1 2",
+        "0x10",
+        "1e-99999999999",
+    ] {
+        assert!(
+            canonical_from_text(Numeric, bad.as_bytes()).is_err(),
+            "{bad}"
+        );
     }
 }
 
@@ -72,18 +96,24 @@ fn numeric_text_forms() {
 fn numeric_binary_is_normalised_like_numeric_recv() {
     // 12.34 sent with a leading zero digit and a trailing zero digit and weight 1
     let sloppy = hex::decode("00040001000000020000000c0d480000").unwrap();
-    assert_eq!(hex::encode(canonical_from_binary(Numeric, &sloppy).unwrap()), "0002000000000002000c0d48");
+    assert_eq!(
+        hex::encode(canonical_from_binary(Numeric, &sloppy).unwrap()),
+        "0002000000000002000c0d48"
+    );
     // digits beyond dscale are truncated: 12.3456 with dscale 2 -> 12.34
     let hidden = hex::decode("0002000000000002000c0d80").unwrap();
-    assert_eq!(out(Numeric, &canonical_from_binary(Numeric, &hidden).unwrap()), "12.34");
+    assert_eq!(
+        out(Numeric, &canonical_from_binary(Numeric, &hidden).unwrap()),
+        "12.34"
+    );
     for bad in [
         "",
-        "0001000000000000",                 // ndigits 1, no digit
-        "00010000000000002710",             // digit 10000
-        "00000000123400000",                // odd length
-        "0000000012340000",                 // bad sign
-        "000000000000c000",                 // dscale > 0x3fff
-        "ffff000000000000",                 // negative ndigits
+        "0001000000000000",     // ndigits 1, no digit
+        "00010000000000002710", // digit 10000
+        "00000000123400000",    // odd length
+        "0000000012340000",     // bad sign
+        "000000000000c000",     // dscale > 0x3fff
+        "ffff000000000000",     // negative ndigits
     ] {
         let b = hex::decode(bad).unwrap_or_else(|_| vec![1, 2, 3]);
         assert!(canonical_from_binary(Numeric, &b).is_err(), "{bad}");
@@ -94,7 +124,10 @@ fn numeric_binary_is_normalised_like_numeric_recv() {
 fn ints_and_bools() {
     assert_eq!(text(Int4, "42"), [0, 0, 0, 42]);
     assert_eq!(text(Int4, " -2147483648\n"), i32::MIN.to_be_bytes());
-    assert_eq!(canonical_from_binary(Int4, &[0, 0, 0, 42]).unwrap(), text(Int4, "42"));
+    assert_eq!(
+        canonical_from_binary(Int4, &[0, 0, 0, 42]).unwrap(),
+        text(Int4, "42")
+    );
     assert_eq!(text(Int8, "-9223372036854775808"), i64::MIN.to_be_bytes());
     assert_eq!(out(Int8, &i64::MAX.to_be_bytes()), "9223372036854775807");
     for bad in ["2147483648", "", "-", "4 2", "1.0", "0x1", "+-1"] {
@@ -131,7 +164,16 @@ fn dates() {
     assert_eq!(norm(Date, "0044-03-15 BC"), "0044-03-15 BC");
     assert_eq!(norm(Date, "1-01-01 bc"), "0001-01-01 BC");
     assert_eq!(norm(Date, "2024-02-29"), "2024-02-29");
-    for bad in ["2023-02-29", "2024-13-01", "0000-01-01", "2024/01/02", "20240102", "2024-01-02x", "4714-11-23 BC", "5874898-01-01"] {
+    for bad in [
+        "2023-02-29",
+        "2024-13-01",
+        "0000-01-01",
+        "2024/01/02",
+        "20240102",
+        "2024-01-02x",
+        "4714-11-23 BC",
+        "5874898-01-01",
+    ] {
         assert!(canonical_from_text(Date, bad.as_bytes()).is_err(), "{bad}");
     }
     assert!(canonical_from_binary(Date, &(-2_451_546i32).to_be_bytes()).is_err());
@@ -140,10 +182,16 @@ fn dates() {
 
 #[test]
 fn timestamps() {
-    assert_eq!(text(Timestamptz, "2000-01-01 00:00:00+00"), 0i64.to_be_bytes());
+    assert_eq!(
+        text(Timestamptz, "2000-01-01 00:00:00+00"),
+        0i64.to_be_bytes()
+    );
     let t = text(Timestamptz, "2024-01-02T03:04:05.123456Z");
     assert_eq!(out(Timestamptz, &t), "2024-01-02 03:04:05.123456+00");
-    assert_eq!(i64::from_be_bytes(t.clone().try_into().unwrap()), 757_479_845_123_456);
+    assert_eq!(
+        i64::from_be_bytes(t.clone().try_into().unwrap()),
+        757_479_845_123_456
+    );
     for same in [
         "2024-01-02 03:04:05.123456+00",
         "2024-01-02 03:04:05.123456 +00:00",
@@ -155,12 +203,27 @@ fn timestamps() {
     ] {
         assert_eq!(text(Timestamptz, same), t, "{same}");
     }
-    assert_eq!(norm(Timestamptz, "2024-01-02 03:04:05.5"), "2024-01-02 03:04:05.5+00");
-    assert_eq!(norm(Timestamptz, "2024-01-02 03:04"), "2024-01-02 03:04:00+00");
+    assert_eq!(
+        norm(Timestamptz, "2024-01-02 03:04:05.5"),
+        "2024-01-02 03:04:05.5+00"
+    );
+    assert_eq!(
+        norm(Timestamptz, "2024-01-02 03:04"),
+        "2024-01-02 03:04:00+00"
+    );
     assert_eq!(norm(Timestamptz, "2024-01-02"), "2024-01-02 00:00:00+00");
-    assert_eq!(norm(Timestamptz, "2024-01-02 24:00:00"), "2024-01-03 00:00:00+00");
-    assert_eq!(norm(Timestamptz, "1999-12-31 23:59:59.999999"), "1999-12-31 23:59:59.999999+00");
-    assert_eq!(norm(Timestamptz, "0044-03-15 12:00:00+00 BC"), "0044-03-15 12:00:00+00 BC");
+    assert_eq!(
+        norm(Timestamptz, "2024-01-02 24:00:00"),
+        "2024-01-03 00:00:00+00"
+    );
+    assert_eq!(
+        norm(Timestamptz, "1999-12-31 23:59:59.999999"),
+        "1999-12-31 23:59:59.999999+00"
+    );
+    assert_eq!(
+        norm(Timestamptz, "0044-03-15 12:00:00+00 BC"),
+        "0044-03-15 12:00:00+00 BC"
+    );
     assert_eq!(norm(Timestamptz, "-infinity"), "-infinity");
     assert_eq!(norm(Timestamptz, "epoch"), "1970-01-01 00:00:00+00");
     for bad in [
@@ -176,7 +239,10 @@ fn timestamps() {
         "now",
         "2024-01-02 03:04:05 Europe/Paris",
     ] {
-        assert!(canonical_from_text(Timestamptz, bad.as_bytes()).is_err(), "{bad}");
+        assert!(
+            canonical_from_text(Timestamptz, bad.as_bytes()).is_err(),
+            "{bad}"
+        );
     }
     assert!(canonical_from_binary(Timestamptz, &(i64::MAX - 1).to_be_bytes()).is_err());
 }
@@ -237,9 +303,21 @@ fn matches_real_postgresql_encodings() {
         }
         let c = got.unwrap_or_else(|e| panic!("{ty} {input:?}: {e}"));
         let bin = hex::decode(v["bin"].as_str().unwrap()).unwrap();
-        assert_eq!(hex::encode(to_binary(ty, &c).unwrap()), hex::encode(&bin), "{ty} {input:?} binary");
-        assert_eq!(out(ty, &c), v["text"].as_str().unwrap(), "{ty} {input:?} text");
-        assert_eq!(canonical_from_binary(ty, &bin).unwrap(), c, "{ty} {input:?} from binary");
+        assert_eq!(
+            hex::encode(to_binary(ty, &c).unwrap()),
+            hex::encode(&bin),
+            "{ty} {input:?} binary"
+        );
+        assert_eq!(
+            out(ty, &c),
+            v["text"].as_str().unwrap(),
+            "{ty} {input:?} text"
+        );
+        assert_eq!(
+            canonical_from_binary(ty, &bin).unwrap(),
+            c,
+            "{ty} {input:?} from binary"
+        );
         checked += 1;
     }
     assert!(checked > 200, "{checked}");
@@ -301,7 +379,8 @@ fn json_text() -> impl Strategy<Value = String> {
     ];
     leaf.prop_recursive(3, 16, 4, |inner| {
         prop_oneof![
-            proptest::collection::vec(inner.clone(), 0..4).prop_map(|v| format!("[{}]", v.join(","))),
+            proptest::collection::vec(inner.clone(), 0..4)
+                .prop_map(|v| format!("[{}]", v.join(","))),
             proptest::collection::vec(("[a-z]{1,4}", inner), 0..4).prop_map(|v| {
                 let kv: Vec<String> = v.into_iter().map(|(k, v)| format!("{k:?}: {v}")).collect();
                 format!("{{{}}}", kv.join(", "))
