@@ -1,0 +1,269 @@
+//! The audit event model: what the proxy hands in (`NewEvent`) and what the chain stores (`AuditEvent`).
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// What kind of event a record is. The first ten are the CONTRACT.md kinds; `gap`, `start` and
+/// `shutdown` are extensions written by the audit writer itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Connect,
+    Disconnect,
+    AuthFailed,
+    Select,
+    Insert,
+    Update,
+    Delete,
+    Copy,
+    Ddl,
+    #[default]
+    Other,
+    /// Extension: events were lost (queue full or a sink backlog full); `reason` says
+    /// "N events dropped". Written once the sinks are healthy again, so the loss itself is chained.
+    Gap,
+    /// Extension: the audit writer started (reason says whether it continues an existing chain).
+    Start,
+    /// Extension: the audit writer is shutting down cleanly (followed by a final checkpoint).
+    Shutdown,
+}
+
+impl Kind {
+    /// The text form used in records, tables and filters.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Connect => "connect",
+            Kind::Disconnect => "disconnect",
+            Kind::AuthFailed => "auth_failed",
+            Kind::Select => "select",
+            Kind::Insert => "insert",
+            Kind::Update => "update",
+            Kind::Delete => "delete",
+            Kind::Copy => "copy",
+            Kind::Ddl => "ddl",
+            Kind::Other => "other",
+            Kind::Gap => "gap",
+            Kind::Start => "start",
+            Kind::Shutdown => "shutdown",
+        }
+    }
+
+    /// Parses the text form; `None` for an unknown kind.
+    pub fn parse(s: &str) -> Option<Kind> {
+        Some(match s {
+            "connect" => Kind::Connect,
+            "disconnect" => Kind::Disconnect,
+            "auth_failed" => Kind::AuthFailed,
+            "select" => Kind::Select,
+            "insert" => Kind::Insert,
+            "update" => Kind::Update,
+            "delete" => Kind::Delete,
+            "copy" => Kind::Copy,
+            "ddl" => Kind::Ddl,
+            "other" => Kind::Other,
+            "gap" => Kind::Gap,
+            "start" => Kind::Start,
+            "shutdown" => Kind::Shutdown,
+            _ => return None,
+        })
+    }
+}
+
+/// Whether the proxy let the statement (or connection) through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    #[default]
+    Allow,
+    Deny,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allow => "allow",
+            Decision::Deny => "deny",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Decision> {
+        match s {
+            "allow" => Some(Decision::Allow),
+            "deny" => Some(Decision::Deny),
+            _ => None,
+        }
+    }
+}
+
+/// One classified column a statement touched and the access the role got
+/// (`plaintext`, `masked`, `null`, `deny`, or `write` — the proxy's vocabulary, stored as given).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnAccess {
+    /// `schema.table.column`
+    pub name: String,
+    /// `public | internal | sensitive | confidential`
+    pub class: String,
+    pub access: String,
+}
+
+/// What the proxy fills in for one event. The writer adds `seq`, `instance`, `prev_hash` and
+/// `hash` (and `ts` when the caller leaves it `None`). Never put literals, parameter values,
+/// passwords or key material in any field.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NewEvent {
+    /// When the statement ended; `None`: the time the writer sequences the event.
+    pub ts: Option<OffsetDateTime>,
+    pub session: String,
+    /// `ip:port` of the client.
+    pub client: String,
+    pub user: String,
+    /// The policy role (`None` when not known yet, e.g. a failed login).
+    pub role: Option<String>,
+    pub database: String,
+    pub application: String,
+    pub kind: Kind,
+    /// Normalised statement text (literals replaced by placeholders).
+    pub statement: Option<String>,
+    pub fingerprint: Option<String>,
+    pub tables: Vec<String>,
+    pub columns: Vec<ColumnAccess>,
+    pub decision: Decision,
+    pub reason: Option<String>,
+    /// Rows returned or affected.
+    pub rows: Option<u64>,
+    pub duration_us: Option<u64>,
+    pub sqlstate: Option<String>,
+}
+
+impl NewEvent {
+    /// An event of `kind` with every other field empty.
+    pub fn new(kind: Kind) -> NewEvent {
+        NewEvent {
+            kind,
+            ..NewEvent::default()
+        }
+    }
+}
+
+/// One stored audit record: exactly the CONTRACT.md fields, in the order they are written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditEvent {
+    pub seq: u64,
+    /// RFC 3339 UTC with microseconds: `2026-01-31T12:34:56.123456Z`.
+    pub ts: String,
+    pub instance: String,
+    pub session: String,
+    pub client: String,
+    pub user: String,
+    pub role: Option<String>,
+    pub database: String,
+    pub application: String,
+    pub kind: Kind,
+    pub statement: Option<String>,
+    pub fingerprint: Option<String>,
+    pub tables: Vec<String>,
+    pub columns: Vec<ColumnAccess>,
+    pub decision: Decision,
+    pub reason: Option<String>,
+    pub rows: Option<u64>,
+    pub duration_us: Option<u64>,
+    pub sqlstate: Option<String>,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl AuditEvent {
+    /// The event time, parsed; `None` if `ts` is not RFC 3339.
+    pub fn time(&self) -> Option<OffsetDateTime> {
+        OffsetDateTime::parse(&self.ts, &time::format_description::well_known::Rfc3339).ok()
+    }
+}
+
+/// A signed checkpoint: the chain hash at `seq`, signed with the instance's Ed25519 key.
+/// Written as `{"checkpoint": {"seq": N, "hash": "...", "ts": "...", "signature": "...", "instance": "..."}}`
+/// (`instance` is an extension: the signature covers it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Checkpoint {
+    pub seq: u64,
+    pub hash: String,
+    pub ts: String,
+    /// Standard base64 (padded) of the 64-byte Ed25519 signature.
+    pub signature: String,
+    pub instance: String,
+}
+
+/// Formats a time the way records store it: UTC, RFC 3339, exactly six fractional digits, `Z`.
+pub fn format_ts(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    let mut s = String::with_capacity(27);
+    use std::fmt::Write;
+    let _ = write!(
+        s,
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.microsecond()
+    );
+    s
+}
+
+/// Parses a time given by a user or read from a record: RFC 3339, or a bare date `YYYY-MM-DD`
+/// (midnight UTC).
+pub fn parse_time(s: &str) -> Option<OffsetDateTime> {
+    let s = s.trim();
+    if let Ok(t) = OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
+        return Some(t);
+    }
+    let fmt = time::macros::format_description!("[year]-[month]-[day]");
+    time::Date::parse(s, &fmt)
+        .ok()
+        .map(|d| d.midnight().assume_utc())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ts_has_fixed_microsecond_utc_form() {
+        let t = time::macros::datetime!(2026-01-02 03:04:05.000007 +02:00);
+        assert_eq!(format_ts(t), "2026-01-02T01:04:05.000007Z");
+        assert_eq!(parse_time("2026-01-02T01:04:05.000007Z").unwrap(), t);
+        assert_eq!(
+            parse_time("2026-01-02").unwrap(),
+            time::macros::datetime!(2026-01-02 00:00 UTC)
+        );
+    }
+
+    #[test]
+    fn kinds_round_trip_through_text() {
+        for k in [
+            Kind::Connect,
+            Kind::Disconnect,
+            Kind::AuthFailed,
+            Kind::Select,
+            Kind::Insert,
+            Kind::Update,
+            Kind::Delete,
+            Kind::Copy,
+            Kind::Ddl,
+            Kind::Other,
+            Kind::Gap,
+            Kind::Start,
+            Kind::Shutdown,
+        ] {
+            assert_eq!(Kind::parse(k.as_str()), Some(k));
+            assert_eq!(
+                serde_json::to_string(&k).unwrap(),
+                format!("\"{}\"", k.as_str())
+            );
+        }
+    }
+}
