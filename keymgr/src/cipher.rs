@@ -260,6 +260,9 @@ impl ColumnCipher {
     /// Decrypts a stored value of this column in either encoding (raw or armoured), under whichever
     /// live version it names. Fails if it is not an envelope, belongs to another column's key, names
     /// a version the keyring does not have, or was altered in any way.
+    ///
+    /// The plaintext comes back in a plain `Vec` (not `Zeroizing`): it is user data on its way to the
+    /// client, and zeroising every value byte by byte would cost more than decrypting it.
     pub fn decrypt(&self, stored: &[u8]) -> Result<Vec<u8>> {
         let raw = envelope::decode_any(stored)?;
         let env = Envelope::parse(&raw)?;
