@@ -32,7 +32,12 @@ impl Catalog {
     }
 
     /// Add (or replace) a table with its columns in attribute order.
-    pub fn add_table<S: Into<String>>(&mut self, schema: &str, table: &str, columns: impl IntoIterator<Item = S>) {
+    pub fn add_table<S: Into<String>>(
+        &mut self,
+        schema: &str,
+        table: &str,
+        columns: impl IntoIterator<Item = S>,
+    ) {
         self.tables.insert(
             (schema.to_string(), table.to_string()),
             columns.into_iter().map(Into::into).collect(),
@@ -40,7 +45,12 @@ impl Catalog {
     }
 
     /// Builder form of [`Catalog::add_table`].
-    pub fn with_table<S: Into<String>>(mut self, schema: &str, table: &str, columns: impl IntoIterator<Item = S>) -> Catalog {
+    pub fn with_table<S: Into<String>>(
+        mut self,
+        schema: &str,
+        table: &str,
+        columns: impl IntoIterator<Item = S>,
+    ) -> Catalog {
         self.add_table(schema, table, columns);
         self
     }
@@ -54,7 +64,8 @@ impl Catalog {
 
     /// Whether the table is known.
     pub fn has_table(&self, schema: &str, table: &str) -> bool {
-        self.tables.contains_key(&(schema.to_string(), table.to_string()))
+        self.tables
+            .contains_key(&(schema.to_string(), table.to_string()))
     }
 
     /// A tag of what plans depend on (version and search path), for cache keys.

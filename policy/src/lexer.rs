@@ -96,6 +96,8 @@ pub struct Lexed {
     pub max_param: u64,
     /// A string, quoted identifier or comment ran to the end of the text.
     pub unterminated: bool,
+    /// A `U&"..."` identifier occurs (sqlparser does not understand them; analysis fails closed).
+    pub unicode_identifiers: bool,
 }
 
 /// Parameters beyond this are clamped (PostgreSQL allows 65535).
@@ -171,13 +173,15 @@ impl StmtState {
     fn kind(&self) -> (StatementKind, bool) {
         let w0 = self.words.first().map(String::as_str).unwrap_or("");
         let verb_kind = |v: &str| match v {
-            "select" | "values" | "table" | "show" | "declare" | "fetch" | "move" => StatementKind::Select,
+            "select" | "values" | "table" | "show" | "declare" | "fetch" | "move" => {
+                StatementKind::Select
+            }
             "insert" => StatementKind::Insert,
             "update" | "merge" => StatementKind::Update,
             "delete" => StatementKind::Delete,
             "copy" => StatementKind::Copy,
-            "create" | "alter" | "drop" | "truncate" | "comment" | "grant" | "revoke" | "reindex"
-            | "cluster" | "refresh" | "security" | "import" => StatementKind::Ddl,
+            "create" | "alter" | "drop" | "truncate" | "comment" | "grant" | "revoke"
+            | "reindex" | "cluster" | "refresh" | "security" | "import" => StatementKind::Ddl,
             _ => StatementKind::Other,
         };
         match w0 {
@@ -308,7 +312,9 @@ pub fn lex(sql: &str) -> Lexed {
                 let s = i;
                 let (e, closed) = scan_quoted(bytes, i + 1, b'"', false);
                 out.unterminated |= !closed;
-                let inner = sql.get(s + 1..e.saturating_sub(usize::from(closed)).max(s + 1)).unwrap_or("");
+                let inner = sql
+                    .get(s + 1..e.saturating_sub(usize::from(closed)).max(s + 1))
+                    .unwrap_or("");
                 let name = inner.replace("\"\"", "\"");
                 st.note_word(&name.to_lowercase());
                 out.identifiers.push(name);
@@ -321,7 +327,10 @@ pub fn lex(sql: &str) -> Lexed {
                     let mut j = i + 1;
                     let mut num: u64 = 0;
                     while let Some(d) = bytes.get(j).filter(|c| c.is_ascii_digit()) {
-                        num = num.saturating_mul(10).saturating_add(u64::from(d - b'0')).min(PARAM_CAP);
+                        num = num
+                            .saturating_mul(10)
+                            .saturating_add(u64::from(d - b'0'))
+                            .min(PARAM_CAP);
                         j += 1;
                     }
                     max_param = max_param.max(num);
@@ -344,7 +353,10 @@ pub fn lex(sql: &str) -> Lexed {
                         j += 1;
                     }
                     out.unterminated |= !closed;
-                    add_body_words(&mut out.identifiers, sql.get(body_start..j.min(n)).unwrap_or(""));
+                    add_body_words(
+                        &mut out.identifiers,
+                        sql.get(body_start..j.min(n)).unwrap_or(""),
+                    );
                     push_lit!(s, end, LiteralKind::DollarString);
                     i = end;
                 } else {
@@ -371,7 +383,8 @@ pub fn lex(sql: &str) -> Lexed {
                 });
                 space = false;
                 let last = tokens.len();
-                let finished = std::mem::replace(&mut st, StmtState::new(i + 1, last, literals.len()));
+                let finished =
+                    std::mem::replace(&mut st, StmtState::new(i + 1, last, literals.len()));
                 stmts.push((finished, i, last - 1, literals.len()));
                 i += 1;
             }
@@ -413,6 +426,7 @@ pub fn lex(sql: &str) -> Lexed {
                             continue;
                         }
                         Some(b'"') => {
+                            out.unicode_identifiers = true;
                             let (e, closed) = scan_quoted(bytes, j + 2, b'"', false);
                             out.unterminated |= !closed;
                             let inner = sql
@@ -503,7 +517,10 @@ pub fn lex(sql: &str) -> Lexed {
             .copied()
             .unwrap_or(norm.len())
             .max(nstart);
-        let text_len = norm.get(nstart..nend).map(|t| t.trim_end().len()).unwrap_or(0);
+        let text_len = norm
+            .get(nstart..nend)
+            .map(|t| t.trim_end().len())
+            .unwrap_or(0);
         let (kind, refers_to_prior) = state.kind();
         out.statements.push(StatementSpan {
             range: state.start..end,
@@ -593,14 +610,24 @@ fn dollar_tag(bytes: &[u8], i: usize) -> Option<usize> {
 
 /// Scan a numeric literal starting at `i`: `123`, `1.5`, `.5`, `1e10`, `1.5E-3`, `0x1F`, `1_000`.
 fn scan_number(bytes: &[u8], i: usize) -> usize {
-    let digit = |j: usize| bytes.get(j).is_some_and(|c| c.is_ascii_digit() || *c == b'_');
+    let digit = |j: usize| {
+        bytes
+            .get(j)
+            .is_some_and(|c| c.is_ascii_digit() || *c == b'_')
+    };
     let mut j = i;
     if bytes.get(i) == Some(&b'0')
-        && matches!(bytes.get(i + 1), Some(b'x' | b'X' | b'o' | b'O' | b'b' | b'B'))
+        && matches!(
+            bytes.get(i + 1),
+            Some(b'x' | b'X' | b'o' | b'O' | b'b' | b'B')
+        )
         && bytes.get(i + 2).is_some_and(|c| c.is_ascii_hexdigit())
     {
         j = i + 2;
-        while bytes.get(j).is_some_and(|c| c.is_ascii_hexdigit() || *c == b'_') {
+        while bytes
+            .get(j)
+            .is_some_and(|c| c.is_ascii_hexdigit() || *c == b'_')
+        {
             j += 1;
         }
         return j;
@@ -615,7 +642,11 @@ fn scan_number(bytes: &[u8], i: usize) -> usize {
         }
     }
     if matches!(bytes.get(j), Some(b'e' | b'E')) {
-        let k = if matches!(bytes.get(j + 1), Some(b'+' | b'-')) { j + 2 } else { j + 1 };
+        let k = if matches!(bytes.get(j + 1), Some(b'+' | b'-')) {
+            j + 2
+        } else {
+            j + 1
+        };
         if bytes.get(k).is_some_and(|c| c.is_ascii_digit()) {
             j = k;
             while digit(j) {
@@ -648,7 +679,11 @@ pub fn decode_unicode_escapes(s: &str) -> String {
                 i += 2;
                 continue;
             }
-            let (len, start) = if chars.get(i + 1) == Some(&'+') { (6, i + 2) } else { (4, i + 1) };
+            let (len, start) = if chars.get(i + 1) == Some(&'+') {
+                (6, i + 2)
+            } else {
+                (4, i + 1)
+            };
             let hex: String = chars.iter().skip(start).take(len).collect();
             if hex.len() == len && hex.chars().all(|h| h.is_ascii_hexdigit()) {
                 if let Some(ch) = u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32) {
@@ -698,8 +733,14 @@ mod tests {
             norm("SELECT * FROM t WHERE a = $1 AND b = 'x'"),
             "SELECT * FROM t WHERE a = $1 AND b = $2"
         );
-        assert_eq!(norm("select 1, 2.5, .5e3, 'it''s'"), "select $1, $2, $3, $4");
-        assert_eq!(norm("SELECT E'a\\'b', $$x'y$$, $f$ $$ $f$, B'01', X'ff', U&'\\0041'"), "SELECT $1, $2, $3, $4, $5, $6");
+        assert_eq!(
+            norm("select 1, 2.5, .5e3, 'it''s'"),
+            "select $1, $2, $3, $4"
+        );
+        assert_eq!(
+            norm("SELECT E'a\\'b', $$x'y$$, $f$ $$ $f$, B'01', X'ff', U&'\\0041'"),
+            "SELECT $1, $2, $3, $4, $5, $6"
+        );
     }
 
     #[test]
@@ -746,7 +787,10 @@ mod tests {
         assert!(l.statements.last().is_some_and(|s| s.refers_to_prior));
         let ins = &l.statements[2];
         assert_eq!(ins.literals, 2..3);
-        assert_eq!(&l.normalized[ins.normalized_range.clone()], "insert into t values ($3)");
+        assert_eq!(
+            &l.normalized[ins.normalized_range.clone()],
+            "insert into t values ($3)"
+        );
     }
 
     #[test]

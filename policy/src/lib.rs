@@ -2,12 +2,24 @@
 //! and no panics on any input.
 #![forbid(unsafe_code)]
 
+pub mod analyze;
+pub mod catalog;
 pub mod error;
 pub mod lexer;
 pub mod mask;
 pub mod model;
+pub mod plan;
 
+pub use analyze::analyze;
+pub use catalog::Catalog;
 pub use error::{PolicyError, PolicyIssue};
 pub use lexer::{lex, names_any, Lexed, Literal, LiteralKind, StatementKind, StatementSpan};
 pub use mask::{apply_mask, Mask, MaskedValue};
-pub use model::{Access, Class, ColumnPolicy, EncryptMode, LogicalType, Policy, RolePolicy, RoleRef};
+pub use model::{
+    Access, Class, ColumnPolicy, EncryptMode, LogicalType, Policy, RolePolicy, RoleRef,
+};
+pub use plan::{
+    ColumnTouch, CopyColumn, CopyDirection, CopyEndpoint, CopyFormat, CopyInfo, CursorUse,
+    Decision, Encrypt, ExecuteArg, ExecuteInfo, Output, OutputAction, Plan, SessionEffect, Source,
+    StatementPlan, TouchAccess, ValueRef,
+};

@@ -55,7 +55,9 @@ impl Mask {
                 return Err(format!("malformed mask `{s}`: expected two numbers; {fix}"));
             };
             let (Ok(front), Ok(back)) = (a.parse::<usize>(), b.parse::<usize>()) else {
-                return Err(format!("malformed mask `{s}`: `{a}`/`{b}` are not whole numbers; {fix}"));
+                return Err(format!(
+                    "malformed mask `{s}`: `{a}`/`{b}` are not whole numbers; {fix}"
+                ));
             };
             if front > PARTIAL_MAX || back > PARTIAL_MAX {
                 return Err(format!(
@@ -164,9 +166,15 @@ mod tests {
         assert_eq!(m(Mask::Email, "not-an-email"), "****");
         assert_eq!(m(Mask::Email, "a@"), "****");
         assert_eq!(m(Mask::Redact, "anything"), "****");
-        assert_eq!(m(Mask::Partial { front: 2, back: 2 }, "4111111111111111"), "41****11");
+        assert_eq!(
+            m(Mask::Partial { front: 2, back: 2 }, "4111111111111111"),
+            "41****11"
+        );
         assert_eq!(m(Mask::Partial { front: 2, back: 2 }, "abcd"), "****");
-        assert_eq!(m(Mask::Partial { front: 0, back: 3 }, "héllo wörld"), "****rld");
+        assert_eq!(
+            m(Mask::Partial { front: 0, back: 3 }, "héllo wörld"),
+            "****rld"
+        );
         assert_eq!(m(Mask::Last4, "日本語のテキスト"), "****テキスト");
     }
 
@@ -199,9 +207,25 @@ mod tests {
 
     #[test]
     fn parse_masks() {
-        assert_eq!(Mask::parse("partial(2,4)"), Ok(Mask::Partial { front: 2, back: 4 }));
-        assert_eq!(Mask::parse("partial( 1 , 0 )"), Ok(Mask::Partial { front: 1, back: 0 }));
-        for bad in ["partial", "partial(2)", "partial(a,b)", "partial(2,4", "partial(-1,2)", "partial(0,0)", "partial(1000,1)", "last5", "partial(1,2,3)"] {
+        assert_eq!(
+            Mask::parse("partial(2,4)"),
+            Ok(Mask::Partial { front: 2, back: 4 })
+        );
+        assert_eq!(
+            Mask::parse("partial( 1 , 0 )"),
+            Ok(Mask::Partial { front: 1, back: 0 })
+        );
+        for bad in [
+            "partial",
+            "partial(2)",
+            "partial(a,b)",
+            "partial(2,4",
+            "partial(-1,2)",
+            "partial(0,0)",
+            "partial(1000,1)",
+            "last5",
+            "partial(1,2,3)",
+        ] {
             assert!(Mask::parse(bad).is_err(), "{bad} should be rejected");
         }
         for m in ["last4", "email", "redact", "hash", "partial(3,1)"] {

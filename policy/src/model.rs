@@ -23,7 +23,12 @@ pub enum Class {
 }
 
 impl Class {
-    pub const ALL: [Class; 4] = [Class::Public, Class::Internal, Class::Sensitive, Class::Confidential];
+    pub const ALL: [Class; 4] = [
+        Class::Public,
+        Class::Internal,
+        Class::Sensitive,
+        Class::Confidential,
+    ];
 
     pub fn parse(s: &str) -> Option<Class> {
         match s {
@@ -246,7 +251,10 @@ impl RolePolicy {
 
     /// Read access to a class.
     pub fn read(&self, class: Class) -> Access {
-        self.read.get(class.index()).copied().unwrap_or(Access::Deny)
+        self.read
+            .get(class.index())
+            .copied()
+            .unwrap_or(Access::Deny)
     }
 
     /// Whether the role may insert/update columns of this class. Unclassified, `public` and `internal`
@@ -392,7 +400,11 @@ fn parse_read(
     }
 }
 
-fn parse_write(ctx: &mut Ctx<'_>, write: &Option<Spanned<Vec<Spanned<String>>>>, into: &mut [bool; 4]) {
+fn parse_write(
+    ctx: &mut Ctx<'_>,
+    write: &Option<Spanned<Vec<Spanned<String>>>>,
+    into: &mut [bool; 4],
+) {
     let Some(write) = write else { return };
     for class in write.get_ref() {
         match Class::parse(class.get_ref()) {
@@ -419,7 +431,10 @@ fn parse_max_rows(ctx: &mut Ctx<'_>, max_rows: &Option<Spanned<i64>>) -> Option<
         Err(_) => {
             ctx.err(
                 m.span(),
-                format!("max_rows = {} is negative; use a row count of 0 or more", m.get_ref()),
+                format!(
+                    "max_rows = {} is negative; use a row count of 0 or more",
+                    m.get_ref()
+                ),
             );
             None
         }
@@ -457,7 +472,8 @@ impl Policy {
             let Some(name) = &col.name else {
                 ctx.err(
                     span,
-                    "[[column]] entry has no `name`; add name = \"schema.table.column\"".to_string(),
+                    "[[column]] entry has no `name`; add name = \"schema.table.column\""
+                        .to_string(),
                 );
                 continue;
             };
@@ -694,13 +710,32 @@ impl Policy {
         self.by_name.get(&key).and_then(|i| self.columns.get(*i))
     }
 
+    /// Index into [`Policy::columns`] of one column.
+    pub fn column_index(&self, schema: &str, table: &str, column: &str) -> Option<usize> {
+        let key = (schema.to_string(), table.to_string(), column.to_string());
+        self.by_name.get(&key).copied()
+    }
+
+    /// Indices into [`Policy::columns`] of one table's policy columns, in file order.
+    pub fn table_column_indices(&self, schema: &str, table: &str) -> &[usize] {
+        self.tables
+            .get(&(schema.to_string(), table.to_string()))
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
     /// Whether a table has any policy column.
     pub fn has_table(&self, schema: &str, table: &str) -> bool {
-        self.tables.contains_key(&(schema.to_string(), table.to_string()))
+        self.tables
+            .contains_key(&(schema.to_string(), table.to_string()))
     }
 
     /// The policy columns of one table, in file order.
-    pub fn table_columns<'s>(&'s self, schema: &str, table: &str) -> impl Iterator<Item = &'s ColumnPolicy> + 's {
+    pub fn table_columns<'s>(
+        &'s self,
+        schema: &str,
+        table: &str,
+    ) -> impl Iterator<Item = &'s ColumnPolicy> + 's {
         let idx = self
             .tables
             .get(&(schema.to_string(), table.to_string()))

@@ -37,7 +37,10 @@ pub struct Encrypt {
 pub enum Decision {
     Allow,
     /// Answer with an ErrorResponse; `message` starts with `pgcloak: ` and names the column and rule.
-    Deny { sqlstate: &'static str, message: String },
+    Deny {
+        sqlstate: &'static str,
+        message: String,
+    },
 }
 
 impl Decision {
@@ -64,7 +67,10 @@ pub enum OutputAction {
     /// Forward as received.
     PassThrough,
     /// Decrypt with the column's key; present as `logical_type`.
-    Decrypt { column: String, logical_type: LogicalType },
+    Decrypt {
+        column: String,
+        logical_type: LogicalType,
+    },
     /// Decrypt if the column is encrypted, then mask; the client sees type `text`.
     Mask {
         column: String,
@@ -262,7 +268,10 @@ impl StatementPlan {
     pub fn is_trivial(&self) -> bool {
         self.decision.is_allow()
             && self.encryptions.is_empty()
-            && self.outputs.iter().all(|o| o.action == OutputAction::PassThrough)
+            && self
+                .outputs
+                .iter()
+                .all(|o| o.action == OutputAction::PassThrough)
             && self.max_rows.is_none()
             && self
                 .copy

@@ -1,0 +1,859 @@
+//! Expressions and predicates: what each expression is (a protected column, a value the proxy can encrypt,
+//! something computed), and the uses of protected columns it implies.
+
+use sqlparser::ast::{
+    BinaryOperator, Expr, Function, FunctionArg, FunctionArgExpr, FunctionArguments, UnaryOperator,
+    Value, WindowType,
+};
+
+use super::scope::{name_parts, Resolved, Scope};
+use super::{Analyzer, ColId, Fail, Lin, SessionEffect, Use, R};
+use crate::plan::ValueRef;
+
+/// What an expression is, as far as the policy is concerned.
+#[derive(Debug, Clone)]
+pub(crate) enum Val {
+    /// Exactly the value of a protected column (use rules not applied yet).
+    Col(ColId),
+    /// A literal or parameter the proxy can encrypt.
+    Lit(ValueRef),
+    /// A literal whose position could not be matched to the lexer's (cannot be encrypted).
+    UnmappedLit,
+    Null,
+    /// Computed from these protected columns (their uses already checked).
+    Derived(Vec<ColId>),
+    /// Nothing protected.
+    Plain,
+    /// A whole-row reference (already checked: the role reads every protected column in plaintext).
+    Row(Vec<ColId>),
+}
+
+impl Val {
+    pub(crate) fn from_lin(lin: &Lin) -> Val {
+        match lin {
+            Lin::None => Val::Plain,
+            Lin::Direct(c) => Val::Col(*c),
+            Lin::Expr(cs) => Val::Derived(cs.clone()),
+        }
+    }
+
+    pub(crate) fn value_ref(&self) -> Option<ValueRef> {
+        match self {
+            Val::Lit(r) => Some(*r),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn to_lin(&self) -> Lin {
+        match self {
+            Val::Col(c) => Lin::Direct(*c),
+            Val::Derived(cs) | Val::Row(cs) => Lin::Expr(cs.clone()),
+            _ => Lin::None,
+        }
+    }
+}
+
+fn strip_nested(mut e: &Expr) -> &Expr {
+    while let Expr::Nested(inner) = e {
+        e = inner;
+    }
+    e
+}
+
+fn is_eq_op(op: &BinaryOperator) -> bool {
+    matches!(op, BinaryOperator::Eq | BinaryOperator::NotEq)
+}
+
+fn is_range_op(op: &BinaryOperator) -> bool {
+    matches!(
+        op,
+        BinaryOperator::Lt
+            | BinaryOperator::Gt
+            | BinaryOperator::LtEq
+            | BinaryOperator::GtEq
+            | BinaryOperator::Spaceship
+    )
+}
+
+fn is_pattern_op(op: &BinaryOperator) -> bool {
+    matches!(
+        op,
+        BinaryOperator::PGRegexMatch
+            | BinaryOperator::PGRegexIMatch
+            | BinaryOperator::PGRegexNotMatch
+            | BinaryOperator::PGRegexNotIMatch
+            | BinaryOperator::PGLikeMatch
+            | BinaryOperator::PGILikeMatch
+            | BinaryOperator::PGNotLikeMatch
+            | BinaryOperator::PGNotILikeMatch
+            | BinaryOperator::PGStartsWith
+    )
+}
+
+fn is_bool_op(op: &BinaryOperator) -> bool {
+    is_eq_op(op)
+        || is_range_op(op)
+        || is_pattern_op(op)
+        || matches!(op, BinaryOperator::And | BinaryOperator::Or)
+}
+
+impl Analyzer<'_> {
+    /// Apply a use to a value; returns the protected columns involved.
+    pub(crate) fn consume(&mut self, v: Val, u: Use) -> R<Vec<ColId>> {
+        match v {
+            Val::Col(c) => {
+                self.use_col(c, u)?;
+                Ok(vec![c])
+            }
+            Val::Derived(cs) | Val::Row(cs) => Ok(cs),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    fn compute(&mut self, e: &Expr, sc: &Scope<'_>, acc: &mut Vec<ColId>) -> R<()> {
+        let v = self.eval(e, sc)?;
+        acc.extend(self.consume(v, Use::Compute)?);
+        Ok(())
+    }
+
+    fn literal_at(&self, span: &sqlparser::tokenizer::Span) -> Val {
+        match self.lits.get(&(span.start.line, span.start.column)) {
+            Some(i) => Val::Lit(ValueRef::Literal(*i)),
+            None => Val::UnmappedLit,
+        }
+    }
+
+    /// The text of a literal (for the few decisions that depend on it), without quotes, lower-cased.
+    pub(crate) fn literal_text(&self, r: ValueRef) -> Option<String> {
+        let ValueRef::Literal(i) = r else { return None };
+        let range = self.lit_text.get(&i)?;
+        let raw = self.text.get(range.clone())?;
+        Some(raw.trim_matches(|c| c == '\'' || c == '"').to_lowercase())
+    }
+
+    /// Evaluate an expression.
+    pub(crate) fn eval(&mut self, e: &Expr, sc: &Scope<'_>) -> R<Val> {
+        self.enter()?;
+        let r = self.eval_inner(e, sc);
+        self.leave();
+        r
+    }
+
+    fn eval_inner(&mut self, e: &Expr, sc: &Scope<'_>) -> R<Val> {
+        match e {
+            Expr::Identifier(id) => {
+                let r = self.resolve_column(std::slice::from_ref(id), sc)?;
+                Ok(match r {
+                    Resolved::Col(lin) => Val::from_lin(&lin),
+                    Resolved::Row(lins) => self.whole_row(lins)?,
+                    Resolved::NotFound => {
+                        if id.quote_style.is_none() && id.value.eq_ignore_ascii_case("default") {
+                            Val::Null
+                        } else {
+                            Val::Plain
+                        }
+                    }
+                })
+            }
+            Expr::CompoundIdentifier(ids) => {
+                let r = self.resolve_column(ids, sc)?;
+                Ok(match r {
+                    Resolved::Col(lin) => Val::from_lin(&lin),
+                    Resolved::Row(lins) => self.whole_row(lins)?,
+                    Resolved::NotFound => {
+                        // `rel.field` of a composite: look at the relation as a whole row.
+                        let first = ids.first().map(|i| vec![i.clone()]).unwrap_or_default();
+                        match self.resolve_column(&first, sc)? {
+                            Resolved::Row(lins) => {
+                                let v = self.whole_row(lins)?;
+                                Val::Derived(self.consume(v, Use::Compute)?)
+                            }
+                            Resolved::Col(lin) => {
+                                let v = Val::from_lin(&lin);
+                                Val::Derived(self.consume(v, Use::Compute)?)
+                            }
+                            Resolved::NotFound => Val::Plain,
+                        }
+                    }
+                })
+            }
+            Expr::CompoundFieldAccess { root, access_chain } => {
+                // `(c).ssn`: a column of a whole-row reference.
+                if let (
+                    Expr::Identifier(rel),
+                    [sqlparser::ast::AccessExpr::Dot(Expr::Identifier(field))],
+                ) = (strip_nested(root), access_chain.as_slice())
+                {
+                    let r = self.resolve_column(&[rel.clone(), field.clone()], sc)?;
+                    if let Resolved::Col(lin) = r {
+                        return Ok(Val::from_lin(&lin));
+                    }
+                }
+                let mut acc = Vec::new();
+                self.compute(root, sc, &mut acc)?;
+                for a in access_chain {
+                    match a {
+                        sqlparser::ast::AccessExpr::Dot(x) => {
+                            if !matches!(x, Expr::Identifier(_)) {
+                                self.compute(x, sc, &mut acc)?;
+                            }
+                        }
+                        sqlparser::ast::AccessExpr::Subscript(s) => {
+                            self.subscript(s, sc, &mut acc)?
+                        }
+                    }
+                }
+                Ok(Val::Derived(acc))
+            }
+            Expr::Value(v) => Ok(match &v.value {
+                Value::Placeholder(p) => {
+                    match p.strip_prefix('$').and_then(|n| n.parse::<u32>().ok()) {
+                        Some(n) => Val::Lit(ValueRef::Param(n)),
+                        None => return Err(Fail::Unsupported(format!("placeholder {p}"))),
+                    }
+                }
+                Value::Null => Val::Null,
+                Value::Boolean(_) => Val::Plain,
+                _ => self.literal_at(&v.span),
+            }),
+            Expr::TypedString(ts) => Ok(self.literal_at(&ts.value.span)),
+            Expr::Nested(inner) => self.eval(inner, sc),
+            Expr::Cast { expr, .. } | Expr::Collate { expr, .. } => {
+                let v = self.eval(expr, sc)?;
+                match v {
+                    Val::Lit(_) | Val::Null | Val::UnmappedLit | Val::Plain => Ok(v),
+                    other => Ok(Val::Derived(self.consume(other, Use::Compute)?)),
+                }
+            }
+            Expr::UnaryOp { op, expr } => {
+                if matches!(op, UnaryOperator::Not) {
+                    return Ok(Val::Derived(self.predicate(e, sc)?));
+                }
+                let v = self.eval(expr, sc)?;
+                match (op, &v) {
+                    // `-5`: the sign is outside the literal, so the proxy could not encrypt the value as a
+                    // whole; it counts as computed (write it as '-5' or a parameter).
+                    (UnaryOperator::Minus | UnaryOperator::Plus, Val::Lit(_)) => Ok(Val::Plain),
+                    _ => Ok(Val::Derived(self.consume(v, Use::Compute)?)),
+                }
+            }
+            Expr::BinaryOp { op, .. } if is_bool_op(op) => Ok(Val::Derived(self.predicate(e, sc)?)),
+            Expr::BinaryOp { .. } => {
+                // Arithmetic/concatenation/JSON chains: walk the left spine iteratively.
+                let mut acc = Vec::new();
+                let mut cur = e;
+                loop {
+                    match cur {
+                        Expr::BinaryOp { left, op, right } if !is_bool_op(op) => {
+                            self.compute(right, sc, &mut acc)?;
+                            cur = left;
+                        }
+                        other => {
+                            self.compute(other, sc, &mut acc)?;
+                            break;
+                        }
+                    }
+                }
+                Ok(Val::Derived(acc))
+            }
+            Expr::IsNull(_)
+            | Expr::IsNotNull(_)
+            | Expr::IsTrue(_)
+            | Expr::IsNotTrue(_)
+            | Expr::IsFalse(_)
+            | Expr::IsNotFalse(_)
+            | Expr::IsUnknown(_)
+            | Expr::IsNotUnknown(_)
+            | Expr::IsDistinctFrom(..)
+            | Expr::IsNotDistinctFrom(..)
+            | Expr::InList { .. }
+            | Expr::InSubquery { .. }
+            | Expr::InUnnest { .. }
+            | Expr::Between { .. }
+            | Expr::Like { .. }
+            | Expr::ILike { .. }
+            | Expr::SimilarTo { .. }
+            | Expr::RLike { .. }
+            | Expr::AnyOp { .. }
+            | Expr::AllOp { .. }
+            | Expr::Exists { .. } => Ok(Val::Derived(self.predicate(e, sc)?)),
+            Expr::Function(f) => self.function(f, sc),
+            Expr::Case {
+                operand,
+                conditions,
+                else_result,
+                ..
+            } => {
+                let mut acc = Vec::new();
+                for cw in conditions {
+                    match operand {
+                        Some(op) => acc.extend(self.compare_eq(op, &cw.condition, sc)?),
+                        None => acc.extend(self.predicate(&cw.condition, sc)?),
+                    }
+                    self.compute(&cw.result, sc, &mut acc)?;
+                }
+                if let Some(el) = else_result {
+                    self.compute(el, sc, &mut acc)?;
+                }
+                if conditions.is_empty() {
+                    if let Some(op) = operand {
+                        self.compute(op, sc, &mut acc)?;
+                    }
+                }
+                Ok(Val::Derived(acc))
+            }
+            Expr::Subquery(q) => {
+                let outs = self.query(q, Some(sc))?;
+                Ok(match outs.as_slice() {
+                    [one] if !one.unknown_width => Val::from_lin(&one.lin),
+                    many => {
+                        let mut acc = Vec::new();
+                        for o in many {
+                            acc.extend(self.consume(Val::from_lin(&o.lin), Use::Compute)?);
+                        }
+                        Val::Derived(acc)
+                    }
+                })
+            }
+            Expr::Tuple(items) => {
+                let mut acc = Vec::new();
+                for i in items {
+                    self.compute(i, sc, &mut acc)?;
+                }
+                Ok(Val::Derived(acc))
+            }
+            Expr::Array(arr) => {
+                let mut acc = Vec::new();
+                for i in &arr.elem {
+                    self.compute(i, sc, &mut acc)?;
+                }
+                Ok(Val::Derived(acc))
+            }
+            Expr::Interval(iv) => {
+                let v = self.eval(&iv.value, sc)?;
+                match v {
+                    Val::Lit(_) | Val::UnmappedLit | Val::Null | Val::Plain => Ok(Val::Plain),
+                    other => Ok(Val::Derived(self.consume(other, Use::Compute)?)),
+                }
+            }
+            Expr::Extract { expr, .. }
+            | Expr::Ceil { expr, .. }
+            | Expr::Floor { expr, .. }
+            | Expr::IsNormalized { expr, .. }
+            | Expr::Convert { expr, .. } => {
+                let mut acc = Vec::new();
+                self.compute(expr, sc, &mut acc)?;
+                Ok(Val::Derived(acc))
+            }
+            Expr::AtTimeZone {
+                timestamp,
+                time_zone,
+            } => {
+                let mut acc = Vec::new();
+                self.compute(timestamp, sc, &mut acc)?;
+                self.compute(time_zone, sc, &mut acc)?;
+                Ok(Val::Derived(acc))
+            }
+            Expr::Position { expr, r#in } => {
+                let mut acc = Vec::new();
+                self.compute(expr, sc, &mut acc)?;
+                self.compute(r#in, sc, &mut acc)?;
+                Ok(Val::Derived(acc))
+            }
+            Expr::Substring {
+                expr,
+                substring_from,
+                substring_for,
+                ..
+            } => {
+                let mut acc = Vec::new();
+                self.compute(expr, sc, &mut acc)?;
+                for x in [substring_from, substring_for].into_iter().flatten() {
+                    self.compute(x, sc, &mut acc)?;
+                }
+                Ok(Val::Derived(acc))
+            }
+            Expr::Trim {
+                expr,
+                trim_what,
+                trim_characters,
+                ..
+            } => {
+                let mut acc = Vec::new();
+                self.compute(expr, sc, &mut acc)?;
+                if let Some(w) = trim_what {
+                    self.compute(w, sc, &mut acc)?;
+                }
+                for c in trim_characters.iter().flatten() {
+                    self.compute(c, sc, &mut acc)?;
+                }
+                Ok(Val::Derived(acc))
+            }
+            Expr::Overlay {
+                expr,
+                overlay_what,
+                overlay_from,
+                overlay_for,
+            } => {
+                let mut acc = Vec::new();
+                self.compute(expr, sc, &mut acc)?;
+                self.compute(overlay_what, sc, &mut acc)?;
+                self.compute(overlay_from, sc, &mut acc)?;
+                if let Some(f) = overlay_for {
+                    self.compute(f, sc, &mut acc)?;
+                }
+                Ok(Val::Derived(acc))
+            }
+            Expr::JsonAccess { value, path } => {
+                let mut acc = Vec::new();
+                self.compute(value, sc, &mut acc)?;
+                for el in &path.path {
+                    if let sqlparser::ast::JsonPathElem::Bracket { key } = el {
+                        self.compute(key, sc, &mut acc)?;
+                    }
+                }
+                Ok(Val::Derived(acc))
+            }
+            Expr::GroupingSets(sets) | Expr::Cube(sets) | Expr::Rollup(sets) => {
+                let mut acc = Vec::new();
+                for set in sets {
+                    for x in set {
+                        let v = self.eval(x, sc)?;
+                        acc.extend(self.consume(v, Use::Group)?);
+                    }
+                }
+                Ok(Val::Derived(acc))
+            }
+            Expr::QualifiedWildcard(name, _) => {
+                let q = name_parts(name).unwrap_or_default();
+                match self.rel_named(&q, sc) {
+                    Some(rel) => {
+                        let lins = rel.protected_cols();
+                        self.whole_row(lins)
+                    }
+                    None => Err(Fail::Unsupported(
+                        "qualified wildcard of an unknown relation".into(),
+                    )),
+                }
+            }
+            Expr::Wildcard(_) => {
+                // `*` inside an expression (e.g. ROW(*)): every relation in scope as whole rows.
+                let mut lins = Vec::new();
+                for rel in &sc.rels {
+                    lins.extend(rel.protected_cols());
+                }
+                self.whole_row(lins)
+            }
+            other => Err(Fail::Unsupported(format!("expression `{}`", short(other)))),
+        }
+    }
+
+    fn subscript(
+        &mut self,
+        s: &sqlparser::ast::Subscript,
+        sc: &Scope<'_>,
+        acc: &mut Vec<ColId>,
+    ) -> R<()> {
+        match s {
+            sqlparser::ast::Subscript::Index { index } => self.compute(index, sc, acc),
+            sqlparser::ast::Subscript::Slice {
+                lower_bound,
+                upper_bound,
+                stride,
+            } => {
+                for x in [lower_bound, upper_bound, stride].into_iter().flatten() {
+                    self.compute(x, sc, acc)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// A whole-row reference: allowed only when the role reads every protected column of the relation in
+    /// plaintext (the row goes out as one value that the proxy cannot mask or null inside).
+    pub(crate) fn whole_row(&mut self, lins: Vec<Lin>) -> R<Val> {
+        let mut cols = Vec::new();
+        for lin in lins {
+            match lin {
+                Lin::Direct(c) => {
+                    let cp = self.col(c)?;
+                    let access = self.role.read(cp.class);
+                    if access != crate::model::Access::Plaintext {
+                        let msg = format!(
+                            "pgcloak: a whole-row reference would expose column {} to role \"{}\", which reads it as {} (class {}); select the columns by name",
+                            cp.qualified_name(),
+                            self.role.name,
+                            access,
+                            cp.class
+                        );
+                        self.touches.insert((c, crate::plan::TouchAccess::Deny));
+                        return Err(Fail::Deny(msg));
+                    }
+                    self.touches
+                        .insert((c, crate::plan::TouchAccess::Plaintext));
+                    cols.push(c);
+                }
+                Lin::Expr(cs) => cols.extend(cs),
+                Lin::None => {}
+            }
+        }
+        Ok(Val::Row(cols))
+    }
+
+    fn function(&mut self, f: &Function, sc: &Scope<'_>) -> R<Val> {
+        let parts = name_parts(&f.name).unwrap_or_default();
+        let fname = parts.last().map(String::as_str).unwrap_or("");
+        let mut acc = Vec::new();
+        let mut arg_vals = Vec::new();
+        match &f.args {
+            FunctionArguments::None => {}
+            FunctionArguments::Subquery(q) => {
+                let outs = self.query(q, Some(sc))?;
+                for o in outs {
+                    acc.extend(self.consume(Val::from_lin(&o.lin), Use::Compute)?);
+                }
+            }
+            FunctionArguments::List(list) => {
+                for a in &list.args {
+                    let ax = match a {
+                        FunctionArg::Named { arg, .. }
+                        | FunctionArg::ExprNamed { arg, .. }
+                        | FunctionArg::Unnamed(arg) => arg,
+                    };
+                    let v = match ax {
+                        FunctionArgExpr::Expr(x) => self.eval(x, sc)?,
+                        FunctionArgExpr::Wildcard => Val::Plain,
+                        FunctionArgExpr::QualifiedWildcard(name) => {
+                            let q = name_parts(name).unwrap_or_default();
+                            match self.rel_named(&q, sc) {
+                                Some(rel) => {
+                                    let lins = rel.protected_cols();
+                                    self.whole_row(lins)?
+                                }
+                                None => {
+                                    return Err(Fail::Unsupported(
+                                        "qualified wildcard of an unknown relation".into(),
+                                    ))
+                                }
+                            }
+                        }
+                    };
+                    arg_vals.push(v);
+                }
+                for c in &list.clauses {
+                    if let sqlparser::ast::FunctionArgumentClause::OrderBy(obs) = c {
+                        for ob in obs {
+                            let v = self.eval(&ob.expr, sc)?;
+                            acc.extend(self.consume(v, Use::Order)?);
+                        }
+                    }
+                }
+            }
+        }
+        if fname == "set_config" {
+            self.cacheable = false;
+            let setting = match arg_vals.first() {
+                Some(Val::Lit(r)) => self.literal_text(*r),
+                _ => None,
+            };
+            match setting.as_deref() {
+                Some("role" | "session_authorization") => self.effects.push(SessionEffect::RoleChangeIgnored),
+                Some("search_path") => self.effects.push(SessionEffect::SearchPathChanged),
+                Some("standard_conforming_strings") => {
+                    return Err(Fail::Deny(
+                        "pgcloak: standard_conforming_strings cannot be changed through pgcloak (its SQL analysis relies on it being on)".into(),
+                    ))
+                }
+                Some(_) => {}
+                None => {
+                    return Err(Fail::Deny(
+                        "pgcloak: set_config() needs the setting name as a literal so pgcloak can check it".into(),
+                    ))
+                }
+            }
+        }
+        let is_count = fname == "count";
+        for v in arg_vals {
+            let u = if is_count { Use::Count } else { Use::Compute };
+            acc.extend(self.consume(v, u)?);
+        }
+        if let Some(filter) = &f.filter {
+            acc.extend(self.predicate(filter, sc)?);
+        }
+        for ob in &f.within_group {
+            let v = self.eval(&ob.expr, sc)?;
+            acc.extend(self.consume(v, Use::Order)?);
+        }
+        if let Some(WindowType::WindowSpec(spec)) = &f.over {
+            self.window_spec(spec, sc, &mut acc)?;
+        }
+        Ok(Val::Derived(acc))
+    }
+
+    pub(crate) fn window_spec(
+        &mut self,
+        spec: &sqlparser::ast::WindowSpec,
+        sc: &Scope<'_>,
+        acc: &mut Vec<ColId>,
+    ) -> R<()> {
+        for p in &spec.partition_by {
+            let v = self.eval(p, sc)?;
+            acc.extend(self.consume(v, Use::Group)?);
+        }
+        for ob in &spec.order_by {
+            let v = self.eval(&ob.expr, sc)?;
+            acc.extend(self.consume(v, Use::Order)?);
+        }
+        Ok(())
+    }
+
+    /// A boolean condition (WHERE, ON, HAVING, FILTER, CASE WHEN). Returns the protected columns used.
+    pub(crate) fn predicate(&mut self, e: &Expr, sc: &Scope<'_>) -> R<Vec<ColId>> {
+        self.enter()?;
+        let mut acc = Vec::new();
+        // AND/OR/NOT chains are walked with a stack: ORMs emit long ones.
+        let mut stack = vec![e];
+        let mut result = Ok(());
+        while let Some(x) = stack.pop() {
+            match x {
+                Expr::BinaryOp {
+                    left,
+                    op: BinaryOperator::And | BinaryOperator::Or,
+                    right,
+                } => {
+                    stack.push(right);
+                    stack.push(left);
+                }
+                Expr::Nested(inner) => stack.push(inner),
+                Expr::UnaryOp {
+                    op: UnaryOperator::Not,
+                    expr,
+                } => stack.push(expr),
+                atom => match self.atom(atom, sc) {
+                    Ok(cs) => acc.extend(cs),
+                    Err(err) => {
+                        result = Err(err);
+                        break;
+                    }
+                },
+            }
+        }
+        self.leave();
+        result.map(|()| acc)
+    }
+
+    fn atom(&mut self, e: &Expr, sc: &Scope<'_>) -> R<Vec<ColId>> {
+        match e {
+            Expr::BinaryOp { left, op, right } if is_eq_op(op) => self.compare_eq(left, right, sc),
+            Expr::IsDistinctFrom(a, b) | Expr::IsNotDistinctFrom(a, b) => self.compare_eq(a, b, sc),
+            Expr::BinaryOp { left, op, right } if is_range_op(op) => {
+                let a = self.eval(left, sc)?;
+                let b = self.eval(right, sc)?;
+                let mut cs = self.consume(a, Use::Range)?;
+                cs.extend(self.consume(b, Use::Range)?);
+                Ok(cs)
+            }
+            Expr::BinaryOp { left, op, right } if is_pattern_op(op) => {
+                let a = self.eval(left, sc)?;
+                let b = self.eval(right, sc)?;
+                let mut cs = self.consume(a, Use::Pattern)?;
+                cs.extend(self.consume(b, Use::Pattern)?);
+                Ok(cs)
+            }
+            Expr::IsNull(x) | Expr::IsNotNull(x) => {
+                let v = self.eval(x, sc)?;
+                self.consume(v, Use::IsNull)
+            }
+            Expr::InList { expr, list, .. } => {
+                let a = self.eval(expr, sc)?;
+                let mut cs = Vec::new();
+                if list.is_empty() {
+                    cs.extend(self.consume(a.clone(), Use::Eq)?);
+                }
+                for item in list {
+                    let b = self.eval(item, sc)?;
+                    cs.extend(self.eq_vals(a.clone(), b, false)?);
+                }
+                Ok(cs)
+            }
+            Expr::InSubquery { expr, subquery, .. } => {
+                let a = self.eval(expr, sc)?;
+                let outs = self.query(subquery, Some(sc))?;
+                let b = match outs.as_slice() {
+                    [one] if !one.unknown_width => Val::from_lin(&one.lin),
+                    _ => Val::Plain,
+                };
+                self.eq_vals(a, b, false)
+            }
+            Expr::InUnnest {
+                expr, array_expr, ..
+            } => {
+                let a = self.eval(expr, sc)?;
+                let b = self.eval(array_expr, sc)?;
+                self.eq_vals(a, b, true)
+            }
+            Expr::AnyOp {
+                left,
+                compare_op,
+                right,
+                ..
+            }
+            | Expr::AllOp {
+                left,
+                compare_op,
+                right,
+            } => {
+                let a = self.eval(left, sc)?;
+                let r = strip_nested(right);
+                if is_eq_op(compare_op) {
+                    match r {
+                        Expr::Array(arr) => {
+                            let mut cs = Vec::new();
+                            for item in &arr.elem {
+                                let b = self.eval(item, sc)?;
+                                cs.extend(self.eq_vals(a.clone(), b, false)?);
+                            }
+                            Ok(cs)
+                        }
+                        Expr::Subquery(q) => {
+                            let outs = self.query(q, Some(sc))?;
+                            let b = match outs.as_slice() {
+                                [one] if !one.unknown_width => Val::from_lin(&one.lin),
+                                _ => Val::Plain,
+                            };
+                            self.eq_vals(a, b, false)
+                        }
+                        other => {
+                            let b = self.eval(other, sc)?;
+                            self.eq_vals(a, b, true)
+                        }
+                    }
+                } else {
+                    let b = self.eval(r, sc)?;
+                    let u = if is_range_op(compare_op) {
+                        Use::Range
+                    } else if is_pattern_op(compare_op) {
+                        Use::Pattern
+                    } else {
+                        Use::Compute
+                    };
+                    let mut cs = self.consume(a, u)?;
+                    cs.extend(self.consume(b, u)?);
+                    Ok(cs)
+                }
+            }
+            Expr::Between {
+                expr, low, high, ..
+            } => {
+                let mut cs = Vec::new();
+                for x in [expr, low, high] {
+                    let v = self.eval(x, sc)?;
+                    cs.extend(self.consume(v, Use::Range)?);
+                }
+                Ok(cs)
+            }
+            Expr::Like { expr, pattern, .. }
+            | Expr::ILike { expr, pattern, .. }
+            | Expr::SimilarTo { expr, pattern, .. }
+            | Expr::RLike { expr, pattern, .. } => {
+                let a = self.eval(expr, sc)?;
+                let b = self.eval(pattern, sc)?;
+                let mut cs = self.consume(a, Use::Pattern)?;
+                cs.extend(self.consume(b, Use::Pattern)?);
+                Ok(cs)
+            }
+            Expr::Exists { subquery, .. } => {
+                self.query(subquery, Some(sc))?;
+                Ok(Vec::new())
+            }
+            other => {
+                let v = self.eval(other, sc)?;
+                self.consume(v, Use::Compute)
+            }
+        }
+    }
+
+    /// `a = b` (also `<>`, IS [NOT] DISTINCT FROM, CASE x WHEN y).
+    pub(crate) fn compare_eq(&mut self, a: &Expr, b: &Expr, sc: &Scope<'_>) -> R<Vec<ColId>> {
+        if let (Expr::Tuple(xs), Expr::Tuple(ys)) = (strip_nested(a), strip_nested(b)) {
+            if xs.len() == ys.len() {
+                let mut cs = Vec::new();
+                for (x, y) in xs.iter().zip(ys) {
+                    cs.extend(self.compare_eq(x, y, sc)?);
+                }
+                return Ok(cs);
+            }
+        }
+        let va = self.eval(a, sc)?;
+        let vb = self.eval(b, sc)?;
+        self.eq_vals(va, vb, false)
+    }
+
+    /// Equality between two evaluated values: encrypts values compared with encrypted columns.
+    pub(crate) fn eq_vals(&mut self, a: Val, b: Val, array: bool) -> R<Vec<ColId>> {
+        match (a, b) {
+            (Val::Col(c), Val::Col(d)) => {
+                self.use_col(c, Use::Eq)?;
+                self.use_col(d, Use::Eq)?;
+                if (self.encrypted(c) || self.encrypted(d)) && c != d {
+                    return Err(Fail::Deny(format!(
+                        "pgcloak: {} and {} cannot be compared: their values are encrypted under different keys (only a column compared with itself works)",
+                        self.col_name(c),
+                        self.col_name(d)
+                    )));
+                }
+                Ok(vec![c, d])
+            }
+            (Val::Col(c), Val::Lit(r)) | (Val::Lit(r), Val::Col(c)) => {
+                self.use_col(c, Use::Eq)?;
+                if self.encrypted(c) {
+                    self.add_encrypt(r, c, array)?;
+                }
+                Ok(vec![c])
+            }
+            (Val::Col(c), Val::Null) | (Val::Null, Val::Col(c)) => {
+                self.use_col(c, Use::Eq)?;
+                Ok(vec![c])
+            }
+            (Val::Col(c), other) | (other, Val::Col(c)) => {
+                self.use_col(c, Use::Eq)?;
+                if self.encrypted(c) {
+                    if matches!(other, Val::UnmappedLit) {
+                        return Err(Fail::Unsupported(
+                            "a literal compared with an encrypted column could not be located"
+                                .into(),
+                        ));
+                    }
+                    return Err(Fail::Deny(format!(
+                        "pgcloak: encrypted column {} can only be compared with a literal, a parameter or itself; a computed value or another column cannot be encrypted for the comparison",
+                        self.col_name(c)
+                    )));
+                }
+                let mut cs = vec![c];
+                cs.extend(self.consume(other, Use::Eq)?);
+                Ok(cs)
+            }
+            (x, y) => {
+                let mut cs = self.consume(x, Use::Eq)?;
+                cs.extend(self.consume(y, Use::Eq)?);
+                Ok(cs)
+            }
+        }
+    }
+}
+
+/// A short, literal-free description of an expression kind for messages.
+fn short(e: &Expr) -> &'static str {
+    match e {
+        Expr::Struct { .. } => "STRUCT",
+        Expr::Named { .. } => "named expression",
+        Expr::Dictionary(_) => "dictionary",
+        Expr::Map(_) => "map",
+        Expr::MatchAgainst { .. } => "MATCH AGAINST",
+        Expr::OuterJoin(_) => "(+) outer join",
+        Expr::Prior(_) => "PRIOR",
+        Expr::Lambda(_) => "lambda",
+        Expr::Prefixed { .. } => "prefixed value",
+        _ => "of an unsupported kind",
+    }
+}

@@ -1,0 +1,811 @@
+//! Statements: SELECT, INSERT, UPDATE, DELETE, COPY, PREPARE/EXECUTE, DECLARE/FETCH, SET, EXPLAIN, DDL.
+
+use sqlparser::ast::{
+    AssignmentTarget, CopyLegacyCsvOption, CopyLegacyOption, CopyOption, CopySource, CopyTarget,
+    Expr, FromTable, Insert, ObjectName, OnConflictAction, OnInsert, SelectItem, SetExpr,
+    Statement, TableObject, UpdateTableFromKind,
+};
+
+use super::expr::Val;
+use super::scope::{fold, name_parts, Rel, Scope, TableRes};
+use super::{Analyzer, ColId, Fail, Lin, OutCol, SessionEffect, Use, R};
+use crate::plan::{
+    CopyColumn, CopyDirection, CopyEndpoint, CopyFormat, CopyInfo, CursorUse, Encrypt, ExecuteArg,
+    ExecuteInfo, OutputAction, StatementPlan,
+};
+
+impl Analyzer<'_> {
+    /// Analyse one parsed statement into `plan`.
+    pub(crate) fn statement(&mut self, st: &Statement, plan: &mut StatementPlan) -> R<()> {
+        match st {
+            Statement::Query(q) => {
+                self.select_into = false;
+                let outs = self.query(q, None)?;
+                if self.select_into {
+                    // SELECT ... INTO new_table: the values go to a table, not to the client.
+                    for o in outs {
+                        self.into_db(None, Val::from_lin(&o.lin))?;
+                    }
+                    return Ok(());
+                }
+                self.client_outputs(outs, plan)
+            }
+            Statement::Insert(ins) => self.insert(ins, plan),
+            Statement::Update {
+                table,
+                assignments,
+                from,
+                selection,
+                returning,
+                ..
+            } => {
+                let mut sc = Scope::new(None);
+                self.from_item(table, &mut sc)?;
+                let target = sc.rels.first().cloned();
+                if let Some(f) = from {
+                    let items = match f {
+                        UpdateTableFromKind::BeforeSet(v) | UpdateTableFromKind::AfterSet(v) => v,
+                    };
+                    for twj in items {
+                        self.from_item(twj, &mut sc)?;
+                    }
+                }
+                let Some(target) = target else {
+                    return Err(Fail::Unsupported("UPDATE without a table".into()));
+                };
+                for a in assignments {
+                    self.assignment(&a.target, &a.value, &target, &sc)?;
+                }
+                if let Some(w) = selection {
+                    self.predicate(w, &sc)?;
+                }
+                self.returning(returning.as_deref(), &sc, plan)
+            }
+            Statement::Delete(d) => {
+                let mut sc = Scope::new(None);
+                let items = match &d.from {
+                    FromTable::WithFromKeyword(v) | FromTable::WithoutKeyword(v) => v,
+                };
+                for twj in items {
+                    self.from_item(twj, &mut sc)?;
+                }
+                for twj in d.using.iter().flatten() {
+                    self.from_item(twj, &mut sc)?;
+                }
+                if let Some(w) = &d.selection {
+                    self.predicate(w, &sc)?;
+                }
+                self.returning(d.returning.as_deref(), &sc, plan)
+            }
+            Statement::Copy {
+                source,
+                to,
+                target,
+                options,
+                legacy_options,
+                ..
+            } => self.copy(source, *to, target, options, legacy_options, plan),
+            Statement::Prepare {
+                name, statement, ..
+            } => {
+                self.statement(statement, plan)?;
+                plan.prepare = Some(fold(name));
+                Ok(())
+            }
+            Statement::Execute {
+                name: Some(name),
+                parameters,
+                immediate: false,
+                using,
+                ..
+            } if using.is_empty() => {
+                let sc = Scope::new(None);
+                let mut args = Vec::with_capacity(parameters.len());
+                for p in parameters {
+                    let v = self.eval(p, &sc)?;
+                    args.push(match v {
+                        Val::Lit(r) => ExecuteArg::Value(r),
+                        Val::Null => ExecuteArg::Null,
+                        Val::Col(c) => {
+                            self.use_col(c, Use::Compute)?;
+                            ExecuteArg::Expression
+                        }
+                        _ => ExecuteArg::Expression,
+                    });
+                }
+                let n = name_parts(name)
+                    .and_then(|p| p.last().cloned())
+                    .unwrap_or_default();
+                plan.execute = Some(ExecuteInfo { name: n, args });
+                Ok(())
+            }
+            Statement::Declare { stmts } => {
+                for d in stmts {
+                    if let Some(q) = &d.for_query {
+                        let outs = self.query(q, None)?;
+                        self.client_outputs(outs, plan)?;
+                        if let Some(n) = d.names.first() {
+                            plan.cursor = Some(CursorUse::Declare(fold(n)));
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Statement::Fetch { name, into, .. } => {
+                if into.is_some() {
+                    return Err(Fail::Unsupported("FETCH INTO".into()));
+                }
+                plan.cursor = Some(CursorUse::Fetch(fold(name)));
+                Ok(())
+            }
+            Statement::Set(set) => self.set(set),
+            Statement::Explain { statement, .. } => {
+                self.statement(statement, plan)?;
+                // EXPLAIN returns the plan text, not the rows; literals are still encrypted because the
+                // plan text shows them.
+                plan.outputs.clear();
+                plan.max_rows = None;
+                plan.cursor = None;
+                plan.prepare = None;
+                Ok(())
+            }
+            Statement::CreateTable(ct) => {
+                if let Some(q) = &ct.query {
+                    let outs = self.query(q, None)?;
+                    for o in outs {
+                        self.into_db(None, Val::from_lin(&o.lin))?;
+                    }
+                }
+                Ok(())
+            }
+            Statement::CreateView { query, .. } => {
+                let outs = self.query(query, None)?;
+                for o in outs {
+                    self.into_db(None, Val::from_lin(&o.lin))?;
+                }
+                Ok(())
+            }
+            Statement::CreateFunction(cf) => {
+                self.cacheable = false;
+                let body = match &cf.function_body {
+                    Some(sqlparser::ast::CreateFunctionBody::AsBeforeOptions(e))
+                    | Some(sqlparser::ast::CreateFunctionBody::AsAfterOptions(e))
+                    | Some(sqlparser::ast::CreateFunctionBody::Return(e))
+                    | Some(sqlparser::ast::CreateFunctionBody::AsReturnExpr(e)) => body_text(e),
+                    Some(_) => return Err(Fail::Unsupported("this kind of function body".into())),
+                    None => String::new(),
+                };
+                let lower = body.to_lowercase();
+                let words: Vec<&str> = lower
+                    .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
+                    .collect();
+                if let Some(t) = self
+                    .policy
+                    .protected_table_names()
+                    .iter()
+                    .find(|t| words.contains(&t.as_str()))
+                {
+                    return Err(Fail::Deny(format!(
+                        "pgcloak: a function body that uses protected table {t} cannot be analysed; create it directly on the server"
+                    )));
+                }
+                Ok(())
+            }
+            Statement::Call(f) => {
+                let sc = Scope::new(None);
+                let v = self.eval(&Expr::Function(f.clone()), &sc)?;
+                self.consume(v, Use::Compute)?;
+                Ok(())
+            }
+            // Statements that move no column data through the proxy.
+            Statement::StartTransaction { .. }
+            | Statement::Commit { .. }
+            | Statement::Rollback { .. }
+            | Statement::Savepoint { .. }
+            | Statement::ReleaseSavepoint { .. }
+            | Statement::Deallocate { .. }
+            | Statement::Close { .. }
+            | Statement::Discard { .. }
+            | Statement::ShowVariable { .. }
+            | Statement::LISTEN { .. }
+            | Statement::UNLISTEN { .. }
+            | Statement::NOTIFY { .. }
+            | Statement::Comment { .. }
+            | Statement::Analyze { .. }
+            | Statement::Vacuum(_)
+            | Statement::Truncate { .. }
+            | Statement::Drop { .. }
+            | Statement::DropFunction { .. }
+            | Statement::DropProcedure { .. }
+            | Statement::DropTrigger(_)
+            | Statement::DropExtension { .. }
+            | Statement::DropDomain(_)
+            | Statement::DropPolicy { .. }
+            | Statement::AlterTable { .. }
+            | Statement::AlterIndex { .. }
+            | Statement::AlterView { .. }
+            | Statement::AlterRole { .. }
+            | Statement::AlterType(_)
+            | Statement::AlterSchema(_)
+            | Statement::CreateIndex(_)
+            | Statement::CreateSchema { .. }
+            | Statement::CreateSequence { .. }
+            | Statement::CreateType { .. }
+            | Statement::CreateDomain(_)
+            | Statement::CreateExtension { .. }
+            | Statement::CreateRole { .. }
+            | Statement::CreateDatabase { .. }
+            | Statement::CreateTrigger(_)
+            | Statement::CreatePolicy { .. }
+            | Statement::AlterPolicy { .. }
+            | Statement::Grant { .. }
+            | Statement::Revoke { .. }
+            | Statement::LockTables { .. }
+            | Statement::RenameTable(_) => {
+                // Still record the tables named, for the audit.
+                let _ = sqlparser::ast::visit_relations(st, |r| {
+                    if let Some(parts) = name_parts(r) {
+                        self.tables.insert(parts.join("."));
+                    }
+                    std::ops::ControlFlow::<()>::Continue(())
+                });
+                Ok(())
+            }
+            other => {
+                let mut protected = false;
+                let _ = sqlparser::ast::visit_relations(other, |r| {
+                    if let Some(parts) = name_parts(r) {
+                        let t = parts.last().cloned().unwrap_or_default();
+                        if self.policy.protected_table_names().contains(&t) {
+                            protected = true;
+                        }
+                        self.tables.insert(parts.join("."));
+                    }
+                    std::ops::ControlFlow::<()>::Continue(())
+                });
+                if protected {
+                    self.touched_protected_table = true;
+                }
+                Err(Fail::Unsupported("this kind of statement".into()))
+            }
+        }
+    }
+
+    fn set(&mut self, set: &sqlparser::ast::Set) -> R<()> {
+        use sqlparser::ast::Set;
+        match set {
+            Set::SetRole { .. } => self.effects.push(SessionEffect::RoleChangeIgnored),
+            Set::SingleAssignment {
+                variable, values, ..
+            } => {
+                let var = name_parts(variable).unwrap_or_default().join(".");
+                match var.as_str() {
+                    "role" | "session_authorization" => {
+                        self.effects.push(SessionEffect::RoleChangeIgnored)
+                    }
+                    "search_path" => self.effects.push(SessionEffect::SearchPathChanged),
+                    "standard_conforming_strings" => {
+                        self.cacheable = false;
+                        let ok = values.len() == 1
+                            && match values.first() {
+                                Some(Expr::Identifier(id)) => {
+                                    matches!(
+                                        id.value.to_lowercase().as_str(),
+                                        "on" | "true" | "default"
+                                    )
+                                }
+                                Some(Expr::Value(v)) => match &v.value {
+                                    sqlparser::ast::Value::Boolean(b) => *b,
+                                    sqlparser::ast::Value::SingleQuotedString(s) => {
+                                        matches!(s.to_lowercase().as_str(), "on" | "true")
+                                    }
+                                    _ => false,
+                                },
+                                _ => false,
+                            };
+                        if !ok {
+                            return Err(Fail::Deny(
+                                "pgcloak: standard_conforming_strings must stay on (pgcloak's SQL analysis relies on it)".into(),
+                            ));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Set::MultipleAssignments { .. } | Set::ParenthesizedAssignments { .. } => {
+                return Err(Fail::Unsupported("multiple SET assignments".into()));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// RETURNING: client outputs over the statement's scope.
+    fn returning(
+        &mut self,
+        items: Option<&[SelectItem]>,
+        sc: &Scope<'_>,
+        plan: &mut StatementPlan,
+    ) -> R<()> {
+        let Some(items) = items else {
+            self.returning_outs = Some(Vec::new());
+            return Ok(());
+        };
+        let mut outs = Vec::new();
+        for item in items {
+            match item {
+                SelectItem::UnnamedExpr(e) => {
+                    let v = self.eval(e, sc)?;
+                    outs.push(OutCol {
+                        name: expr_label(e),
+                        lin: v.to_lin(),
+                        unknown_width: false,
+                        lit: None,
+                    });
+                }
+                SelectItem::ExprWithAlias { expr, alias } => {
+                    let v = self.eval(expr, sc)?;
+                    outs.push(OutCol {
+                        name: fold(alias),
+                        lin: v.to_lin(),
+                        unknown_width: false,
+                        lit: None,
+                    });
+                }
+                SelectItem::Wildcard(_) => {
+                    for st in &sc.stars {
+                        match st {
+                            Some(cols) => outs.extend(cols.iter().map(|c| OutCol {
+                                name: c.name.clone(),
+                                lin: c.lin.clone(),
+                                unknown_width: false,
+                                lit: None,
+                            })),
+                            None => outs.push(OutCol {
+                                name: "*".into(),
+                                lin: Lin::None,
+                                unknown_width: true,
+                                lit: None,
+                            }),
+                        }
+                    }
+                }
+                SelectItem::QualifiedWildcard(..) => {
+                    return Err(Fail::Unsupported("`t.*` in RETURNING".into()));
+                }
+            }
+        }
+        self.returning_outs = Some(outs.clone());
+        self.client_outputs(outs, plan)
+    }
+
+    /// The target columns (policy ids or None) of a table, for INSERT/COPY without a column list.
+    fn target_columns(
+        &mut self,
+        rel: &Rel,
+        listed: &[sqlparser::ast::Ident],
+    ) -> R<Vec<(String, Option<ColId>)>> {
+        let Some((schema, table)) = rel.table.clone() else {
+            return Ok(listed.iter().map(|i| (fold(i), None)).collect());
+        };
+        if !listed.is_empty() {
+            return Ok(listed
+                .iter()
+                .map(|i| {
+                    let n = fold(i);
+                    let id = self.col_id(&schema, &table, &n);
+                    (n, id)
+                })
+                .collect());
+        }
+        match &rel.cols {
+            Some(cols) => Ok(cols
+                .iter()
+                .map(|c| {
+                    let id = match c.lin {
+                        Lin::Direct(id) => Some(id),
+                        _ => None,
+                    };
+                    (c.name.clone(), id)
+                })
+                .collect()),
+            None => {
+                if self.policy.has_table(&schema, &table) {
+                    Err(Fail::Unsupported(format!(
+                        "no column list for {schema}.{table}, which the catalog does not know; list the columns"
+                    )))
+                } else {
+                    Ok(Vec::new())
+                }
+            }
+        }
+    }
+
+    fn insert(&mut self, ins: &Insert, plan: &mut StatementPlan) -> R<()> {
+        let TableObject::TableName(name) = &ins.table else {
+            return Err(Fail::Unsupported("INSERT into a table function".into()));
+        };
+        let mut rel = self.insert_rel(name)?;
+        if let Some(a) = &ins.table_alias {
+            rel.alias = fold(a);
+        }
+        let targets = self.target_columns(&rel, &ins.columns)?;
+        for (_, id) in &targets {
+            if let Some(c) = id {
+                self.write_col(*c)?;
+            }
+        }
+        let target_at = |i: usize| targets.get(i).and_then(|(_, id)| *id);
+        if let Some(src) = &ins.source {
+            match (&*src.body, &src.with) {
+                (SetExpr::Values(values), None) => {
+                    let sc = Scope::new(None);
+                    for row in &values.rows {
+                        for (i, e) in row.iter().enumerate() {
+                            let v = self.eval(e, &sc)?;
+                            self.into_db(target_at(i), v)?;
+                        }
+                    }
+                }
+                _ => {
+                    let outs = self.query(src, None)?;
+                    for (i, o) in outs.iter().enumerate() {
+                        if o.unknown_width {
+                            if targets.iter().any(|(_, id)| id.is_some()) {
+                                return Err(Fail::Unsupported(
+                                    "INSERT ... SELECT * from a table the catalog does not know"
+                                        .into(),
+                                ));
+                            }
+                            break;
+                        }
+                        let v = match o.lit {
+                            Some(r) => Val::Lit(r),
+                            None => Val::from_lin(&o.lin),
+                        };
+                        self.into_db(target_at(i), v)?;
+                    }
+                }
+            }
+        }
+        if !ins.assignments.is_empty() || ins.insert_alias.is_some() {
+            return Err(Fail::Unsupported("INSERT ... SET".into()));
+        }
+        let mut sc = Scope::new(None);
+        sc.rels.push(rel.clone());
+        sc.stars.push(rel.cols.clone());
+        match &ins.on {
+            None => {}
+            Some(OnInsert::OnConflict(oc)) => {
+                if let OnConflictAction::DoUpdate(du) = &oc.action {
+                    // EXCLUDED.col is the value proposed for col: already encrypted for col.
+                    let mut with_excluded = Scope::new(None);
+                    with_excluded.rels.push(rel.clone());
+                    let mut excluded = rel.clone();
+                    excluded.alias = "excluded".into();
+                    with_excluded.rels.push(excluded);
+                    for a in &du.assignments {
+                        self.assignment(&a.target, &a.value, &rel, &with_excluded)?;
+                    }
+                    if let Some(w) = &du.selection {
+                        self.predicate(w, &with_excluded)?;
+                    }
+                }
+            }
+            Some(_) => return Err(Fail::Unsupported("ON DUPLICATE KEY".into())),
+        }
+        self.returning(ins.returning.as_deref(), &sc, plan)
+    }
+
+    fn insert_rel(&mut self, name: &ObjectName) -> R<Rel> {
+        match self.resolve_table(name)? {
+            TableRes::Base(s, t) => Ok(self.base_rel(&s, &t, t.clone())),
+            TableRes::Unknown(t) => Ok(Rel {
+                alias: t,
+                table: None,
+                cols: None,
+                protected: Vec::new(),
+            }),
+            TableRes::Cte(..) => Err(Fail::Unsupported("INSERT into a CTE name".into())),
+        }
+    }
+
+    /// `SET target = value` of UPDATE / ON CONFLICT DO UPDATE.
+    fn assignment(
+        &mut self,
+        target: &AssignmentTarget,
+        value: &Expr,
+        rel: &Rel,
+        sc: &Scope<'_>,
+    ) -> R<()> {
+        let col_of = |this: &Self, name: &ObjectName| -> Option<ColId> {
+            let n = name_parts(name).and_then(|p| p.last().cloned())?;
+            let (s, t) = rel.table.clone()?;
+            this.col_id(&s, &t, &n)
+        };
+        match target {
+            AssignmentTarget::ColumnName(name) => {
+                let c = col_of(self, name);
+                if let Some(c) = c {
+                    self.write_col(c)?;
+                }
+                let v = self.eval(value, sc)?;
+                self.into_db(c, v)
+            }
+            AssignmentTarget::Tuple(names) => {
+                let cols: Vec<Option<ColId>> = names.iter().map(|n| col_of(self, n)).collect();
+                for c in cols.iter().flatten() {
+                    self.write_col(*c)?;
+                }
+                match value {
+                    Expr::Tuple(vals) => {
+                        for (i, e) in vals.iter().enumerate() {
+                            let v = self.eval(e, sc)?;
+                            self.into_db(cols.get(i).copied().flatten(), v)?;
+                        }
+                        Ok(())
+                    }
+                    Expr::Subquery(q) => {
+                        let outs = self.query(q, Some(sc))?;
+                        for (i, o) in outs.iter().enumerate() {
+                            self.into_db(cols.get(i).copied().flatten(), Val::from_lin(&o.lin))?;
+                        }
+                        Ok(())
+                    }
+                    _ => Err(Fail::Unsupported(
+                        "tuple assignment from an expression".into(),
+                    )),
+                }
+            }
+        }
+    }
+
+    /// A value stored by the server into `target` (a protected column, or None for anything else).
+    pub(crate) fn into_db(&mut self, target: Option<ColId>, v: Val) -> R<()> {
+        let enc_t = target.is_some_and(|t| self.encrypted(t));
+        let target_name = target.map(|t| self.col_name(t)).unwrap_or_default();
+        match v {
+            Val::Lit(r) => {
+                if let Some(t) = target.filter(|_| enc_t) {
+                    self.add_encrypt(r, t, false)?;
+                }
+                Ok(())
+            }
+            Val::UnmappedLit => {
+                if enc_t {
+                    return Err(Fail::Unsupported(
+                        "a literal for an encrypted column could not be located".into(),
+                    ));
+                }
+                Ok(())
+            }
+            Val::Null => Ok(()),
+            Val::Col(c) => {
+                if Some(c) == target {
+                    return self.use_col(c, Use::SameColumn);
+                }
+                if self.encrypted(c) {
+                    if target.is_some() {
+                        return Err(Fail::Deny(format!(
+                            "pgcloak: values of encrypted column {} cannot be stored in {target_name}: ciphertexts are bound to their column",
+                            self.col_name(c)
+                        )));
+                    }
+                    return self.use_col(c, Use::CopyOut);
+                }
+                self.use_col(c, Use::CopyOut)?;
+                if enc_t {
+                    return Err(Fail::Deny(format!(
+                        "pgcloak: the server cannot store values of {} in encrypted column {target_name}; send them through pgcloak as literals or parameters",
+                        self.col_name(c)
+                    )));
+                }
+                Ok(())
+            }
+            Val::Derived(_) | Val::Plain | Val::Row(_) => {
+                if enc_t {
+                    return Err(Fail::Deny(format!(
+                        "pgcloak: a value for encrypted column {target_name} must be a literal or a parameter (pgcloak cannot encrypt a value the server computes)"
+                    )));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn copy(
+        &mut self,
+        source: &CopySource,
+        to: bool,
+        target: &CopyTarget,
+        options: &[CopyOption],
+        legacy: &[CopyLegacyOption],
+        plan: &mut StatementPlan,
+    ) -> R<()> {
+        // COPY options carry literals (delimiter, null string): the plan depends on them.
+        self.cacheable = false;
+        let mut info = CopyInfo {
+            direction: if to {
+                CopyDirection::To
+            } else {
+                CopyDirection::From
+            },
+            endpoint: match target {
+                CopyTarget::Stdin => CopyEndpoint::Stdin,
+                CopyTarget::Stdout => CopyEndpoint::Stdout,
+                CopyTarget::File { .. } | CopyTarget::Program { .. } => CopyEndpoint::ServerSide,
+            },
+            table: None,
+            columns: Vec::new(),
+            format: CopyFormat::Text,
+            delimiter: None,
+            null: None,
+            header: false,
+            quote: None,
+            escape: None,
+        };
+        for o in options {
+            match o {
+                CopyOption::Format(f) => {
+                    info.format = match fold(f).as_str() {
+                        "csv" => CopyFormat::Csv,
+                        "binary" => CopyFormat::Binary,
+                        "text" => CopyFormat::Text,
+                        _ => return Err(Fail::Unsupported("COPY format".into())),
+                    }
+                }
+                CopyOption::Delimiter(c) => info.delimiter = Some(*c),
+                CopyOption::Null(s) => info.null = Some(s.clone()),
+                CopyOption::Header(h) => info.header = *h,
+                CopyOption::Quote(c) => info.quote = Some(*c),
+                CopyOption::Escape(c) => info.escape = Some(*c),
+                _ => {}
+            }
+        }
+        for o in legacy {
+            match o {
+                CopyLegacyOption::Binary => info.format = CopyFormat::Binary,
+                CopyLegacyOption::Delimiter(c) => info.delimiter = Some(*c),
+                CopyLegacyOption::Null(s) => info.null = Some(s.clone()),
+                CopyLegacyOption::Header => info.header = true,
+                CopyLegacyOption::Csv(opts) => {
+                    info.format = CopyFormat::Csv;
+                    for co in opts {
+                        match co {
+                            CopyLegacyCsvOption::Header => info.header = true,
+                            CopyLegacyCsvOption::Quote(c) => info.quote = Some(*c),
+                            CopyLegacyCsvOption::Escape(c) => info.escape = Some(*c),
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        let outs: Vec<OutCol> = match source {
+            CopySource::Table {
+                table_name,
+                columns,
+            } => {
+                let rel = self.insert_rel(table_name)?;
+                if let Some((s, t)) = &rel.table {
+                    info.table = Some(format!("{s}.{t}"));
+                }
+                let targets = self.target_columns(&rel, columns)?;
+                if !to {
+                    for (name, id) in &targets {
+                        let mut enc = None;
+                        if let Some(c) = id {
+                            self.write_col(*c)?;
+                            let cp = self.col(*c)?;
+                            if cp.encrypt.is_encrypted() {
+                                if info.endpoint == CopyEndpoint::ServerSide {
+                                    return Err(Fail::Deny(format!(
+                                        "pgcloak: COPY FROM a server file or program would store plaintext in encrypted column {}; use COPY FROM STDIN",
+                                        cp.qualified_name()
+                                    )));
+                                }
+                                if info.format == CopyFormat::Binary {
+                                    return Err(Fail::Deny(format!(
+                                        "pgcloak: binary COPY into encrypted column {} is not supported; use FORMAT csv or text",
+                                        cp.qualified_name()
+                                    )));
+                                }
+                                enc = Some(Encrypt {
+                                    target: crate::plan::ValueRef::Param(0),
+                                    column: cp.qualified_name(),
+                                    mode: cp.encrypt,
+                                    logical_type: cp.logical_type,
+                                    array: false,
+                                });
+                            }
+                        }
+                        info.columns.push(CopyColumn {
+                            name: name.clone(),
+                            encrypt: enc,
+                        });
+                    }
+                    plan.copy = Some(info);
+                    return Ok(());
+                }
+                targets
+                    .into_iter()
+                    .map(|(name, id)| OutCol {
+                        name,
+                        lin: id.map(Lin::Direct).unwrap_or(Lin::None),
+                        unknown_width: false,
+                        lit: None,
+                    })
+                    .collect()
+            }
+            CopySource::Query(q) => self.query(q, None)?,
+        };
+        // COPY ... TO: like a SELECT, plus copy_out and the endpoint.
+        for o in &outs {
+            let cols: Vec<ColId> = match &o.lin {
+                Lin::Direct(c) => vec![*c],
+                Lin::Expr(cs) => cs.clone(),
+                Lin::None => Vec::new(),
+            };
+            for c in cols {
+                let cp = self.col(c)?;
+                if !self.role.copy_out && cp.class.is_classified() {
+                    self.touches.insert((c, crate::plan::TouchAccess::Deny));
+                    return Err(Fail::Deny(format!(
+                        "pgcloak: role \"{}\" may not COPY out classified column {} (copy_out = false); use SELECT",
+                        self.role.name,
+                        cp.qualified_name()
+                    )));
+                }
+                if info.endpoint == CopyEndpoint::ServerSide {
+                    self.touches.insert((c, crate::plan::TouchAccess::Deny));
+                    return Err(Fail::Deny(format!(
+                        "pgcloak: COPY TO a server file or program would bypass pgcloak for column {}; use COPY TO STDOUT",
+                        cp.qualified_name()
+                    )));
+                }
+            }
+        }
+        info.columns = outs
+            .iter()
+            .map(|o| CopyColumn {
+                name: o.name.clone(),
+                encrypt: None,
+            })
+            .collect();
+        self.client_outputs(outs, plan)?;
+        if info.format == CopyFormat::Binary
+            && plan
+                .outputs
+                .iter()
+                .any(|o| o.action != OutputAction::PassThrough)
+        {
+            return Err(Fail::Deny(
+                "pgcloak: binary COPY TO of protected columns is not supported; use FORMAT csv or text".into(),
+            ));
+        }
+        plan.copy = Some(info);
+        Ok(())
+    }
+}
+
+fn body_text(e: &Expr) -> String {
+    match e {
+        Expr::Value(v) => match &v.value {
+            sqlparser::ast::Value::SingleQuotedString(s)
+            | sqlparser::ast::Value::EscapedStringLiteral(s) => s.clone(),
+            sqlparser::ast::Value::DollarQuotedString(d) => d.value.clone(),
+            other => other.to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
+fn expr_label(e: &Expr) -> String {
+    match e {
+        Expr::Identifier(id) => fold(id),
+        Expr::CompoundIdentifier(ids) => ids.last().map(fold).unwrap_or_else(|| "?column?".into()),
+        _ => "?column?".into(),
+    }
+}
