@@ -3,7 +3,9 @@
 #![forbid(unsafe_code)]
 
 pub mod analyze;
+pub mod cache;
 pub mod catalog;
+pub mod check;
 pub mod error;
 pub mod lexer;
 pub mod mask;
@@ -11,7 +13,9 @@ pub mod model;
 pub mod plan;
 
 pub use analyze::analyze;
+pub use cache::{PlanCache, PlanKey};
 pub use catalog::Catalog;
+pub use check::{check, check_text, Problem, StorageTypes};
 pub use error::{PolicyError, PolicyIssue};
 pub use lexer::{lex, names_any, Lexed, Literal, LiteralKind, StatementKind, StatementSpan};
 pub use mask::{apply_mask, Mask, MaskedValue};

@@ -474,6 +474,7 @@ fn general_sql() {
         ("app", "BEGIN; UPDATE customers SET phone = '5' WHERE id = 2; COMMIT", "allow | allow enc=#0:phone | allow"),
         ("app", "SELECT email FROM public.customers WHERE public.customers.email = $1", "allow enc=$1:email out=D:email"),
         ("app", "SELECT email FROM other.customers", "allow"),
+        ("app", "SELECT * FROM archive.customers", "allow"),
         ("app", "SELECT now(), current_user, version()", "allow"),
         ("app", "SET search_path = public", "allow"),
         ("app", "SHOW search_path", "allow"),

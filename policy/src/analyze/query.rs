@@ -329,6 +329,15 @@ impl Analyzer<'_> {
             },
         };
         if let Some(a) = alias {
+            // sqlparser reads `FROM ONLY customers` as table `only` aliased `customers`: an alias that
+            // names a protected table other than the one aliased is refused rather than guessed at.
+            let alias_name = fold(&a.name);
+            let is_same = rel.table.as_ref().is_some_and(|(_, t)| *t == alias_name);
+            if !is_same && self.policy.protected_table_names().contains(&alias_name) {
+                return Err(Fail::Unsupported(format!(
+                    "alias \"{alias_name}\" names a protected table (ONLY is not supported)"
+                )));
+            }
             self.apply_alias(&mut rel, a)?;
         }
         Ok(rel)
@@ -677,6 +686,7 @@ impl Analyzer<'_> {
                     if sc.stars.is_empty() {
                         return Err(Fail::Unsupported("`*` without FROM".into()));
                     }
+                    check_star_protected(sc.rels.iter())?;
                     for st in &sc.stars {
                         outs.extend(star_outs(st));
                     }
@@ -685,7 +695,10 @@ impl Analyzer<'_> {
                     SelectItemQualifiedWildcardKind::ObjectName(name) => {
                         let q = name_parts(name).unwrap_or_default();
                         match self.rel_named(&q, &sc) {
-                            Some(rel) => outs.extend(star_outs(&rel.cols)),
+                            Some(rel) => {
+                                check_star_protected(std::iter::once(rel))?;
+                                outs.extend(star_outs(&rel.cols));
+                            }
                             None => {
                                 return Err(Fail::Unsupported(
                                     "`t.*` of an unknown relation".into(),
@@ -820,6 +833,24 @@ impl Analyzer<'_> {
         }
         Ok(())
     }
+}
+
+/// `*` over a protected table whose column list the catalog does not know: the positions of its protected
+/// columns in the result cannot be determined, so refuse rather than pass them through.
+pub(crate) fn check_star_protected<'r>(rels: impl Iterator<Item = &'r Rel>) -> R<()> {
+    for rel in rels {
+        if rel.cols.is_none() && !rel.protected.is_empty() {
+            let name = rel
+                .table
+                .as_ref()
+                .map(|(s, t)| format!("{s}.{t}"))
+                .unwrap_or_else(|| rel.alias.clone());
+            return Err(Fail::Unsupported(format!(
+                "`*` over protected table {name}, which the catalog does not know"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Apply CTE column aliases (`WITH x(a, b) AS ...`).

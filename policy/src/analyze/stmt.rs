@@ -353,6 +353,7 @@ impl Analyzer<'_> {
                     });
                 }
                 SelectItem::Wildcard(_) => {
+                    super::query::check_star_protected(sc.rels.iter())?;
                     for st in &sc.stars {
                         match st {
                             Some(cols) => outs.extend(cols.iter().map(|c| OutCol {

@@ -1,0 +1,158 @@
+//! Policy file parsing: the contract's example parses; every error class names file:line and the fix.
+
+use pgcloak_policy::{Access, Class, EncryptMode, LogicalType, Mask, Policy};
+
+const CONTRACT_EXAMPLE: &str = r#"[[column]]
+name = "public.customers.phone"    # schema.table.column
+class = "confidential"             # public | internal | sensitive | confidential
+encrypt = "deterministic"          # none | randomized | deterministic
+type = "text"                      # logical type clients see: text int4 int8 numeric date timestamptz bool jsonb bytea
+mask = "last4"                     # how a `masked` reader sees it: last4 | email | redact | hash | partial(K_FRONT,K_BACK)
+
+[[role]]
+name = "app"                       # a PostgreSQL role; login users that are members get this policy (first match wins)
+read = { confidential = "plaintext", sensitive = "plaintext" }
+write = ["confidential", "sensitive"]
+
+[[role]]
+name = "support"
+read = { confidential = "masked", sensitive = "plaintext" }
+write = ["sensitive"]
+max_rows = 50                      # a statement may return at most 50 rows that carry sensitive or confidential values
+copy_out = false                   # COPY ... TO of classified columns refused
+
+[default]                          # login users in no listed role
+read = { confidential = "deny", sensitive = "masked" }
+"#;
+
+#[test]
+fn contract_example_parses() {
+    let p = Policy::parse(CONTRACT_EXAMPLE, "policy.toml").expect("parses");
+    let cols = p.columns();
+    assert_eq!(cols.len(), 1);
+    let c = &cols[0];
+    assert_eq!(
+        (c.schema.as_str(), c.table.as_str(), c.column.as_str()),
+        ("public", "customers", "phone")
+    );
+    assert_eq!(c.class, Class::Confidential);
+    assert_eq!(c.encrypt, EncryptMode::Deterministic);
+    assert_eq!(c.logical_type, LogicalType::Text);
+    assert_eq!(c.mask, Mask::Last4);
+    assert_eq!(c.line, 2);
+    let app = p.role_named("app").expect("app");
+    assert_eq!(app.read(Class::Confidential), Access::Plaintext);
+    assert!(app.may_write(Class::Confidential) && app.may_write(Class::Sensitive));
+    assert!(app.copy_out);
+    let support = p.role_named("support").expect("support");
+    assert_eq!(support.read(Class::Confidential), Access::Masked);
+    assert_eq!(support.max_rows, Some(50));
+    assert!(!support.copy_out);
+    assert!(!support.may_write(Class::Confidential));
+    assert!(
+        support.may_write(Class::Internal),
+        "internal is always writable"
+    );
+    let d = p.default_role();
+    assert_eq!(d.read(Class::Confidential), Access::Deny);
+    assert_eq!(d.read(Class::Sensitive), Access::Masked);
+    assert_eq!(d.read(Class::Internal), Access::Plaintext);
+    assert_eq!(d.read(Class::Public), Access::Plaintext);
+    assert_ne!(p.version(), 0);
+}
+
+#[test]
+fn role_resolution_first_listed_wins_else_default() {
+    let p = Policy::parse(CONTRACT_EXAMPLE, "policy.toml").expect("parses");
+    assert_eq!(p.role_for(&["alice", "support", "app"]).name, "app");
+    assert_eq!(p.role_for(&["bob", "support"]).name, "support");
+    assert_eq!(p.role_for(&["carol"]).name, "default");
+    assert_eq!(p.role_for(&[]).name, "default");
+}
+
+#[test]
+fn defaults_when_fields_are_absent() {
+    let p = Policy::parse(
+        "[[column]]\nname = \"s.t.c\"\nclass = \"sensitive\"\n[[role]]\nname = \"r\"\n",
+        "p.toml",
+    )
+    .expect("parses");
+    let c = &p.columns()[0];
+    assert_eq!(c.encrypt, EncryptMode::None);
+    assert_eq!(c.logical_type, LogicalType::Text);
+    assert_eq!(c.mask, Mask::Redact);
+    let r = p.role_named("r").expect("r");
+    assert_eq!(r.read(Class::Sensitive), Access::Deny);
+    assert_eq!(r.read(Class::Internal), Access::Plaintext);
+    assert!(!r.may_write(Class::Sensitive));
+    assert_eq!(p.default_role().read(Class::Confidential), Access::Deny);
+}
+
+#[test]
+fn version_changes_with_the_text() {
+    let a = Policy::parse(CONTRACT_EXAMPLE, "p").expect("a");
+    let b = Policy::parse(&format!("{CONTRACT_EXAMPLE}\n# edited\n"), "p").expect("b");
+    assert_ne!(a.version(), b.version());
+    assert_eq!(
+        a.version(),
+        Policy::parse(CONTRACT_EXAMPLE, "p").expect("a2").version()
+    );
+}
+
+/// (policy text, expected `file:line: ` prefix, substring of the message) for every error class.
+#[test]
+fn every_error_names_file_line_and_fix() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("[[column]]\nname = \"public.t.c\"\nclass = \"top-secret\"\n", "policy.toml:3: ", "unknown class `top-secret`; use one of public"),
+        ("[[column]]\nname = \"public.t.c\"\nclass = \"confidential\"\nencrypt = \"aes\"\n", "policy.toml:4: ", "unknown encrypt mode `aes`; use one of none, randomized, deterministic"),
+        ("[[column]]\nname = \"public.t.c\"\nclass = \"confidential\"\ntype = \"varchar\"\n", "policy.toml:4: ", "unknown type `varchar`; use one of text"),
+        ("[[column]]\nname = \"public.t.c\"\nclass = \"confidential\"\nmask = \"stars\"\n", "policy.toml:4: ", "unknown mask `stars`; use one of last4"),
+        ("[[column]]\nname = \"public.t.c\"\nclass = \"confidential\"\nmask = \"partial(2)\"\n", "policy.toml:4: ", "malformed mask `partial(2)`"),
+        ("[[column]]\nname = \"public.t.c\"\nclass = \"confidential\"\nmask = \"partial(a,b)\"\n", "policy.toml:4: ", "write partial(K_FRONT,K_BACK)"),
+        ("[[column]]\nname = \"customers.email\"\nclass = \"confidential\"\n", "policy.toml:2: ", "is not schema.table.column"),
+        ("[[column]]\nname = \"public.Customers.email\"\nclass = \"confidential\"\n", "policy.toml:2: ", "lower-case unquoted identifiers"),
+        ("[[column]]\nname = \"public.t.c\"\nclass = \"internal\"\n\n[[column]]\nname = \"public.t.c\"\nclass = \"internal\"\n", "policy.toml:6: ", "duplicate column `public.t.c` (first defined at line 1)"),
+        ("[[role]]\nname = \"app\"\n\n[[role]]\nname = \"app\"\n", "policy.toml:5: ", "duplicate role `app` (first defined at line 2)"),
+        ("[[role]]\nname = \"app\"\nread = { secret = \"plaintext\" }\n", "policy.toml:3: ", "unknown class `secret` in `read`"),
+        ("[[role]]\nname = \"app\"\nread = { confidential = \"maybe\" }\n", "policy.toml:3: ", "unknown access `maybe` for class confidential; use one of plaintext, masked, null, deny"),
+        ("[[role]]\nname = \"app\"\nwrite = [\"public\", \"topsecret\"]\n", "policy.toml:3: ", "unknown class `topsecret` in `write`"),
+        ("[[role]]\nname = \"app\"\nmax_rows = -1\n", "policy.toml:3: ", "max_rows = -1 is negative"),
+        ("[[role]]\nname = \"default\"\n", "policy.toml:2: ", "put those rules in the [default] section"),
+        ("[[role]]\nname = \"app\"\nreed = { confidential = \"plaintext\" }\n", "policy.toml:", "unknown field `reed`"),
+        ("[[column]]\nname = \"public.t.c\"\nclass = \"internal\"\nencrypted = \"deterministic\"\n", "policy.toml:", "unknown field `encrypted`"),
+        ("[[column]]\nclass = \"internal\"\n", "policy.toml:1: ", "has no `name`"),
+        ("[[column]]\nname = \"public.t.c\"\n", "policy.toml:1: ", "has no `class`"),
+        ("[default]\nread = { sensitive = \"hidden\" }\n", "policy.toml:2: ", "unknown access `hidden`"),
+        ("[[column]]\nname = \"public.t.c\"\nclass = confidential\n", "policy.toml:3: ", "fix the TOML syntax"),
+        ("[[role]]\nname = \"app\"\nmax_rows = \"fifty\"\n", "policy.toml:3: ", "fix the TOML syntax or the value's type"),
+        ("[columns]\nname = \"x\"\n", "policy.toml:1: ", "unknown field `columns`"),
+    ];
+    let mut failures = Vec::new();
+    for (text, prefix, sub) in cases {
+        match Policy::parse(text, "policy.toml") {
+            Ok(_) => failures.push(format!("accepted:\n{text}")),
+            Err(e) => {
+                let first = e
+                    .issues()
+                    .first()
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                if !(first.starts_with(prefix) && first.contains(sub)) {
+                    failures.push(format!("{text}\n  want {prefix}...{sub}\n  got  {first}"));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn all_problems_are_collected() {
+    let text = "[[column]]\nname = \"bad\"\nclass = \"nope\"\nencrypt = \"maybe\"\n\n[[role]]\nname = \"r\"\nread = { confidential = \"sometimes\" }\n";
+    let e = Policy::parse(text, "policy.toml").expect_err("invalid");
+    let lines: Vec<Option<usize>> = e.issues().iter().map(|i| i.line).collect();
+    assert_eq!(lines, vec![Some(2), Some(3), Some(4), Some(8)], "{e}");
+    let shown = e.to_string();
+    assert_eq!(shown.lines().count(), 4);
+    assert!(shown.lines().all(|l| l.starts_with("policy.toml:")));
+}
