@@ -1,1 +1,19 @@
-//! pgcloak library
+//! pgcloak: a transparent encrypting proxy for PostgreSQL.
+//!
+//! # Layout
+//! - [`config`]: the TOML config with `PGCLOAK_*` overrides, resolved and validated once.
+//! - [`protocol`]: wire-protocol framing and the few messages the proxy reads or builds; no I/O.
+//! - [`server`]: listener, per-connection tasks, connection limit, graceful shutdown, shared state.
+//! - [`session`]: one client session by phase: startup and TLS, upstream connect, auth relay, the query
+//!   phase pumps, cancel.
+//! - [`tls`]: rustls configurations (ring provider only).
+//! - [`logging`]: tracing subscriber set-up.
+//! - [`error`]: the crate's error enums, split by who is at fault.
+
+pub mod config;
+pub mod error;
+pub mod logging;
+pub mod protocol;
+pub mod server;
+pub mod session;
+pub mod tls;

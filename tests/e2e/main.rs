@@ -1,1 +1,10 @@
-//! e2e
+//! End-to-end tests: a real PostgreSQL cluster (started once per run by the harness, SCRAM auth), the
+//! real `pgcloak` binary per test, and real clients (tokio-postgres, psql, pgbench, psycopg, asyncpg).
+
+mod harness;
+
+mod auth;
+mod clients;
+mod lifecycle;
+mod robustness;
+mod tls;

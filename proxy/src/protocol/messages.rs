@@ -1,0 +1,346 @@
+//! The messages the proxy builds itself (errors, key data, rewritten auth requests) and the bounded
+//! decoders for the few it must read (auth requests, errors, command tags, statement text).
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::error::FrameError;
+
+/// Starts a frame: tag and a length placeholder patched by [`finish`].
+fn begin(tag: u8, capacity: usize) -> BytesMut {
+    let mut b = BytesMut::with_capacity(capacity + 5);
+    b.put_u8(tag);
+    b.put_u32(0);
+    b
+}
+
+fn finish(mut b: BytesMut) -> Bytes {
+    let len = (b.len() - 1) as u32;
+    b[1..5].copy_from_slice(&len.to_be_bytes());
+    b.freeze()
+}
+
+fn put_cstr(b: &mut BytesMut, s: &str) {
+    // A NUL inside would end the field early on the client; drop it.
+    b.extend(s.bytes().filter(|&c| c != 0));
+    b.put_u8(0);
+}
+
+/// Severity of a proxy-generated error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Fatal,
+}
+
+impl Severity {
+    fn as_str(self) -> &'static str {
+        match self {
+            Severity::Error => "ERROR",
+            Severity::Fatal => "FATAL",
+        }
+    }
+}
+
+/// An ErrorResponse the way PostgreSQL writes one (S, V, C, M and optional H fields).
+pub fn error_response(severity: Severity, code: &str, message: &str, hint: Option<&str>) -> Bytes {
+    let mut b = begin(b'E', message.len() + 64);
+    for (field, value) in [
+        (b'S', severity.as_str()),
+        (b'V', severity.as_str()),
+        (b'C', code),
+        (b'M', message),
+    ] {
+        b.put_u8(field);
+        put_cstr(&mut b, value);
+    }
+    if let Some(h) = hint {
+        b.put_u8(b'H');
+        put_cstr(&mut b, h);
+    }
+    b.put_u8(0);
+    finish(b)
+}
+
+/// BackendKeyData with the given process id and secret.
+pub fn backend_key_data(process_id: u32, secret: &[u8]) -> Bytes {
+    let mut b = begin(b'K', 4 + secret.len());
+    b.put_u32(process_id);
+    b.put_slice(secret);
+    finish(b)
+}
+
+/// ReadyForQuery with a transaction status byte (I, T or E).
+pub fn ready_for_query(status: u8) -> Bytes {
+    let mut b = begin(b'Z', 1);
+    b.put_u8(status);
+    finish(b)
+}
+
+/// A simple Query message.
+pub fn query(sql: &str) -> Bytes {
+    let mut b = begin(b'Q', sql.len() + 1);
+    put_cstr(&mut b, sql);
+    finish(b)
+}
+
+/// A Terminate message.
+pub fn terminate() -> Bytes {
+    Bytes::from_static(b"X\0\0\0\x04")
+}
+
+/// A bounds-checked reader over a message body.
+pub struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    what: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(buf: &'a [u8], what: &'static str) -> Self {
+        Reader { buf, pos: 0, what }
+    }
+
+    fn err(&self, detail: &'static str) -> FrameError {
+        FrameError::Malformed {
+            what: self.what,
+            detail,
+        }
+    }
+
+    pub fn remaining(&self) -> &'a [u8] {
+        &self.buf[self.pos..]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pos >= self.buf.len()
+    }
+
+    pub fn u8(&mut self) -> Result<u8, FrameError> {
+        let v = *self.buf.get(self.pos).ok_or_else(|| self.err("truncated"))?;
+        self.pos += 1;
+        Ok(v)
+    }
+
+    pub fn i16(&mut self) -> Result<i16, FrameError> {
+        let s = self.bytes(2)?;
+        Ok(i16::from_be_bytes([s[0], s[1]]))
+    }
+
+    pub fn i32(&mut self) -> Result<i32, FrameError> {
+        let s = self.bytes(4)?;
+        Ok(i32::from_be_bytes([s[0], s[1], s[2], s[3]]))
+    }
+
+    pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
+        let end = self.pos.checked_add(n).ok_or_else(|| self.err("length overflow"))?;
+        let s = self.buf.get(self.pos..end).ok_or_else(|| self.err("truncated"))?;
+        self.pos = end;
+        Ok(s)
+    }
+
+    /// A NUL-terminated string (without the NUL).
+    pub fn cstr(&mut self) -> Result<&'a [u8], FrameError> {
+        let rest = &self.buf[self.pos..];
+        let end = rest
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or_else(|| self.err("string not terminated"))?;
+        self.pos += end + 1;
+        Ok(&rest[..end])
+    }
+}
+
+/// The authentication request codes the relay cares about.
+pub const AUTH_OK: i32 = 0;
+pub const AUTH_SASL: i32 = 10;
+
+/// The code of an Authentication ('R') message body.
+pub fn auth_code(body: &[u8]) -> Result<i32, FrameError> {
+    Reader::new(body, "authentication").i32()
+}
+
+/// Rewrites AuthenticationSASL without SCRAM-SHA-256-PLUS: channel binding binds the client's TLS
+/// session to the server's, which a relay terminating both cannot satisfy. Returns `None` when nothing
+/// had to be removed, so the original frame is forwarded.
+pub fn strip_channel_binding(body: &[u8]) -> Result<Option<Bytes>, FrameError> {
+    let mut r = Reader::new(body, "AuthenticationSASL");
+    let code = r.i32()?;
+    if code != AUTH_SASL {
+        return Ok(None);
+    }
+    let mut mechanisms = Vec::new();
+    loop {
+        let m = r.cstr()?;
+        if m.is_empty() {
+            break;
+        }
+        mechanisms.push(m);
+    }
+    if !mechanisms.iter().any(|m| m.ends_with(b"-PLUS")) {
+        return Ok(None);
+    }
+    let kept: Vec<&[u8]> = mechanisms
+        .into_iter()
+        .filter(|m| !m.ends_with(b"-PLUS"))
+        .collect();
+    let mut b = begin(b'R', 64);
+    b.put_i32(AUTH_SASL);
+    for m in kept {
+        b.put_slice(m);
+        b.put_u8(0);
+    }
+    b.put_u8(0);
+    Ok(Some(finish(b)))
+}
+
+/// The fields of an ErrorResponse or NoticeResponse that the proxy records.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ErrorFields {
+    pub severity: String,
+    pub code: String,
+    pub message: String,
+}
+
+pub fn error_fields(body: &[u8]) -> Result<ErrorFields, FrameError> {
+    let mut r = Reader::new(body, "ErrorResponse");
+    let mut out = ErrorFields::default();
+    loop {
+        let field = r.u8()?;
+        if field == 0 {
+            break;
+        }
+        let value = String::from_utf8_lossy(r.cstr()?).into_owned();
+        match field {
+            b'V' => out.severity = value,
+            b'S' if out.severity.is_empty() => out.severity = value,
+            b'C' => out.code = value,
+            b'M' => out.message = value,
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Rows counted by a CommandComplete tag ("SELECT 5", "INSERT 0 3", "UPDATE 2", "COPY 10", ...).
+pub fn command_rows(body: &[u8]) -> Option<u64> {
+    let tag = body.strip_suffix(&[0]).unwrap_or(body);
+    let last = tag.rsplit(|&b| b == b' ').next()?;
+    if last.is_empty() || !last.iter().all(u8::is_ascii_digit) || last.len() == tag.len() {
+        return None;
+    }
+    std::str::from_utf8(last).ok()?.parse().ok()
+}
+
+/// The SQL text of a Query message.
+pub fn query_text(body: &[u8]) -> Result<&[u8], FrameError> {
+    Reader::new(body, "Query").cstr()
+}
+
+/// Statement name and SQL text of a Parse message.
+pub fn parse_text(body: &[u8]) -> Result<(&[u8], &[u8]), FrameError> {
+    let mut r = Reader::new(body, "Parse");
+    let name = r.cstr()?;
+    let sql = r.cstr()?;
+    Ok((name, sql))
+}
+
+/// Portal and statement names of a Bind message.
+pub fn bind_names(body: &[u8]) -> Result<(&[u8], &[u8]), FrameError> {
+    let mut r = Reader::new(body, "Bind");
+    let portal = r.cstr()?;
+    let stmt = r.cstr()?;
+    Ok((portal, stmt))
+}
+
+/// Portal name of an Execute message.
+pub fn execute_portal(body: &[u8]) -> Result<&[u8], FrameError> {
+    Reader::new(body, "Execute").cstr()
+}
+
+/// Kind ('S' statement / 'P' portal) and name of a Describe or Close message.
+pub fn target<'a>(body: &'a [u8], what: &'static str) -> Result<(u8, &'a [u8]), FrameError> {
+    let mut r = Reader::new(body, what);
+    let kind = r.u8()?;
+    if kind != b'S' && kind != b'P' {
+        return Err(FrameError::Malformed {
+            what,
+            detail: "target is neither 'S' nor 'P'",
+        });
+    }
+    Ok((kind, r.cstr()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::frame::{check, Direction};
+
+    #[test]
+    fn built_messages_frame_correctly() {
+        for m in [
+            error_response(Severity::Error, "42501", "pgcloak: no", Some("ask")),
+            backend_key_data(1, &[1, 2, 3, 4]),
+            ready_for_query(b'I'),
+            query("select 1"),
+        ] {
+            assert_eq!(check(&m, Direction::Backend, 1 << 20).ok().flatten().or_else(|| check(&m, Direction::Frontend, 1 << 20).ok().flatten()), Some(m.len()));
+        }
+    }
+
+    #[test]
+    fn error_fields_round_trip() {
+        let e = error_response(Severity::Fatal, "53300", "sorry, too many clients already", None);
+        let f = error_fields(&e[5..]).unwrap();
+        assert_eq!(f.severity, "FATAL");
+        assert_eq!(f.code, "53300");
+        assert_eq!(f.message, "sorry, too many clients already");
+    }
+
+    #[test]
+    fn nul_in_message_cannot_split_fields() {
+        let e = error_response(Severity::Error, "42501", "a\0b", None);
+        assert_eq!(error_fields(&e[5..]).unwrap().message, "ab");
+    }
+
+    #[test]
+    fn scram_plus_is_removed() {
+        let mut body = Vec::new();
+        body.extend_from_slice(&AUTH_SASL.to_be_bytes());
+        body.extend_from_slice(b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0");
+        let out = strip_channel_binding(&body).unwrap().unwrap();
+        assert_eq!(&out[5..9], &AUTH_SASL.to_be_bytes());
+        assert_eq!(&out[9..], b"SCRAM-SHA-256\0\0");
+        assert_eq!(check(&out, Direction::Backend, 1 << 20), Ok(Some(out.len())));
+
+        let mut plain = Vec::new();
+        plain.extend_from_slice(&AUTH_SASL.to_be_bytes());
+        plain.extend_from_slice(b"SCRAM-SHA-256\0\0");
+        assert_eq!(strip_channel_binding(&plain).unwrap(), None);
+        assert!(strip_channel_binding(&AUTH_SASL.to_be_bytes()).is_err());
+    }
+
+    #[test]
+    fn command_tags() {
+        assert_eq!(command_rows(b"SELECT 5\0"), Some(5));
+        assert_eq!(command_rows(b"INSERT 0 3\0"), Some(3));
+        assert_eq!(command_rows(b"UPDATE 12\0"), Some(12));
+        assert_eq!(command_rows(b"COPY 100000\0"), Some(100_000));
+        assert_eq!(command_rows(b"CREATE TABLE\0"), None);
+        assert_eq!(command_rows(b"BEGIN\0"), None);
+        assert_eq!(command_rows(b"\0"), None);
+        assert_eq!(command_rows(b"42\0"), None);
+    }
+
+    #[test]
+    fn readers_reject_truncation() {
+        assert!(parse_text(b"name\0select").is_err());
+        assert!(bind_names(b"\0").is_err());
+        assert!(target(b"X\0", "Describe").is_err());
+        assert!(target(b"", "Describe").is_err());
+        assert_eq!(target(b"Sfoo\0", "Describe").unwrap(), (b'S', &b"foo"[..]));
+        let mut r = Reader::new(&[0, 0, 0], "x");
+        assert!(r.i32().is_err());
+        let mut r = Reader::new(&[0xff; 8], "x");
+        assert!(r.bytes(usize::MAX).is_err());
+    }
+}

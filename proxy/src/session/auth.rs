@@ -1,0 +1,113 @@
+//! Authentication relay: the server stays the authority (trust, password, md5, SCRAM-SHA-256 pass through
+//! untouched), except that SCRAM-SHA-256-PLUS is removed from the offered mechanisms and the server's
+//! BackendKeyData is replaced by the proxy's own.
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::cancel::Registration;
+use super::io::{FrameReader, Outbox, ReadError};
+use crate::error::{FrameError, SessionError};
+use crate::protocol::messages::{self, auth_code, backend_key_data, strip_channel_binding, Reader, AUTH_OK, AUTH_SASL};
+use crate::server::Shared;
+
+/// Authentication requests the client must answer with a PasswordMessage/SASL response ('p').
+fn needs_response(code: i32) -> bool {
+    matches!(code, 3 | 5 | 7 | 8 | 9 | 10 | 11)
+}
+
+pub fn client_read_err(e: ReadError) -> SessionError {
+    match e {
+        ReadError::Eof => SessionError::ClientGone,
+        ReadError::Io(e) => SessionError::ClientIo(e),
+        ReadError::Frame(f) => SessionError::Client(f),
+    }
+}
+
+pub fn server_read_err(e: ReadError) -> SessionError {
+    match e {
+        ReadError::Eof => SessionError::ServerGone,
+        ReadError::Io(e) => SessionError::ServerIo(e),
+        ReadError::Frame(f) => SessionError::Server(f),
+    }
+}
+
+/// Relays authentication until the server's first ReadyForQuery. Returns the cancel registration that
+/// maps the key handed to the client to the server's.
+pub async fn relay<'a, CR, CW, SR, SW>(
+    shared: &'a Shared,
+    client: &mut FrameReader<CR>,
+    client_out: &mut Outbox<CW>,
+    server: &mut FrameReader<SR>,
+    server_out: &mut Outbox<SW>,
+) -> Result<Option<Registration<'a>>, SessionError>
+where
+    CR: AsyncRead + Unpin,
+    CW: AsyncWrite + Unpin,
+    SR: AsyncRead + Unpin,
+    SW: AsyncWrite + Unpin,
+{
+    let mut registration = None;
+    loop {
+        let frame = server.next().await.map_err(server_read_err)?;
+        match frame.tag {
+            b'R' => {
+                let code = auth_code(frame.body()).map_err(SessionError::Server)?;
+                let out = if code == AUTH_SASL {
+                    strip_channel_binding(frame.body())
+                        .map_err(SessionError::Server)?
+                        .unwrap_or(frame.bytes)
+                } else {
+                    frame.bytes
+                };
+                client_out.send(&out).await.map_err(SessionError::ClientIo)?;
+                if code != AUTH_OK && needs_response(code) {
+                    client_out.flush().await.map_err(SessionError::ClientIo)?;
+                    let answer = client.next().await.map_err(client_read_err)?;
+                    match answer.tag {
+                        b'p' => server_out
+                            .send_now(&answer.bytes)
+                            .await
+                            .map_err(SessionError::ServerIo)?,
+                        b'X' => return Err(SessionError::ClientGone),
+                        _ => {
+                            return Err(SessionError::Client(FrameError::Malformed {
+                                what: "authentication response",
+                                detail: "expected a password or SASL message",
+                            }))
+                        }
+                    }
+                }
+            }
+            b'K' => {
+                let mut r = Reader::new(frame.body(), "BackendKeyData");
+                let pid = r.i32().map_err(SessionError::Server)? as u32;
+                let secret = r.remaining().to_vec();
+                if secret.is_empty() || secret.len() > 256 {
+                    return Err(SessionError::Server(FrameError::Malformed {
+                        what: "BackendKeyData",
+                        detail: "secret key of the wrong length",
+                    }));
+                }
+                let reg = Registration::new(shared, pid, secret);
+                client_out
+                    .send(&backend_key_data(reg.process_id, &reg.secret))
+                    .await
+                    .map_err(SessionError::ClientIo)?;
+                registration = Some(reg);
+            }
+            b'E' => {
+                client_out.send_now(&frame.bytes).await.map_err(SessionError::ClientIo)?;
+                let f = messages::error_fields(frame.body()).unwrap_or_default();
+                return Err(SessionError::ServerRefused {
+                    code: f.code,
+                    message: f.message,
+                });
+            }
+            b'Z' => {
+                client_out.send_now(&frame.bytes).await.map_err(SessionError::ClientIo)?;
+                return Ok(registration);
+            }
+            _ => client_out.send(&frame.bytes).await.map_err(SessionError::ClientIo)?,
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! Socket plumbing for a session: a stream that is plain TCP or TLS on either side, split into halves,
+//! a frame reader with its buffer, and a batching writer.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::error::FrameError;
+use crate::protocol::frame::{self, Direction, Frame};
+
+/// A connection to the client or the server, before it is split.
+pub enum Stream {
+    Plain(TcpStream),
+    ClientTls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    ServerTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+pub type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+pub type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
+
+impl Stream {
+    pub fn is_tls(&self) -> bool {
+        !matches!(self, Stream::Plain(_))
+    }
+
+    /// Splits into owned halves; plain TCP splits without a lock.
+    pub fn split(self) -> (ReadHalf, WriteHalf) {
+        match self {
+            Stream::Plain(s) => {
+                let (r, w) = s.into_split();
+                (Box::new(r), Box::new(w))
+            }
+            Stream::ClientTls(s) => {
+                let (r, w) = tokio::io::split(*s);
+                (Box::new(r), Box::new(w))
+            }
+            Stream::ServerTls(s) => {
+                let (r, w) = tokio::io::split(*s);
+                (Box::new(r), Box::new(w))
+            }
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::ClientTls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::ServerTls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::ClientTls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::ServerTls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::ClientTls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::ServerTls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::ClientTls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::ServerTls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Why reading a frame failed.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The peer closed the connection.
+    Eof,
+    Io(io::Error),
+    Frame(FrameError),
+}
+
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Reads tagged frames from one side, one complete frame at a time.
+pub struct FrameReader<R> {
+    inner: R,
+    buf: BytesMut,
+    direction: Direction,
+    max: usize,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(inner: R, buf: BytesMut, direction: Direction, max: usize) -> Self {
+        FrameReader {
+            inner,
+            buf,
+            direction,
+            max,
+        }
+    }
+
+    /// The next frame already buffered, if any.
+    pub fn buffered(&mut self) -> Result<Option<Frame>, FrameError> {
+        frame::split(&mut self.buf, self.direction, self.max)
+    }
+
+    /// Whether unprocessed bytes remain buffered.
+    pub fn has_buffered(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    /// Reads more bytes from the socket. Reserves the whole declared frame at once for large frames.
+    pub async fn fill(&mut self) -> Result<(), ReadError> {
+        let want = frame::declared_len(&self.buf)
+            .map(|n| n.saturating_sub(self.buf.len()))
+            .unwrap_or(0)
+            .clamp(READ_CHUNK, self.max.saturating_add(5));
+        self.buf.reserve(want);
+        match self.inner.read_buf(&mut self.buf).await {
+            Ok(0) => Err(ReadError::Eof),
+            Ok(_) => Ok(()),
+            Err(e) => Err(ReadError::Io(e)),
+        }
+    }
+
+    /// Reads until one frame is complete.
+    pub async fn next(&mut self) -> Result<Frame, ReadError> {
+        loop {
+            if let Some(f) = self.buffered().map_err(ReadError::Frame)? {
+                return Ok(f);
+            }
+            self.fill().await?;
+        }
+    }
+}
+
+/// Collects outgoing frames and writes them in batches.
+pub struct Outbox<W> {
+    inner: W,
+    buf: BytesMut,
+}
+
+/// Frames at least this large are written straight from their buffer instead of being copied.
+const DIRECT_WRITE: usize = 64 * 1024;
+
+impl<W: AsyncWrite + Unpin> Outbox<W> {
+    pub fn new(inner: W) -> Self {
+        Outbox {
+            inner,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+        }
+    }
+
+    /// Queues `bytes`; large frames flush what is queued and go out directly.
+    pub async fn send(&mut self, bytes: &Bytes) -> io::Result<()> {
+        if bytes.len() >= DIRECT_WRITE {
+            self.flush().await?;
+            return self.inner.write_all(bytes).await;
+        }
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() >= DIRECT_WRITE {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    pub fn pending(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    pub async fn flush(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            self.inner.write_all(&self.buf).await?;
+            self.buf.clear();
+        }
+        self.inner.flush().await
+    }
+
+    /// Writes `bytes` and flushes (for one-off messages such as errors).
+    pub async fn send_now(&mut self, bytes: &Bytes) -> io::Result<()> {
+        self.send(bytes).await?;
+        self.flush().await
+    }
+
+    pub async fn shutdown(&mut self) {
+        let _ = self.flush().await;
+        let _ = self.inner.shutdown().await;
+    }
+}

@@ -1,0 +1,79 @@
+//! Connecting to the upstream PostgreSQL server: TCP, then TLS per `[upstream_tls]`.
+
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::io::Stream;
+use crate::config::UpstreamTlsMode;
+use crate::error::SessionError;
+use crate::protocol::startup::encode_ssl_request;
+use crate::server::Shared;
+
+fn upstream_err(shared: &Shared, reason: impl Into<String>) -> SessionError {
+    SessionError::Upstream {
+        addr: shared.config.upstream.clone(),
+        reason: reason.into(),
+    }
+}
+
+/// Opens a connection to the server, negotiating TLS as configured.
+pub async fn connect(shared: &Shared) -> Result<Stream, SessionError> {
+    let cfg = &shared.config;
+    let tcp = tokio::time::timeout(
+        cfg.connect_timeout,
+        TcpStream::connect((cfg.upstream_host.as_str(), cfg.upstream_port)),
+    )
+    .await
+    .map_err(|_| upstream_err(shared, format!("no answer within {:?}", cfg.connect_timeout)))?
+    .map_err(|e| upstream_err(shared, e.to_string()))?;
+    let _ = tcp.set_nodelay(true);
+    negotiate_tls(shared, tcp, cfg.upstream_tls.mode).await
+}
+
+/// A connection for relaying a CancelRequest: TLS only when the server must not be spoken to in clear.
+pub async fn connect_for_cancel(shared: &Shared) -> Result<Stream, SessionError> {
+    let cfg = &shared.config;
+    let tcp = tokio::time::timeout(
+        cfg.connect_timeout,
+        TcpStream::connect((cfg.upstream_host.as_str(), cfg.upstream_port)),
+    )
+    .await
+    .map_err(|_| upstream_err(shared, "connect timed out"))?
+    .map_err(|e| upstream_err(shared, e.to_string()))?;
+    let mode = match cfg.upstream_tls.mode {
+        UpstreamTlsMode::Prefer => UpstreamTlsMode::Disable,
+        m => m,
+    };
+    negotiate_tls(shared, tcp, mode).await
+}
+
+async fn negotiate_tls(shared: &Shared, mut tcp: TcpStream, mode: UpstreamTlsMode) -> Result<Stream, SessionError> {
+    let Some(connector) = shared.upstream_tls.as_ref().filter(|_| mode != UpstreamTlsMode::Disable) else {
+        return Ok(Stream::Plain(tcp));
+    };
+    let io = |e: std::io::Error| upstream_err(shared, e.to_string());
+    tcp.write_all(&encode_ssl_request()).await.map_err(io)?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await.map_err(io)?;
+    match answer[0] {
+        b'S' => {
+            let name = ServerName::try_from(shared.config.upstream_tls.server_name.clone())
+                .map_err(|_| upstream_err(shared, "invalid TLS server name"))?;
+            let tls = connector
+                .connect(name, tcp)
+                .await
+                .map_err(|e| upstream_err(shared, format!("TLS handshake failed: {e}")))?;
+            Ok(Stream::ServerTls(Box::new(tls)))
+        }
+        b'N' if mode == UpstreamTlsMode::Prefer => Ok(Stream::Plain(tcp)),
+        b'N' => Err(upstream_err(
+            shared,
+            "the server does not support TLS but upstream_tls.mode requires it",
+        )),
+        other => Err(upstream_err(
+            shared,
+            format!("unexpected answer 0x{other:02x} to SSLRequest"),
+        )),
+    }
+}
