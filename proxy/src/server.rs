@@ -30,6 +30,8 @@ pub struct CancelTarget {
 pub struct Shared {
     pub config: Arc<Config>,
     pub tls_acceptor: Option<TlsAcceptor>,
+    /// DER of the certificate presented to clients.
+    pub tls_cert: Option<Vec<u8>>,
     pub upstream_tls: Option<TlsConnector>,
     /// Our process id (as handed to clients) -> the server's key.
     pub cancel: DashMap<u32, CancelTarget>,
@@ -43,15 +45,19 @@ pub struct Shared {
 impl Shared {
     /// Builds the shared state, loading TLS material once.
     pub fn new(config: Arc<Config>) -> Result<Arc<Shared>, ConfigError> {
-        let tls_acceptor = match &config.tls {
-            Some(t) => Some(TlsAcceptor::from(crate::tls::server_config(t)?)),
-            None => None,
+        let (tls_acceptor, tls_cert) = match &config.tls {
+            Some(t) => {
+                let (cfg, cert) = crate::tls::server_config(t)?;
+                (Some(TlsAcceptor::from(cfg)), Some(cert))
+            }
+            None => (None, None),
         };
         let upstream_tls = crate::tls::upstream_config(&config)?.map(TlsConnector::from);
         Ok(Arc::new(Shared {
             limit: Arc::new(Semaphore::new(config.max_connections as usize)),
             config,
             tls_acceptor,
+            tls_cert,
             upstream_tls,
             cancel: DashMap::new(),
             kill: CancellationToken::new(),

@@ -40,9 +40,11 @@ fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, ConfigError> {
         .ok_or_else(|| tls_err(path, "contains no PEM private key (PKCS#8, PKCS#1 or SEC1)"))
 }
 
-/// The server config for client-facing TLS.
-pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, ConfigError> {
+/// The server config for client-facing TLS, and the DER of the certificate it presents (compared with the
+/// upstream's to decide whether SCRAM channel binding can pass through).
+pub fn server_config(tls: &TlsConfig) -> Result<(Arc<ServerConfig>, Vec<u8>), ConfigError> {
     let certs = load_certs(&tls.cert)?;
+    let leaf = certs[0].to_vec();
     let key = load_key(&tls.key)?;
     let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
@@ -52,7 +54,7 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, ConfigError> 
         .map_err(|e| tls_err(&tls.key, format!("certificate and key do not fit together: {e}")))?;
     // libpq 17+ with sslnegotiation=direct requires this ALPN; older clients send none.
     cfg.alpn_protocols = vec![b"postgresql".to_vec()];
-    Ok(Arc::new(cfg))
+    Ok((Arc::new(cfg), leaf))
 }
 
 /// The upstream client config, or `None` for `disable`.

@@ -35,8 +35,9 @@ fn wrong_password_gives_the_same_error_as_postgres() {
 }
 
 #[test]
-fn scram_over_tls_with_psql_defaults_strips_channel_binding() {
-    // psql over TLS offers SCRAM-SHA-256-PLUS by default; the proxy must hide it or auth fails.
+fn scram_over_tls_with_psql_defaults_passes_channel_binding_with_the_servers_certificate() {
+    // psql over TLS uses SCRAM-SHA-256-PLUS by default. With pgcloak presenting PostgreSQL's own
+    // certificate, tls-server-end-point binding data match and even channel_binding=require works.
     let c = cluster();
     let p = Proxy::start_with(crate::harness::ProxyOptions {
         extra: format!(
@@ -50,8 +51,38 @@ fn scram_over_tls_with_psql_defaults_strips_channel_binding() {
     let (ok, out, err) = psql(&url, &["-c", "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"]);
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "t", "upstream connection should be TLS too");
-    // channel_binding=require must fail cleanly (it cannot work through a relay), not hang.
     let (ok, _, err) = psql(&format!("{url} channel_binding=require"), &["-c", "select 1"]);
+    assert!(ok, "{err}");
+}
+
+#[test]
+fn scram_over_tls_with_a_different_certificate() {
+    let c = cluster();
+    // A certificate of pgcloak's own: -PLUS is hidden from clients.
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap().self_signed(&key).unwrap();
+    std::fs::write(dir.path().join("own.crt"), cert.pem()).unwrap();
+    std::fs::write(dir.path().join("own.key"), key.serialize_pem()).unwrap();
+    let tls = format!("[tls]\ncert = \"{0}/own.crt\"\nkey = \"{0}/own.key\"\n", dir.path().display());
+    // Plaintext upstream: the client's "binding possible" flag is accepted by the server.
+    let p = Proxy::start_with(crate::harness::ProxyOptions {
+        extra: format!("{tls}[upstream_tls]\nmode = \"disable\"\n"),
+        ..Default::default()
+    });
+    let url = format!("host=127.0.0.1 port={} user=alice password=alice-pw dbname=postgres sslmode=require", p.port);
+    let (ok, _, err) = psql(&url, &["-c", "select 1"]);
+    assert!(ok, "{err}");
+    // TLS upstream: PostgreSQL would reject the client's flag as a downgrade; pgcloak says what to do.
+    let p = Proxy::start_with(crate::harness::ProxyOptions {
+        extra: format!("{tls}[upstream_tls]\nmode = \"require\"\n"),
+        ..Default::default()
+    });
+    let url = format!("host=127.0.0.1 port={} user=alice password=alice-pw dbname=postgres sslmode=require", p.port);
+    let (ok, _, err) = psql(&url, &["-c", "select 1"]);
     assert!(!ok);
-    assert!(err.contains("channel binding"), "{err}");
+    assert!(err.contains("pgcloak: SCRAM channel binding cannot pass through"), "{err}");
+    let (ok, _, err) = psql(&format!("{url} channel_binding=disable"), &["-c", "select 1"]);
+    assert!(ok, "{err}");
+    let _ = c;
 }

@@ -342,7 +342,8 @@ impl Proxy {
     }
 
     pub fn url(&self, user: &str, password: &str, db: &str) -> String {
-        format!("host=127.0.0.1 port={} user={user} password={password} dbname={db} sslmode=disable", self.port)
+        let pw = if password.is_empty() { String::new() } else { format!(" password={password}") };
+        format!("host=127.0.0.1 port={} user={user}{pw} dbname={db} sslmode=disable", self.port)
     }
 
     pub fn alice(&self, db: &str) -> String {
@@ -413,4 +414,12 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
 /// The python interpreter of the test venv (created by scripts/test).
 pub fn venv_python() -> PathBuf {
     workspace_target().join("venv/bin/python")
+}
+
+/// The full text of a client error: the server's (or proxy's) message when there is one.
+pub fn error_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
+        None => format!("{e}"),
+    }
 }

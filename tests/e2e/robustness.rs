@@ -108,7 +108,7 @@ async fn tiny_max_message_size_is_enforced_for_queries() {
     assert_eq!(ok, 1);
     let long = format!("SELECT '{}'", "y".repeat(4000));
     let err = client.simple_query(&long).await.unwrap_err();
-    assert!(err.to_string().contains("max_message_size") || err.is_closed(), "{err}");
+    assert!(crate::harness::error_text(&err).contains("max_message_size") || err.is_closed(), "{err}");
 }
 
 /// A fake PostgreSQL server that authenticates anyone and then answers queries with `reply`.

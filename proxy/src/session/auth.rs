@@ -10,9 +10,29 @@ use crate::error::{FrameError, SessionError};
 use crate::protocol::messages::{self, auth_code, backend_key_data, strip_channel_binding, Reader, AUTH_OK, AUTH_SASL};
 use crate::server::Shared;
 
+/// What the two TLS legs allow for SCRAM channel binding.
+#[derive(Debug, Clone, Copy)]
+pub struct Binding {
+    pub client_tls: bool,
+    pub upstream_tls: bool,
+    /// pgcloak presents the very certificate PostgreSQL presents: `-PLUS` can pass through.
+    pub same_certificate: bool,
+}
+
 /// Authentication requests the client must answer with a PasswordMessage/SASL response ('p').
 fn needs_response(code: i32) -> bool {
     matches!(code, 3 | 5 | 7 | 8 | 9 | 10 | 11)
+}
+
+/// The gs2 channel-binding flag (`n`, `y` or `p`) of a SASLInitialResponse body.
+fn sasl_gs2_flag(body: &[u8]) -> Option<u8> {
+    let mut r = Reader::new(body, "SASLInitialResponse");
+    r.cstr().ok()?;
+    let len = r.i32().ok()?;
+    if len <= 0 {
+        return None;
+    }
+    r.u8().ok()
 }
 
 pub fn client_read_err(e: ReadError) -> SessionError {
@@ -35,6 +55,7 @@ pub fn server_read_err(e: ReadError) -> SessionError {
 /// maps the key handed to the client to the server's.
 pub async fn relay<'a, CR, CW, SR, SW>(
     shared: &'a Shared,
+    binding: Binding,
     client: &mut FrameReader<CR>,
     client_out: &mut Outbox<CW>,
     server: &mut FrameReader<SR>,
@@ -52,7 +73,7 @@ where
         match frame.tag {
             b'R' => {
                 let code = auth_code(frame.body()).map_err(SessionError::Server)?;
-                let out = if code == AUTH_SASL {
+                let out = if code == AUTH_SASL && !binding.same_certificate {
                     strip_channel_binding(frame.body())
                         .map_err(SessionError::Server)?
                         .unwrap_or(frame.bytes)
@@ -63,6 +84,23 @@ where
                 if code != AUTH_OK && needs_response(code) {
                     client_out.flush().await.map_err(SessionError::ClientIo)?;
                     let answer = client.next().await.map_err(client_read_err)?;
+                    if code == AUTH_SASL
+                        && answer.tag == b'p'
+                        && !binding.same_certificate
+                        && binding.client_tls
+                        && binding.upstream_tls
+                        && sasl_gs2_flag(answer.body()) == Some(b'y')
+                    {
+                        // The client would bind if it could; PostgreSQL, on TLS itself, rejects that as a
+                        // downgrade. Say why and how to fix it instead of relaying a cryptic failure.
+                        let msg = "pgcloak: SCRAM channel binding cannot pass through the proxy because pgcloak's TLS certificate differs from PostgreSQL's";
+                        let hint = "Give [tls] the same certificate and key as the PostgreSQL server, connect with channel_binding=disable, or set [upstream_tls] mode = \"disable\".";
+                        client_out
+                            .send_now(&messages::error_response(messages::Severity::Fatal, "28000", msg, Some(hint)))
+                            .await
+                            .map_err(SessionError::ClientIo)?;
+                        return Err(SessionError::Refused(msg.to_string()));
+                    }
                     match answer.tag {
                         b'p' => server_out
                             .send_now(&answer.bytes)

@@ -27,6 +27,14 @@ impl Stream {
         !matches!(self, Stream::Plain(_))
     }
 
+    /// DER of the certificate the peer presented, for a TLS connection to the server.
+    pub fn server_cert(&self) -> Option<Vec<u8>> {
+        match self {
+            Stream::ServerTls(s) => s.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()),
+            _ => None,
+        }
+    }
+
     /// Splits into owned halves; plain TCP splits without a lock.
     pub fn split(self) -> (ReadHalf, WriteHalf) {
         match self {
@@ -126,7 +134,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         let want = frame::declared_len(&self.buf)
             .map(|n| n.saturating_sub(self.buf.len()))
             .unwrap_or(0)
-            .clamp(READ_CHUNK, self.max.saturating_add(5));
+            .min(self.max.saturating_add(5))
+            .max(READ_CHUNK);
         self.buf.reserve(want);
         match self.inner.read_buf(&mut self.buf).await {
             Ok(0) => Err(ReadError::Eof),

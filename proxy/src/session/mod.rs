@@ -102,6 +102,13 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, id: u64, shared: Arc<Shared>)
         }
     };
 
+    // SCRAM channel binding (tls-server-end-point) hashes the server certificate, so it survives the
+    // relay exactly when pgcloak presents the same certificate as PostgreSQL.
+    let binding = auth::Binding {
+        client_tls: client.is_tls(),
+        upstream_tls: server.is_tls(),
+        same_certificate: client.is_tls() && shared.tls_cert.is_some() && server.server_cert() == shared.tls_cert,
+    };
     let (cr, cw) = client.split();
     let (sr, sw) = server.split();
     let max = cfg.max_message_size;
@@ -119,7 +126,7 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, id: u64, shared: Arc<Shared>)
 
     let remaining = cfg.startup_timeout;
     let auth = tokio::select! {
-        r = tokio::time::timeout(remaining, auth::relay(&shared, &mut client_in, &mut client_out, &mut server_in, &mut server_out)) => match r {
+        r = tokio::time::timeout(remaining, auth::relay(&shared, binding, &mut client_in, &mut client_out, &mut server_in, &mut server_out)) => match r {
             Ok(r) => r,
             Err(_) => Err(SessionError::StartupTimeout(remaining)),
         },
