@@ -366,7 +366,7 @@ impl Analyzer<'_> {
     }
 
     /// Add one FROM item (a relation and its joins) to `sc`.
-    pub(crate) fn from_item(&mut self, twj: &TableWithJoins, sc: &mut Scope<'_>) -> R<()> {
+    pub(crate) fn add_from_item(&mut self, twj: &TableWithJoins, sc: &mut Scope<'_>) -> R<()> {
         let (rels, mut star) = self.factor(&twj.relation, sc)?;
         sc.rels.extend(rels);
         for j in &twj.joins {
@@ -583,7 +583,7 @@ impl Analyzer<'_> {
                 alias,
             } => {
                 let mut inner = Scope::new(sc.parent);
-                self.from_item(table_with_joins, &mut inner)?;
+                self.add_from_item(table_with_joins, &mut inner)?;
                 let star = inner.stars.pop().flatten();
                 match alias {
                     Some(a) => {
@@ -642,7 +642,7 @@ impl Analyzer<'_> {
     ) -> R<Vec<OutCol>> {
         let mut sc = Scope::new(outer);
         for twj in &s.from {
-            self.from_item(twj, &mut sc)?;
+            self.add_from_item(twj, &mut sc)?;
         }
         if !s.lateral_views.is_empty() || s.connect_by.is_some() || s.top.is_some() {
             return Err(Fail::Unsupported("a non-PostgreSQL SELECT clause".into()));

@@ -270,11 +270,10 @@ impl Analyzer<'_> {
             let mut found: Option<Lin> = None;
             for rel in &s.rels {
                 match rel.column(n) {
-                    Some(Some(lin)) => {
-                        if found.is_none() || matches!(found, Some(Lin::None)) {
-                            found = Some(lin);
-                        }
+                    Some(Some(lin)) if found.is_none() || matches!(found, Some(Lin::None)) => {
+                        found = Some(lin);
                     }
+                    Some(Some(_)) => {}
                     Some(None) => maybe_here = true,
                     None => {}
                 }

@@ -24,7 +24,7 @@ impl Analyzer<'_> {
                 if self.select_into {
                     // SELECT ... INTO new_table: the values go to a table, not to the client.
                     for o in outs {
-                        self.into_db(None, Val::from_lin(&o.lin))?;
+                        self.store_value(None, Val::from_lin(&o.lin))?;
                     }
                     return Ok(());
                 }
@@ -40,14 +40,14 @@ impl Analyzer<'_> {
                 ..
             } => {
                 let mut sc = Scope::new(None);
-                self.from_item(table, &mut sc)?;
+                self.add_from_item(table, &mut sc)?;
                 let target = sc.rels.first().cloned();
                 if let Some(f) = from {
                     let items = match f {
                         UpdateTableFromKind::BeforeSet(v) | UpdateTableFromKind::AfterSet(v) => v,
                     };
                     for twj in items {
-                        self.from_item(twj, &mut sc)?;
+                        self.add_from_item(twj, &mut sc)?;
                     }
                 }
                 let Some(target) = target else {
@@ -67,10 +67,10 @@ impl Analyzer<'_> {
                     FromTable::WithFromKeyword(v) | FromTable::WithoutKeyword(v) => v,
                 };
                 for twj in items {
-                    self.from_item(twj, &mut sc)?;
+                    self.add_from_item(twj, &mut sc)?;
                 }
                 for twj in d.using.iter().flatten() {
-                    self.from_item(twj, &mut sc)?;
+                    self.add_from_item(twj, &mut sc)?;
                 }
                 if let Some(w) = &d.selection {
                     self.predicate(w, &sc)?;
@@ -153,7 +153,7 @@ impl Analyzer<'_> {
                 if let Some(q) = &ct.query {
                     let outs = self.query(q, None)?;
                     for o in outs {
-                        self.into_db(None, Val::from_lin(&o.lin))?;
+                        self.store_value(None, Val::from_lin(&o.lin))?;
                     }
                 }
                 Ok(())
@@ -161,7 +161,7 @@ impl Analyzer<'_> {
             Statement::CreateView { query, .. } => {
                 let outs = self.query(query, None)?;
                 for o in outs {
-                    self.into_db(None, Val::from_lin(&o.lin))?;
+                    self.store_value(None, Val::from_lin(&o.lin))?;
                 }
                 Ok(())
             }
@@ -444,7 +444,7 @@ impl Analyzer<'_> {
                     for row in &values.rows {
                         for (i, e) in row.iter().enumerate() {
                             let v = self.eval(e, &sc)?;
-                            self.into_db(target_at(i), v)?;
+                            self.store_value(target_at(i), v)?;
                         }
                     }
                 }
@@ -464,7 +464,7 @@ impl Analyzer<'_> {
                             Some(r) => Val::Lit(r),
                             None => Val::from_lin(&o.lin),
                         };
-                        self.into_db(target_at(i), v)?;
+                        self.store_value(target_at(i), v)?;
                     }
                 }
             }
@@ -531,7 +531,7 @@ impl Analyzer<'_> {
                     self.write_col(c)?;
                 }
                 let v = self.eval(value, sc)?;
-                self.into_db(c, v)
+                self.store_value(c, v)
             }
             AssignmentTarget::Tuple(names) => {
                 let cols: Vec<Option<ColId>> = names.iter().map(|n| col_of(self, n)).collect();
@@ -542,14 +542,17 @@ impl Analyzer<'_> {
                     Expr::Tuple(vals) => {
                         for (i, e) in vals.iter().enumerate() {
                             let v = self.eval(e, sc)?;
-                            self.into_db(cols.get(i).copied().flatten(), v)?;
+                            self.store_value(cols.get(i).copied().flatten(), v)?;
                         }
                         Ok(())
                     }
                     Expr::Subquery(q) => {
                         let outs = self.query(q, Some(sc))?;
                         for (i, o) in outs.iter().enumerate() {
-                            self.into_db(cols.get(i).copied().flatten(), Val::from_lin(&o.lin))?;
+                            self.store_value(
+                                cols.get(i).copied().flatten(),
+                                Val::from_lin(&o.lin),
+                            )?;
                         }
                         Ok(())
                     }
@@ -562,7 +565,7 @@ impl Analyzer<'_> {
     }
 
     /// A value stored by the server into `target` (a protected column, or None for anything else).
-    pub(crate) fn into_db(&mut self, target: Option<ColId>, v: Val) -> R<()> {
+    pub(crate) fn store_value(&mut self, target: Option<ColId>, v: Val) -> R<()> {
         let enc_t = target.is_some_and(|t| self.encrypted(t));
         let target_name = target.map(|t| self.col_name(t)).unwrap_or_default();
         match v {
