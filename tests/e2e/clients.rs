@@ -286,3 +286,51 @@ fn pgbench_init_select_only_all_modes_and_tpcb() {
     assert!(text.contains("number of failed transactions: 0"), "{text}");
     assert!(text.contains("400/400"), "{text}");
 }
+
+fn python(scenario: &str, dsn: &str) -> serde_json::Value {
+    let py = crate::harness::venv_python();
+    assert!(
+        py.exists(),
+        "{} missing: run scripts/test (it creates the venv with psycopg and asyncpg)",
+        py.display()
+    );
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/clients.py");
+    let out = std::process::Command::new(py).arg(script).arg(scenario).arg(dsn).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{scenario} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn psycopg_text_binary_pipeline_copy() {
+    let c = cluster();
+    let db = c.fresh_db("psycopg");
+    let p = Proxy::start();
+    let v = python("psycopg_basic", &p.alice(&db));
+    assert_eq!(v["name"], "name 7");
+    assert_eq!(v["amount"], "10.5");
+    assert_eq!(v["binary"], serde_json::json!([9, "name 9"]));
+    assert_eq!(v["pipeline"], (0..100).map(|i| i * 2).sum::<i64>());
+    assert_eq!(v["error"], "22012");
+    assert_eq!(v["after"], 50);
+    assert_eq!(v["copy"], serde_json::json!((100..110).collect::<Vec<_>>()));
+}
+
+#[test]
+fn asyncpg_binary_prepared_cursor_copy() {
+    let c = cluster();
+    let db = c.fresh_db("asyncpg");
+    let p = Proxy::start();
+    let dsn = format!("postgresql://alice:alice-pw@127.0.0.1:{}/{db}?sslmode=disable", p.port);
+    let v = python("asyncpg_basic", &dsn);
+    assert_eq!(v["row"], serde_json::json!([5, "n5", 2.5, "2000-01-06", ["a", "5"]]));
+    assert_eq!(v["sum"], (0..20).map(|i| 100.0 + i as f64).sum::<f64>());
+    assert_eq!(v["cursor"], serde_json::json!((0..20).collect::<Vec<_>>()));
+    assert_eq!(v["error"], "42P01");
+    assert_eq!(v["after"], 42);
+    assert_eq!(v["count"], 21);
+}
