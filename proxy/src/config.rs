@@ -310,9 +310,7 @@ fn describe_deserialize_error(reason: &str, text: &str) -> String {
                 .position(|l| {
                     let l = l.trim_start();
                     l.starts_with(field)
-                        && l[field.len()..]
-                            .trim_start()
-                            .starts_with(['=', '.', ' '])
+                        && l[field.len()..].trim_start().starts_with(['=', '.', ' '])
                 })
                 .map(|i| format!(" (line {})", i + 1))
                 .unwrap_or_default();
@@ -347,7 +345,9 @@ fn resolve(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, ConfigErr
         invalid(
             path,
             "listen",
-            format!("`{listen_text}` is not an address; write it as ip:port, e.g. \"127.0.0.1:6432\""),
+            format!(
+                "`{listen_text}` is not an address; write it as ip:port, e.g. \"127.0.0.1:6432\""
+            ),
         )
     })?;
     let upstream = raw.upstream.unwrap_or_else(|| "127.0.0.1:5432".into());
@@ -365,7 +365,10 @@ fn resolve(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, ConfigErr
             return Err(invalid(
                 path,
                 "policy",
-                format!("file {} does not exist; create it or fix the path", p.display()),
+                format!(
+                    "file {} does not exist; create it or fix the path",
+                    p.display()
+                ),
             ));
         }
     }
@@ -396,14 +399,16 @@ fn resolve(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, ConfigErr
                     ))
                 }
             };
-            let cert = t
-                .cert
-                .map(|c| rel(&c))
-                .ok_or_else(|| invalid(path, "tls.cert", "is missing; give the PEM certificate chain file"))?;
-            let key = t
-                .key
-                .map(|c| rel(&c))
-                .ok_or_else(|| invalid(path, "tls.key", "is missing; give the PEM private key file"))?;
+            let cert = t.cert.map(|c| rel(&c)).ok_or_else(|| {
+                invalid(
+                    path,
+                    "tls.cert",
+                    "is missing; give the PEM certificate chain file",
+                )
+            })?;
+            let key = t.key.map(|c| rel(&c)).ok_or_else(|| {
+                invalid(path, "tls.key", "is missing; give the PEM private key file")
+            })?;
             for (k, p) in [("tls.cert", &cert), ("tls.key", &key)] {
                 if !p.is_file() {
                     return Err(invalid(
@@ -548,7 +553,11 @@ fn resolve(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, ConfigErr
         }
         let checkpoint_every = a.checkpoint_every.unwrap_or(1000);
         if checkpoint_every == 0 {
-            return Err(invalid(path, "audit.checkpoint_every", "must be at least 1"));
+            return Err(invalid(
+                path,
+                "audit.checkpoint_every",
+                "must be at least 1",
+            ));
         }
         AuditConfig {
             file: match a.file.as_deref() {
@@ -597,10 +606,7 @@ fn resolve(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, ConfigErr
         policy,
         max_connections,
         startup_timeout: secs(raw.startup_timeout, 30).max(Duration::from_secs(1)),
-        idle_timeout: raw
-            .idle_timeout
-            .filter(|&s| s > 0)
-            .map(Duration::from_secs),
+        idle_timeout: raw.idle_timeout.filter(|&s| s > 0).map(Duration::from_secs),
         shutdown_timeout: secs(raw.shutdown_timeout, 30),
         connect_timeout: secs(raw.connect_timeout, 10).max(Duration::from_secs(1)),
         max_message_size: max_message_size as usize,
@@ -651,10 +657,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("pgcloak.toml");
         std::fs::write(&p, text).unwrap();
-        Config::load_with_env(
-            &p,
-            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
-        )
+        Config::load_with_env(&p, env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
     }
 
     #[test]
@@ -715,7 +718,9 @@ mod tests {
 
     #[test]
     fn bad_address_names_key_and_fix() {
-        let e = load("listen = \"localhost\"\n", &[]).unwrap_err().to_string();
+        let e = load("listen = \"localhost\"\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("listen") && e.contains("ip:port"), "{e}");
         let e = load("upstream = \"db\"\n", &[]).unwrap_err().to_string();
         assert!(e.contains("upstream") && e.contains("host:port"), "{e}");
@@ -723,7 +728,9 @@ mod tests {
 
     #[test]
     fn missing_files_are_reported() {
-        let e = load("policy = \"nope.toml\"\n", &[]).unwrap_err().to_string();
+        let e = load("policy = \"nope.toml\"\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("policy") && e.contains("nope.toml"), "{e}");
         let e = load("[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n", &[])
             .unwrap_err()
@@ -738,8 +745,14 @@ mod tests {
     #[test]
     fn bad_enums_are_refused() {
         for (text, key) in [
-            ("[tls]\nmode = \"maybe\"\ncert=\"a\"\nkey=\"b\"\n", "tls.mode"),
-            ("[upstream_tls]\nmode = \"sometimes\"\n", "upstream_tls.mode"),
+            (
+                "[tls]\nmode = \"maybe\"\ncert=\"a\"\nkey=\"b\"\n",
+                "tls.mode",
+            ),
+            (
+                "[upstream_tls]\nmode = \"sometimes\"\n",
+                "upstream_tls.mode",
+            ),
             ("[audit]\non_failure = \"ignore\"\n", "audit.on_failure"),
             ("[log]\nformat = \"xml\"\n", "log.format"),
         ] {
@@ -750,7 +763,9 @@ mod tests {
 
     #[test]
     fn wrong_value_type_is_refused() {
-        let e = load("max_connections = \"many\"\n", &[]).unwrap_err().to_string();
+        let e = load("max_connections = \"many\"\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("max_connections"), "{e}");
     }
 

@@ -34,7 +34,10 @@ pub enum FrameError {
     #[error("startup packet length {len} is outside 8..=10000 bytes")]
     BadStartupLength { len: u32 },
     #[error("malformed {what} message: {detail}")]
-    Malformed { what: &'static str, detail: &'static str },
+    Malformed {
+        what: &'static str,
+        detail: &'static str,
+    },
 }
 
 /// Errors that end one session.

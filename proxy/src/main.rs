@@ -12,7 +12,11 @@ use tokio_util::sync::CancellationToken;
 use pgcloak::config::{Config, DEFAULT_CONFIG_FILE};
 
 #[derive(Parser)]
-#[command(name = "pgcloak", version, about = "Transparent encrypting proxy for PostgreSQL")]
+#[command(
+    name = "pgcloak",
+    version,
+    about = "Transparent encrypting proxy for PostgreSQL"
+)]
 struct Cli {
     /// Config file (TOML).
     #[arg(long, global = true, value_name = "FILE", env = "PGCLOAK_CONFIG")]

@@ -105,7 +105,10 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancellat
         .await
         .is_err()
     {
-        warn!(sessions = tracker.len(), "shutdown timeout reached: closing remaining sessions");
+        warn!(
+            sessions = tracker.len(),
+            "shutdown timeout reached: closing remaining sessions"
+        );
         shared.kill.cancel();
         tracker.wait().await;
     }

@@ -28,7 +28,10 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> 
     let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut data.as_slice()).collect();
     let certs = certs.map_err(|e| tls_err(path, format!("not a PEM certificate file: {e}")))?;
     if certs.is_empty() {
-        return Err(tls_err(path, "contains no PEM certificate; give a file with -----BEGIN CERTIFICATE-----"));
+        return Err(tls_err(
+            path,
+            "contains no PEM certificate; give a file with -----BEGIN CERTIFICATE-----",
+        ));
     }
     Ok(certs)
 }
@@ -51,7 +54,12 @@ pub fn server_config(tls: &TlsConfig) -> Result<(Arc<ServerConfig>, Vec<u8>), Co
         .map_err(|e| tls_err(&tls.cert, e.to_string()))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| tls_err(&tls.key, format!("certificate and key do not fit together: {e}")))?;
+        .map_err(|e| {
+            tls_err(
+                &tls.key,
+                format!("certificate and key do not fit together: {e}"),
+            )
+        })?;
     // libpq 17+ with sslnegotiation=direct requires this ALPN; older clients send none.
     cfg.alpn_protocols = vec![b"postgresql".to_vec()];
     Ok((Arc::new(cfg), leaf))
@@ -84,7 +92,10 @@ pub fn upstream_config(config: &Config) -> Result<Option<Arc<ClientConfig>>, Con
     ServerName::try_from(t.server_name.clone()).map_err(|_| {
         tls_err(
             &config.source,
-            format!("`{}` is not a valid TLS server name; set upstream_tls.server_name", t.server_name),
+            format!(
+                "`{}` is not a valid TLS server name; set upstream_tls.server_name",
+                t.server_name
+            ),
         )
     })?;
     Ok(Some(Arc::new(cfg)))
@@ -113,7 +124,12 @@ impl ServerCertVerifier for NoServerAuth {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -122,7 +138,12 @@ impl ServerCertVerifier for NoServerAuth {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

@@ -53,7 +53,10 @@ fn limit_for(direction: Direction, tag: u8, max: usize) -> usize {
         // DataRow, CopyData, RowDescription, errors and notices (may quote long statements),
         // FunctionCallResponse, ParameterDescription, NotificationResponse, auth (SASL data).
         Direction::Backend => {
-            matches!(tag, b'D' | b'd' | b'T' | b'E' | b'N' | b'V' | b't' | b'A' | b'R')
+            matches!(
+                tag,
+                b'D' | b'd' | b'T' | b'E' | b'N' | b'V' | b't' | b'A' | b'R'
+            )
         }
     };
     if bulk {
@@ -108,7 +111,11 @@ pub fn declared_len(buf: &[u8]) -> Option<usize> {
 }
 
 /// Detaches the first frame from `buf` if it is complete.
-pub fn split(buf: &mut BytesMut, direction: Direction, max: usize) -> Result<Option<Frame>, FrameError> {
+pub fn split(
+    buf: &mut BytesMut,
+    direction: Direction,
+    max: usize,
+) -> Result<Option<Frame>, FrameError> {
     match check(buf, direction, max)? {
         None => Ok(None),
         Some(n) => {
@@ -136,7 +143,11 @@ mod tests {
     fn incomplete_is_not_an_error() {
         let f = frame(b'Q', b"select 1\0");
         for cut in 0..f.len() {
-            assert_eq!(check(&f[..cut], Direction::Frontend, 1 << 20), Ok(None), "cut {cut}");
+            assert_eq!(
+                check(&f[..cut], Direction::Frontend, 1 << 20),
+                Ok(None),
+                "cut {cut}"
+            );
         }
         assert_eq!(check(&f, Direction::Frontend, 1 << 20), Ok(Some(f.len())));
     }
@@ -147,10 +158,14 @@ mod tests {
         buf.extend_from_slice(&frame(b'P', b"\0select $1\0\0\0"));
         buf.extend_from_slice(&frame(b'S', b""));
         buf.extend_from_slice(&frame(b'S', b"")[..3]);
-        let a = split(&mut buf, Direction::Frontend, 1 << 20).unwrap().unwrap();
+        let a = split(&mut buf, Direction::Frontend, 1 << 20)
+            .unwrap()
+            .unwrap();
         assert_eq!(a.tag, b'P');
         assert_eq!(a.body(), b"\0select $1\0\0\0");
-        let b = split(&mut buf, Direction::Frontend, 1 << 20).unwrap().unwrap();
+        let b = split(&mut buf, Direction::Frontend, 1 << 20)
+            .unwrap()
+            .unwrap();
         assert_eq!(b.tag, b'S');
         assert!(b.body().is_empty());
         assert_eq!(split(&mut buf, Direction::Frontend, 1 << 20), Ok(None));
@@ -172,7 +187,10 @@ mod tests {
             check(b"Z\0\0\0\x05I", Direction::Frontend, 1 << 20),
             Err(FrameError::UnknownTag { tag: b'Z' })
         ));
-        assert_eq!(check(b"Z\0\0\0\x05I", Direction::Backend, 1 << 20), Ok(Some(6)));
+        assert_eq!(
+            check(b"Z\0\0\0\x05I", Direction::Backend, 1 << 20),
+            Ok(Some(6))
+        );
         assert!(check(b"\0", Direction::Backend, 1 << 20).is_err());
     }
 

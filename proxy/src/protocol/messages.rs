@@ -116,7 +116,10 @@ impl<'a> Reader<'a> {
     }
 
     pub fn u8(&mut self) -> Result<u8, FrameError> {
-        let v = *self.buf.get(self.pos).ok_or_else(|| self.err("truncated"))?;
+        let v = *self
+            .buf
+            .get(self.pos)
+            .ok_or_else(|| self.err("truncated"))?;
         self.pos += 1;
         Ok(v)
     }
@@ -132,8 +135,14 @@ impl<'a> Reader<'a> {
     }
 
     pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
-        let end = self.pos.checked_add(n).ok_or_else(|| self.err("length overflow"))?;
-        let s = self.buf.get(self.pos..end).ok_or_else(|| self.err("truncated"))?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .ok_or_else(|| self.err("length overflow"))?;
+        let s = self
+            .buf
+            .get(self.pos..end)
+            .ok_or_else(|| self.err("truncated"))?;
         self.pos = end;
         Ok(s)
     }
@@ -283,13 +292,24 @@ mod tests {
             ready_for_query(b'I'),
             query("select 1"),
         ] {
-            assert_eq!(check(&m, Direction::Backend, 1 << 20).ok().flatten().or_else(|| check(&m, Direction::Frontend, 1 << 20).ok().flatten()), Some(m.len()));
+            assert_eq!(
+                check(&m, Direction::Backend, 1 << 20)
+                    .ok()
+                    .flatten()
+                    .or_else(|| check(&m, Direction::Frontend, 1 << 20).ok().flatten()),
+                Some(m.len())
+            );
         }
     }
 
     #[test]
     fn error_fields_round_trip() {
-        let e = error_response(Severity::Fatal, "53300", "sorry, too many clients already", None);
+        let e = error_response(
+            Severity::Fatal,
+            "53300",
+            "sorry, too many clients already",
+            None,
+        );
         let f = error_fields(&e[5..]).unwrap();
         assert_eq!(f.severity, "FATAL");
         assert_eq!(f.code, "53300");
@@ -310,7 +330,10 @@ mod tests {
         let out = strip_channel_binding(&body).unwrap().unwrap();
         assert_eq!(&out[5..9], &AUTH_SASL.to_be_bytes());
         assert_eq!(&out[9..], b"SCRAM-SHA-256\0\0");
-        assert_eq!(check(&out, Direction::Backend, 1 << 20), Ok(Some(out.len())));
+        assert_eq!(
+            check(&out, Direction::Backend, 1 << 20),
+            Ok(Some(out.len()))
+        );
 
         let mut plain = Vec::new();
         plain.extend_from_slice(&AUTH_SASL.to_be_bytes());

@@ -129,7 +129,9 @@ pub fn decode(raw: Bytes) -> Result<StartupPacket, FrameError> {
                 raw,
             }))
         }
-        _ => Err(malformed("unsupported protocol version (pgcloak speaks protocol 3)")),
+        _ => Err(malformed(
+            "unsupported protocol version (pgcloak speaks protocol 3)",
+        )),
     }
 }
 
@@ -174,7 +176,11 @@ mod tests {
 
     #[test]
     fn startup_round_trip() {
-        let raw = encode_startup(&[("user", "alice"), ("database", "shop"), ("application_name", "psql")]);
+        let raw = encode_startup(&[
+            ("user", "alice"),
+            ("database", "shop"),
+            ("application_name", "psql"),
+        ]);
         let StartupPacket::Startup(m) = decode(raw.clone()).unwrap() else {
             panic!("not a startup message")
         };
@@ -211,10 +217,10 @@ mod tests {
     #[test]
     fn malformed_packets_are_errors_not_panics() {
         for bad in [
-            &b"\0\0\0\x08\0\x03\0\0"[..],             // no user
-            &b"\0\0\0\x0c\0\x03\0\0user"[..],         // unterminated
-            &b"\0\0\0\x0e\0\x03\0\0user\0al"[..],     // value unterminated
-            &b"\0\0\0\x08\0\x02\0\0"[..],             // protocol 2
+            &b"\0\0\0\x08\0\x03\0\0"[..],               // no user
+            &b"\0\0\0\x0c\0\x03\0\0user"[..],           // unterminated
+            &b"\0\0\0\x0e\0\x03\0\0user\0al"[..],       // value unterminated
+            &b"\0\0\0\x08\0\x02\0\0"[..],               // protocol 2
             &b"\0\0\0\x0c\x04\xd2\x16\x2f\0\0\0\0"[..], // SSLRequest with a body
             &b"\0\0\0\x0c\x04\xd2\x16\x2e\0\0\0\0"[..], // short cancel
         ] {

@@ -7,7 +7,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::cancel::Registration;
 use super::io::{FrameReader, Outbox, ReadError};
 use crate::error::{FrameError, SessionError};
-use crate::protocol::messages::{self, auth_code, backend_key_data, strip_channel_binding, Reader, AUTH_OK, AUTH_SASL};
+use crate::protocol::messages::{
+    self, auth_code, backend_key_data, strip_channel_binding, Reader, AUTH_OK, AUTH_SASL,
+};
 use crate::server::Shared;
 
 /// What the two TLS legs allow for SCRAM channel binding.
@@ -80,7 +82,10 @@ where
                 } else {
                     frame.bytes
                 };
-                client_out.send(&out).await.map_err(SessionError::ClientIo)?;
+                client_out
+                    .send(&out)
+                    .await
+                    .map_err(SessionError::ClientIo)?;
                 if code != AUTH_OK && needs_response(code) {
                     client_out.flush().await.map_err(SessionError::ClientIo)?;
                     let answer = client.next().await.map_err(client_read_err)?;
@@ -96,7 +101,12 @@ where
                         let msg = "pgcloak: SCRAM channel binding cannot pass through the proxy because pgcloak's TLS certificate differs from PostgreSQL's";
                         let hint = "Give [tls] the same certificate and key as the PostgreSQL server, connect with channel_binding=disable, or set [upstream_tls] mode = \"disable\".";
                         client_out
-                            .send_now(&messages::error_response(messages::Severity::Fatal, "28000", msg, Some(hint)))
+                            .send_now(&messages::error_response(
+                                messages::Severity::Fatal,
+                                "28000",
+                                msg,
+                                Some(hint),
+                            ))
                             .await
                             .map_err(SessionError::ClientIo)?;
                         return Err(SessionError::Refused(msg.to_string()));
@@ -134,7 +144,10 @@ where
                 registration = Some(reg);
             }
             b'E' => {
-                client_out.send_now(&frame.bytes).await.map_err(SessionError::ClientIo)?;
+                client_out
+                    .send_now(&frame.bytes)
+                    .await
+                    .map_err(SessionError::ClientIo)?;
                 let f = messages::error_fields(frame.body()).unwrap_or_default();
                 return Err(SessionError::ServerRefused {
                     code: f.code,
@@ -142,10 +155,16 @@ where
                 });
             }
             b'Z' => {
-                client_out.send_now(&frame.bytes).await.map_err(SessionError::ClientIo)?;
+                client_out
+                    .send_now(&frame.bytes)
+                    .await
+                    .map_err(SessionError::ClientIo)?;
                 return Ok(registration);
             }
-            _ => client_out.send(&frame.bytes).await.map_err(SessionError::ClientIo)?,
+            _ => client_out
+                .send(&frame.bytes)
+                .await
+                .map_err(SessionError::ClientIo)?,
         }
     }
 }

@@ -18,7 +18,11 @@ pub struct Registration<'a> {
 }
 
 impl<'a> Registration<'a> {
-    pub fn new(shared: &'a Shared, server_process_id: u32, server_secret: Vec<u8>) -> Registration<'a> {
+    pub fn new(
+        shared: &'a Shared,
+        server_process_id: u32,
+        server_secret: Vec<u8>,
+    ) -> Registration<'a> {
         let rng = SystemRandom::new();
         let mut secret = vec![0u8; server_secret.len().clamp(4, 256)];
         let _ = rng.fill(&mut secret);

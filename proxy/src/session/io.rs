@@ -30,7 +30,12 @@ impl Stream {
     /// DER of the certificate the peer presented, for a TLS connection to the server.
     pub fn server_cert(&self) -> Option<Vec<u8>> {
         match self {
-            Stream::ServerTls(s) => s.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()),
+            Stream::ServerTls(s) => s
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.to_vec()),
             _ => None,
         }
     }
@@ -55,7 +60,11 @@ impl Stream {
 }
 
 impl AsyncRead for Stream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::ClientTls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -65,7 +74,11 @@ impl AsyncRead for Stream {
 }
 
 impl AsyncWrite for Stream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::ClientTls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -99,7 +112,10 @@ pub enum ReadError {
     Frame(FrameError),
 }
 
-const READ_CHUNK: usize = 16 * 1024;
+/// Bytes asked of the socket per read. Small enough that an idle session holds little memory.
+const READ_CHUNK: usize = 8 * 1024;
+/// A read buffer that grew past this (a large row) is released once empty instead of kept.
+const KEEP_CAPACITY: usize = 256 * 1024;
 
 /// Reads tagged frames from one side, one complete frame at a time.
 pub struct FrameReader<R> {
@@ -121,7 +137,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// The next frame already buffered, if any.
     pub fn buffered(&mut self) -> Result<Option<Frame>, FrameError> {
-        frame::split(&mut self.buf, self.direction, self.max)
+        let f = frame::split(&mut self.buf, self.direction, self.max)?;
+        if self.buf.is_empty() && self.buf.capacity() > KEEP_CAPACITY {
+            self.buf = BytesMut::new();
+        }
+        Ok(f)
     }
 
     /// Whether unprocessed bytes remain buffered.
@@ -168,7 +188,7 @@ impl<W: AsyncWrite + Unpin> Outbox<W> {
     pub fn new(inner: W) -> Self {
         Outbox {
             inner,
-            buf: BytesMut::with_capacity(READ_CHUNK),
+            buf: BytesMut::new(),
         }
     }
 
@@ -193,6 +213,9 @@ impl<W: AsyncWrite + Unpin> Outbox<W> {
         if !self.buf.is_empty() {
             self.inner.write_all(&self.buf).await?;
             self.buf.clear();
+            if self.buf.capacity() > KEEP_CAPACITY {
+                self.buf = BytesMut::new();
+            }
         }
         self.inner.flush().await
     }

@@ -68,7 +68,13 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, id: u64, shared: Arc<Shared>)
     };
 
     let Ok(_permit) = shared.limit.clone().try_acquire_owned() else {
-        let e = startup::refuse(&mut client, "53300", "sorry, too many clients already", None).await;
+        let e = startup::refuse(
+            &mut client,
+            "53300",
+            "sorry, too many clients already",
+            None,
+        )
+        .await;
         info!(max_connections = cfg.max_connections, "{e}");
         return;
     };
@@ -107,20 +113,27 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, id: u64, shared: Arc<Shared>)
     let binding = auth::Binding {
         client_tls: client.is_tls(),
         upstream_tls: server.is_tls(),
-        same_certificate: client.is_tls() && shared.tls_cert.is_some() && server.server_cert() == shared.tls_cert,
+        same_certificate: client.is_tls()
+            && shared.tls_cert.is_some()
+            && server.server_cert() == shared.tls_cert,
     };
     let (cr, cw) = client.split();
     let (sr, sw) = server.split();
     let max = cfg.max_message_size;
     let mut client_in = FrameReader::new(cr, leftover, Direction::Frontend, max);
     let mut client_out = Outbox::new(cw);
-    let mut server_in = FrameReader::new(sr, BytesMut::with_capacity(16 * 1024), Direction::Backend, max);
+    let mut server_in = FrameReader::new(sr, BytesMut::new(), Direction::Backend, max);
     let mut server_out = Outbox::new(sw);
 
     if let Err(e) = server_out.send_now(&startup.raw).await {
         warn!(error = %e, "cannot send startup to upstream");
-        let msg = format!("pgcloak: lost connection to upstream PostgreSQL at {}: {e}", cfg.upstream);
-        let _ = client_out.send_now(&error_response(Severity::Fatal, "08006", &msg, None)).await;
+        let msg = format!(
+            "pgcloak: lost connection to upstream PostgreSQL at {}: {e}",
+            cfg.upstream
+        );
+        let _ = client_out
+            .send_now(&error_response(Severity::Fatal, "08006", &msg, None))
+            .await;
         return;
     }
 
@@ -141,7 +154,9 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, id: u64, shared: Arc<Shared>)
                 }
                 SessionError::ServerGone | SessionError::ServerIo(_) => {
                     let msg = format!("pgcloak: lost connection to upstream PostgreSQL at {} during authentication", cfg.upstream);
-                    let _ = client_out.send_now(&error_response(Severity::Fatal, "08006", &msg, None)).await;
+                    let _ = client_out
+                        .send_now(&error_response(Severity::Fatal, "08006", &msg, None))
+                        .await;
                     log_end(&e);
                 }
                 _ => log_end(&e),
@@ -152,7 +167,15 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, id: u64, shared: Arc<Shared>)
     };
     info!(user = %info.user, database = %info.database, application = %info.application, "session started");
 
-    let end = query::run(&shared, &info, &mut client_in, &mut client_out, &mut server_in, &mut server_out).await;
+    let end = query::run(
+        &shared,
+        &info,
+        &mut client_in,
+        &mut client_out,
+        &mut server_in,
+        &mut server_out,
+    )
+    .await;
     query::finish(&cfg, end, &mut client_out, &mut server_out).await;
 }
 

@@ -211,8 +211,12 @@ where
 }
 
 /// Tells the client why the session ends (when it is still there) and closes both sides.
-pub async fn finish<CW, SW>(cfg: &Config, end: End, client_out: &mut Outbox<CW>, server_out: &mut Outbox<SW>)
-where
+pub async fn finish<CW, SW>(
+    cfg: &Config,
+    end: End,
+    client_out: &mut Outbox<CW>,
+    server_out: &mut Outbox<SW>,
+) where
     CW: AsyncWrite + Unpin,
     SW: AsyncWrite + Unpin,
 {
@@ -222,15 +226,27 @@ where
             SessionError::ClientGone | SessionError::ClientIo(_) => None,
             SessionError::Client(f) => {
                 warn!("closing session: invalid message from client: {f}");
-                Some(("08P01", format!("pgcloak: invalid message from client: {f}")))
+                Some((
+                    "08P01",
+                    format!("pgcloak: invalid message from client: {f}"),
+                ))
             }
             SessionError::Server(f) => {
                 warn!("closing session: invalid message from server: {f}");
-                Some(("08P01", format!("pgcloak: invalid message from upstream PostgreSQL: {f}")))
+                Some((
+                    "08P01",
+                    format!("pgcloak: invalid message from upstream PostgreSQL: {f}"),
+                ))
             }
             SessionError::ServerGone | SessionError::ServerIo(_) => {
                 warn!("closing session: upstream connection lost: {e}");
-                Some(("08006", format!("pgcloak: lost connection to upstream PostgreSQL at {}", cfg.upstream)))
+                Some((
+                    "08006",
+                    format!(
+                        "pgcloak: lost connection to upstream PostgreSQL at {}",
+                        cfg.upstream
+                    ),
+                ))
             }
             SessionError::Shutdown => Some((
                 "57P01",
@@ -238,7 +254,10 @@ where
             )),
             SessionError::IdleTimeout(d) => Some((
                 "57P05",
-                format!("pgcloak: terminating connection due to idle timeout ({}s)", d.as_secs()),
+                format!(
+                    "pgcloak: terminating connection due to idle timeout ({}s)",
+                    d.as_secs()
+                ),
             )),
             other => Some(("08006", format!("pgcloak: {other}"))),
         },

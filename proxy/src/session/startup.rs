@@ -15,7 +15,10 @@ use crate::server::Shared;
 /// What the first packets asked for.
 pub enum Opening {
     /// A CancelRequest (handled by the caller; the connection carries nothing else).
-    Cancel { process_id: u32, secret: bytes::Bytes },
+    Cancel {
+        process_id: u32,
+        secret: bytes::Bytes,
+    },
     /// A client to relay: its stream, bytes already read past the StartupMessage, and the message.
     Session {
         client: Stream,
@@ -27,7 +30,10 @@ pub enum Opening {
 /// TLS records start with this byte (handshake); PostgreSQL 17 clients may open with TLS directly.
 const TLS_HANDSHAKE: u8 = 0x16;
 
-async fn read_packet(stream: &mut Stream, buf: &mut BytesMut) -> Result<StartupPacket, SessionError> {
+async fn read_packet(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+) -> Result<StartupPacket, SessionError> {
     loop {
         if let Some(p) = startup::split(buf).map_err(SessionError::Client)? {
             return Ok(p);
@@ -42,7 +48,12 @@ async fn read_packet(stream: &mut Stream, buf: &mut BytesMut) -> Result<StartupP
 }
 
 /// Sends a FATAL error to a client still in startup and returns the matching session error.
-pub async fn refuse(stream: &mut Stream, code: &str, message: &str, hint: Option<&str>) -> SessionError {
+pub async fn refuse(
+    stream: &mut Stream,
+    code: &str,
+    message: &str,
+    hint: Option<&str>,
+) -> SessionError {
     let frame = error_response(Severity::Fatal, code, message, hint);
     let _ = stream.write_all(&frame).await;
     let _ = stream.flush().await;
@@ -62,8 +73,13 @@ pub async fn negotiate(tcp: TcpStream, shared: &Shared) -> Result<Opening, Sessi
             return Err(SessionError::ClientGone);
         }
         if first[0] == TLS_HANDSHAKE {
-            let Stream::Plain(tcp) = stream else { unreachable!() };
-            let tls = acceptor.accept(tcp).await.map_err(SessionError::ClientTls)?;
+            let Stream::Plain(tcp) = stream else {
+                unreachable!()
+            };
+            let tls = acceptor
+                .accept(tcp)
+                .await
+                .map_err(SessionError::ClientTls)?;
             stream = Stream::ClientTls(Box::new(tls));
         }
     }
@@ -83,7 +99,10 @@ pub async fn negotiate(tcp: TcpStream, shared: &Shared) -> Result<Opening, Sessi
                 match (&shared.tls_acceptor, stream) {
                     (Some(acceptor), Stream::Plain(mut tcp)) => {
                         tcp.write_all(b"S").await.map_err(SessionError::ClientIo)?;
-                        let tls = acceptor.accept(tcp).await.map_err(SessionError::ClientTls)?;
+                        let tls = acceptor
+                            .accept(tcp)
+                            .await
+                            .map_err(SessionError::ClientTls)?;
                         stream = Stream::ClientTls(Box::new(tls));
                     }
                     (_, mut s) => {
@@ -99,7 +118,10 @@ pub async fn negotiate(tcp: TcpStream, shared: &Shared) -> Result<Opening, Sessi
                         detail: "data sent before the answer",
                     }));
                 }
-                stream.write_all(b"N").await.map_err(SessionError::ClientIo)?;
+                stream
+                    .write_all(b"N")
+                    .await
+                    .map_err(SessionError::ClientIo)?;
             }
             StartupPacket::Cancel { process_id, secret } => {
                 return Ok(Opening::Cancel { process_id, secret });
@@ -119,7 +141,12 @@ pub async fn negotiate(tcp: TcpStream, shared: &Shared) -> Result<Opening, Sessi
                     )
                     .await);
                 }
-                if let Some(r) = startup.param("replication").filter(|r| !r.eq_ignore_ascii_case("false") && *r != "0" && !r.eq_ignore_ascii_case("off") && !r.eq_ignore_ascii_case("no")) {
+                if let Some(r) = startup.param("replication").filter(|r| {
+                    !r.eq_ignore_ascii_case("false")
+                        && *r != "0"
+                        && !r.eq_ignore_ascii_case("off")
+                        && !r.eq_ignore_ascii_case("no")
+                }) {
                     let _ = r;
                     return Err(refuse(
                         &mut stream,

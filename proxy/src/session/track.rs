@@ -9,22 +9,31 @@ use std::time::Instant;
 #[derive(Debug)]
 pub enum Pending {
     /// A simple Query: answered by one result per statement, then ReadyForQuery.
-    Query { started: Instant },
+    Query {
+        started: Instant,
+    },
     Parse,
     Bind,
     Describe,
     Close,
-    Execute { started: Instant },
+    Execute {
+        started: Instant,
+    },
     /// Answered by ReadyForQuery; errors skip everything before it.
     Sync,
     /// A FunctionCall: FunctionCallResponse, then ReadyForQuery.
-    FunctionCall { started: Instant },
+    FunctionCall {
+        started: Instant,
+    },
 }
 
 impl Pending {
     /// Whether ReadyForQuery answers this entry.
     fn is_sync_point(&self) -> bool {
-        matches!(self, Pending::Query { .. } | Pending::Sync | Pending::FunctionCall { .. })
+        matches!(
+            self,
+            Pending::Query { .. } | Pending::Sync | Pending::FunctionCall { .. }
+        )
     }
 }
 
@@ -209,9 +218,15 @@ mod tests {
         assert_eq!(t.on_backend(b'1', b""), Event::None);
         assert_eq!(t.on_backend(b'2', b""), Event::None);
         assert_eq!(t.on_backend(b'D', b""), Event::None);
-        assert!(matches!(t.on_backend(b'C', b"SELECT 1\0"), Event::Statement(Outcome { rows: Some(1), .. })));
+        assert!(matches!(
+            t.on_backend(b'C', b"SELECT 1\0"),
+            Event::Statement(Outcome { rows: Some(1), .. })
+        ));
         t.on_backend(b'2', b"");
-        assert!(matches!(t.on_backend(b'C', b"INSERT 0 3\0"), Event::Statement(Outcome { rows: Some(3), .. })));
+        assert!(matches!(
+            t.on_backend(b'C', b"INSERT 0 3\0"),
+            Event::Statement(Outcome { rows: Some(3), .. })
+        ));
         assert_eq!(t.on_backend(b'Z', b"I"), Event::Ready(b'I'));
         assert!(t.is_idle());
     }
@@ -220,11 +235,25 @@ mod tests {
     fn error_skips_to_sync() {
         let mut t = Tracker::new();
         let s = t0();
-        for p in [Pending::Parse, Pending::Bind, Pending::Describe, Pending::Execute { started: s }, Pending::Sync, Pending::Parse] {
+        for p in [
+            Pending::Parse,
+            Pending::Bind,
+            Pending::Describe,
+            Pending::Execute { started: s },
+            Pending::Sync,
+            Pending::Parse,
+        ] {
             t.push(p);
         }
-        let err = crate::protocol::messages::error_response(crate::protocol::messages::Severity::Error, "42P01", "no", None);
-        assert!(matches!(t.on_backend(b'E', &err[5..]), Event::Statement(Outcome { sqlstate: Some(ref c), .. }) if c == "42P01"));
+        let err = crate::protocol::messages::error_response(
+            crate::protocol::messages::Severity::Error,
+            "42P01",
+            "no",
+            None,
+        );
+        assert!(
+            matches!(t.on_backend(b'E', &err[5..]), Event::Statement(Outcome { sqlstate: Some(ref c), .. }) if c == "42P01")
+        );
         assert_eq!(t.len(), 2);
         assert_eq!(t.on_backend(b'Z', b"E"), Event::Ready(b'E'));
         assert_eq!(t.tx_status, b'E');
@@ -235,10 +264,16 @@ mod tests {
     fn multi_statement_query_reports_each_statement() {
         let mut t = Tracker::new();
         t.push(Pending::Query { started: t0() });
-        assert!(matches!(t.on_backend(b'C', b"CREATE TABLE\0"), Event::Statement(Outcome { rows: None, .. })));
+        assert!(matches!(
+            t.on_backend(b'C', b"CREATE TABLE\0"),
+            Event::Statement(Outcome { rows: None, .. })
+        ));
         t.on_backend(b'T', b"");
         t.on_backend(b'D', b"");
-        assert!(matches!(t.on_backend(b'C', b"SELECT 1\0"), Event::Statement(Outcome { rows: Some(1), .. })));
+        assert!(matches!(
+            t.on_backend(b'C', b"SELECT 1\0"),
+            Event::Statement(Outcome { rows: Some(1), .. })
+        ));
         assert_eq!(t.len(), 1);
         t.on_backend(b'Z', b"I");
         assert!(t.is_idle());

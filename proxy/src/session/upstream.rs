@@ -25,7 +25,12 @@ pub async fn connect(shared: &Shared) -> Result<Stream, SessionError> {
         TcpStream::connect((cfg.upstream_host.as_str(), cfg.upstream_port)),
     )
     .await
-    .map_err(|_| upstream_err(shared, format!("no answer within {:?}", cfg.connect_timeout)))?
+    .map_err(|_| {
+        upstream_err(
+            shared,
+            format!("no answer within {:?}", cfg.connect_timeout),
+        )
+    })?
     .map_err(|e| upstream_err(shared, e.to_string()))?;
     let _ = tcp.set_nodelay(true);
     negotiate_tls(shared, tcp, cfg.upstream_tls.mode).await
@@ -48,8 +53,16 @@ pub async fn connect_for_cancel(shared: &Shared) -> Result<Stream, SessionError>
     negotiate_tls(shared, tcp, mode).await
 }
 
-async fn negotiate_tls(shared: &Shared, mut tcp: TcpStream, mode: UpstreamTlsMode) -> Result<Stream, SessionError> {
-    let Some(connector) = shared.upstream_tls.as_ref().filter(|_| mode != UpstreamTlsMode::Disable) else {
+async fn negotiate_tls(
+    shared: &Shared,
+    mut tcp: TcpStream,
+    mode: UpstreamTlsMode,
+) -> Result<Stream, SessionError> {
+    let Some(connector) = shared
+        .upstream_tls
+        .as_ref()
+        .filter(|_| mode != UpstreamTlsMode::Disable)
+    else {
         return Ok(Stream::Plain(tcp));
     };
     let io = |e: std::io::Error| upstream_err(shared, e.to_string());

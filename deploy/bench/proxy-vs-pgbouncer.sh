@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# pgbench -S through PostgreSQL directly, PgBouncer (session mode) and pgcloak, alternating rounds on the
+# same machine. Prints TPS per round, medians, the pgcloak/PgBouncer ratio, p99 latency, and pgcloak's
+# RSS per idle client connection.
+#
+# Usage: deploy/bench/proxy-vs-pgbouncer.sh [ROUNDS] [SECONDS]
+# Needs: a PostgreSQL on $PGHOST:$PGPORT (default 127.0.0.1:5432) that $PGUSER (default postgres) can
+# reach without a password (trust), pgbench, pgbouncer (Debian package), python3 with asyncpg for the
+# idle-connection measurement (target/venv from scripts/test). Set POLICY=1 to load the example policy.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+rounds=${1:-3}
+secs=${2:-15}
+host=${PGHOST:-127.0.0.1}
+port=${PGPORT:-5432}
+user=${PGUSER:-postgres}
+db=pgcloak_bench
+clients=${CLIENTS:-8}
+threads=${THREADS:-2}
+
+command -v pgbouncer >/dev/null || { echo "pgbouncer not found: apt-get install pgbouncer" >&2; exit 1; }
+cargo build --release --quiet -p pgcloak
+bin=target/release/pgcloak
+
+work=$(mktemp -d)
+cleanup() {
+  [ -n "${cloak_pid:-}" ] && kill "$cloak_pid" 2>/dev/null || true
+  [ -n "${bouncer_pid:-}" ] && kill "$bouncer_pid" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+psql -h "$host" -p "$port" -U "$user" -d postgres -qAtc "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1 \
+  || psql -h "$host" -p "$port" -U "$user" -d postgres -qc "CREATE DATABASE $db"
+pgbench -h "$host" -p "$port" -U "$user" -i -s 10 -q "$db" >/dev/null 2>&1
+
+bport=16433
+cport=16434
+cat > "$work/pgbouncer.ini" <<INI
+[databases]
+$db = host=$host port=$port dbname=$db
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $bport
+auth_type = trust
+auth_file = $work/users.txt
+pool_mode = session
+max_client_conn = 500
+default_pool_size = 50
+logfile = $work/pgbouncer.log
+pidfile = $work/pgbouncer.pid
+unix_socket_dir =
+INI
+echo "\"$user\" \"\"" > "$work/users.txt"
+chown -R postgres "$work" 2>/dev/null || true
+if [ "$(id -u)" = 0 ]; then
+  runuser -u postgres -- pgbouncer "$work/pgbouncer.ini" & bouncer_pid=$!
+else
+  pgbouncer "$work/pgbouncer.ini" & bouncer_pid=$!
+fi
+
+policy_line=""
+[ "${POLICY:-0}" = 1 ] && policy_line="policy = \"$PWD/deploy/examples/policy.toml\""
+cat > "$work/pgcloak.toml" <<TOML
+listen = "127.0.0.1:$cport"
+upstream = "$host:$port"
+$policy_line
+[upstream_tls]
+mode = "disable"
+[catalog]
+user = "$user"
+[keys]
+master_key_file = "$work/master.key"
+keyring = "$work/keyring.json"
+[audit]
+file = "${AUDIT_FILE:-}"
+TOML
+if "$bin" --help | grep -q '^  keys'; then
+  "$bin" keys init --config "$work/pgcloak.toml" >/dev/null
+fi
+RUST_LOG=warn "$bin" serve --config "$work/pgcloak.toml" 2>"$work/pgcloak.log" & cloak_pid=$!
+for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$cport) 2>/dev/null && break; sleep 0.1; done
+sleep 1
+
+declare -A tps
+declare -A ports=([direct]=$port [pgbouncer]=$bport [pgcloak]=$cport)
+for r in $(seq "$rounds"); do
+  for target in direct pgbouncer pgcloak; do
+    out=$(cd "$work" && pgbench -h 127.0.0.1 -p "${ports[$target]}" -U "$user" -S -M extended -c "$clients" -j "$threads" \
+      -T "$secs" -n --log --log-prefix="$target-$r" "$db" 2>&1)
+    t=$(echo "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -n1)
+    failed=$(echo "$out" | sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p')
+    tps[$target]="${tps[$target]:-} $t"
+    printf 'round %d %-9s tps=%10s failed=%s\n' "$r" "$target" "$t" "${failed:-?}"
+  done
+done
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+p99() { cat "$work"/$1-*.log* 2>/dev/null | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END {print a[int(NR*0.99)]}'; }
+echo
+echo "median TPS over $rounds rounds of ${secs}s, pgbench -S -M extended -c $clients -j $threads:"
+for target in direct pgbouncer pgcloak; do
+  m=$(echo "${tps[$target]}" | median)
+  printf '  %-9s %10s tps   p99 %6s us\n' "$target" "$m" "$(p99 "$target")"
+  eval "med_$target=$m"
+done
+awk -v c="$med_pgcloak" -v b="$med_pgbouncer" 'BEGIN {printf "  pgcloak/pgbouncer = %.3f\n", c/b}'
+
+# RSS per idle connection.
+if [ -x target/venv/bin/python ]; then
+  n=${IDLE_CONNECTIONS:-80}
+  before=$(awk '/VmRSS/ {print $2}' /proc/$cloak_pid/status)
+  target/venv/bin/python - "$cport" "$user" "$db" "$n" "$cloak_pid" "$before" <<'PY'
+import asyncio, sys
+port, user, db, n, pid, before = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], int(sys.argv[6])
+import asyncpg
+async def main():
+    conns = [await asyncpg.connect(host="127.0.0.1", port=port, user=user, database=db, ssl=False) for _ in range(n)]
+    await asyncio.sleep(2)
+    after = int([l for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")][0].split()[1])
+    print(f"  RSS: {before} KiB with no clients, {after} KiB with {n} idle clients: {(after - before) / n:.1f} KiB per idle connection")
+    for c in conns:
+        await c.close()
+asyncio.run(main())
+PY
+fi
