@@ -54,8 +54,9 @@ impl NonceSequence {
 struct VersionKey {
     version: u32,
     aead: LessSafeKey,
-    /// HMAC key of the synthetic nonce (deterministic columns only).
-    mac: Option<hmac::Key>,
+    /// HMAC state of the synthetic nonce with the associated data already absorbed
+    /// (deterministic columns only); cloned per value.
+    mac: Option<hmac::Context>,
     header: [u8; HEADER_LEN],
     /// header ‖ len(column) ‖ column, precomputed.
     ad: Vec<u8>,
@@ -108,19 +109,23 @@ impl ColumnCipher {
                 UnboundKey::new(&AES_256_GCM, &enc[..]).map_err(|_| KeyError::Internal {
                     what: "AES-256-GCM key setup",
                 })?;
+            let header = envelope::header(mode, key_id, *version);
+            let ad = envelope::associated_data(&header, column);
             let mac = match mode {
                 Mode::Randomized => None,
                 Mode::Deterministic => {
                     let k = hkdf32(dek.expose(), INFO_DEK_MAC);
-                    Some(hmac::Key::new(hmac::HMAC_SHA256, &k[..]))
+                    let mut ctx =
+                        hmac::Context::with_key(&hmac::Key::new(hmac::HMAC_SHA256, &k[..]));
+                    ctx.update(&ad);
+                    Some(ctx)
                 }
             };
-            let header = envelope::header(mode, key_id, *version);
             expanded.push(VersionKey {
                 version: *version,
                 aead: LessSafeKey::new(unbound),
                 mac,
-                ad: envelope::associated_data(&header, column),
+                ad,
                 header,
             });
         }
@@ -233,8 +238,8 @@ impl ColumnCipher {
         let nonce = match &vk.mac {
             None => self.nonces.next(),
             Some(mac) => {
-                let mut ctx = hmac::Context::with_key(mac);
-                ctx.update(&vk.ad);
+                // nonce = HMAC-SHA256(k_mac, AD ‖ plaintext)[..12]; AD is already in `mac`.
+                let mut ctx = mac.clone();
                 ctx.update(plaintext);
                 let tag = ctx.sign();
                 let mut n = [0u8; NONCE_LEN];
