@@ -29,8 +29,36 @@ struct Cli {
 enum Command {
     /// Run the proxy.
     Serve,
-    /// Validate the config and the policy.
+    /// Validate the config and the policy (and, with the database reachable, every policy column).
     Check,
+    /// Manage the master key and column keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create the master key file (if configured as a file and absent) and a key for every encrypted
+    /// column in the policy. Never replaces existing keys.
+    Init,
+    /// Add a new key version for COLUMN (schema.table.column); new writes use it, old versions still decrypt.
+    Rotate {
+        /// schema.table.column
+        column: String,
+    },
+    /// List columns, key versions, the active version and creation times (never key material).
+    List {
+        #[arg(long, value_enum, default_value = "table")]
+        format: ListFormat,
+    },
+    /// Print the audit public key auditors verify the audit trail with.
+    AuditKey,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ListFormat {
+    Table,
+    Json,
 }
 
 fn main() -> ExitCode {
@@ -42,6 +70,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve => serve(&config_path),
         Command::Check => check(&config_path),
+        Command::Keys(k) => keys(&config_path, k),
     };
     match result {
         Ok(code) => code,
@@ -59,6 +88,13 @@ fn load(path: &std::path::Path) -> Result<Config> {
 fn serve(path: &std::path::Path) -> Result<ExitCode> {
     let config = Arc::new(load(path)?);
     pgcloak::logging::init(&config.log);
+    // The master key also keys the audit trail: no key, no service.
+    let master = pgcloak::keys::load_master_key(&config)?;
+    let (keyring, created) = pgcloak::keys::load_for_serve(&config, &master)?;
+    for c in &created {
+        tracing::info!(column = %c, "created a key for a newly encrypted policy column");
+    }
+    tracing::info!(columns = keyring.list().len(), "keyring loaded");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -96,7 +132,149 @@ async fn wait_for_signal() {
 }
 
 fn check(path: &std::path::Path) -> Result<ExitCode> {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e:#}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let mut problems: Vec<String> = Vec::new();
+    if let Some(policy_path) = &config.policy {
+        let file = policy_path.display().to_string();
+        match std::fs::read_to_string(policy_path) {
+            Err(e) => problems.push(format!("{file}: cannot read: {e}")),
+            Ok(text) => {
+                let offline = pgcloak_policy::check_text(&text, &file, None);
+                if !offline.is_empty() {
+                    problems.extend(offline.iter().map(|p| p.to_string()));
+                } else {
+                    match pgcloak::catalog::CatalogConn::connect_blocking(&config)
+                        .and_then(|conn| storage_types(&conn))
+                    {
+                        Ok(types) => problems.extend(
+                            pgcloak_policy::check_text(&text, &file, Some(&types))
+                                .iter()
+                                .map(|p| p.to_string()),
+                        ),
+                        Err(e) => eprintln!(
+                            "pgcloak: note: database not reachable ({e}); checked the policy offline only"
+                        ),
+                    }
+                }
+            }
+        }
+    }
+    if problems.is_empty() {
+        println!("{}: ok", config.source.display());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for p in &problems {
+            eprintln!("{p}");
+        }
+        eprintln!("pgcloak check: {} problem(s)", problems.len());
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// `schema.table.column -> format_type(...)` of every user column.
+fn storage_types(
+    conn: &pgcloak::catalog::CatalogConn,
+) -> Result<pgcloak_policy::StorageTypes, String> {
+    let rows = conn.query(
+        "SELECT n.nspname || '.' || c.relname || '.' || a.attname, format_type(a.atttypid, a.atttypmod) \
+         FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p', 'v', 'm', 'f') \
+         AND n.nspname NOT IN ('pg_catalog', 'information_schema')",
+        &[],
+    )?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+        .collect())
+}
+
+fn keys(path: &std::path::Path, cmd: KeysCommand) -> Result<ExitCode> {
     let config = load(path)?;
-    println!("{}: ok", config.source.display());
+    match cmd {
+        KeysCommand::Init => {
+            let (master, created) = pgcloak::keys::init_master_key(&config)?;
+            if created {
+                if let pgcloak::config::MasterKeySource::File(p) = &config.keys.master_key {
+                    println!("created master key file {} (mode 0600); back it up: without it no data can be decrypted", p.display());
+                }
+            }
+            let (store, location) = pgcloak::keys::open_store(&config)?;
+            let columns = pgcloak::keys::policy_encrypted_columns(&config)?;
+            let (made, doc) =
+                pgcloak::keys::ensure_policy_keys(store.as_ref(), &location, &master, &columns)?;
+            for c in &made {
+                println!("created key for {c}");
+            }
+            println!(
+                "keyring {location}: {} column key(s), {} new",
+                doc.list().len(),
+                made.len()
+            );
+        }
+        KeysCommand::Rotate { column } => {
+            let v = pgcloak::keys::rotate(&config, &column)?;
+            println!("{column}: key version {v} is now active; older versions still decrypt");
+        }
+        KeysCommand::List { format } => {
+            let cols = pgcloak::keys::list(&config)?;
+            match format {
+                ListFormat::Json => {
+                    let out: Vec<serde_json::Value> = cols
+                        .iter()
+                        .map(|c| {
+                            serde_json::json!({
+                                "column": c.column,
+                                "active_version": c.active_version,
+                                "mode": c.mode.name(),
+                                "key_id": c.key_id,
+                                "versions": c.versions.iter().map(|v| serde_json::json!({"version": v.version, "created": v.created})).collect::<Vec<_>>(),
+                            })
+                        })
+                        .collect();
+                    println!("{}", serde_json::to_string_pretty(&out)?);
+                }
+                ListFormat::Table => {
+                    let w = cols
+                        .iter()
+                        .map(|c| c.column.len())
+                        .max()
+                        .unwrap_or(6)
+                        .max(6);
+                    println!(
+                        "{:<w$}  {:<13}  {:>6}  {:>7}  created",
+                        "column", "mode", "active", "version"
+                    );
+                    for c in &cols {
+                        for v in &c.versions {
+                            let active = if v.version == c.active_version {
+                                "*"
+                            } else {
+                                ""
+                            };
+                            println!(
+                                "{:<w$}  {:<13}  {:>6}  {:>7}  {}",
+                                c.column,
+                                c.mode.name(),
+                                active,
+                                v.version,
+                                v.created
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        KeysCommand::AuditKey => {
+            let master = pgcloak::keys::load_master_key(&config)?;
+            let key = master.audit_signing_key()?;
+            println!("{}", key.public_key_base64());
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -33,14 +33,21 @@ static CLUSTER: OnceLock<Cluster> = OnceLock::new();
 
 fn workspace_target() -> PathBuf {
     // CARGO_MANIFEST_DIR is proxy/; the shared target dir sits at the workspace root.
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"))
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn pg_bin_dir() -> PathBuf {
@@ -59,11 +66,16 @@ fn pg_bin_dir() -> PathBuf {
             .and_then(|v| v.parse::<u32>().ok())
             .unwrap_or(0)
     });
-    dirs.pop().expect("no PostgreSQL bin directory with initdb: set PG_BIN")
+    dirs.pop()
+        .expect("no PostgreSQL bin directory with initdb: set PG_BIN")
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false)
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0"))
+        .unwrap_or(false)
 }
 
 /// Runs a PostgreSQL server binary, as the `postgres` OS user when we are root.
@@ -78,7 +90,9 @@ fn pg_cmd(bin: &Path, tool: &str) -> Command {
 }
 
 fn run_ok(mut c: Command, what: &str) {
-    let out = c.output().unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    let out = c
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
     assert!(
         out.status.success(),
         "{what} failed: {}\n{}",
@@ -102,10 +116,14 @@ fn chown_postgres(p: &Path) {
 
 /// Stops clusters left behind by earlier runs whose test process is gone.
 fn reap_stale(base: &Path, bin: &Path) {
-    let Ok(entries) = std::fs::read_dir(base) else { return };
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
-        let Some(pid) = name.strip_prefix("pg-").and_then(|p| p.parse::<u32>().ok()) else { continue };
+        let Some(pid) = name.strip_prefix("pg-").and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
         if Path::new(&format!("/proc/{pid}")).exists() {
             continue;
         }
@@ -128,12 +146,16 @@ fn make_pki() -> Pki {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "pgcloak test CA");
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "pgcloak test CA");
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let srv_key = KeyPair::generate().unwrap();
     let mut srv = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    srv.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-    srv.distinguished_name.push(rcgen::DnType::CommonName, "localhost");
+    srv.subject_alt_names
+        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    srv.distinguished_name
+        .push(rcgen::DnType::CommonName, "localhost");
     let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
     let srv_cert = srv.signed_by(&srv_key, &issuer).unwrap();
     Pki {
@@ -170,14 +192,25 @@ fn start_cluster() -> Cluster {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(tls_dir.join("server.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(
+            tls_dir.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
     }
     chown_postgres(&dir);
 
     let mut init = pg_cmd(&bin, "initdb");
     init.arg("-D")
         .arg(&data)
-        .args(["-U", SUPERUSER, "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C", "--pwfile"])
+        .args([
+            "-U",
+            SUPERUSER,
+            "--auth=scram-sha-256",
+            "--encoding=UTF8",
+            "--locale=C",
+            "--pwfile",
+        ])
         .arg(&pwfile)
         .stdout(Stdio::null());
     run_ok(init, "initdb");
@@ -222,7 +255,11 @@ fn start_cluster() -> Cluster {
     };
     let mut sql = String::new();
     for (user, pw, method) in USERS {
-        let enc = if *method == "md5" { "md5" } else { "scram-sha-256" };
+        let enc = if *method == "md5" {
+            "md5"
+        } else {
+            "scram-sha-256"
+        };
         sql.push_str(&format!(
             "SET password_encryption = '{enc}'; CREATE ROLE {user} LOGIN CREATEDB PASSWORD '{pw}';\n"
         ));
@@ -255,7 +292,10 @@ impl Cluster {
     /// Creates a fresh database owned by alice; returns its name.
     pub fn fresh_db(&self, name: &str) -> String {
         let db = format!("t_{name}");
-        self.psql_direct("postgres", &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
+        self.psql_direct(
+            "postgres",
+            &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+        );
         self.psql_direct("postgres", &format!("CREATE DATABASE {db} OWNER alice"));
         db
     }
@@ -285,6 +325,16 @@ pub fn pgcloak_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_pgcloak"))
 }
 
+/// Runs a `pgcloak` command to completion.
+pub fn pgcloak(args: &[&str], env: &[(String, String)]) -> std::process::Output {
+    let mut c = Command::new(pgcloak_bin());
+    c.args(args).stdin(Stdio::null());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("cannot run pgcloak")
+}
+
 impl Proxy {
     pub fn start() -> Proxy {
         Self::start_with(ProxyOptions::default())
@@ -302,6 +352,15 @@ impl Proxy {
         let cfg_path = dir.path().join("pgcloak.toml");
         std::fs::write(&cfg_path, cfg).unwrap();
         let log = dir.path().join("pgcloak.log");
+        let init = pgcloak(
+            &["keys", "init", "--config", cfg_path.to_str().unwrap()],
+            &opts.env,
+        );
+        assert!(
+            init.status.success(),
+            "keys init failed: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
         let mut cmd = Command::new(pgcloak_bin());
         cmd.arg("serve")
             .arg("--config")
@@ -334,7 +393,11 @@ impl Proxy {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("pgcloak did not listen on {} within 20s: {}", self.port, self.log_text());
+        panic!(
+            "pgcloak did not listen on {} within 20s: {}",
+            self.port,
+            self.log_text()
+        );
     }
 
     pub fn log_text(&self) -> String {
@@ -342,8 +405,15 @@ impl Proxy {
     }
 
     pub fn url(&self, user: &str, password: &str, db: &str) -> String {
-        let pw = if password.is_empty() { String::new() } else { format!(" password={password}") };
-        format!("host=127.0.0.1 port={} user={user}{pw} dbname={db} sslmode=disable", self.port)
+        let pw = if password.is_empty() {
+            String::new()
+        } else {
+            format!(" password={password}")
+        };
+        format!(
+            "host=127.0.0.1 port={} user={user}{pw} dbname={db} sslmode=disable",
+            self.port
+        )
     }
 
     pub fn alice(&self, db: &str) -> String {
@@ -356,7 +426,9 @@ impl Proxy {
 
     /// Sends a signal to the proxy process.
     pub fn signal(&self, sig: &str) {
-        let _ = Command::new("kill").args([&format!("-{sig}"), &self.pid().to_string()]).status();
+        let _ = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status();
     }
 
     /// Waits for the process to exit; returns its exit status.

@@ -27,7 +27,10 @@ async fn read_until_ready(s: &mut TcpStream) -> Vec<u8> {
     let mut all = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
         assert!(n > 0, "closed before ReadyForQuery: {all:?}");
         all.extend_from_slice(&buf[..n]);
         // Walk complete frames looking for 'Z'.
@@ -48,7 +51,9 @@ async fn read_until_ready(s: &mut TcpStream) -> Vec<u8> {
 /// Reads until the peer closes; returns what arrived.
 async fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
     let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await.expect("peer did not close");
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("peer did not close");
     out
 }
 
@@ -75,12 +80,20 @@ async fn malformed_client_frames_end_only_that_session() {
         s.write_all(&bytes).await.unwrap();
         let reply = read_to_close(&mut s).await;
         let text = String::from_utf8_lossy(&reply);
-        assert!(text.contains("08P01") && text.contains("pgcloak: invalid message from client"), "{what}: {text}");
+        assert!(
+            text.contains("08P01") && text.contains("pgcloak: invalid message from client"),
+            "{what}: {text}"
+        );
         let one: i32 = bystander.query_one("SELECT 1", &[]).await.unwrap().get(0);
         assert_eq!(one, 1, "{what}");
     }
     // Broken startup packets.
-    for bytes in [vec![0, 0, 0, 5, 1], vec![0, 0, 0x30, 0, 0, 3, 0, 0], vec![0, 0, 0, 8, 0, 2, 0, 0], vec![0, 0, 0, 12, 0, 3, 0, 0, b'u', 0, 0, 0]] {
+    for bytes in [
+        vec![0, 0, 0, 5, 1],
+        vec![0, 0, 0x30, 0, 0, 3, 0, 0],
+        vec![0, 0, 0, 8, 0, 2, 0, 0],
+        vec![0, 0, 0, 12, 0, 3, 0, 0, b'u', 0, 0, 0],
+    ] {
         let mut s = TcpStream::connect(("127.0.0.1", p.port)).await.unwrap();
         s.write_all(&bytes).await.unwrap();
         let _ = read_to_close(&mut s).await;
@@ -91,7 +104,10 @@ async fn malformed_client_frames_end_only_that_session() {
     pkt.extend_from_slice(&startup("trustuser"));
     s.write_all(&pkt).await.unwrap();
     let reply = read_to_close(&mut s).await;
-    assert!(!reply.contains(&b'Z'), "smuggled startup was served: {reply:?}");
+    assert!(
+        !reply.contains(&b'Z'),
+        "smuggled startup was served: {reply:?}"
+    );
     let one: i32 = bystander.query_one("SELECT 1", &[]).await.unwrap().get(0);
     assert_eq!(one, 1);
     assert!(!p.log_text().contains("panicked"), "{}", p.log_text());
@@ -108,7 +124,10 @@ async fn tiny_max_message_size_is_enforced_for_queries() {
     assert_eq!(ok, 1);
     let long = format!("SELECT '{}'", "y".repeat(4000));
     let err = client.simple_query(&long).await.unwrap_err();
-    assert!(crate::harness::error_text(&err).contains("max_message_size") || err.is_closed(), "{err}");
+    assert!(
+        crate::harness::error_text(&err).contains("max_message_size") || err.is_closed(),
+        "{err}"
+    );
 }
 
 /// A fake PostgreSQL server that authenticates anyone and then answers queries with `reply`.
@@ -117,7 +136,9 @@ async fn fake_server(reply: Vec<u8>) -> u16 {
     let port = l.local_addr().unwrap().port();
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = l.accept().await else { return };
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
             let reply = reply.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 8192];
@@ -152,11 +173,17 @@ async fn malformed_server_frames_end_the_session_with_an_error() {
         s.write_all(&startup("anyone")).await.unwrap();
         let hello = read_until_ready(&mut s).await;
         // The server's key is never shown to the client.
-        assert!(!hello.windows(4).any(|w| w == [1, 2, 3, 4]), "{what}: server cancel key leaked");
+        assert!(
+            !hello.windows(4).any(|w| w == [1, 2, 3, 4]),
+            "{what}: server cancel key leaked"
+        );
         s.write_all(b"Q\0\0\0\x0dselect 1\0").await.unwrap();
         let reply = read_to_close(&mut s).await;
         let text = String::from_utf8_lossy(&reply);
-        assert!(text.contains("08P01") && text.contains("invalid message from upstream"), "{what}: {text}");
+        assert!(
+            text.contains("08P01") && text.contains("invalid message from upstream"),
+            "{what}: {text}"
+        );
         assert!(!p.log_text().contains("panicked"));
     }
 }

@@ -6,7 +6,10 @@ use crate::harness::{cluster, psql, Proxy, ProxyOptions};
 fn tls_proxy(mode: &str, upstream: &str) -> Proxy {
     let c = cluster();
     let ca = if upstream == "verify-full" {
-        format!("ca = \"{}\"\nserver_name = \"localhost\"\n", c.ca_file.display())
+        format!(
+            "ca = \"{}\"\nserver_name = \"localhost\"\n",
+            c.ca_file.display()
+        )
     } else {
         String::new()
     };
@@ -29,7 +32,13 @@ fn psql_verify_full_against_test_ca() {
         p.port,
         c.ca_file.display()
     );
-    let (ok, out, err) = psql(&url, &["-c", "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()"]);
+    let (ok, out, err) = psql(
+        &url,
+        &[
+            "-c",
+            "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+        ],
+    );
     assert!(ok, "{err}");
     assert!(out.starts_with("t|TLS"), "{out}");
     // Plaintext is still allowed in allow mode.
@@ -42,11 +51,27 @@ fn require_mode_refuses_plaintext_clients() {
     let p = tls_proxy("require", "disable");
     let (ok, _, err) = psql(&p.alice("postgres"), &["-c", "select 1"]);
     assert!(!ok);
-    assert!(err.contains("pgcloak: this proxy accepts only TLS connections"), "{err}");
-    let url = format!("host=127.0.0.1 port={} user=alice password=alice-pw dbname=postgres sslmode=require", p.port);
-    let (ok, out, err) = psql(&url, &["-c", "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"]);
+    assert!(
+        err.contains("pgcloak: this proxy accepts only TLS connections"),
+        "{err}"
+    );
+    let url = format!(
+        "host=127.0.0.1 port={} user=alice password=alice-pw dbname=postgres sslmode=require",
+        p.port
+    );
+    let (ok, out, err) = psql(
+        &url,
+        &[
+            "-c",
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+        ],
+    );
     assert!(ok, "{err}");
-    assert_eq!(out.trim(), "f", "upstream_tls disable should give a plaintext upstream leg");
+    assert_eq!(
+        out.trim(),
+        "f",
+        "upstream_tls disable should give a plaintext upstream leg"
+    );
 }
 
 #[test]
@@ -61,5 +86,8 @@ fn verify_full_upstream_rejects_a_wrong_server_name() {
     });
     let (ok, _, err) = psql(&p.alice("postgres"), &["-c", "select 1"]);
     assert!(!ok);
-    assert!(err.contains("pgcloak: cannot connect to upstream") && err.contains("TLS"), "{err}");
+    assert!(
+        err.contains("pgcloak: cannot connect to upstream") && err.contains("TLS"),
+        "{err}"
+    );
 }

@@ -1,0 +1,135 @@
+//! Side connections to PostgreSQL as the `[catalog]` user (tokio-postgres): used for the keyring
+//! table, storage-type checks, and (later) table/column ids and role membership. TLS follows
+//! `[upstream_tls]`.
+
+use tokio_postgres::types::ToSql;
+
+use crate::config::{Config, UpstreamTlsMode};
+
+/// The libpq-style connection parameters of a side connection.
+pub fn pg_config(cfg: &Config) -> tokio_postgres::Config {
+    let mut c = tokio_postgres::Config::new();
+    c.host(&cfg.upstream_host)
+        .port(cfg.upstream_port)
+        .user(&cfg.catalog.user)
+        .dbname(&cfg.catalog.database)
+        .application_name("pgcloak")
+        .connect_timeout(cfg.connect_timeout);
+    if !cfg.catalog.password.is_empty() {
+        c.password(&cfg.catalog.password);
+    }
+    c.ssl_mode(match cfg.upstream_tls.mode {
+        UpstreamTlsMode::Disable => tokio_postgres::config::SslMode::Disable,
+        UpstreamTlsMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+        UpstreamTlsMode::Require | UpstreamTlsMode::VerifyFull => {
+            tokio_postgres::config::SslMode::Require
+        }
+    });
+    c
+}
+
+/// Opens a side connection and drives it on a spawned task.
+pub async fn connect(cfg: &Config) -> Result<tokio_postgres::Client, String> {
+    let pg = pg_config(cfg);
+    let who = format!(
+        "catalog connection to {} as user {} (database {})",
+        cfg.upstream, cfg.catalog.user, cfg.catalog.database
+    );
+    let tls = crate::tls::upstream_config(cfg).map_err(|e| format!("{who}: {e}"))?;
+    let client = match tls {
+        Some(tls_cfg) => {
+            let connector = tokio_postgres_rustls::MakeRustlsConnect::new((*tls_cfg).clone());
+            let (client, conn) = pg.connect(connector).await.map_err(|e| {
+                format!(
+                    "{who} failed: {}; check [catalog] in the config",
+                    describe(&e)
+                )
+            })?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            client
+        }
+        None => {
+            let (client, conn) = pg.connect(tokio_postgres::NoTls).await.map_err(|e| {
+                format!(
+                    "{who} failed: {}; check [catalog] in the config",
+                    describe(&e)
+                )
+            })?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            client
+        }
+    };
+    Ok(client)
+}
+
+/// A readable description of a tokio-postgres error (its Display hides the server message).
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => {
+            let mut s = e.to_string();
+            let mut src = std::error::Error::source(e);
+            while let Some(inner) = src {
+                s.push_str(": ");
+                s.push_str(&inner.to_string());
+                src = inner.source();
+            }
+            s
+        }
+    }
+}
+
+/// A side connection usable from synchronous code (CLI commands): it owns a small runtime.
+pub struct CatalogConn {
+    rt: tokio::runtime::Runtime,
+    client: tokio_postgres::Client,
+}
+
+impl CatalogConn {
+    /// Connects; must not be called from inside an async runtime.
+    pub fn connect_blocking(cfg: &Config) -> Result<CatalogConn, String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start a runtime: {e}"))?;
+        let client = rt.block_on(connect(cfg))?;
+        Ok(CatalogConn { rt, client })
+    }
+
+    pub fn batch(&self, sql: &str) -> Result<(), String> {
+        self.rt
+            .block_on(self.client.batch_execute(sql))
+            .map_err(|e| describe(&e))
+    }
+
+    pub fn query_opt_text(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<String>, String> {
+        self.rt
+            .block_on(self.client.query_opt(sql, params))
+            .map(|r| r.map(|row| row.get::<_, String>(0)))
+            .map_err(|e| describe(&e))
+    }
+
+    pub fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, String> {
+        self.rt
+            .block_on(self.client.execute(sql, params))
+            .map_err(|e| describe(&e))
+    }
+
+    pub fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, String> {
+        self.rt
+            .block_on(self.client.query(sql, params))
+            .map_err(|e| describe(&e))
+    }
+}
