@@ -8,7 +8,8 @@ use std::collections::HashMap;
 /// *order* matters here (for `*`, `t.*` and `INSERT` without a column list); types live in the policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Catalog {
-    tables: HashMap<(String, String), Vec<String>>,
+    /// schema -> table -> columns (nested so lookups by `&str` allocate nothing).
+    tables: HashMap<String, HashMap<String, Vec<String>>>,
     /// Schemas searched, in order, for unqualified table names (default `["public"]`).
     pub search_path: Vec<String>,
     /// Bumped by the proxy whenever it refreshes the snapshot; part of plan cache keys.
@@ -38,10 +39,10 @@ impl Catalog {
         table: &str,
         columns: impl IntoIterator<Item = S>,
     ) {
-        self.tables.insert(
-            (schema.to_string(), table.to_string()),
-            columns.into_iter().map(Into::into).collect(),
-        );
+        self.tables
+            .entry(schema.to_string())
+            .or_default()
+            .insert(table.to_string(), columns.into_iter().map(Into::into).collect());
     }
 
     /// Builder form of [`Catalog::add_table`].
@@ -58,14 +59,14 @@ impl Catalog {
     /// The columns of a table, in order, if known.
     pub fn columns(&self, schema: &str, table: &str) -> Option<&[String]> {
         self.tables
-            .get(&(schema.to_string(), table.to_string()))
+            .get(schema)
+            .and_then(|t| t.get(table))
             .map(Vec::as_slice)
     }
 
     /// Whether the table is known.
     pub fn has_table(&self, schema: &str, table: &str) -> bool {
-        self.tables
-            .contains_key(&(schema.to_string(), table.to_string()))
+        self.columns(schema, table).is_some()
     }
 
     /// A tag of what plans depend on (version and search path), for cache keys.

@@ -44,6 +44,8 @@ pub struct StatementSpan {
     pub kind: StatementKind,
     /// Indices into [`Lexed::literals`] of this statement's literals.
     pub literals: Range<usize>,
+    /// Indices into [`Lexed::identifiers`] of this statement's words.
+    pub identifiers: Range<usize>,
     /// `EXECUTE name` / `FETCH ... cursor` / `MOVE`: refers to an earlier statement, so it always needs
     /// analysis even though it names no table.
     pub refers_to_prior: bool,
@@ -78,6 +80,60 @@ pub struct Literal {
     pub placeholder: u64,
 }
 
+/// The words a statement names, lower-cased unless quoted, in one buffer (no allocation per word).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Idents {
+    buf: String,
+    ends: Vec<usize>,
+}
+
+impl Idents {
+    /// Every identifier, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &str> + '_ {
+        (0..self.ends.len()).map(move |i| self.get(i))
+    }
+
+    /// Identifier `i` ("" when out of range).
+    pub fn get(&self, i: usize) -> &str {
+        let end = self.ends.get(i).copied().unwrap_or(0);
+        let start = if i == 0 { 0 } else { self.ends.get(i - 1).copied().unwrap_or(end) };
+        self.buf.get(start..end).unwrap_or("")
+    }
+
+    /// Identifiers `range` (indices), e.g. one statement's [`StatementSpan::identifiers`].
+    pub fn slice(&self, range: Range<usize>) -> impl Iterator<Item = &str> + '_ {
+        range.filter(|i| *i < self.ends.len()).map(move |i| self.get(i))
+    }
+
+    pub fn contains(&self, s: &str) -> bool {
+        self.iter().any(|x| x == s)
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    fn push(&mut self, s: &str) -> usize {
+        self.buf.push_str(s);
+        self.ends.push(self.buf.len());
+        self.ends.len() - 1
+    }
+
+    fn push_lower(&mut self, s: &str) -> usize {
+        if s.is_ascii() {
+            self.buf.extend(s.bytes().map(|b| char::from(b.to_ascii_lowercase())));
+        } else {
+            self.buf.push_str(&s.to_lowercase());
+        }
+        self.ends.push(self.buf.len());
+        self.ends.len() - 1
+    }
+}
+
 /// Result of [`lex`].
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Lexed {
@@ -91,7 +147,7 @@ pub struct Lexed {
     /// `""` and `U&` escapes decoded. Words inside dollar-quoted bodies, and inside strings of
     /// `DO`/`CREATE FUNCTION`/`CREATE PROCEDURE` statements, are added too (lower-cased), so
     /// [`names_any`] sees tables named in code bodies.
-    pub identifiers: Vec<String>,
+    pub identifiers: Idents,
     /// Highest `$n` parameter (0 when none); literal placeholders start after it.
     pub max_param: u64,
     /// A string, quoted identifier or comment ran to the end of the text.
@@ -125,20 +181,65 @@ struct StmtState {
     start: usize,
     first_token: usize,
     first_literal: usize,
-    words: Vec<String>,
-    /// Words seen at parenthesis depth 0 (for `WITH ... <verb>`).
+    first_ident: usize,
+    /// The first words, as the keywords that matter for the kind ("?" for any other word).
+    words: [&'static str; 6],
+    nwords: usize,
+    /// Parenthesis depth (for `WITH ... <verb>`).
     depth: i64,
-    top_verb: Option<String>,
+    top_verb: Option<&'static str>,
     opaque: bool,
 }
 
+/// The keywords the statement kind depends on (no allocation).
+fn kw(lower: &str) -> &'static str {
+    match lower {
+        "do" => "do",
+        "create" => "create",
+        "function" => "function",
+        "procedure" => "procedure",
+        "trigger" => "trigger",
+        "rule" => "rule",
+        "with" => "with",
+        "prepare" => "prepare",
+        "as" => "as",
+        "execute" => "execute",
+        "fetch" => "fetch",
+        "move" => "move",
+        "select" => "select",
+        "insert" => "insert",
+        "update" => "update",
+        "delete" => "delete",
+        "values" => "values",
+        "table" => "table",
+        "merge" => "merge",
+        "show" => "show",
+        "declare" => "declare",
+        "copy" => "copy",
+        "alter" => "alter",
+        "drop" => "drop",
+        "truncate" => "truncate",
+        "comment" => "comment",
+        "grant" => "grant",
+        "revoke" => "revoke",
+        "reindex" => "reindex",
+        "cluster" => "cluster",
+        "refresh" => "refresh",
+        "security" => "security",
+        "import" => "import",
+        _ => "?",
+    }
+}
+
 impl StmtState {
-    fn new(start: usize, first_token: usize, first_literal: usize) -> StmtState {
+    fn new(start: usize, first_token: usize, first_literal: usize, first_ident: usize) -> StmtState {
         StmtState {
             start,
             first_token,
             first_literal,
-            words: Vec::new(),
+            first_ident,
+            words: ["?"; 6],
+            nwords: 0,
             depth: 0,
             top_verb: None,
             opaque: false,
@@ -146,32 +247,31 @@ impl StmtState {
     }
 
     fn note_word(&mut self, lower: &str) {
-        if self.words.len() < 6 {
-            self.words.push(lower.to_string());
-            let first = self.words.first().map(String::as_str);
-            self.opaque = match first {
+        let k = kw(lower);
+        if let Some(slot) = self.words.get_mut(self.nwords) {
+            *slot = k;
+            self.nwords += 1;
+            self.opaque = match self.words.first().copied() {
                 Some("do") => true,
                 Some("create") => self
                     .words
                     .iter()
-                    .any(|w| w == "function" || w == "procedure" || w == "trigger" || w == "rule"),
+                    .take(self.nwords)
+                    .any(|w| matches!(*w, "function" | "procedure" | "trigger" | "rule")),
                 _ => false,
             };
         }
         if self.depth == 0
             && self.top_verb.is_none()
-            && self.words.len() > 1
-            && matches!(
-                lower,
-                "select" | "insert" | "update" | "delete" | "values" | "table" | "merge"
-            )
+            && self.nwords > 1
+            && matches!(k, "select" | "insert" | "update" | "delete" | "values" | "table" | "merge")
         {
-            self.top_verb = Some(lower.to_string());
+            self.top_verb = Some(k);
         }
     }
 
     fn kind(&self) -> (StatementKind, bool) {
-        let w0 = self.words.first().map(String::as_str).unwrap_or("");
+        let w0 = if self.nwords > 0 { self.words.first().copied().unwrap_or("") } else { "" };
         let verb_kind = |v: &str| match v {
             "select" | "values" | "table" | "show" | "declare" | "fetch" | "move" => {
                 StatementKind::Select
@@ -187,21 +287,20 @@ impl StmtState {
         match w0 {
             "with" => (
                 self.top_verb
-                    .as_deref()
                     .map(verb_kind)
                     .unwrap_or(StatementKind::Select),
                 false,
             ),
             "prepare" => {
                 // PREPARE name [(types)] AS <verb>
-                let pos = self.words.iter().position(|w| w == "as");
+                let pos = self.words.iter().take(self.nwords).position(|w| *w == "as");
                 let inner = pos
+                    .filter(|p| p + 1 < self.nwords)
                     .and_then(|p| self.words.get(p + 1))
-                    .map(String::as_str)
+                    .copied()
                     .unwrap_or("");
                 let k = if inner == "with" {
                     self.top_verb
-                        .as_deref()
                         .map(verb_kind)
                         .unwrap_or(StatementKind::Select)
                 } else {
@@ -231,8 +330,9 @@ pub fn lex(sql: &str) -> Lexed {
     let mut out = Lexed::default();
     let mut tokens: Vec<Token> = Vec::with_capacity(n / 3 + 4);
     let mut literals: Vec<(Range<usize>, LiteralKind)> = Vec::new();
-    let mut stmts: Vec<(StmtState, usize, usize, usize)> = Vec::new(); // (state, end, last_token, literal_end)
-    let mut st = StmtState::new(0, 0, 0);
+    // (state, end, last_token, literal_end, ident_end)
+    let mut stmts: Vec<(StmtState, usize, usize, usize, usize)> = Vec::new();
+    let mut st = StmtState::new(0, 0, 0, 0);
     let mut space = false;
     let mut i = 0usize;
     let mut max_param: u64 = 0;
@@ -316,8 +416,8 @@ pub fn lex(sql: &str) -> Lexed {
                     .get(s + 1..e.saturating_sub(usize::from(closed)).max(s + 1))
                     .unwrap_or("");
                 let name = inner.replace("\"\"", "\"");
-                st.note_word(&name.to_lowercase());
-                out.identifiers.push(name);
+                let idx = out.identifiers.push(&name);
+                st.note_word(out.identifiers.get(idx));
                 push_text!(s, e);
                 i = e;
             }
@@ -383,9 +483,12 @@ pub fn lex(sql: &str) -> Lexed {
                 });
                 space = false;
                 let last = tokens.len();
-                let finished =
-                    std::mem::replace(&mut st, StmtState::new(i + 1, last, literals.len()));
-                stmts.push((finished, i, last - 1, literals.len()));
+                let idents = out.identifiers.len();
+                let finished = std::mem::replace(
+                    &mut st,
+                    StmtState::new(i + 1, last, literals.len(), idents),
+                );
+                stmts.push((finished, i, last - 1, literals.len(), idents));
                 i += 1;
             }
             _ if is_ident_start(b) => {
@@ -434,9 +537,9 @@ pub fn lex(sql: &str) -> Lexed {
                                 .unwrap_or("");
                             let raw = inner.replace("\"\"", "\"");
                             let decoded = decode_unicode_escapes(&raw);
-                            st.note_word(&decoded.to_lowercase());
-                            out.identifiers.push(decoded);
-                            out.identifiers.push(raw);
+                            let idx = out.identifiers.push(&decoded);
+                            st.note_word(out.identifiers.get(idx));
+                            out.identifiers.push(&raw);
                             push_text!(s, e);
                             i = e;
                             continue;
@@ -445,9 +548,8 @@ pub fn lex(sql: &str) -> Lexed {
                     }
                 }
                 let text = sql.get(s..j).unwrap_or("");
-                let lower = text.to_lowercase();
-                st.note_word(&lower);
-                out.identifiers.push(lower);
+                let idx = out.identifiers.push_lower(text);
+                st.note_word(out.identifiers.get(idx));
                 push_text!(s, j);
                 i = j;
             }
@@ -473,7 +575,8 @@ pub fn lex(sql: &str) -> Lexed {
     }
     let last = tokens.len();
     let lit_count = literals.len();
-    stmts.push((st, n, last, lit_count));
+    let ident_count = out.identifiers.len();
+    stmts.push((st, n, last, lit_count, ident_count));
 
     out.max_param = max_param;
     // Emit the normalised text.
@@ -503,7 +606,7 @@ pub fn lex(sql: &str) -> Lexed {
     }
     tok_norm_start.push(norm.len());
 
-    for (state, end, last_tok, lit_end) in stmts {
+    for (state, end, last_tok, lit_end, ident_end) in stmts {
         let first_tok = state.first_token;
         let has_tokens = tokens
             .get(first_tok..last_tok.min(tokens.len()))
@@ -527,6 +630,7 @@ pub fn lex(sql: &str) -> Lexed {
             normalized_range: nstart..nstart + text_len,
             kind,
             literals: state.first_literal..lit_end.max(state.first_literal),
+            identifiers: state.first_ident..ident_end.max(state.first_ident),
             refers_to_prior,
         });
     }
@@ -658,10 +762,10 @@ fn scan_number(bytes: &[u8], i: usize) -> usize {
 }
 
 /// Words (identifier-like runs) of a code body, lower-cased, added so `names_any` sees them.
-fn add_body_words(into: &mut Vec<String>, body: &str) {
+fn add_body_words(into: &mut Idents, body: &str) {
     for w in body.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$')) {
         if !w.is_empty() && w.len() <= 63 && !w.starts_with(|c: char| c.is_ascii_digit()) {
-            into.push(w.to_lowercase());
+            into.push_lower(w);
         }
     }
 }
@@ -755,17 +859,17 @@ mod tests {
     fn identifiers_are_not_literals() {
         let l = lex("SELECT c1_0.id, t1.\"x2\" FROM customers c1_0 WHERE c1_0.id=$1");
         assert!(l.literals.is_empty(), "{:?}", l.literals);
-        assert!(l.identifiers.contains(&"c1_0".to_string()));
-        assert!(l.identifiers.contains(&"x2".to_string()));
+        assert!(l.identifiers.contains("c1_0"));
+        assert!(l.identifiers.contains("x2"));
         assert_eq!(l.max_param, 1);
     }
 
     #[test]
     fn quoted_and_unicode_identifiers() {
         let l = lex("SELECT U&\"\\0073sn\" FROM \"Customers\", U&\"cust\\006Fmers\"");
-        assert!(l.identifiers.contains(&"ssn".to_string()));
-        assert!(l.identifiers.contains(&"Customers".to_string()));
-        assert!(l.identifiers.contains(&"customers".to_string()));
+        assert!(l.identifiers.contains("ssn"));
+        assert!(l.identifiers.contains("Customers"));
+        assert!(l.identifiers.contains("customers"));
         assert!(l.literals.is_empty());
     }
 

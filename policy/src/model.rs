@@ -269,13 +269,19 @@ impl RolePolicy {
     }
 }
 
+#[derive(Debug, Clone, Default)]
+struct TableEntry {
+    by_column: HashMap<String, usize>,
+    order: Vec<usize>,
+}
+
 /// A parsed, validated policy file.
 #[derive(Debug, Clone)]
 pub struct Policy {
     file: String,
     columns: Vec<ColumnPolicy>,
-    by_name: HashMap<(String, String, String), usize>,
-    tables: HashMap<(String, String), Vec<usize>>,
+    /// schema -> table -> its policy columns (nested so lookups by `&str` allocate nothing).
+    schemas: HashMap<String, HashMap<String, TableEntry>>,
     table_names: Vec<String>,
     roles: Vec<RolePolicy>,
     default: RolePolicy,
@@ -463,7 +469,6 @@ impl Policy {
         };
 
         let mut columns = Vec::new();
-        let mut by_name: HashMap<(String, String, String), usize> = HashMap::new();
         let mut first_line: HashMap<(String, String, String), usize> = HashMap::new();
         for entry in &raw.column {
             let span = entry.span();
@@ -586,8 +591,7 @@ impl Policy {
                 );
                 continue;
             }
-            first_line.insert(key.clone(), entry_line);
-            by_name.insert(key, columns.len());
+            first_line.insert(key, entry_line);
             columns.push(ColumnPolicy {
                 schema,
                 table,
@@ -661,12 +665,15 @@ impl Policy {
             return Err(PolicyError::Invalid(issues));
         }
 
-        let mut tables: HashMap<(String, String), Vec<usize>> = HashMap::new();
+        let mut schemas: HashMap<String, HashMap<String, TableEntry>> = HashMap::new();
         for (i, c) in columns.iter().enumerate() {
-            tables
-                .entry((c.schema.clone(), c.table.clone()))
+            let e = schemas
+                .entry(c.schema.clone())
                 .or_default()
-                .push(i);
+                .entry(c.table.clone())
+                .or_default();
+            e.by_column.insert(c.column.clone(), i);
+            e.order.push(i);
         }
         let mut table_names: Vec<String> = columns.iter().map(|c| c.table.clone()).collect();
         table_names.sort();
@@ -684,8 +691,7 @@ impl Policy {
         Ok(Policy {
             file: file.to_string(),
             columns,
-            by_name,
-            tables,
+            schemas,
             table_names,
             roles,
             default,
@@ -704,30 +710,32 @@ impl Policy {
         &self.columns
     }
 
+    fn table_entry(&self, schema: &str, table: &str) -> Option<&TableEntry> {
+        self.schemas.get(schema).and_then(|t| t.get(table))
+    }
+
     /// The entry for one column (names already folded as PostgreSQL folds them).
     pub fn column(&self, schema: &str, table: &str, column: &str) -> Option<&ColumnPolicy> {
-        let key = (schema.to_string(), table.to_string(), column.to_string());
-        self.by_name.get(&key).and_then(|i| self.columns.get(*i))
+        self.column_index(schema, table, column)
+            .and_then(|i| self.columns.get(i))
     }
 
     /// Index into [`Policy::columns`] of one column.
     pub fn column_index(&self, schema: &str, table: &str, column: &str) -> Option<usize> {
-        let key = (schema.to_string(), table.to_string(), column.to_string());
-        self.by_name.get(&key).copied()
+        self.table_entry(schema, table)
+            .and_then(|e| e.by_column.get(column).copied())
     }
 
     /// Indices into [`Policy::columns`] of one table's policy columns, in file order.
     pub fn table_column_indices(&self, schema: &str, table: &str) -> &[usize] {
-        self.tables
-            .get(&(schema.to_string(), table.to_string()))
-            .map(Vec::as_slice)
+        self.table_entry(schema, table)
+            .map(|e| e.order.as_slice())
             .unwrap_or(&[])
     }
 
     /// Whether a table has any policy column.
     pub fn has_table(&self, schema: &str, table: &str) -> bool {
-        self.tables
-            .contains_key(&(schema.to_string(), table.to_string()))
+        self.table_entry(schema, table).is_some()
     }
 
     /// The policy columns of one table, in file order.
@@ -736,12 +744,9 @@ impl Policy {
         schema: &str,
         table: &str,
     ) -> impl Iterator<Item = &'s ColumnPolicy> + 's {
-        let idx = self
-            .tables
-            .get(&(schema.to_string(), table.to_string()))
-            .cloned()
-            .unwrap_or_default();
-        idx.into_iter().filter_map(move |i| self.columns.get(i))
+        self.table_column_indices(schema, table)
+            .iter()
+            .filter_map(move |i| self.columns.get(*i))
     }
 
     /// Names (without schema) of every table that has a policy column — input of [`crate::lexer::names_any`].

@@ -30,7 +30,7 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
 use crate::catalog::Catalog;
-use crate::lexer::{lex, Lexed, StatementKind};
+use crate::lexer::{Lexed, StatementKind};
 use crate::model::{Access, Class, ColumnPolicy, EncryptMode, Policy, RoleRef};
 use crate::plan::{
     ColumnTouch, Decision, Encrypt, Output, OutputAction, Plan, SessionEffect, Source,
@@ -444,11 +444,6 @@ fn deny_plan(plan: &mut StatementPlan, message: String) {
     };
 }
 
-fn first_words(text: &str, n: usize) -> Vec<String> {
-    let l = lex(text);
-    l.identifiers.into_iter().take(n).collect()
-}
-
 fn analyze_one(
     sql: &str,
     lexed: &Lexed,
@@ -473,16 +468,13 @@ fn analyze_one(
         );
         return (plan, false);
     };
-    let sub = lex(text);
     let protected_names = policy.protected_table_names();
-    let names_protected = sub
-        .identifiers
-        .iter()
-        .any(|id| protected_names.iter().any(|t| t == id));
+    let idents = || lexed.identifiers.slice(span.identifiers.clone());
     let named: Vec<&String> = protected_names
         .iter()
-        .filter(|t| sub.identifiers.iter().any(|id| id == *t))
+        .filter(|t| idents().any(|id| id == t.as_str()))
         .collect();
+    let names_protected = !named.is_empty();
     let refuse_unanalysable = |plan: &mut StatementPlan, why: &str| {
         let names: Vec<&str> = named.iter().map(|s| s.as_str()).collect();
         deny_plan(
@@ -495,8 +487,7 @@ fn analyze_one(
     };
 
     // Role changes: recognised from the first words (several forms do not parse in sqlparser).
-    let words = first_words(text, 4);
-    let w: Vec<&str> = words.iter().map(String::as_str).collect();
+    let w: Vec<&str> = idents().take(4).collect();
     let role_change = matches!(
         w.as_slice(),
         ["set", "role", ..]
@@ -512,7 +503,7 @@ fn analyze_one(
         return (plan, true);
     }
 
-    if sub.unicode_identifiers && names_protected {
+    if lexed.unicode_identifiers && names_protected {
         refuse_unanalysable(
             &mut plan,
             "U&\"...\" identifiers are not supported; write the plain name",
