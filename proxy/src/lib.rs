@@ -6,15 +6,19 @@
 //! - [`server`]: listener, per-connection tasks, connection limit, graceful shutdown, shared state.
 //! - [`session`]: one client session by phase: startup and TLS, upstream connect, auth relay, the query
 //!   phase pumps, cancel.
+//! - [`guard`]: policy (reloadable), plan cache, keyring, audit handle, catalog snapshots, memberships.
+//! - [`audit`]: the audit writer's config, checkpoint signer and session events.
 //! - [`catalog`]: side connections as the `[catalog]` user.
 //! - [`keys`]: master key sources, keyring stores (file, PostgreSQL), the `keys` commands.
 //! - [`tls`]: rustls configurations (ring provider only).
 //! - [`logging`]: tracing subscriber set-up.
 //! - [`error`]: the crate's error enums, split by who is at fault.
 
+pub mod audit;
 pub mod catalog;
 pub mod config;
 pub mod error;
+pub mod guard;
 pub mod keys;
 pub mod logging;
 pub mod protocol;

@@ -88,19 +88,43 @@ fn load(path: &std::path::Path) -> Result<Config> {
 fn serve(path: &std::path::Path) -> Result<ExitCode> {
     let config = Arc::new(load(path)?);
     pgcloak::logging::init(&config.log);
+    let policy = pgcloak::guard::load_policy(&config).map_err(anyhow::Error::msg)?;
     // The master key also keys the audit trail: no key, no service.
     let master = pgcloak::keys::load_master_key(&config)?;
     let (keyring, created) = pgcloak::keys::load_for_serve(&config, &master)?;
     for c in &created {
         tracing::info!(column = %c, "created a key for a newly encrypted policy column");
     }
-    tracing::info!(columns = keyring.list().len(), "keyring loaded");
+    tracing::info!(columns = keyring.list().len(), policy = %policy.version_hex(), "keyring and policy loaded");
+    let signer = pgcloak::audit::signer(&master)?;
+    drop(master);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let shared = pgcloak::server::Shared::new(config.clone())?;
+        let audit = match pgcloak::audit::writer_config(&config) {
+            None => {
+                tracing::warn!(
+                    "audit trail disabled: [audit] file is \"\", postgres = false and no nats"
+                );
+                None
+            }
+            Some(wc) => {
+                let (handle, _task) =
+                    pgcloak_audit::Auditor::start(wc, signer, config.instance.clone())
+                        .await
+                        .context("cannot start the audit trail ([audit] in the config)")?;
+                Some(handle)
+            }
+        };
+        let guard = Arc::new(pgcloak::guard::Guard::new(
+            config.clone(),
+            policy,
+            Arc::new(keyring),
+            audit.clone(),
+        ));
+        let shared = pgcloak::server::Shared::new(config.clone(), guard.clone())?;
         let listener = pgcloak::server::bind(&config)
             .await
             .with_context(|| format!("cannot listen on {} (config key `listen`)", config.listen))?;
@@ -111,7 +135,17 @@ fn serve(path: &std::path::Path) -> Result<ExitCode> {
             tracing::info!("shutdown signal received");
             signal.cancel();
         });
+        tokio::spawn(pgcloak::guard::watch_policy(
+            guard.clone(),
+            config.clone(),
+            shutdown.clone(),
+        ));
         pgcloak::server::run(listener, shared, shutdown).await;
+        if let Some(a) = audit {
+            if let Err(e) = a.shutdown().await {
+                tracing::error!("audit trail did not shut down cleanly: {e}");
+            }
+        }
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -39,12 +39,17 @@ pub struct Shared {
     pub limit: Arc<Semaphore>,
     /// Fires when sessions must end now (after the shutdown grace period).
     pub kill: CancellationToken,
+    /// Policy, plans, keys, audit, catalogs.
+    pub guard: Arc<crate::guard::Guard>,
     next_session: AtomicU64,
 }
 
 impl Shared {
     /// Builds the shared state, loading TLS material once.
-    pub fn new(config: Arc<Config>) -> Result<Arc<Shared>, ConfigError> {
+    pub fn new(
+        config: Arc<Config>,
+        guard: Arc<crate::guard::Guard>,
+    ) -> Result<Arc<Shared>, ConfigError> {
         let (tls_acceptor, tls_cert) = match &config.tls {
             Some(t) => {
                 let (cfg, cert) = crate::tls::server_config(t)?;
@@ -61,6 +66,7 @@ impl Shared {
             upstream_tls,
             cancel: DashMap::new(),
             kill: CancellationToken::new(),
+            guard,
             next_session: AtomicU64::new(1),
         }))
     }

@@ -345,8 +345,13 @@ impl Proxy {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let upstream = opts.upstream_port.unwrap_or(c.port);
+        let catalog = if opts.extra.contains("[catalog]") {
+            String::new()
+        } else {
+            format!("\n[catalog]\nuser = \"{SUPERUSER}\"\npassword = \"{SUPERPASS}\"\ndatabase = \"postgres\"\n")
+        };
         let cfg = format!(
-            "listen = \"127.0.0.1:{port}\"\nupstream = \"127.0.0.1:{upstream}\"\n{}\n",
+            "listen = \"127.0.0.1:{port}\"\nupstream = \"127.0.0.1:{upstream}\"\n{}\n{catalog}",
             opts.extra
         );
         let cfg_path = dir.path().join("pgcloak.toml");

@@ -230,6 +230,26 @@ pub fn error_fields(body: &[u8]) -> Result<ErrorFields, FrameError> {
     Ok(out)
 }
 
+/// An ErrorResponse with only severity, code, message, detail and hint: used for errors the server
+/// raised on the proxy's behalf, whose PL/pgSQL context and source location mean nothing to the client.
+pub fn without_context(body: &[u8]) -> Bytes {
+    let mut b = begin(b'E', body.len());
+    let mut r = Reader::new(body, "ErrorResponse");
+    while let Ok(field) = r.u8() {
+        if field == 0 {
+            break;
+        }
+        let Ok(value) = r.cstr() else { break };
+        if matches!(field, b'S' | b'V' | b'C' | b'M' | b'D' | b'H') {
+            b.put_u8(field);
+            b.put_slice(value);
+            b.put_u8(0);
+        }
+    }
+    b.put_u8(0);
+    finish(b)
+}
+
 /// Rows counted by a CommandComplete tag ("SELECT 5", "INSERT 0 3", "UPDATE 2", "COPY 10", ...).
 pub fn command_rows(body: &[u8]) -> Option<u64> {
     let tag = body.strip_suffix(&[0]).unwrap_or(body);
@@ -320,6 +340,33 @@ mod tests {
     fn nul_in_message_cannot_split_fields() {
         let e = error_response(Severity::Error, "42501", "a\0b", None);
         assert_eq!(error_fields(&e[5..]).unwrap().message, "ab");
+    }
+
+    #[test]
+    fn context_is_stripped_from_raised_errors() {
+        let mut body = Vec::new();
+        for (f, v) in [
+            (b'S', "ERROR"),
+            (b'C', "42501"),
+            (b'M', "pgcloak: no"),
+            (b'W', "PL/pgSQL function inline_code_block line 1 at RAISE"),
+            (b'F', "pl_exec.c"),
+        ] {
+            body.push(f);
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        let out = without_context(&body);
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            text.contains("pgcloak: no") && !text.contains("PL/pgSQL") && !text.contains("pl_exec")
+        );
+        assert_eq!(error_fields(&out[5..]).unwrap().code, "42501");
+        assert_eq!(
+            check(&out, Direction::Backend, 1 << 20),
+            Ok(Some(out.len()))
+        );
     }
 
     #[test]

@@ -53,8 +53,9 @@ pub fn server_read_err(e: ReadError) -> SessionError {
     }
 }
 
-/// Relays authentication until the server's first ReadyForQuery. Returns the cancel registration that
-/// maps the key handed to the client to the server's.
+/// Relays authentication until the server's first ReadyForQuery, which is returned unforwarded (the
+/// caller decides the session can go ahead first). Also returns the cancel registration that maps the
+/// key handed to the client to the server's.
 pub async fn relay<'a, CR, CW, SR, SW>(
     shared: &'a Shared,
     binding: Binding,
@@ -62,7 +63,7 @@ pub async fn relay<'a, CR, CW, SR, SW>(
     client_out: &mut Outbox<CW>,
     server: &mut FrameReader<SR>,
     server_out: &mut Outbox<SW>,
-) -> Result<Option<Registration<'a>>, SessionError>
+) -> Result<(Option<Registration<'a>>, crate::protocol::Frame), SessionError>
 where
     CR: AsyncRead + Unpin,
     CW: AsyncWrite + Unpin,
@@ -154,13 +155,7 @@ where
                     message: f.message,
                 });
             }
-            b'Z' => {
-                client_out
-                    .send_now(&frame.bytes)
-                    .await
-                    .map_err(SessionError::ClientIo)?;
-                return Ok(registration);
-            }
+            b'Z' => return Ok((registration, frame)),
             _ => client_out
                 .send(&frame.bytes)
                 .await

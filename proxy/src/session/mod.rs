@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod cancel;
+pub mod context;
 pub mod io;
 pub mod query;
 pub mod startup;
@@ -36,6 +37,16 @@ pub struct SessionInfo {
     pub database: String,
     pub application: String,
     pub tls: bool,
+    /// The policy role (first listed policy role the login user is a member of, else `default`);
+    /// `None` until known. Statements re-resolve it, so revocation applies from the next statement.
+    pub role: Option<String>,
+}
+
+impl SessionInfo {
+    /// The session's name in the audit trail.
+    pub fn session_name(&self) -> String {
+        self.id.to_string()
+    }
 }
 
 /// Runs one client connection to its end. Never panics the process; every failure is logged.
@@ -86,6 +97,7 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, id: u64, shared: Arc<Shared>)
         database: startup.database().to_string(),
         application: startup.param("application_name").unwrap_or("").to_string(),
         tls: client.is_tls(),
+        role: None,
     };
     debug!(user = %info.user, database = %info.database, tls = info.tls, "client startup");
 
@@ -145,12 +157,25 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, id: u64, shared: Arc<Shared>)
         },
         _ = shared.kill.cancelled() => Err(SessionError::Shutdown),
     };
-    let _registration = match auth {
+    let (_registration, ready) = match auth {
         Ok(r) => r,
         Err(e) => {
             match &e {
-                SessionError::ServerRefused { code, .. } => {
-                    info!(user = %info.user, database = %info.database, sqlstate = %code, "authentication failed")
+                SessionError::ServerRefused { code, message } => {
+                    info!(user = %info.user, database = %info.database, sqlstate = %code, "authentication failed");
+                    if let Some(audit) = &shared.guard.audit {
+                        let kind = if code.starts_with("28") {
+                            pgcloak_audit::Kind::AuthFailed
+                        } else {
+                            pgcloak_audit::Kind::Connect
+                        };
+                        let _ = audit.record(crate::audit::session_event(
+                            &info,
+                            kind,
+                            Some(code.clone()),
+                            Some(message.clone()),
+                        ));
+                    }
                 }
                 SessionError::ServerGone | SessionError::ServerIo(_) => {
                     let msg = format!("pgcloak: lost connection to upstream PostgreSQL at {} during authentication", cfg.upstream);
@@ -165,7 +190,23 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, id: u64, shared: Arc<Shared>)
             return;
         }
     };
-    info!(user = %info.user, database = %info.database, application = %info.application, "session started");
+    let mut info = info;
+    if let Err((code, msg)) = admit(&shared, &mut info).await {
+        warn!(user = %info.user, "{msg}");
+        let _ = client_out
+            .send_now(&error_response(Severity::Fatal, code, &msg, None))
+            .await;
+        let _ = server_out
+            .send_now(&crate::protocol::messages::terminate())
+            .await;
+        return;
+    }
+    if let Err(e) = client_out.send_now(&ready.bytes).await {
+        log_end(&SessionError::ClientIo(e));
+        return;
+    }
+    info!(user = %info.user, database = %info.database, application = %info.application, role = info.role.as_deref().unwrap_or(""), "session started");
+    let started = std::time::Instant::now();
 
     let end = query::run(
         &shared,
@@ -177,6 +218,50 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, id: u64, shared: Arc<Shared>)
     )
     .await;
     query::finish(&cfg, end, &mut client_out, &mut server_out).await;
+    if let Some(audit) = &shared.guard.audit {
+        let mut ev =
+            crate::audit::session_event(&info, pgcloak_audit::Kind::Disconnect, None, None);
+        ev.duration_us = Some(started.elapsed().as_micros() as u64);
+        let _ = audit.record(ev);
+    }
+}
+
+/// Decides whether an authenticated session may start: resolves its policy role and records the
+/// connect event (in block mode, a session that cannot be audited is refused).
+async fn admit(shared: &Shared, info: &mut SessionInfo) -> Result<(), (&'static str, String)> {
+    let guard = &shared.guard;
+    let policy = guard.policy();
+    if policy.roles().is_empty() {
+        info.role = Some(policy.default_role().name.clone());
+    } else {
+        match guard.memberships(&info.database, &info.user).await {
+            Ok(m) => {
+                let names: Vec<&str> = m.iter().map(String::as_str).collect();
+                info.role = Some(policy.role_for(&names).name.clone());
+            }
+            Err(e) if policy.protected_table_names().is_empty() => {
+                debug!("role membership unknown: {e}");
+            }
+            Err(e) => {
+                return Err((
+                    "58000",
+                    format!("pgcloak: {e}; check the [catalog] login in the pgcloak config"),
+                ));
+            }
+        }
+    }
+    if let Some(audit) = &guard.audit {
+        let ev = crate::audit::session_event(info, pgcloak_audit::Kind::Connect, None, None);
+        if let Err(e) = audit.record(ev) {
+            if shared.config.audit.on_failure == crate::config::OnFailure::Block {
+                return Err((
+                    "58000",
+                    format!("pgcloak: connection refused because it cannot be audited: {e}"),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn log_end(e: &SessionError) {

@@ -3,14 +3,20 @@
 //! a statement's plan to its rows and report each statement's outcome in protocol order.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Instant;
+
+use super::context::StmtCtx;
 
 /// A forwarded client message still waiting for (part of) its answer.
 #[derive(Debug)]
 pub enum Pending {
-    /// A simple Query: answered by one result per statement, then ReadyForQuery.
+    /// A simple Query: answered by one result per statement, then ReadyForQuery. `stmts` are the
+    /// statements the server will run, in order; `next` is the one whose result comes next.
     Query {
         started: Instant,
+        stmts: Vec<Arc<StmtCtx>>,
+        next: usize,
     },
     Parse,
     Bind,
@@ -18,12 +24,20 @@ pub enum Pending {
     Close,
     Execute {
         started: Instant,
+        stmt: Option<Arc<StmtCtx>>,
     },
     /// Answered by ReadyForQuery; errors skip everything before it.
     Sync,
     /// A FunctionCall: FunctionCallResponse, then ReadyForQuery.
     FunctionCall {
         started: Instant,
+    },
+    /// A Query the proxy injected in the extended protocol to make the server raise a refusal (so the
+    /// transaction is aborted exactly as PostgreSQL aborts it). Its ErrorResponse is the client's answer;
+    /// its ReadyForQuery is swallowed. Ignored by the server when it is already skipping to Sync.
+    Refusal {
+        started: Instant,
+        stmt: Arc<StmtCtx>,
     },
 }
 
@@ -32,37 +46,50 @@ impl Pending {
     fn is_sync_point(&self) -> bool {
         matches!(
             self,
-            Pending::Query { .. } | Pending::Sync | Pending::FunctionCall { .. }
+            Pending::Query { .. }
+                | Pending::Sync
+                | Pending::FunctionCall { .. }
+                | Pending::Refusal { .. }
         )
     }
 }
 
 /// One statement's outcome, reported when the server finishes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Outcome {
     pub started: Instant,
     /// Rows from the command tag, when it has a count.
     pub rows: Option<u64>,
     /// SQLSTATE of the error, `None` on success.
     pub sqlstate: Option<String>,
+    /// What the statement was, when the frontend knew.
+    pub stmt: Option<Arc<StmtCtx>>,
 }
 
-/// What the backend pump learned from one server message.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Event {
-    None,
-    /// A statement finished (successfully or not).
-    Statement(Outcome),
-    /// ReadyForQuery with this transaction status.
-    Ready(u8),
+/// What to do with the server message just consumed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Forward,
+    /// An answer to something the proxy injected: the client never asked for it.
+    Swallow,
+    /// The ErrorResponse of an injected refusal: forward it without the PL/pgSQL context line.
+    ForwardRefusal,
 }
 
 /// The queue shared by the two pumps of one session.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Tracker {
     queue: VecDeque<Pending>,
     /// Transaction status from the last ReadyForQuery (`I`, `T` or `E`).
     pub tx_status: u8,
+    /// Outcomes completed by the last message(s), drained by the backend pump.
+    pub done: Vec<Outcome>,
+}
+
+impl Default for Tracker {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Tracker {
@@ -70,6 +97,7 @@ impl Tracker {
         Tracker {
             queue: VecDeque::new(),
             tx_status: b'I',
+            done: Vec::new(),
         }
     }
 
@@ -90,40 +118,62 @@ impl Tracker {
         self.queue.is_empty()
     }
 
+    /// The statement whose rows are arriving now (for row rewriting).
+    pub fn current_statement(&self) -> Option<&Arc<StmtCtx>> {
+        match self.queue.front()? {
+            Pending::Query { stmts, next, .. } => stmts.get(*next),
+            Pending::Execute { stmt, .. } => stmt.as_ref(),
+            _ => None,
+        }
+    }
+
     /// Pops entries up to and including the first one `matches` accepts; entries before it are answers
-    /// the server skipped. Returns the matched entry.
+    /// the server skipped.
     fn pop_through(&mut self, matches: impl Fn(&Pending) -> bool) -> Option<Pending> {
         let idx = self.queue.iter().position(matches)?;
-        self.queue.drain(..idx);
+        for skipped in self.queue.drain(..idx) {
+            if let Pending::Refusal { started, stmt } = skipped {
+                // Never reached the server's attention, but the client's statement was still refused.
+                self.done.push(Outcome {
+                    started,
+                    rows: None,
+                    sqlstate: stmt.refusal.as_ref().map(|r| r.sqlstate.to_string()),
+                    stmt: Some(stmt),
+                });
+            }
+        }
         self.queue.pop_front()
     }
 
-    /// Consumes one server message (tag and body) and says what it meant.
-    pub fn on_backend(&mut self, tag: u8, body: &[u8]) -> Event {
+    /// Consumes one server message (tag and body) and says what to do with it. Completed statements
+    /// are appended to [`Tracker::done`].
+    pub fn on_backend(&mut self, tag: u8, body: &[u8]) -> Action {
         match tag {
             b'Z' => {
                 let status = body.first().copied().unwrap_or(b'I');
                 self.tx_status = status;
-                self.pop_through(Pending::is_sync_point);
-                Event::Ready(status)
+                match self.pop_through(Pending::is_sync_point) {
+                    Some(Pending::Refusal { .. }) => Action::Swallow,
+                    _ => Action::Forward,
+                }
             }
             b'1' => {
                 self.pop_through(|p| matches!(p, Pending::Parse));
-                Event::None
+                Action::Forward
             }
             b'2' => {
                 self.pop_through(|p| matches!(p, Pending::Bind));
-                Event::None
+                Action::Forward
             }
             b'3' => {
                 self.pop_through(|p| matches!(p, Pending::Close));
-                Event::None
+                Action::Forward
             }
             b'n' | b'T' => {
                 if matches!(self.queue.front(), Some(Pending::Describe)) {
                     self.queue.pop_front();
                 }
-                Event::None
+                Action::Forward
             }
             b'C' | b'I' | b's' => {
                 let rows = if tag == b'C' {
@@ -131,64 +181,132 @@ impl Tracker {
                 } else {
                     None
                 };
-                match self.queue.front() {
-                    Some(Pending::Query { started }) => Event::Statement(Outcome {
-                        started: *started,
-                        rows,
-                        sqlstate: None,
-                    }),
-                    Some(Pending::Execute { .. }) => match self.queue.pop_front() {
-                        Some(Pending::Execute { started }) => Event::Statement(Outcome {
-                            started,
+                match self.queue.front_mut() {
+                    Some(Pending::Query {
+                        started,
+                        stmts,
+                        next,
+                    }) => {
+                        let stmt = stmts.get(*next).cloned();
+                        *next += 1;
+                        self.done.push(Outcome {
+                            started: *started,
                             rows,
                             sqlstate: None,
-                        }),
-                        _ => Event::None,
-                    },
-                    _ => Event::None,
+                            stmt,
+                        });
+                    }
+                    Some(Pending::Execute { .. }) => {
+                        if let Some(Pending::Execute { started, stmt }) = self.queue.pop_front() {
+                            self.done.push(Outcome {
+                                started,
+                                rows,
+                                sqlstate: None,
+                                stmt,
+                            });
+                        }
+                    }
+                    _ => {}
                 }
+                Action::Forward
             }
             b'E' => {
                 let code = crate::protocol::messages::error_fields(body)
                     .map(|f| f.code)
                     .unwrap_or_default();
-                match self.queue.front() {
-                    None | Some(Pending::Sync) => Event::None,
-                    Some(Pending::Query { started }) | Some(Pending::FunctionCall { started }) => {
-                        Event::Statement(Outcome {
+                match self.queue.front_mut() {
+                    None | Some(Pending::Sync) => Action::Forward,
+                    Some(Pending::Query {
+                        started,
+                        stmts,
+                        next,
+                    }) => {
+                        let stmt = stmts.get(*next).cloned();
+                        // The rest of the string is not run.
+                        *next = stmts.len();
+                        self.done.push(Outcome {
                             started: *started,
                             rows: None,
                             sqlstate: Some(code),
-                        })
+                            stmt,
+                        });
+                        Action::Forward
                     }
-                    Some(_) => {
-                        // Extended protocol: the server skips everything up to the next Sync.
-                        let mut failed = None;
-                        while let Some(p) = self.queue.front() {
-                            if p.is_sync_point() {
-                                break;
-                            }
-                            if let Some(Pending::Execute { started }) = self.queue.pop_front() {
-                                failed.get_or_insert(started);
-                            }
-                        }
-                        Event::Statement(Outcome {
-                            started: failed.unwrap_or_else(Instant::now),
+                    Some(Pending::FunctionCall { started }) => {
+                        self.done.push(Outcome {
+                            started: *started,
                             rows: None,
                             sqlstate: Some(code),
-                        })
+                            stmt: None,
+                        });
+                        Action::Forward
+                    }
+                    Some(Pending::Refusal { started, stmt }) => {
+                        self.done.push(Outcome {
+                            started: *started,
+                            rows: None,
+                            sqlstate: Some(code),
+                            stmt: Some(stmt.clone()),
+                        });
+                        Action::ForwardRefusal
+                    }
+                    Some(_) => {
+                        // Extended protocol: the server skips everything up to the next Sync, injected
+                        // refusals included.
+                        let mut failed: Option<(Instant, Option<Arc<StmtCtx>>)> = None;
+                        while let Some(p) = self.queue.front() {
+                            if matches!(
+                                p,
+                                Pending::Sync
+                                    | Pending::Query { .. }
+                                    | Pending::FunctionCall { .. }
+                            ) {
+                                break;
+                            }
+                            match self.queue.pop_front() {
+                                Some(Pending::Execute { started, stmt }) if failed.is_none() => {
+                                    failed = Some((started, stmt));
+                                }
+                                Some(Pending::Refusal { started, stmt }) => {
+                                    self.done.push(Outcome {
+                                        started,
+                                        rows: None,
+                                        sqlstate: stmt
+                                            .refusal
+                                            .as_ref()
+                                            .map(|r| r.sqlstate.to_string()),
+                                        stmt: Some(stmt),
+                                    })
+                                }
+                                _ => {}
+                            }
+                        }
+                        let (started, stmt) = failed.unwrap_or_else(|| (Instant::now(), None));
+                        self.done.insert(
+                            0,
+                            Outcome {
+                                started,
+                                rows: None,
+                                sqlstate: Some(code),
+                                stmt,
+                            },
+                        );
+                        Action::Forward
                     }
                 }
             }
-            b'V' => match self.queue.front() {
-                Some(Pending::FunctionCall { started }) => Event::Statement(Outcome {
-                    started: *started,
-                    rows: None,
-                    sqlstate: None,
-                }),
-                _ => Event::None,
-            },
-            _ => Event::None,
+            b'V' => {
+                if let Some(Pending::FunctionCall { started }) = self.queue.front() {
+                    self.done.push(Outcome {
+                        started: *started,
+                        rows: None,
+                        sqlstate: None,
+                        stmt: None,
+                    });
+                }
+                Action::Forward
+            }
+            _ => Action::Forward,
         }
     }
 }
@@ -196,9 +314,14 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::messages::{error_response, Severity};
 
     fn t0() -> Instant {
         Instant::now()
+    }
+
+    fn err(code: &str) -> Vec<u8> {
+        error_response(Severity::Error, code, "x", None)[5..].to_vec()
     }
 
     #[test]
@@ -208,26 +331,34 @@ mod tests {
         for p in [
             Pending::Parse,
             Pending::Bind,
-            Pending::Execute { started: s },
+            Pending::Execute {
+                started: s,
+                stmt: None,
+            },
             Pending::Bind,
-            Pending::Execute { started: s },
+            Pending::Execute {
+                started: s,
+                stmt: None,
+            },
             Pending::Sync,
         ] {
             t.push(p);
         }
-        assert_eq!(t.on_backend(b'1', b""), Event::None);
-        assert_eq!(t.on_backend(b'2', b""), Event::None);
-        assert_eq!(t.on_backend(b'D', b""), Event::None);
-        assert!(matches!(
-            t.on_backend(b'C', b"SELECT 1\0"),
-            Event::Statement(Outcome { rows: Some(1), .. })
-        ));
+        assert_eq!(t.on_backend(b'1', b""), Action::Forward);
         t.on_backend(b'2', b"");
-        assert!(matches!(
-            t.on_backend(b'C', b"INSERT 0 3\0"),
-            Event::Statement(Outcome { rows: Some(3), .. })
-        ));
-        assert_eq!(t.on_backend(b'Z', b"I"), Event::Ready(b'I'));
+        t.on_backend(b'D', b"");
+        t.on_backend(b'C', b"SELECT 1\0");
+        assert_eq!(
+            t.done.drain(..).map(|o| o.rows).collect::<Vec<_>>(),
+            vec![Some(1)]
+        );
+        t.on_backend(b'2', b"");
+        t.on_backend(b'C', b"INSERT 0 3\0");
+        assert_eq!(
+            t.done.drain(..).map(|o| o.rows).collect::<Vec<_>>(),
+            vec![Some(3)]
+        );
+        assert_eq!(t.on_backend(b'Z', b"I"), Action::Forward);
         assert!(t.is_idle());
     }
 
@@ -239,23 +370,21 @@ mod tests {
             Pending::Parse,
             Pending::Bind,
             Pending::Describe,
-            Pending::Execute { started: s },
+            Pending::Execute {
+                started: s,
+                stmt: None,
+            },
             Pending::Sync,
             Pending::Parse,
         ] {
             t.push(p);
         }
-        let err = crate::protocol::messages::error_response(
-            crate::protocol::messages::Severity::Error,
-            "42P01",
-            "no",
-            None,
-        );
-        assert!(
-            matches!(t.on_backend(b'E', &err[5..]), Event::Statement(Outcome { sqlstate: Some(ref c), .. }) if c == "42P01")
-        );
+        t.on_backend(b'E', &err("42P01"));
+        let d: Vec<_> = t.done.drain(..).collect();
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].sqlstate.as_deref(), Some("42P01"));
         assert_eq!(t.len(), 2);
-        assert_eq!(t.on_backend(b'Z', b"E"), Event::Ready(b'E'));
+        t.on_backend(b'Z', b"E");
         assert_eq!(t.tx_status, b'E');
         assert_eq!(t.len(), 1);
     }
@@ -263,20 +392,54 @@ mod tests {
     #[test]
     fn multi_statement_query_reports_each_statement() {
         let mut t = Tracker::new();
-        t.push(Pending::Query { started: t0() });
-        assert!(matches!(
-            t.on_backend(b'C', b"CREATE TABLE\0"),
-            Event::Statement(Outcome { rows: None, .. })
-        ));
+        t.push(Pending::Query {
+            started: t0(),
+            stmts: vec![],
+            next: 0,
+        });
+        t.on_backend(b'C', b"CREATE TABLE\0");
         t.on_backend(b'T', b"");
         t.on_backend(b'D', b"");
-        assert!(matches!(
-            t.on_backend(b'C', b"SELECT 1\0"),
-            Event::Statement(Outcome { rows: Some(1), .. })
-        ));
+        t.on_backend(b'C', b"SELECT 1\0");
+        let d: Vec<_> = t.done.drain(..).map(|o| o.rows).collect();
+        assert_eq!(d, vec![None, Some(1)]);
         assert_eq!(t.len(), 1);
         t.on_backend(b'Z', b"I");
         assert!(t.is_idle());
+    }
+
+    #[test]
+    fn injected_refusal_error_forwarded_and_ready_swallowed() {
+        let mut t = Tracker::new();
+        let s = t0();
+        let stmt = Arc::new(StmtCtx::refused("42501", "pgcloak: no".into()));
+        t.push(Pending::Parse);
+        t.push(Pending::Refusal { started: s, stmt });
+        t.push(Pending::Sync);
+        t.on_backend(b'1', b"");
+        assert_eq!(t.on_backend(b'E', &err("42501")), Action::ForwardRefusal);
+        assert_eq!(t.on_backend(b'Z', b"I"), Action::Swallow);
+        assert_eq!(t.on_backend(b'Z', b"I"), Action::Forward);
+        assert_eq!(t.done.len(), 1);
+        assert!(t.is_idle());
+    }
+
+    #[test]
+    fn refusal_ignored_by_a_server_already_skipping_to_sync() {
+        let mut t = Tracker::new();
+        let s = t0();
+        let stmt = Arc::new(StmtCtx::refused("42501", "pgcloak: no".into()));
+        t.push(Pending::Parse);
+        t.push(Pending::Refusal { started: s, stmt });
+        t.push(Pending::Sync);
+        // The Parse fails: the server ignores the injected Query and answers only the Sync.
+        assert_eq!(t.on_backend(b'E', &err("42601")), Action::Forward);
+        assert_eq!(t.on_backend(b'Z', b"I"), Action::Forward);
+        assert!(t.is_idle());
+        let d: Vec<_> = t.done.drain(..).collect();
+        assert_eq!(d.len(), 2);
+        assert_eq!(d[0].sqlstate.as_deref(), Some("42601"));
+        assert_eq!(d[1].sqlstate.as_deref(), Some("42501"));
     }
 
     #[test]

@@ -1,0 +1,351 @@
+//! The per-proxy services every session consults: the policy (swappable on reload), the plan cache,
+//! the keyring, the audit trail, and per-database catalog snapshots and role memberships read over
+//! side connections.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use pgcloak_audit::AuditHandle;
+use pgcloak_keymgr::Keyring;
+use pgcloak_policy::{
+    analyze, lex, names_any, Catalog, Lexed, Plan, PlanCache, PlanKey, Policy, RolePolicy,
+};
+use tokio::sync::Mutex as AsyncMutex;
+use tracing::{info, warn};
+
+use crate::config::Config;
+
+/// How long a role-membership answer is reused. Revoking a membership therefore takes effect within
+/// this time even when the REVOKE does not pass through pgcloak (one that does takes effect at once).
+pub const MEMBERSHIP_TTL: Duration = Duration::from_secs(1);
+/// How long a catalog snapshot is reused when no DDL passed through pgcloak.
+pub const CATALOG_TTL: Duration = Duration::from_secs(30);
+
+/// One user table or view as the catalog reports it.
+#[derive(Debug, Clone)]
+pub struct TableInfo {
+    pub schema: String,
+    pub name: String,
+    /// attnum -> column name.
+    pub columns: HashMap<i16, String>,
+}
+
+/// A database's tables for analysis (`*` expansion) and for mapping RowDescription columns
+/// (table oid + attnum) to policy columns.
+#[derive(Debug)]
+pub struct DbCatalog {
+    pub catalog: Catalog,
+    pub by_oid: HashMap<u32, TableInfo>,
+    loaded: Instant,
+}
+
+impl DbCatalog {
+    /// `schema.table.column` of a RowDescription field, when it comes straight from a table column.
+    pub fn column_name(&self, table_oid: u32, attnum: i16) -> Option<String> {
+        let t = self.by_oid.get(&table_oid)?;
+        let c = t.columns.get(&attnum)?;
+        Some(format!("{}.{}.{}", t.schema, t.name, c))
+    }
+}
+
+struct DbState {
+    client: Option<tokio_postgres::Client>,
+    catalog: Option<Arc<DbCatalog>>,
+    memberships: HashMap<String, (Arc<Vec<String>>, Instant)>,
+}
+
+/// Shared by all sessions of one proxy.
+pub struct Guard {
+    config: Arc<Config>,
+    policy: RwLock<Arc<Policy>>,
+    pub plans: PlanCache,
+    pub keyring: Arc<Keyring>,
+    pub audit: Option<AuditHandle>,
+    dbs: DashMap<String, Arc<AsyncMutex<DbState>>>,
+    catalog_version: std::sync::atomic::AtomicU64,
+}
+
+/// The lexer's view of a SQL string and, when it names a protected table, its plan.
+pub struct Analysis {
+    pub lexed: Lexed,
+    pub plan: Option<Arc<Plan>>,
+}
+
+impl Guard {
+    pub fn new(
+        config: Arc<Config>,
+        policy: Policy,
+        keyring: Arc<Keyring>,
+        audit: Option<AuditHandle>,
+    ) -> Guard {
+        Guard {
+            config,
+            policy: RwLock::new(Arc::new(policy)),
+            plans: PlanCache::new(16 * 1024),
+            keyring,
+            audit,
+            dbs: DashMap::new(),
+            catalog_version: std::sync::atomic::AtomicU64::new(1),
+        }
+    }
+
+    /// The policy in force now (a new one applies from each session's next statement).
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Installs a reloaded policy: plans and memberships are recomputed from the next statement on.
+    pub fn set_policy(&self, policy: Policy) {
+        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
+        self.plans.clear();
+        for db in self.dbs.iter() {
+            if let Ok(mut s) = db.value().try_lock() {
+                s.memberships.clear();
+            }
+        }
+    }
+
+    /// Whether the policy names any table at all (else nothing is ever analysed).
+    pub fn has_protected_tables(&self) -> bool {
+        !self.policy().protected_table_names().is_empty()
+    }
+
+    /// Lexes `sql` and, when it names a protected table (or cannot be lexed into known statements),
+    /// plans it for `role` (cached by normalised text, role, policy and catalog version).
+    pub fn analyze(
+        &self,
+        sql: &str,
+        policy: &Policy,
+        role: &RolePolicy,
+        catalog: Option<&Catalog>,
+    ) -> Analysis {
+        let lexed = lex(sql);
+        if policy.protected_table_names().is_empty()
+            || !names_any(&lexed, policy.protected_table_names())
+        {
+            return Analysis { lexed, plan: None };
+        }
+        let empty = Catalog::new();
+        let catalog = catalog.unwrap_or(&empty);
+        let key = PlanKey::of(&lexed, &role.name, policy, catalog);
+        let plan = self.plans.get_or_insert_with(&key, lexed.fingerprint, || {
+            analyze(sql, &lexed, catalog, policy, role)
+        });
+        Analysis {
+            lexed,
+            plan: Some(plan),
+        }
+    }
+
+    fn db(&self, database: &str) -> Arc<AsyncMutex<DbState>> {
+        self.dbs
+            .entry(database.to_string())
+            .or_insert_with(|| {
+                Arc::new(AsyncMutex::new(DbState {
+                    client: None,
+                    catalog: None,
+                    memberships: HashMap::new(),
+                }))
+            })
+            .clone()
+    }
+
+    async fn client<'a>(
+        &self,
+        state: &'a mut DbState,
+        database: &str,
+    ) -> Result<&'a tokio_postgres::Client, String> {
+        if state.client.as_ref().is_some_and(|c| c.is_closed()) {
+            state.client = None;
+        }
+        if state.client.is_none() {
+            let mut cfg = (*self.config).clone();
+            cfg.catalog.database = database.to_string();
+            state.client = Some(crate::catalog::connect(&cfg).await?);
+            info!(database, "catalog connection opened");
+        }
+        Ok(state.client.as_ref().expect("just set"))
+    }
+
+    /// Every role `user` is a member of (transitively, itself included), cached for [`MEMBERSHIP_TTL`].
+    pub async fn memberships(
+        &self,
+        database: &str,
+        user: &str,
+    ) -> Result<Arc<Vec<String>>, String> {
+        let db = self.db(database);
+        let mut state = db.lock().await;
+        if let Some((m, at)) = state.memberships.get(user) {
+            if at.elapsed() < MEMBERSHIP_TTL {
+                return Ok(m.clone());
+            }
+        }
+        let client = self.client(&mut state, database).await?;
+        let rows = client
+            .query(
+                "SELECT rolname::text FROM pg_roles WHERE pg_has_role($1::text::name, oid, 'MEMBER')",
+                &[&user],
+            )
+            .await;
+        let rows = match rows {
+            Ok(r) => r,
+            Err(e) => {
+                state.client = None;
+                return Err(format!(
+                    "cannot read role membership of {user}: {}",
+                    crate::catalog::describe(&e)
+                ));
+            }
+        };
+        let m = Arc::new(
+            rows.iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<_>>(),
+        );
+        state
+            .memberships
+            .insert(user.to_string(), (m.clone(), Instant::now()));
+        Ok(m)
+    }
+
+    /// Forgets cached memberships (after GRANT/REVOKE through the proxy).
+    pub fn forget_memberships(&self, database: &str) {
+        if let Some(db) = self.dbs.get(database) {
+            if let Ok(mut s) = db.try_lock() {
+                s.memberships.clear();
+            }
+        }
+    }
+
+    /// Marks a database's catalog stale (after DDL through the proxy).
+    pub fn invalidate_catalog(&self, database: &str) {
+        if let Some(db) = self.dbs.get(database) {
+            if let Ok(mut s) = db.try_lock() {
+                s.catalog = None;
+            }
+        }
+    }
+
+    /// The catalog snapshot of `database`, reloaded after [`CATALOG_TTL`] or DDL.
+    pub async fn catalog(&self, database: &str) -> Result<Arc<DbCatalog>, String> {
+        let db = self.db(database);
+        let mut state = db.lock().await;
+        if let Some(c) = &state.catalog {
+            if c.loaded.elapsed() < CATALOG_TTL {
+                return Ok(c.clone());
+            }
+        }
+        let version = self
+            .catalog_version
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let client = self.client(&mut state, database).await?;
+        let rows = client
+            .query(
+                "SELECT c.oid::int8, n.nspname::text, c.relname::text, \
+                        array_agg(a.attnum::int2 ORDER BY a.attnum), array_agg(a.attname::text ORDER BY a.attnum), \
+                        current_setting('search_path') \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+                 WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') \
+                   AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' \
+                 GROUP BY 1, 2, 3",
+                &[],
+            )
+            .await;
+        let rows = match rows {
+            Ok(r) => r,
+            Err(e) => {
+                state.client = None;
+                return Err(format!(
+                    "cannot read the catalog of database {database}: {}",
+                    crate::catalog::describe(&e)
+                ));
+            }
+        };
+        let mut catalog = Catalog::new();
+        catalog.version = version;
+        let mut by_oid = HashMap::new();
+        for r in &rows {
+            let oid = r.get::<_, i64>(0) as u32;
+            let schema: String = r.get(1);
+            let name: String = r.get(2);
+            let nums: Vec<i16> = r.get(3);
+            let cols: Vec<String> = r.get(4);
+            catalog.add_table(&schema, &name, cols.iter().cloned());
+            by_oid.insert(
+                oid,
+                TableInfo {
+                    schema,
+                    name,
+                    columns: nums.into_iter().zip(cols).collect(),
+                },
+            );
+        }
+        let snapshot = Arc::new(DbCatalog {
+            catalog,
+            by_oid,
+            loaded: Instant::now(),
+        });
+        state.catalog = Some(snapshot.clone());
+        Ok(snapshot)
+    }
+}
+
+/// Loads and parses the configured policy; no policy file means an empty policy (nothing protected).
+pub fn load_policy(config: &Config) -> Result<Policy, String> {
+    match &config.policy {
+        None => Policy::parse("", "(no policy)").map_err(|e| e.to_string()),
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| format!("cannot read policy file {}: {e}", p.display()))?;
+            Policy::parse(&text, &p.display().to_string()).map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// Reloads the policy on SIGHUP and when the file changes (polled every second). A policy that does
+/// not parse is reported and the previous one stays in force.
+pub async fn watch_policy(
+    guard: Arc<Guard>,
+    config: Arc<Config>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let Some(path) = config.policy.clone() else {
+        return;
+    };
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            warn!(error = %e, "cannot listen for SIGHUP; policy reload on file change only");
+            None
+        }
+    };
+    let stamp = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut last = stamp(&path);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let forced = tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => false,
+            _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending::<()>().await } } => true,
+        };
+        let now = stamp(&path);
+        if !forced && now == last {
+            continue;
+        }
+        last = now;
+        match load_policy(&config) {
+            Ok(p) => {
+                let version = p.version_hex().to_string();
+                guard.set_policy(p);
+                info!(policy = %path.display(), version = %version, "policy reloaded");
+            }
+            Err(e) => warn!("policy reload failed, keeping the previous policy: {e}"),
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! What the proxy knows about one statement on its way through: normalised text and fingerprint (for
+//! the audit trail), its plan (for rewriting), and whether the proxy refused it.
+
+use std::sync::Arc;
+
+use pgcloak_policy::{Plan, StatementKind, StatementPlan};
+
+/// A refusal the proxy makes the server raise (so transaction state follows PostgreSQL's rules).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub sqlstate: &'static str,
+    /// Starts with `pgcloak: `.
+    pub message: String,
+}
+
+/// One statement of a Query string, or the statement of a prepared statement/portal.
+#[derive(Debug, Clone)]
+pub struct StmtCtx {
+    pub kind: StatementKind,
+    /// Normalised text: literals replaced by `$n`, so no value ever reaches the audit trail.
+    pub text: String,
+    pub fingerprint: u64,
+    /// The plan of the whole string and this statement's index in it (`None`: names no protected table).
+    pub plan: Option<Arc<Plan>>,
+    pub index: usize,
+    pub refusal: Option<Refusal>,
+}
+
+impl StmtCtx {
+    /// A statement known only by its refusal (tests, and refusals before analysis).
+    pub fn refused(sqlstate: &'static str, message: String) -> StmtCtx {
+        StmtCtx {
+            kind: StatementKind::Other,
+            text: String::new(),
+            fingerprint: 0,
+            plan: None,
+            index: 0,
+            refusal: Some(Refusal { sqlstate, message }),
+        }
+    }
+
+    pub fn statement_plan(&self) -> Option<&StatementPlan> {
+        self.plan.as_ref()?.statements.get(self.index)
+    }
+}
+
+/// Builds the one-statement Query that makes the server raise `refusal` itself: the transaction is then
+/// aborted (or the implicit one rolled back) exactly as for any failing statement.
+pub fn raise_sql(refusal: &Refusal) -> String {
+    let quote = |s: &str| s.replace('\'', "''");
+    // The dollar-quote tag cannot occur in the body: quote() leaves `$` alone, so strip the tag's
+    // delimiter from the message rather than trust its content.
+    let message = refusal.message.replace("$pgcloak$", "$ pgcloak $");
+    format!(
+        "DO $pgcloak$BEGIN RAISE EXCEPTION USING ERRCODE = '{}', MESSAGE = '{}'; END$pgcloak$",
+        quote(refusal.sqlstate),
+        quote(&message)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raise_sql_quotes_the_message() {
+        let sql = raise_sql(&Refusal {
+            sqlstate: "42501",
+            message: "pgcloak: it's $pgcloak$ END; DROP".into(),
+        });
+        assert!(
+            sql.contains("'pgcloak: it''s $ pgcloak $ END; DROP'"),
+            "{sql}"
+        );
+        assert_eq!(sql.matches("$pgcloak$").count(), 2);
+    }
+}
