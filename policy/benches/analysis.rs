@@ -2,6 +2,7 @@
 
 use std::hint::black_box;
 
+use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{criterion_group, criterion_main, Criterion};
 use pgcloak_policy::{analyze, lex, Catalog, PlanCache, PlanKey, Policy};
 
@@ -36,12 +37,65 @@ const JOIN_3: &str = "SELECT c.id, c.email, o.id, o.total, i.qty FROM customers 
 
 fn catalog() -> Catalog {
     Catalog::new()
-        .with_table("public", "customers", ["id", "email", "phone", "ssn", "notes", "created_at"])
-        .with_table("public", "orders", ["id", "customer_id", "total", "created_at"])
+        .with_table(
+            "public",
+            "customers",
+            ["id", "email", "phone", "ssn", "notes", "created_at"],
+        )
+        .with_table(
+            "public",
+            "orders",
+            ["id", "customer_id", "total", "created_at"],
+        )
         .with_table("public", "order_items", ["order_id", "product_id", "qty"])
 }
 
+/// On-CPU time of this thread (from /proc/thread-self/schedstat, in ns): the build machine is shared,
+/// so wall time includes waiting for a core; this does not (it can lag by one scheduler tick per read,
+/// which averages out over a sample).
+struct CpuTime;
+
+fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+static WALL: WallTime = WallTime;
+
+impl Measurement for CpuTime {
+    type Intermediate = u64;
+    type Value = u64;
+    fn start(&self) -> u64 {
+        thread_cpu_ns()
+    }
+    fn end(&self, i: u64) -> u64 {
+        thread_cpu_ns().saturating_sub(i)
+    }
+    fn add(&self, a: &u64, b: &u64) -> u64 {
+        a + b
+    }
+    fn zero(&self) -> u64 {
+        0
+    }
+    fn to_f64(&self, v: &u64) -> f64 {
+        *v as f64
+    }
+    fn formatter(&self) -> &dyn ValueFormatter {
+        WALL.formatter()
+    }
+}
+
 fn benches(c: &mut Criterion) {
+    run(c, "");
+}
+
+fn benches_cpu(c: &mut Criterion<CpuTime>) {
+    run(c, "cpu/");
+}
+
+fn run<M: Measurement + 'static>(c: &mut Criterion<M>, prefix: &str) {
     let policy = Policy::parse(POLICY, "policy.toml").expect("policy");
     let cat = catalog();
     let role = policy.role_named("app").expect("role");
@@ -57,24 +111,36 @@ fn benches(c: &mut Criterion) {
         cache.get_or_insert_with(&k, l.fingerprint, || analyze(&sql, &l, &cat, &policy, role));
     }
     let key = PlanKey::of(&lexed, &role.name, &policy, &cat);
-    cache.get_or_insert_with(&key, lexed.fingerprint, || analyze(STMT_200, &lexed, &cat, &policy, role));
+    cache.get_or_insert_with(&key, lexed.fingerprint, || {
+        analyze(STMT_200, &lexed, &cat, &policy, role)
+    });
     assert!(cache.get(&key, lexed.fingerprint).is_some());
 
-    c.bench_function("cached_plan_lookup", |b| {
+    c.bench_function(&format!("{prefix}cached_plan_lookup"), |b| {
         b.iter(|| {
             let k = PlanKey::of(black_box(&lexed), &role.name, &policy, &cat);
             black_box(cache.get(&k, lexed.fingerprint))
         })
     });
 
-    c.bench_function("lex_normalise_200_bytes", |b| b.iter(|| black_box(lex(black_box(STMT_200)))));
+    c.bench_function(&format!("{prefix}lex_normalise_200_bytes"), |b| {
+        b.iter(|| black_box(lex(black_box(STMT_200))))
+    });
 
     let jl = lex(JOIN_3);
-    c.bench_function("analyze_3_table_join", |b| {
+    c.bench_function(&format!("{prefix}analyze_3_table_join"), |b| {
         b.iter(|| black_box(analyze(black_box(JOIN_3), &jl, &cat, &policy, role)))
     });
 
-    c.bench_function("lex_and_analyze_200_bytes", |b| {
+    // Baseline: the sqlparser parse alone (the floor of full analysis).
+    c.bench_function(&format!("{prefix}sqlparser_parse_3_table_join"), |b| {
+        b.iter(|| {
+            let d = sqlparser::dialect::PostgreSqlDialect {};
+            black_box(sqlparser::parser::Parser::parse_sql(&d, black_box(JOIN_3)).ok())
+        })
+    });
+
+    c.bench_function(&format!("{prefix}lex_and_analyze_200_bytes"), |b| {
         b.iter(|| {
             let l = lex(black_box(STMT_200));
             black_box(analyze(STMT_200, &l, &cat, &policy, role))
@@ -83,4 +149,9 @@ fn benches(c: &mut Criterion) {
 }
 
 criterion_group!(analysis, benches);
-criterion_main!(analysis);
+criterion_group! {
+    name = analysis_cpu;
+    config = Criterion::default().with_measurement(CpuTime);
+    targets = benches_cpu
+}
+criterion_main!(analysis, analysis_cpu);

@@ -39,10 +39,10 @@ impl Catalog {
         table: &str,
         columns: impl IntoIterator<Item = S>,
     ) {
-        self.tables
-            .entry(schema.to_string())
-            .or_default()
-            .insert(table.to_string(), columns.into_iter().map(Into::into).collect());
+        self.tables.entry(schema.to_string()).or_default().insert(
+            table.to_string(),
+            columns.into_iter().map(Into::into).collect(),
+        );
     }
 
     /// Builder form of [`Catalog::add_table`].

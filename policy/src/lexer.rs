@@ -96,13 +96,19 @@ impl Idents {
     /// Identifier `i` ("" when out of range).
     pub fn get(&self, i: usize) -> &str {
         let end = self.ends.get(i).copied().unwrap_or(0);
-        let start = if i == 0 { 0 } else { self.ends.get(i - 1).copied().unwrap_or(end) };
+        let start = if i == 0 {
+            0
+        } else {
+            self.ends.get(i - 1).copied().unwrap_or(end)
+        };
         self.buf.get(start..end).unwrap_or("")
     }
 
     /// Identifiers `range` (indices), e.g. one statement's [`StatementSpan::identifiers`].
     pub fn slice(&self, range: Range<usize>) -> impl Iterator<Item = &str> + '_ {
-        range.filter(|i| *i < self.ends.len()).map(move |i| self.get(i))
+        range
+            .filter(|i| *i < self.ends.len())
+            .map(move |i| self.get(i))
     }
 
     pub fn contains(&self, s: &str) -> bool {
@@ -125,7 +131,8 @@ impl Idents {
 
     fn push_lower(&mut self, s: &str) -> usize {
         if s.is_ascii() {
-            self.buf.extend(s.bytes().map(|b| char::from(b.to_ascii_lowercase())));
+            self.buf
+                .extend(s.bytes().map(|b| char::from(b.to_ascii_lowercase())));
         } else {
             self.buf.push_str(&s.to_lowercase());
         }
@@ -232,7 +239,12 @@ fn kw(lower: &str) -> &'static str {
 }
 
 impl StmtState {
-    fn new(start: usize, first_token: usize, first_literal: usize, first_ident: usize) -> StmtState {
+    fn new(
+        start: usize,
+        first_token: usize,
+        first_literal: usize,
+        first_ident: usize,
+    ) -> StmtState {
         StmtState {
             start,
             first_token,
@@ -264,14 +276,21 @@ impl StmtState {
         if self.depth == 0
             && self.top_verb.is_none()
             && self.nwords > 1
-            && matches!(k, "select" | "insert" | "update" | "delete" | "values" | "table" | "merge")
+            && matches!(
+                k,
+                "select" | "insert" | "update" | "delete" | "values" | "table" | "merge"
+            )
         {
             self.top_verb = Some(k);
         }
     }
 
     fn kind(&self) -> (StatementKind, bool) {
-        let w0 = if self.nwords > 0 { self.words.first().copied().unwrap_or("") } else { "" };
+        let w0 = if self.nwords > 0 {
+            self.words.first().copied().unwrap_or("")
+        } else {
+            ""
+        };
         let verb_kind = |v: &str| match v {
             "select" | "values" | "table" | "show" | "declare" | "fetch" | "move" => {
                 StatementKind::Select
@@ -484,10 +503,8 @@ pub fn lex(sql: &str) -> Lexed {
                 space = false;
                 let last = tokens.len();
                 let idents = out.identifiers.len();
-                let finished = std::mem::replace(
-                    &mut st,
-                    StmtState::new(i + 1, last, literals.len(), idents),
-                );
+                let finished =
+                    std::mem::replace(&mut st, StmtState::new(i + 1, last, literals.len(), idents));
                 stmts.push((finished, i, last - 1, literals.len(), idents));
                 i += 1;
             }

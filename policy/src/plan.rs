@@ -157,12 +157,21 @@ pub enum CopyFormat {
     Binary,
 }
 
+/// The key a COPY field is encrypted with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnKey {
+    /// `schema.table.column`.
+    pub column: String,
+    pub mode: EncryptMode,
+    pub logical_type: LogicalType,
+}
+
 /// One column of COPY data, in data order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CopyColumn {
     pub name: String,
-    /// For `COPY FROM`: encrypt this field with the column's key.
-    pub encrypt: Option<Encrypt>,
+    /// For `COPY FROM`: encrypt this field (text form of the logical type) with the column's key.
+    pub encrypt: Option<ColumnKey>,
 }
 
 /// What the proxy needs to rewrite COPY data.

@@ -10,8 +10,8 @@ use super::expr::Val;
 use super::scope::{fold, name_parts, Rel, Scope, TableRes};
 use super::{Analyzer, ColId, Fail, Lin, OutCol, SessionEffect, Use, R};
 use crate::plan::{
-    CopyColumn, CopyDirection, CopyEndpoint, CopyFormat, CopyInfo, CursorUse, Encrypt, ExecuteArg,
-    ExecuteInfo, OutputAction, StatementPlan,
+    ColumnKey, CopyColumn, CopyDirection, CopyEndpoint, CopyFormat, CopyInfo, CursorUse,
+    ExecuteArg, ExecuteInfo, OutputAction, StatementPlan,
 };
 
 impl Analyzer<'_> {
@@ -716,12 +716,10 @@ impl Analyzer<'_> {
                                         cp.qualified_name()
                                     )));
                                 }
-                                enc = Some(Encrypt {
-                                    target: crate::plan::ValueRef::Param(0),
+                                enc = Some(ColumnKey {
                                     column: cp.qualified_name(),
                                     mode: cp.encrypt,
                                     logical_type: cp.logical_type,
-                                    array: false,
                                 });
                             }
                         }
