@@ -534,3 +534,190 @@ fn session_statements() {
         ("app", "CREATE FUNCTION g() RETURNS int AS $$ SELECT 1 $$ LANGUAGE sql", "allow"),
     ]);
 }
+
+/// Every literal form, after multi-byte text, tabs and newlines, maps to the lexer's literal index.
+#[test]
+fn literal_positions_map_for_every_form() {
+    run_table(&[
+        (
+            "app",
+            "INSERT INTO customers (email) VALUES ('plain')",
+            "allow enc=#0:email",
+        ),
+        (
+            "app",
+            "INSERT INTO customers (email) VALUES (E'esc\\'aped')",
+            "allow enc=#0:email",
+        ),
+        (
+            "app",
+            "INSERT INTO customers (email) VALUES (e'lower')",
+            "allow enc=#0:email",
+        ),
+        (
+            "app",
+            "INSERT INTO customers (email) VALUES ($$dollar ' \" $$)",
+            "allow enc=#0:email",
+        ),
+        (
+            "app",
+            "INSERT INTO customers (email) VALUES ($tag$tagged$tag$)",
+            "allow enc=#0:email",
+        ),
+        (
+            "app",
+            "INSERT INTO customers (email) VALUES (U&'\\0061')",
+            "allow enc=#0:email",
+        ),
+        (
+            "app",
+            "INSERT INTO customers (email) VALUES (N'national')",
+            "allow enc=#0:email",
+        ),
+        (
+            "app",
+            "INSERT INTO customers (salary) VALUES (1.5e3)",
+            "allow enc=#0:salary",
+        ),
+        (
+            "app",
+            "INSERT INTO customers (salary) VALUES (.5)",
+            "allow enc=#0:salary",
+        ),
+        (
+            "app",
+            "INSERT INTO customers (salary) VALUES (42)",
+            "allow enc=#0:salary",
+        ),
+        (
+            "app",
+            "INSERT INTO customers (notes, email) VALUES ('ünïcödé 日本語', 'x@y')",
+            "allow enc=#1:email",
+        ),
+        (
+            "app",
+            "INSERT INTO customers\n\t(notes,\n email)\r\n VALUES ('a\nb',\n\t'x@y')",
+            "allow enc=#1:email",
+        ),
+        (
+            "app",
+            "/* 'not a literal' */ INSERT INTO customers (email) -- 'nor this'\n VALUES ('x@y')",
+            "allow enc=#0:email",
+        ),
+        (
+            "app",
+            "SELECT 1; SELECT 'é'; INSERT INTO customers (email) VALUES ('x@y')",
+            "allow | allow | allow enc=#2:email",
+        ),
+        (
+            "app",
+            "UPDATE customers SET email = 'x@y' WHERE notes = 'ñ' AND phone = '555'",
+            "allow enc=#0:email,#2:phone",
+        ),
+        (
+            "app",
+            "SELECT id FROM customers WHERE email = DATE '2020-01-01'",
+            "allow enc=#0:email",
+        ),
+    ]);
+}
+
+/// The proxy keeps PREPARE/DECLARE plans per session and applies them to EXECUTE/FETCH.
+#[test]
+fn execute_and_fetch_use_the_stored_plans() {
+    use pgcloak_policy::{CursorUse, OutputAction, ValueRef};
+    let prep = common::plan_for(
+        "app",
+        "PREPARE ins (text, text) AS INSERT INTO customers (email, notes) VALUES ($1, $2)",
+    );
+    let prepared = &prep.statements[0];
+    assert_eq!(prepared.prepare.as_deref(), Some("ins"));
+    let exec = common::plan_for("app", "EXECUTE ins('a@b.c', 'note')");
+    let bound = exec.statements[0].bind_execute(Some(prepared));
+    assert!(bound.decision.is_allow());
+    assert_eq!(bound.encryptions.len(), 1);
+    assert_eq!(bound.encryptions[0].target, ValueRef::Literal(0));
+    assert_eq!(bound.encryptions[0].column, "public.customers.email");
+
+    let exec = common::plan_for("app", "EXECUTE ins($3, 'note')");
+    let bound = exec.statements[0].bind_execute(Some(prepared));
+    assert_eq!(bound.encryptions[0].target, ValueRef::Param(3));
+
+    let exec = common::plan_for("app", "EXECUTE ins(lower('A@B.C'), 'note')");
+    let bound = exec.statements[0].bind_execute(Some(prepared));
+    assert!(bound
+        .deny_message()
+        .is_some_and(|m| m.contains("must be a literal or a parameter")));
+
+    let decl = common::plan_for(
+        "support",
+        "DECLARE cur CURSOR FOR SELECT id, phone FROM customers",
+    );
+    assert_eq!(
+        decl.statements[0].cursor,
+        Some(CursorUse::Declare("cur".into()))
+    );
+    let fetch = common::plan_for("support", "FETCH 10 FROM cur");
+    assert_eq!(
+        fetch.statements[0].cursor,
+        Some(CursorUse::Fetch("cur".into()))
+    );
+    let f = fetch.statements[0].for_fetch(Some(&decl.statements[0]));
+    assert!(matches!(f.outputs[1].action, OutputAction::Mask { .. }));
+    assert_eq!(f.max_rows, Some(50));
+    assert!(!f.is_trivial());
+}
+
+#[test]
+fn trivial_plans_and_copy_info() {
+    use pgcloak_policy::{CopyDirection, CopyFormat, SessionEffect};
+    assert!(common::plan_for("app", "SELECT id, total FROM orders WHERE id = 5").is_trivial());
+    assert!(common::plan_for("app", "SELECT id, notes FROM customers").is_trivial());
+    assert!(!common::plan_for("app", "SELECT id, email FROM customers").is_trivial());
+    assert!(!common::plan_for("app", "SELECT id FROM customers WHERE email = $1").is_trivial());
+
+    let p = common::plan_for("app", "COPY customers (id, email, notes) FROM STDIN WITH (FORMAT csv, DELIMITER ';', HEADER true)");
+    let c = p.statements[0].copy.as_ref().expect("copy info");
+    assert_eq!(c.direction, CopyDirection::From);
+    assert_eq!(c.format, CopyFormat::Csv);
+    assert_eq!(c.delimiter, Some(';'));
+    assert!(c.header);
+    let enc: Vec<bool> = c.columns.iter().map(|x| x.encrypt.is_some()).collect();
+    assert_eq!(enc, vec![false, true, false]);
+    assert_eq!(c.table.as_deref(), Some("public.customers"));
+
+    let p = common::plan_for("app", "COPY customers FROM STDIN");
+    let c = p.statements[0].copy.as_ref().expect("copy info");
+    assert_eq!(c.columns.len(), 7, "implicit column list from the catalog");
+    assert_eq!(c.format, CopyFormat::Text);
+
+    let p = common::plan_for("app", "SET ROLE admin; SET search_path = x, public");
+    assert_eq!(
+        p.statements[0].effects,
+        vec![SessionEffect::RoleChangeIgnored]
+    );
+    assert_eq!(
+        p.statements[1].effects,
+        vec![SessionEffect::SearchPathChanged]
+    );
+
+    let p = common::plan_for(
+        "support",
+        "SELECT id, email, ssn FROM customers WHERE phone = $1",
+    );
+    let sp = &p.statements[0];
+    let cols: Vec<(String, &str)> = sp
+        .columns
+        .iter()
+        .map(|c| (c.name.clone(), c.access.as_str()))
+        .collect();
+    assert_eq!(
+        cols,
+        vec![
+            ("public.customers.email".to_string(), "masked"),
+            ("public.customers.phone".to_string(), "filter"),
+            ("public.customers.ssn".to_string(), "masked"),
+        ]
+    );
+    assert_eq!(sp.tables, vec!["public.customers".to_string()]);
+}
