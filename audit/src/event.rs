@@ -198,20 +198,39 @@ pub struct Checkpoint {
 /// Formats a time the way records store it: UTC, RFC 3339, exactly six fractional digits, `Z`.
 pub fn format_ts(t: OffsetDateTime) -> String {
     let t = t.to_offset(time::UtcOffset::UTC);
-    let mut s = String::with_capacity(27);
-    use std::fmt::Write;
-    let _ = write!(
-        s,
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.microsecond()
-    );
-    s
+    fn digits(out: &mut [u8], mut v: u32) {
+        for b in out.iter_mut().rev() {
+            *b = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    }
+    let year = t.year();
+    if !(0..=9999).contains(&year) {
+        // Outside RFC 3339's four-digit years; never produced by a real clock.
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = write!(
+            s,
+            "{year:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+            t.microsecond()
+        );
+        return s;
+    }
+    let mut b = *b"0000-00-00T00:00:00.000000Z";
+    digits(&mut b[0..4], year as u32);
+    digits(&mut b[5..7], u8::from(t.month()) as u32);
+    digits(&mut b[8..10], t.day() as u32);
+    digits(&mut b[11..13], t.hour() as u32);
+    digits(&mut b[14..16], t.minute() as u32);
+    digits(&mut b[17..19], t.second() as u32);
+    digits(&mut b[20..26], t.microsecond());
+    // Only ASCII was written.
+    String::from_utf8_lossy(&b).into_owned()
 }
 
 /// Parses a time given by a user or read from a record: RFC 3339, or a bare date `YYYY-MM-DD`
@@ -235,6 +254,8 @@ mod tests {
     fn ts_has_fixed_microsecond_utc_form() {
         let t = time::macros::datetime!(2026-01-02 03:04:05.000007 +02:00);
         assert_eq!(format_ts(t), "2026-01-02T01:04:05.000007Z");
+        let t2 = time::macros::datetime!(1999-12-31 23:59:59.999999 UTC);
+        assert_eq!(format_ts(t2), "1999-12-31T23:59:59.999999Z");
         assert_eq!(parse_time("2026-01-02T01:04:05.000007Z").unwrap(), t);
         assert_eq!(
             parse_time("2026-01-02").unwrap(),
