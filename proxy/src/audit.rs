@@ -60,6 +60,7 @@ pub fn writer_config(cfg: &Config) -> Option<WriterConfig> {
         queue_capacity: a.queue_capacity,
         checkpoint_every: a.checkpoint_every,
         max_file_bytes: a.max_file_bytes,
+        sink_backlog: a.backlog,
         ..WriterConfig::default()
     })
 }

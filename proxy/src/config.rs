@@ -88,6 +88,8 @@ struct RawAudit {
     max_file_bytes: Option<u64>,
     /// Extension: capacity of the in-memory event queue.
     queue_capacity: Option<usize>,
+    /// Extension: events a failing sink may hold in memory while it retries.
+    backlog: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -193,6 +195,7 @@ pub struct AuditConfig {
     pub checkpoint_every: u64,
     pub max_file_bytes: Option<u64>,
     pub queue_capacity: usize,
+    pub backlog: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -529,6 +532,7 @@ fn resolve(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, ConfigErr
             checkpoint_every: None,
             max_file_bytes: None,
             queue_capacity: None,
+            backlog: None,
         });
         let on_failure = match a.on_failure.as_deref().unwrap_or("block") {
             "block" => OnFailure::Block,
@@ -572,6 +576,7 @@ fn resolve(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, ConfigErr
             checkpoint_every,
             max_file_bytes: a.max_file_bytes.filter(|&b| b > 0),
             queue_capacity: a.queue_capacity.unwrap_or(65536).max(16),
+            backlog: a.backlog.unwrap_or(100_000).max(1),
         }
     };
 

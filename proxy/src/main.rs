@@ -34,6 +34,66 @@ enum Command {
     /// Manage the master key and column keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Verify and query the audit trail.
+    #[command(subcommand)]
+    Audit(Box<AuditCommand>),
+}
+
+#[derive(clap::Args)]
+struct AuditSource {
+    /// An audit JSON-lines file (default: [audit] file of the config); rotated siblings are included.
+    #[arg(long, value_name = "F", conflicts_with = "postgres")]
+    file: Option<PathBuf>,
+    /// Read table pgcloak_audit.statements in the [catalog] database instead of a file.
+    #[arg(long)]
+    postgres: bool,
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain and its signed checkpoints: exit 0 intact, 1 with the first bad record.
+    Verify {
+        #[command(flatten)]
+        source: AuditSource,
+        /// The audit public key (base64 or hex, from `pgcloak keys audit-key`); default: derived
+        /// from the master key through the config.
+        #[arg(long, value_name = "K")]
+        public_key: Option<String>,
+        /// Fail unless a signed checkpoint at or after this seq is present (detects truncation).
+        #[arg(long, value_name = "SEQ")]
+        expect_checkpoint: Option<u64>,
+    },
+    /// Print audit records matching every filter given.
+    Query {
+        #[command(flatten)]
+        source: AuditSource,
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        role: Option<String>,
+        /// schema.table or table
+        #[arg(long)]
+        table: Option<String>,
+        /// schema.table.column, table.column or column
+        #[arg(long)]
+        column: Option<String>,
+        #[arg(long, value_parser = ["allow", "deny"])]
+        decision: Option<String>,
+        /// connect, disconnect, auth_failed, select, insert, update, delete, copy, ddl, other
+        #[arg(long)]
+        kind: Option<String>,
+        /// RFC 3339 time or date (inclusive)
+        #[arg(long)]
+        since: Option<String>,
+        /// RFC 3339 time or date (exclusive)
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long, value_parser = ["table", "json", "csv"], default_value = "table")]
+        format: String,
+        /// Count reads per user and classified column instead of listing records (breach scope).
+        #[arg(long)]
+        summary: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -71,6 +131,7 @@ fn main() -> ExitCode {
         Command::Serve => serve(&config_path),
         Command::Check => check(&config_path),
         Command::Keys(k) => keys(&config_path, k),
+        Command::Audit(a) => audit(&config_path, *a),
     };
     match result {
         Ok(code) => code,
@@ -311,4 +372,170 @@ fn keys(path: &std::path::Path, cmd: KeysCommand) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn pg_sink(config: &Config) -> pgcloak_audit::PgSinkConfig {
+    pgcloak_audit::PgSinkConfig {
+        host: config.upstream_host.clone(),
+        port: config.upstream_port,
+        user: config.catalog.user.clone(),
+        password: config.catalog.password.clone(),
+        dbname: config.catalog.database.clone(),
+    }
+}
+
+fn audit_file(config: &Config, file: Option<PathBuf>) -> Result<PathBuf> {
+    file.or_else(|| config.audit.file.clone()).ok_or_else(|| {
+        anyhow::anyhow!(
+            "no audit file: [audit] file is \"\" in {}; pass --file F or --postgres",
+            config.source.display()
+        )
+    })
+}
+
+fn audit(path: &std::path::Path, cmd: AuditCommand) -> Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    match cmd {
+        AuditCommand::Verify {
+            source,
+            public_key,
+            expect_checkpoint,
+        } => {
+            // Only the public key is needed; the config is read only for what was not given.
+            let config = if public_key.is_none() || source.file.is_none() || source.postgres {
+                Some(load(path)?)
+            } else {
+                None
+            };
+            let pk: [u8; 32] = match &public_key {
+                Some(k) => pgcloak_audit::parse_public_key(k)?,
+                None => {
+                    let cfg = config.as_ref().expect("loaded above");
+                    pgcloak::keys::load_master_key(cfg)?
+                        .audit_signing_key()?
+                        .public_key_bytes()
+                }
+            };
+            let opts = pgcloak_audit::verify::VerifyOptions {
+                expect_checkpoint,
+                ..Default::default()
+            };
+            let report = |r: &pgcloak_audit::verify::VerifyReport| {
+                println!("{}", r.summary());
+                for w in r.warnings() {
+                    println!("note: {w}");
+                }
+            };
+            if source.postgres {
+                let cfg = config.as_ref().expect("loaded above");
+                let results = rt.block_on(pgcloak_audit::verify::verify_postgres(
+                    &pg_sink(cfg),
+                    &pk,
+                    &opts,
+                ))?;
+                let mut ok = true;
+                if results.is_empty() {
+                    println!("no audit records in pgcloak_audit.statements");
+                }
+                for r in results {
+                    match r.result {
+                        Ok(rep) => {
+                            print!("instance {}: ", r.instance);
+                            report(&rep);
+                        }
+                        Err(e) => {
+                            eprintln!("instance {}: {e}", r.instance);
+                            ok = false;
+                        }
+                    }
+                }
+                Ok(if ok {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                })
+            } else {
+                let file = match source.file {
+                    Some(f) => f,
+                    None => audit_file(config.as_ref().expect("loaded above"), None)?,
+                };
+                match pgcloak_audit::verify::verify_path(&file, &pk, &opts) {
+                    Ok(r) => {
+                        report(&r);
+                        Ok(ExitCode::SUCCESS)
+                    }
+                    Err(e) => {
+                        eprintln!("{e}");
+                        Ok(ExitCode::FAILURE)
+                    }
+                }
+            }
+        }
+        AuditCommand::Query {
+            source,
+            user,
+            role,
+            table,
+            column,
+            decision,
+            kind,
+            since,
+            until,
+            format,
+            summary,
+        } => {
+            let time = |s: &Option<String>, what: &str| -> Result<Option<time::OffsetDateTime>> {
+                match s {
+                    None => Ok(None),
+                    Some(t) => pgcloak_audit::parse_time(t).map(Some).ok_or_else(|| {
+                        anyhow::anyhow!("--{what} {t:?} is not a time; write 2026-01-31 or 2026-01-31T12:00:00Z")
+                    }),
+                }
+            };
+            let filter = pgcloak_audit::query::Filter {
+                user,
+                role,
+                table,
+                column,
+                decision: decision.as_deref().and_then(pgcloak_audit::Decision::parse),
+                kind: match kind.as_deref() {
+                    None => None,
+                    Some(k) => Some(
+                        pgcloak_audit::Kind::parse(k)
+                            .ok_or_else(|| anyhow::anyhow!("--kind {k:?} is not an event kind"))?,
+                    ),
+                },
+                since: time(&since, "since")?,
+                until: time(&until, "until")?,
+            };
+            let format: pgcloak_audit::query::Format = format.parse()?;
+            let events = if source.postgres {
+                let cfg = load(path)?;
+                rt.block_on(pgcloak_audit::query::query_postgres(
+                    &pg_sink(&cfg),
+                    &filter,
+                ))?
+            } else {
+                let file = match source.file {
+                    Some(f) => f,
+                    None => audit_file(&load(path)?, None)?,
+                };
+                pgcloak_audit::query::query_path(&file, &filter)?
+            };
+            let mut out = std::io::stdout().lock();
+            if summary {
+                pgcloak_audit::query::write_summary(
+                    &mut out,
+                    &pgcloak_audit::query::summarize(&events),
+                    format,
+                )?;
+            } else {
+                pgcloak_audit::query::write_events(&mut out, &events, format)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }

@@ -19,10 +19,8 @@ pub const USERS: &[(&str, &str, &str)] = &[
 
 pub struct Cluster {
     pub port: u16,
+    /// target/e2e/pg-<pid>: data directory, log, TLS material.
     pub dir: PathBuf,
-    pub bin: PathBuf,
-    /// PEM of the CA that signed the server certificate (for verify-full tests).
-    pub ca_pem: String,
     pub ca_file: PathBuf,
     /// A client-facing cert/key for pgcloak, signed by the same CA, valid for localhost/127.0.0.1.
     pub proxy_cert: PathBuf,
@@ -247,8 +245,6 @@ fn start_cluster() -> Cluster {
     let c = Cluster {
         port,
         dir: dir.clone(),
-        bin,
-        ca_pem: pki.ca_pem,
         ca_file: tls_dir.join("ca.crt"),
         proxy_cert: tls_dir.join("proxy.crt"),
         proxy_key: tls_dir.join("proxy.key"),
@@ -264,6 +260,13 @@ fn start_cluster() -> Cluster {
             "SET password_encryption = '{enc}'; CREATE ROLE {user} LOGIN CREATEDB PASSWORD '{pw}';\n"
         ));
     }
+    // Policy roles and their login users (the policy follows PostgreSQL role membership).
+    sql.push_str(
+        "CREATE ROLE app; CREATE ROLE support;\n\
+         CREATE ROLE app_user LOGIN PASSWORD 'app-pw' IN ROLE app;\n\
+         CREATE ROLE support_user LOGIN PASSWORD 'support-pw' IN ROLE support;\n\
+         CREATE ROLE plain_user LOGIN PASSWORD 'plain-pw';\n",
+    );
     c.psql_direct("postgres", &sql);
     c
 }
@@ -283,8 +286,14 @@ impl Cluster {
             .expect("psql not found: install the postgresql client");
         assert!(
             out.status.success(),
-            "psql direct failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+            "psql direct failed: {}\nserver log tail: {}",
+            String::from_utf8_lossy(&out.stderr),
+            self.server_log()
+                .lines()
+                .rev()
+                .take(10)
+                .collect::<Vec<_>>()
+                .join("\n")
         );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
@@ -300,8 +309,9 @@ impl Cluster {
         db
     }
 
-    pub fn data_dir(&self) -> PathBuf {
-        self.dir.join("data")
+    /// The server log of the throwaway cluster (for failure messages).
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
     }
 }
 
@@ -311,6 +321,7 @@ pub struct Proxy {
     pub dir: tempfile::TempDir,
     child: Option<Child>,
     pub log: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 /// Extra TOML appended to the generated config.
@@ -319,6 +330,8 @@ pub struct ProxyOptions {
     pub extra: String,
     pub upstream_port: Option<u16>,
     pub env: Vec<(String, String)>,
+    /// Policy file content (written next to the config and referenced from it).
+    pub policy: Option<String>,
 }
 
 pub fn pgcloak_bin() -> PathBuf {
@@ -350,8 +363,15 @@ impl Proxy {
         } else {
             format!("\n[catalog]\nuser = \"{SUPERUSER}\"\npassword = \"{SUPERPASS}\"\ndatabase = \"postgres\"\n")
         };
+        let policy = match &opts.policy {
+            Some(p) => {
+                std::fs::write(dir.path().join("policy.toml"), p).unwrap();
+                "policy = \"policy.toml\"\n"
+            }
+            None => "",
+        };
         let cfg = format!(
-            "listen = \"127.0.0.1:{port}\"\nupstream = \"127.0.0.1:{upstream}\"\n{}\n{catalog}",
+            "listen = \"127.0.0.1:{port}\"\nupstream = \"127.0.0.1:{upstream}\"\n{policy}{}\n{catalog}",
             opts.extra
         );
         let cfg_path = dir.path().join("pgcloak.toml");
@@ -366,25 +386,64 @@ impl Proxy {
             "keys init failed: {}",
             String::from_utf8_lossy(&init.stderr)
         );
-        let mut cmd = Command::new(pgcloak_bin());
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&cfg_path)
-            .env("RUST_LOG", "debug")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
-        for (k, v) in &opts.env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().expect("cannot start pgcloak");
         let mut p = Proxy {
             port,
             dir,
-            child: Some(child),
+            child: None,
             log,
+            env: opts.env.clone(),
         };
-        p.wait_listening();
+        p.spawn();
         p
+    }
+
+    /// The config file of this proxy.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("pgcloak.toml")
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(pgcloak_bin());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(self.config_path())
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().expect("cannot start pgcloak"));
+        self.wait_listening();
+    }
+
+    /// Stops the proxy gracefully (SIGTERM) and starts it again on the same port, config and files.
+    pub fn restart(&mut self) {
+        self.signal("TERM");
+        assert!(
+            self.wait_exit(Duration::from_secs(15)).is_some(),
+            "pgcloak did not stop"
+        );
+        self.child = None;
+        self.spawn();
+    }
+
+    /// Runs a pgcloak command against this proxy's config.
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let cfg = self.config_path();
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--config", cfg.to_str().unwrap()]);
+        let out = pgcloak(&all, &self.env);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
     }
 
     fn wait_listening(&mut self) {

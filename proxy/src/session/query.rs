@@ -95,6 +95,39 @@ fn audit_refusal(shared: &Shared) -> Option<Refusal> {
     })
 }
 
+/// Fail closed: a plan that needs a rewrite this build of the data path does not perform is refused
+/// rather than forwarded with values in the clear.
+fn unsupported_rewrite(sp: &pgcloak_policy::StatementPlan) -> Option<Refusal> {
+    use pgcloak_policy::OutputAction;
+    let column = sp
+        .encryptions
+        .first()
+        .map(|e| e.column.clone())
+        .or_else(|| {
+            sp.outputs.iter().find_map(|o| match &o.action {
+                OutputAction::PassThrough => None,
+                OutputAction::Decrypt { column, .. } | OutputAction::Mask { column, .. } => {
+                    Some(column.clone())
+                }
+                OutputAction::Null => Some(o.name.clone()),
+            })
+        })
+        .or_else(|| {
+            sp.copy.as_ref().and_then(|c| {
+                c.columns
+                    .iter()
+                    .find_map(|col| col.encrypt.as_ref().map(|e| e.column.clone()))
+            })
+        })
+        .or_else(|| sp.max_rows.map(|_| "max_rows".to_string()))?;
+    Some(Refusal {
+        sqlstate: "0A000",
+        message: format!(
+            "pgcloak: statement needs values of {column} encrypted, decrypted, masked or limited on the data path, which this pgcloak build does not do yet; refused rather than passed in the clear"
+        ),
+    })
+}
+
 impl Frontend<'_> {
     /// Lexes and (when it names a protected table) plans `sql` for this session's policy role.
     async fn analyze(&self, sql: &str) -> Result<(Lexed, Option<Arc<Plan>>), Refusal> {
@@ -141,7 +174,7 @@ impl Frontend<'_> {
                                 sqlstate,
                                 message: message.clone(),
                             }),
-                            pgcloak_policy::Decision::Allow => None,
+                            pgcloak_policy::Decision::Allow => unsupported_rewrite(sp),
                         });
                 Arc::new(StmtCtx {
                     kind: s.kind,
