@@ -42,10 +42,10 @@ pub fn writer_config(cfg: &Config) -> Option<WriterConfig> {
         password: cfg.catalog.password.clone(),
         dbname: cfg.catalog.database.clone(),
     });
-    let nats = a
-        .nats
-        .as_ref()
-        .map(|url| NatsConfig::new(url.clone(), a.nats_subject.clone()));
+    let nats = a.nats.as_ref().map(|url| NatsConfig {
+        stream: a.nats_stream.clone(),
+        ..NatsConfig::new(url.clone(), a.nats_subject.clone())
+    });
     if a.file.is_none() && postgres.is_none() && nats.is_none() {
         return None;
     }

@@ -82,6 +82,9 @@ struct RawAudit {
     on_failure: Option<String>,
     nats: Option<String>,
     nats_subject: Option<String>,
+    /// Extension: the JetStream stream holding `nats_subject` (default: the subject upper-cased,
+    /// `.` as `_`, e.g. PGCLOAK_AUDIT).
+    nats_stream: Option<String>,
     /// Extension: signed checkpoint every this many events.
     checkpoint_every: Option<u64>,
     /// Extension: rotate the audit file when it grows past this many bytes (0 = never).
@@ -192,6 +195,7 @@ pub struct AuditConfig {
     pub on_failure: OnFailure,
     pub nats: Option<String>,
     pub nats_subject: String,
+    pub nats_stream: String,
     pub checkpoint_every: u64,
     pub max_file_bytes: Option<u64>,
     pub queue_capacity: usize,
@@ -529,6 +533,7 @@ fn resolve(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, ConfigErr
             on_failure: None,
             nats: None,
             nats_subject: None,
+            nats_stream: None,
             checkpoint_every: None,
             max_file_bytes: None,
             queue_capacity: None,
@@ -572,6 +577,20 @@ fn resolve(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, ConfigErr
             postgres: a.postgres.unwrap_or(false),
             on_failure,
             nats,
+            nats_stream: a.nats_stream.filter(|s| !s.is_empty()).unwrap_or_else(|| {
+                a.nats_subject
+                    .as_deref()
+                    .unwrap_or("pgcloak.audit")
+                    .chars()
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() {
+                            c.to_ascii_uppercase()
+                        } else {
+                            '_'
+                        }
+                    })
+                    .collect()
+            }),
             nats_subject: a.nats_subject.unwrap_or_else(|| "pgcloak.audit".into()),
             checkpoint_every,
             max_file_bytes: a.max_file_bytes.filter(|&b| b > 0),

@@ -38,6 +38,8 @@ pub struct TableInfo {
 pub struct DbCatalog {
     pub catalog: Catalog,
     pub by_oid: HashMap<u32, TableInfo>,
+    /// `schema.table.column` -> storage type as `format_type` prints it, for every column.
+    pub storage: HashMap<String, String>,
     loaded: Instant,
 }
 
@@ -248,7 +250,7 @@ impl Guard {
             .query(
                 "SELECT c.oid::int8, n.nspname::text, c.relname::text, \
                         array_agg(a.attnum::int2 ORDER BY a.attnum), array_agg(a.attname::text ORDER BY a.attnum), \
-                        current_setting('search_path') \
+                        array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum) \
                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                  JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
                  WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') \
@@ -270,12 +272,17 @@ impl Guard {
         let mut catalog = Catalog::new();
         catalog.version = version;
         let mut by_oid = HashMap::new();
+        let mut storage = HashMap::new();
         for r in &rows {
             let oid = r.get::<_, i64>(0) as u32;
             let schema: String = r.get(1);
             let name: String = r.get(2);
             let nums: Vec<i16> = r.get(3);
             let cols: Vec<String> = r.get(4);
+            let types: Vec<String> = r.get(5);
+            for (c, t) in cols.iter().zip(types) {
+                storage.insert(format!("{schema}.{name}.{c}"), t);
+            }
             catalog.add_table(&schema, &name, cols.iter().cloned());
             by_oid.insert(
                 oid,
@@ -289,6 +296,7 @@ impl Guard {
         let snapshot = Arc::new(DbCatalog {
             catalog,
             by_oid,
+            storage,
             loaded: Instant::now(),
         });
         state.catalog = Some(snapshot.clone());

@@ -512,3 +512,65 @@ async fn drop_mode_keeps_serving_and_records_a_gap() {
     let (ok, out, err) = p.cli(&["audit", "verify", "--postgres"]);
     assert!(ok, "{out}{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_sink_receives_every_event() {
+    let db = setup_db("audit_nats");
+    let subject = format!("pgcloak.audit.e2e{}", std::process::id());
+    let stream_name = subject.to_uppercase().replace('.', "_");
+    let client = async_nats::connect("nats://127.0.0.1:4222")
+        .await
+        .expect("NATS with JetStream must run on 127.0.0.1:4222 (scripts/test starts it)");
+    let js = async_nats::jetstream::new(client);
+    let _ = js.delete_stream(&stream_name).await;
+    let mut p = Proxy::start_with(ProxyOptions {
+        policy: Some(AUDIT_POLICY.into()),
+        extra: format!("[audit]\nnats = \"nats://127.0.0.1:4222\"\nnats_subject = \"{subject}\"\n"),
+        ..Default::default()
+    });
+    let app = connect(&url(&p, "app_user", "app-pw", &db)).await;
+    for i in 0..20 {
+        app.simple_query(&format!("SELECT notes FROM customers WHERE id = {i}"))
+            .await
+            .unwrap();
+    }
+    drop(app);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    p.restart();
+    let file_events = events(&p);
+    let stream = js.get_stream(&stream_name).await.unwrap_or_else(|e| {
+        panic!(
+            "stream not created: {e}\n{}",
+            p.log_text()
+                .lines()
+                .filter(|l| l.contains("audit") || l.contains("nats") || l.contains("NATS"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    });
+    let info = stream.get_info().await.unwrap();
+    let mut nats_events = Vec::new();
+    for seq in info.state.first_sequence..=info.state.last_sequence {
+        let m = stream.get_raw_message(seq).await.unwrap();
+        let v: Value = serde_json::from_slice(&m.payload).unwrap();
+        if v.get("checkpoint").is_none() {
+            nats_events.push(v);
+        }
+    }
+    // Every event of the first run is in NATS, identical to the file (same seq, same hash).
+    let first_run: Vec<&Value> = file_events
+        .iter()
+        .take_while(|v| v["kind"] != "start" || v["seq"] == 1)
+        .collect();
+    assert!(first_run.len() >= 22, "{}", first_run.len());
+    for ev in &first_run {
+        assert!(
+            nats_events
+                .iter()
+                .any(|n| n["seq"] == ev["seq"] && n["hash"] == ev["hash"]),
+            "event {} missing from NATS",
+            ev["seq"]
+        );
+    }
+    let _ = js.delete_stream(&stream_name).await;
+}

@@ -540,7 +540,7 @@ pub fn psql_env(url: &str, args: &[&str], env: &[(&str, &str)]) -> (bool, String
 pub async fn connect(url: &str) -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
-        .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+        .unwrap_or_else(|e| panic!("connect {url}: {}", error_text(&e)));
     tokio::spawn(async move {
         let _ = conn.await;
     });
