@@ -19,6 +19,9 @@ fuzz_target!(|data: &[u8]| {
             let _ = messages::query_text(body);
             let _ = messages::parse_text(body);
             let _ = messages::bind_names(body);
+            let _ = messages::parse_bind(body);
+            let _ = messages::parse_message(body);
+            let _ = messages::without_context(body);
             let _ = messages::execute_portal(body);
             let _ = messages::target(body, "Describe");
             let _ = messages::auth_code(body);

@@ -273,6 +273,149 @@ pub fn parse_text(body: &[u8]) -> Result<(&[u8], &[u8]), FrameError> {
     Ok((name, sql))
 }
 
+/// A decoded Parse message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseMsg<'a> {
+    pub name: &'a [u8],
+    pub query: &'a [u8],
+    /// Declared parameter types (0 = let the server infer).
+    pub param_types: Vec<u32>,
+}
+
+pub fn parse_message(body: &[u8]) -> Result<ParseMsg<'_>, FrameError> {
+    let mut r = Reader::new(body, "Parse");
+    let name = r.cstr()?;
+    let query = r.cstr()?;
+    let n = r.i16()?;
+    if n < 0 {
+        return Err(FrameError::Malformed { what: "Parse", detail: "negative parameter count" });
+    }
+    let mut param_types = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        param_types.push(r.i32()? as u32);
+    }
+    if !r.is_empty() {
+        return Err(FrameError::Malformed { what: "Parse", detail: "trailing bytes" });
+    }
+    Ok(ParseMsg { name, query, param_types })
+}
+
+pub fn encode_parse(name: &[u8], query: &str, param_types: &[u32]) -> Bytes {
+    let mut b = begin(b'P', name.len() + query.len() + 4 * param_types.len() + 4);
+    b.put_slice(name);
+    b.put_u8(0);
+    b.put_slice(query.as_bytes());
+    b.put_u8(0);
+    b.put_i16(param_types.len() as i16);
+    for t in param_types {
+        b.put_u32(*t);
+    }
+    finish(b)
+}
+
+/// A decoded Bind message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindMsg<'a> {
+    pub portal: &'a [u8],
+    pub statement: &'a [u8],
+    /// As sent: empty (all text), one (applies to all) or one per parameter.
+    pub param_formats: Vec<i16>,
+    /// `None` = NULL.
+    pub params: Vec<Option<&'a [u8]>>,
+    pub result_formats: Vec<i16>,
+}
+
+impl BindMsg<'_> {
+    /// The format code (0 text, 1 binary) of parameter `i` (0-based).
+    pub fn param_format(&self, i: usize) -> i16 {
+        match self.param_formats.len() {
+            0 => 0,
+            1 => self.param_formats[0],
+            _ => self.param_formats.get(i).copied().unwrap_or(0),
+        }
+    }
+}
+
+/// The format code of result column `i` given a Bind's result format list.
+pub fn result_format(formats: &[i16], i: usize) -> i16 {
+    match formats.len() {
+        0 => 0,
+        1 => formats[0],
+        _ => formats.get(i).copied().unwrap_or(0),
+    }
+}
+
+pub fn parse_bind(body: &[u8]) -> Result<BindMsg<'_>, FrameError> {
+    let bad = |detail| FrameError::Malformed { what: "Bind", detail };
+    let mut r = Reader::new(body, "Bind");
+    let portal = r.cstr()?;
+    let statement = r.cstr()?;
+    let nf = r.i16()?;
+    if nf < 0 {
+        return Err(bad("negative format count"));
+    }
+    let mut param_formats = Vec::with_capacity(nf as usize);
+    for _ in 0..nf {
+        param_formats.push(r.i16()?);
+    }
+    let np = r.i16()?;
+    if np < 0 {
+        return Err(bad("negative parameter count"));
+    }
+    let mut params = Vec::with_capacity(np as usize);
+    for _ in 0..np {
+        let len = r.i32()?;
+        if len == -1 {
+            params.push(None);
+        } else if len < 0 {
+            return Err(bad("negative parameter length"));
+        } else {
+            params.push(Some(r.bytes(len as usize)?));
+        }
+    }
+    let nr = r.i16()?;
+    if nr < 0 {
+        return Err(bad("negative result format count"));
+    }
+    let mut result_formats = Vec::with_capacity(nr as usize);
+    for _ in 0..nr {
+        result_formats.push(r.i16()?);
+    }
+    if !r.is_empty() {
+        return Err(bad("trailing bytes"));
+    }
+    Ok(BindMsg { portal, statement, param_formats, params, result_formats })
+}
+
+/// Re-encodes a Bind with (some) parameter values replaced.
+pub fn encode_bind(bind: &BindMsg<'_>, params: &[Option<&[u8]>]) -> Bytes {
+    let size: usize = params.iter().map(|p| p.map_or(4, |v| v.len() + 4)).sum();
+    let mut b = begin(b'B', bind.portal.len() + bind.statement.len() + size + 16);
+    b.put_slice(bind.portal);
+    b.put_u8(0);
+    b.put_slice(bind.statement);
+    b.put_u8(0);
+    b.put_i16(bind.param_formats.len() as i16);
+    for f in &bind.param_formats {
+        b.put_i16(*f);
+    }
+    b.put_i16(params.len() as i16);
+    for p in params {
+        match p {
+            None => b.put_i32(-1),
+            Some(v) => {
+                b.put_i32(v.len() as i32);
+                b.put_slice(v);
+            }
+        }
+    }
+    b.put_i16(bind.result_formats.len() as i16);
+    for f in &bind.result_formats {
+        b.put_i16(*f);
+    }
+    finish(b)
+}
+
 /// Portal and statement names of a Bind message.
 pub fn bind_names(body: &[u8]) -> Result<(&[u8], &[u8]), FrameError> {
     let mut r = Reader::new(body, "Bind");
@@ -387,6 +530,40 @@ mod tests {
         plain.extend_from_slice(b"SCRAM-SHA-256\0\0");
         assert_eq!(strip_channel_binding(&plain).unwrap(), None);
         assert!(strip_channel_binding(&AUTH_SASL.to_be_bytes()).is_err());
+    }
+
+    #[test]
+    fn bind_round_trip() {
+        let bind = BindMsg {
+            portal: b"p1",
+            statement: b"s1",
+            param_formats: vec![1],
+            params: vec![Some(b"\x00\x00\x00\x2a"), None, Some(b"")],
+            result_formats: vec![0, 1],
+        };
+        let out = encode_bind(&bind, &bind.params);
+        assert_eq!(check(&out, Direction::Frontend, 1 << 20), Ok(Some(out.len())));
+        let back = parse_bind(&out[5..]).unwrap();
+        assert_eq!(back, bind);
+        assert_eq!(back.param_format(2), 1);
+        assert_eq!(result_format(&back.result_formats, 1), 1);
+        assert_eq!(result_format(&[], 3), 0);
+        assert!(parse_bind(&out[5..out.len() - 1]).is_err());
+        let mut neg = out[5..].to_vec();
+        // parameter count -> negative
+        let pos = 2 + 1 + 2 + 1 + 2 + 2;
+        neg[pos..pos + 2].copy_from_slice(&(-2i16).to_be_bytes());
+        assert!(parse_bind(&neg).is_err());
+    }
+
+    #[test]
+    fn parse_round_trip() {
+        let out = encode_parse(b"st", "select $1", &[23, 0]);
+        let m = parse_message(&out[5..]).unwrap();
+        assert_eq!(m.name, b"st");
+        assert_eq!(m.query, b"select $1");
+        assert_eq!(m.param_types, vec![23, 0]);
+        assert!(parse_message(&out[5..out.len() - 2]).is_err());
     }
 
     #[test]
