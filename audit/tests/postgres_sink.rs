@@ -65,14 +65,14 @@ fn ev(i: u64) -> NewEvent {
             }
             .into(),
         }],
-        decision: if i % 5 == 0 {
+        decision: if matches!(i % 5, 0) {
             Decision::Deny
         } else {
             Decision::Allow
         },
         rows: Some(i),
         duration_us: Some(100 + i),
-        sqlstate: Some(if i % 5 == 0 { "42501" } else { "00000" }.into()),
+        sqlstate: Some(if matches!(i % 5, 0) { "42501" } else { "00000" }.into()),
         ..NewEvent::new(Kind::Select)
     }
 }
