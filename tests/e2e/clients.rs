@@ -423,7 +423,7 @@ fn pgbench_init_select_only_all_modes_and_tpcb() {
     assert!(text.contains("400/400"), "{text}");
 }
 
-fn python(scenario: &str, dsn: &str) -> serde_json::Value {
+pub fn python(scenario: &str, dsn: &str) -> serde_json::Value {
     let py = crate::harness::venv_python();
     assert!(
         py.exists(),

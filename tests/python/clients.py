@@ -84,12 +84,58 @@ async def asyncpg_basic(dsn):
     return out
 
 
+def psycopg_encrypted(dsn):
+    """Writes and reads encrypted columns (text protocol, pipeline) through pgcloak."""
+    import psycopg
+
+    out = {}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        with conn.cursor() as cur:
+            cur.execute(
+                "INSERT INTO customers (id, email, phone, ssn, salary) VALUES (%s, %s, %s, %s, %s)",
+                (101, "p1@example.com", "555-0101", "101-01-0101", 4200),
+            )
+            cur.execute("SELECT email, salary FROM customers WHERE email = %s", ("p1@example.com",))
+            email, salary = cur.fetchone()
+            out["email"], out["salary"] = email, salary
+        with conn.pipeline():
+            for i in range(10):
+                conn.execute(
+                    "INSERT INTO customers (id, email, salary) VALUES (%s, %s, %s)",
+                    (110 + i, f"pp{i}@example.com", i),
+                )
+        out["pipeline"] = conn.execute("SELECT count(*) FROM customers WHERE id >= 110").fetchone()[0]
+    return out
+
+
+async def asyncpg_encrypted(dsn):
+    """Binary, prepared statements: salary is an int4 stored encrypted in bytea."""
+    import asyncpg
+
+    out = {}
+    conn = await asyncpg.connect(dsn)
+    try:
+        stmt = await conn.prepare("INSERT INTO customers (id, email, phone, ssn, salary) VALUES ($1, $2, $3, $4, $5)")
+        for i in range(20):
+            await stmt.fetch(200 + i, f"a{i}@example.com", f"555-02{i:02}", f"200-00-{i:04}", 5000 + i)
+        row = await conn.fetchrow("SELECT email, salary FROM customers WHERE email = $1", "a5@example.com")
+        out["email"], out["salary"] = row["email"], row["salary"]
+        out["count"] = await conn.fetchval("SELECT count(*) FROM customers WHERE id >= 200")
+    finally:
+        await conn.close()
+    return out
+
+
 def main():
     scenario, dsn = sys.argv[1], sys.argv[2]
     if scenario == "psycopg_basic":
         result = psycopg_basic(dsn)
     elif scenario == "asyncpg_basic":
         result = asyncio.run(asyncpg_basic(dsn))
+    elif scenario == "psycopg_encrypted":
+        result = psycopg_encrypted(dsn)
+    elif scenario == "asyncpg_encrypted":
+        result = asyncio.run(asyncpg_encrypted(dsn))
     else:
         raise SystemExit(f"unknown scenario {scenario}")
     print(json.dumps(result, default=str))
