@@ -116,6 +116,8 @@
 //!   [`KeyringStore`]), so concurrent `pgcloak keys rotate` commands never lose a rotation.
 //!
 //! The audit signing key is an Ed25519 key whose seed is `HKDF(master, "pgcloak audit signing key v1")`.
+//! The `hash` mask's pseudonym key ([`MasterKey::mask_hash_key`]) is
+//! `HKDF(master, "pgcloak mask hash key v1")`.
 //! All HKDF uses share the salt `"pgcloak-keymgr hkdf salt v1"`.
 
 #![forbid(unsafe_code)]
