@@ -2,7 +2,7 @@
 
 use std::hint::black_box;
 
-use criterion::measurement::{Measurement, ValueFormatter, WallTime};
+use criterion::measurement::Measurement;
 use criterion::{criterion_group, criterion_main, Criterion};
 use pgcloak_policy::{analyze, lex, Catalog, PlanCache, PlanKey, Policy};
 
@@ -50,49 +50,8 @@ fn catalog() -> Catalog {
         .with_table("public", "order_items", ["order_id", "product_id", "qty"])
 }
 
-/// On-CPU time of this thread (from /proc/thread-self/schedstat, in ns): the build machine is shared,
-/// so wall time includes waiting for a core; this does not (it can lag by one scheduler tick per read,
-/// which averages out over a sample).
-struct CpuTime;
-
-fn thread_cpu_ns() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
-        .unwrap_or(0)
-}
-
-static WALL: WallTime = WallTime;
-
-impl Measurement for CpuTime {
-    type Intermediate = u64;
-    type Value = u64;
-    fn start(&self) -> u64 {
-        thread_cpu_ns()
-    }
-    fn end(&self, i: u64) -> u64 {
-        thread_cpu_ns().saturating_sub(i)
-    }
-    fn add(&self, a: &u64, b: &u64) -> u64 {
-        a + b
-    }
-    fn zero(&self) -> u64 {
-        0
-    }
-    fn to_f64(&self, v: &u64) -> f64 {
-        *v as f64
-    }
-    fn formatter(&self) -> &dyn ValueFormatter {
-        WALL.formatter()
-    }
-}
-
 fn benches(c: &mut Criterion) {
     run(c, "");
-}
-
-fn benches_cpu(c: &mut Criterion<CpuTime>) {
-    run(c, "cpu/");
 }
 
 fn run<M: Measurement + 'static>(c: &mut Criterion<M>, prefix: &str) {
@@ -149,9 +108,4 @@ fn run<M: Measurement + 'static>(c: &mut Criterion<M>, prefix: &str) {
 }
 
 criterion_group!(analysis, benches);
-criterion_group! {
-    name = analysis_cpu;
-    config = Criterion::default().with_measurement(CpuTime);
-    targets = benches_cpu
-}
-criterion_main!(analysis, analysis_cpu);
+criterion_main!(analysis);

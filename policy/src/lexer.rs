@@ -131,8 +131,11 @@ impl Idents {
 
     fn push_lower(&mut self, s: &str) -> usize {
         if s.is_ascii() {
-            self.buf
-                .extend(s.bytes().map(|b| char::from(b.to_ascii_lowercase())));
+            let start = self.buf.len();
+            self.buf.push_str(s);
+            if let Some(t) = self.buf.get_mut(start..) {
+                t.make_ascii_lowercase();
+            }
         } else {
             self.buf.push_str(&s.to_lowercase());
         }
@@ -259,6 +262,14 @@ impl StmtState {
     }
 
     fn note_word(&mut self, lower: &str) {
+        // Only the first words and, for WITH/PREPARE, the top-level verb matter.
+        let track_verb = self.nwords > 0
+            && self.depth == 0
+            && self.top_verb.is_none()
+            && matches!(self.words.first().copied(), Some("with" | "prepare"));
+        if self.nwords >= self.words.len() && !track_verb {
+            return;
+        }
         let k = kw(lower);
         if let Some(slot) = self.words.get_mut(self.nwords) {
             *slot = k;
@@ -347,6 +358,8 @@ pub fn lex(sql: &str) -> Lexed {
     let bytes = sql.as_bytes();
     let n = bytes.len();
     let mut out = Lexed::default();
+    out.identifiers.buf.reserve(n);
+    out.identifiers.ends.reserve(n / 4 + 4);
     let mut tokens: Vec<Token> = Vec::with_capacity(n / 3 + 4);
     let mut literals: Vec<(Range<usize>, LiteralKind)> = Vec::new();
     // (state, end, last_token, literal_end, ident_end)
@@ -597,7 +610,7 @@ pub fn lex(sql: &str) -> Lexed {
 
     out.max_param = max_param;
     // Emit the normalised text.
-    let mut norm = String::with_capacity(n + 8);
+    let mut norm = String::with_capacity(n + 2 * literals.len() + 8);
     let mut lit_out: Vec<Literal> = Vec::with_capacity(literals.len());
     for (idx, (span, kind)) in literals.into_iter().enumerate() {
         lit_out.push(Literal {
@@ -657,15 +670,28 @@ pub fn lex(sql: &str) -> Lexed {
         s.normalized_range.end = s.normalized_range.end.min(norm.len());
         s.normalized_range.start = s.normalized_range.start.min(s.normalized_range.end);
     }
-    out.fingerprint = fnv1a(norm.as_bytes());
+    out.fingerprint = fingerprint(norm.as_bytes());
     out.normalized = norm;
     out.literals = lit_out;
     out
 }
 
-fn push_u64(s: &mut String, v: u64) {
-    use std::fmt::Write;
-    let _ = write!(s, "{v}");
+fn push_u64(s: &mut String, mut v: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        if let Some(slot) = buf.get_mut(i) {
+            *slot = b'0' + (v % 10) as u8;
+        }
+        v /= 10;
+        if v == 0 || i == 0 {
+            break;
+        }
+    }
+    for b in buf.get(i..).unwrap_or(&[]) {
+        s.push(char::from(*b));
+    }
 }
 
 fn utf8_len(b: u8) -> usize {
@@ -685,6 +711,25 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     h
+}
+
+/// Fingerprint of normalised text: FNV-1a style but eight bytes per step (stable across runs, builds
+/// and platforms: bytes are read little-endian), finished with a final avalanche.
+pub fn fingerprint(bytes: &[u8]) -> u64 {
+    const K: u64 = 0x0000_0100_0000_01b3;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ (bytes.len() as u64);
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        h = (h ^ u64::from_le_bytes(w)).wrapping_mul(K).rotate_left(29);
+    }
+    for b in chunks.remainder() {
+        h = (h ^ u64::from(*b)).wrapping_mul(K);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^ (h >> 33)
 }
 
 /// Scan a quoted token whose body starts at `i` (after the opening quote). Doubled quotes are escapes;
