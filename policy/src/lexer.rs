@@ -471,19 +471,14 @@ pub fn lex(sql: &str) -> Lexed {
                 } else if let Some(tag_end) = dollar_tag(bytes, i) {
                     // $tag$ ... $tag$
                     let s = i;
-                    let tag = bytes.get(i..=tag_end).unwrap_or(&[]);
+                    let tag = sql.get(i..=tag_end).unwrap_or("$$");
                     let body_start = tag_end + 1;
-                    let mut j = body_start;
-                    let mut end = n;
-                    let mut closed = false;
-                    while j < n {
-                        if bytes.get(j) == Some(&b'$') && bytes.get(j..j + tag.len()) == Some(tag) {
-                            end = j + tag.len();
-                            closed = true;
-                            break;
-                        }
-                        j += 1;
-                    }
+                    // Two-way substring search: linear even for adversarial tags and bodies.
+                    let found = sql.get(body_start..).and_then(|rest| rest.find(tag));
+                    let (j, end, closed) = match found {
+                        Some(off) => (body_start + off, body_start + off + tag.len(), true),
+                        None => (n, n, false),
+                    };
                     out.unterminated |= !closed;
                     add_body_words(
                         &mut out.identifiers,

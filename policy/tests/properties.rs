@@ -320,3 +320,18 @@ fn long_or_chain_of_equalities_is_analysed_not_refused() {
         assert_eq!(plan.statements[0].encryptions.len(), 500);
     });
 }
+
+#[test]
+fn adversarial_dollar_tags_are_linear() {
+    let tag = format!("${}$", "a".repeat(100_000));
+    let sql = format!("SELECT {tag}{}", "$".repeat(200_000));
+    let start = std::time::Instant::now();
+    let l = lex(&sql);
+    assert!(l.unterminated);
+    assert_eq!(l.normalized, "SELECT $1");
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+}
