@@ -10,6 +10,7 @@
 //! - [`audit`]: the audit writer's config, checkpoint signer and session events.
 //! - [`catalog`]: side connections as the `[catalog]` user.
 //! - [`keys`]: master key sources, keyring stores (file, PostgreSQL), the `keys` commands.
+//! - [`migrate`]: `encrypt` / `reencrypt` of a column's stored values, online and resumable.
 //! - [`tls`]: rustls configurations (ring provider only).
 //! - [`logging`]: tracing subscriber set-up.
 //! - [`error`]: the crate's error enums, split by who is at fault.
@@ -21,6 +22,7 @@ pub mod error;
 pub mod guard;
 pub mod keys;
 pub mod logging;
+pub mod migrate;
 pub mod protocol;
 pub mod server;
 pub mod session;

@@ -37,6 +37,20 @@ enum Command {
     /// Verify and query the audit trail.
     #[command(subcommand)]
     Audit(Box<AuditCommand>),
+    /// Encrypt the existing plaintext values of COLUMN in place: online, in batches, resumable.
+    Encrypt {
+        /// schema.table.column
+        column: String,
+        #[command(flatten)]
+        opts: pgcloak::migrate::Options,
+    },
+    /// Move the existing ciphertexts of COLUMN to its active key version: online, in batches, resumable.
+    Reencrypt {
+        /// schema.table.column
+        column: String,
+        #[command(flatten)]
+        opts: pgcloak::migrate::Options,
+    },
 }
 
 #[derive(clap::Args)]
@@ -132,6 +146,12 @@ fn main() -> ExitCode {
         Command::Check => check(&config_path),
         Command::Keys(k) => keys(&config_path, k),
         Command::Audit(a) => audit(&config_path, *a),
+        Command::Encrypt { column, opts } => {
+            migrate(&config_path, &column, pgcloak::migrate::Op::Encrypt, &opts)
+        }
+        Command::Reencrypt { column, opts } => {
+            migrate(&config_path, &column, pgcloak::migrate::Op::Reencrypt, &opts)
+        }
     };
     match result {
         Ok(code) => code,
@@ -144,6 +164,18 @@ fn main() -> ExitCode {
 
 fn load(path: &std::path::Path) -> Result<Config> {
     Ok(Config::load(path)?)
+}
+
+fn migrate(
+    path: &std::path::Path,
+    column: &str,
+    op: pgcloak::migrate::Op,
+    opts: &pgcloak::migrate::Options,
+) -> Result<ExitCode> {
+    let config = load(path)?;
+    let summary = pgcloak::migrate::run(&config, column, op, opts)?;
+    println!("{summary}");
+    Ok(ExitCode::from(summary.exit_code()))
 }
 
 fn serve(path: &std::path::Path) -> Result<ExitCode> {

@@ -8,5 +8,6 @@ mod auth;
 mod cli;
 mod clients;
 mod lifecycle;
+mod migrate;
 mod robustness;
 mod tls;
