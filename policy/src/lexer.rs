@@ -46,6 +46,9 @@ pub struct StatementSpan {
     pub literals: Range<usize>,
     /// Indices into [`Lexed::identifiers`] of this statement's words.
     pub identifiers: Range<usize>,
+    /// Deepest nesting of `(`, `[` and `CASE` in the statement (analysis refuses very deep statements:
+    /// sqlparser's backtracking is exponential in nesting depth on some inputs).
+    pub max_nesting: u32,
     /// `EXECUTE name` / `FETCH ... cursor` / `MOVE`: refers to an earlier statement, so it always needs
     /// analysis even though it names no table.
     pub refers_to_prior: bool,
@@ -199,6 +202,9 @@ struct StmtState {
     depth: i64,
     top_verb: Option<&'static str>,
     opaque: bool,
+    brackets: i64,
+    cases: i64,
+    max_nesting: i64,
 }
 
 /// The keywords the statement kind depends on (no allocation).
@@ -258,7 +264,15 @@ impl StmtState {
             depth: 0,
             top_verb: None,
             opaque: false,
+            brackets: 0,
+            cases: 0,
+            max_nesting: 0,
         }
+    }
+
+    fn nest(&mut self) {
+        let n = self.depth.max(0) + self.brackets.max(0) + self.cases.max(0);
+        self.max_nesting = self.max_nesting.max(n);
     }
 
     fn note_word(&mut self, lower: &str) {
@@ -573,6 +587,12 @@ pub fn lex(sql: &str) -> Lexed {
                     }
                 }
                 let text = sql.get(s..j).unwrap_or("");
+                if text.eq_ignore_ascii_case("case") {
+                    st.cases += 1;
+                    st.nest();
+                } else if text.eq_ignore_ascii_case("end") {
+                    st.cases -= 1;
+                }
                 let idx = out.identifiers.push_lower(text);
                 st.note_word(out.identifiers.get(idx));
                 push_text!(s, j);
@@ -580,11 +600,22 @@ pub fn lex(sql: &str) -> Lexed {
             }
             b'(' => {
                 st.depth += 1;
+                st.nest();
                 push_text!(i, i + 1);
                 i += 1;
             }
             b')' => {
                 st.depth -= 1;
+                push_text!(i, i + 1);
+                i += 1;
+            }
+            b'[' | b']' => {
+                if b == b'[' {
+                    st.brackets += 1;
+                    st.nest();
+                } else {
+                    st.brackets -= 1;
+                }
                 push_text!(i, i + 1);
                 i += 1;
             }
@@ -656,6 +687,7 @@ pub fn lex(sql: &str) -> Lexed {
             kind,
             literals: state.first_literal..lit_end.max(state.first_literal),
             identifiers: state.first_ident..ident_end.max(state.first_ident),
+            max_nesting: u32::try_from(state.max_nesting).unwrap_or(u32::MAX),
             refers_to_prior,
         });
     }

@@ -285,9 +285,17 @@ impl Analyzer<'_> {
                 ..
             } => {
                 let mut acc = Vec::new();
+                // The operand is evaluated once (evaluating it per WHEN is exponential in nesting).
+                let op_val = match operand {
+                    Some(op) => Some(self.eval(op, sc)?),
+                    None => None,
+                };
                 for cw in conditions {
-                    match operand {
-                        Some(op) => acc.extend(self.compare_eq(op, &cw.condition, sc)?),
+                    match &op_val {
+                        Some(v) => {
+                            let c = self.eval(&cw.condition, sc)?;
+                            acc.extend(self.eq_vals(v.clone(), c, false)?);
+                        }
                         None => acc.extend(self.predicate(&cw.condition, sc)?),
                     }
                     self.compute(&cw.result, sc, &mut acc)?;
@@ -296,8 +304,8 @@ impl Analyzer<'_> {
                     self.compute(el, sc, &mut acc)?;
                 }
                 if conditions.is_empty() {
-                    if let Some(op) = operand {
-                        self.compute(op, sc, &mut acc)?;
+                    if let Some(v) = op_val {
+                        acc.extend(self.consume(v, Use::Compute)?);
                     }
                 }
                 Ok(Val::Derived(acc))

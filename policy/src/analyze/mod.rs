@@ -43,6 +43,9 @@ const PARSER_RECURSION_LIMIT: usize = 48;
 const MAX_DEPTH: usize = 96;
 /// Statements larger than this are not parsed (fail closed if they name a protected table).
 const MAX_STATEMENT_BYTES: usize = 256 * 1024;
+/// Deepest `(`/`[`/CASE nesting parsed: sqlparser backtracks on some nested forms, exponentially in
+/// depth, so deeper statements are refused (if they name a protected table) instead of parsed.
+pub const MAX_NESTING: u32 = 8;
 /// Binary operators / keywords chaining expressions; long chains build very deep trees.
 const MAX_OPERATORS: usize = 4096;
 
@@ -513,6 +516,15 @@ fn analyze_one(
     if text.len() > MAX_STATEMENT_BYTES || operator_count(text) > MAX_OPERATORS {
         if names_protected {
             refuse_unanalysable(&mut plan, "the statement is too large");
+        }
+        return (plan, false);
+    }
+    if span.max_nesting > MAX_NESTING {
+        if names_protected {
+            refuse_unanalysable(
+                &mut plan,
+                &format!("it nests parentheses/CASE more than {MAX_NESTING} deep"),
+            );
         }
         return (plan, false);
     }

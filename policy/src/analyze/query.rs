@@ -98,17 +98,45 @@ impl Analyzer<'_> {
             self.ctes.push(Vec::new());
             for cte in &with.cte_tables {
                 let name = fold(&cte.alias.name);
-                if with.recursive {
-                    // The recursive term refers to the CTE: give it the columns of the first term.
-                    if let SetExpr::SetOperation { left, .. } = &*cte.query.body {
+                let outs = match (&*cte.query.body, with.recursive) {
+                    // WITH RECURSIVE x AS (<first> UNION [ALL] <recursive term>): the recursive term
+                    // sees x with the first term's columns. Each term is analysed once (analysing the
+                    // first term twice would be exponential in the nesting of recursive CTEs).
+                    (
+                        SetExpr::SetOperation {
+                            left,
+                            right,
+                            set_quantifier,
+                            ..
+                        },
+                        true,
+                    ) => {
+                        if cte.query.with.is_some()
+                            || cte.query.order_by.is_some()
+                            || cte.query.limit_clause.is_some()
+                        {
+                            return Err(Fail::Unsupported(
+                                "a recursive CTE with its own WITH, ORDER BY or LIMIT".into(),
+                            ));
+                        }
                         let first = self.set_expr(left, outer, None)?;
                         let first = rename(first, &cte.alias);
                         if let Some(frame) = self.ctes.last_mut() {
-                            frame.push((name.clone(), first));
+                            frame.push((name.clone(), first.clone()));
                         }
+                        let rest = self.set_expr(right, outer, None)?;
+                        let dedup = !matches!(
+                            set_quantifier,
+                            SetQuantifier::All | SetQuantifier::AllByName
+                        );
+                        let all = self.combine(first, rest, dedup)?;
+                        if let Some(frame) = self.ctes.last_mut() {
+                            frame.pop();
+                        }
+                        all
                     }
-                }
-                let outs = self.query(&cte.query, outer)?;
+                    _ => self.query(&cte.query, outer)?,
+                };
                 let outs = rename(outs, &cte.alias);
                 if let Some(frame) = self.ctes.last_mut() {
                     frame.push((name, outs));
