@@ -1,0 +1,1414 @@
+//! SQL literals in simple-protocol statements: their values, the text a ciphertext replaces, and the
+//! splicing of rotation variants into equality comparisons and `IN` lists.
+//!
+//! Assumes `standard_conforming_strings = on` (PostgreSQL's default since 9.1) for plain `'...'`
+//! strings, and UTF-8 as the server encoding; the ciphertext literals written back are correct either
+//! way (`E'...'` or backslash-free).
+
+use std::fmt;
+use std::ops::Range;
+
+use pgcloak_keymgr::LogicalType;
+use pgcloak_policy::{Literal, LiteralKind};
+
+use super::array::encrypt_text_array;
+use super::error::{Result, RewriteError};
+use super::values::{quote_sql, sql_literal, sql_literal_variants};
+use super::{ColumnTarget, Storage};
+
+/// Why a literal cannot be used for an encrypted column (turned into a [`RewriteError`] naming the
+/// column with [`LiteralError::for_column`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiteralError {
+    /// The literal cannot be read (unterminated, bad escape, not UTF-8, ...).
+    Malformed(&'static str),
+    /// A literal of a kind or type that cannot be encrypted for the column (bit string, cast to
+    /// another type, type modifier).
+    Unsupported(&'static str),
+}
+
+impl fmt::Display for LiteralError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LiteralError::Malformed(r) => write!(f, "the literal cannot be read ({r})"),
+            LiteralError::Unsupported(w) => write!(f, "{w} cannot be encrypted"),
+        }
+    }
+}
+
+impl LiteralError {
+    /// The error a client sees, naming the column and its type.
+    pub fn for_column(self, column: &str, ty: LogicalType) -> RewriteError {
+        match self {
+            LiteralError::Malformed(reason) => RewriteError::BadLiteral {
+                column: column.to_string(),
+                reason,
+            },
+            LiteralError::Unsupported(what) => RewriteError::UnsupportedLiteral {
+                column: column.to_string(),
+                what,
+                ty: ty.name(),
+            },
+        }
+    }
+}
+
+type LResult<T> = std::result::Result<T, LiteralError>;
+
+fn is_ident_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
+}
+
+fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
+}
+
+/// The value of a lexer literal as PostgreSQL would read it:
+///
+/// - `'...'` / `N'...'`: `''` is a quote, backslashes are plain characters;
+/// - `E'...'`: `''`, `\'`, `\b \f \n \r \t`, `\o` `\oo` `\ooo` (octal), `\xh` `\xhh` (hex), `\uXXXX`,
+///   `\UXXXXXXXX` (surrogate pairs combined), any other `\c` is `c`;
+/// - `U&'...'`: `\XXXX`, `\+XXXXXX`, `\\`, with the escape character of a following `UESCAPE 'c'`;
+/// - `$tag$...$tag$`: the body verbatim;
+/// - numbers as written, with `_` separators dropped and `0x`/`0o`/`0b` integers given in decimal
+///   (the lexer never includes a sign: `-5` is an operator and a literal, and the analysis refuses a
+///   signed literal for an encrypted column);
+/// - bit strings `B'...'` / `X'...'` are refused.
+///
+/// The result must be valid UTF-8 without NUL (PostgreSQL rejects the rest in a UTF-8 database).
+pub fn decode_literal(sql: &str, lit: &Literal) -> LResult<String> {
+    let text = sql.get(lit.span.clone()).ok_or(LiteralError::Malformed(
+        "its position is outside the statement",
+    ))?;
+    let b = text.as_bytes();
+    match lit.kind {
+        LiteralKind::String => {
+            let body = match b.first() {
+                Some(b'n' | b'N') => &text[1..],
+                _ => text,
+            };
+            quoted_body(body).map(|s| s.replace("''", "'"))
+        }
+        LiteralKind::EscapeString => {
+            let body = quoted_body_escaped(text.get(1..).unwrap_or(""))?;
+            decode_e_string(body)
+        }
+        LiteralKind::UnicodeString => {
+            let body = quoted_body(text.get(2..).unwrap_or(""))?.replace("''", "'");
+            let escape = uescape_after(sql, lit.span.end)?
+                .map(|(_, c)| c)
+                .unwrap_or('\\');
+            decode_unicode(&body, escape)
+        }
+        LiteralKind::DollarString => {
+            let close = b
+                .iter()
+                .skip(1)
+                .position(|&c| c == b'$')
+                .map(|p| p + 1)
+                .ok_or(LiteralError::Malformed(
+                    "its dollar-quote tag is not closed",
+                ))?;
+            let tag = &text[..=close];
+            if text.len() < tag.len() * 2 || !text.ends_with(tag) {
+                return Err(LiteralError::Malformed("it is not terminated"));
+            }
+            Ok(text[tag.len()..text.len() - tag.len()].to_string())
+        }
+        LiteralKind::Number => decode_number(text),
+        LiteralKind::Bit => Err(LiteralError::Unsupported("a bit-string literal B'...'")),
+        LiteralKind::Hex => Err(LiteralError::Unsupported(
+            "a hexadecimal bit-string literal X'...'",
+        )),
+    }
+}
+
+/// The body of `'...'` (doubled quotes left as they are), checking it is closed exactly at the end.
+fn quoted_body(text: &str) -> LResult<&str> {
+    let b = text.as_bytes();
+    if b.first() != Some(&b'\'') {
+        return Err(LiteralError::Malformed("it does not start with a quote"));
+    }
+    let mut i = 1;
+    while i < b.len() {
+        if b[i] == b'\'' {
+            if b.get(i + 1) == Some(&b'\'') {
+                i += 2;
+                continue;
+            }
+            if i + 1 != b.len() {
+                return Err(LiteralError::Malformed(
+                    "it has text after its closing quote",
+                ));
+            }
+            return Ok(&text[1..i]);
+        }
+        i += 1;
+    }
+    Err(LiteralError::Malformed("it is not terminated"))
+}
+
+/// Like [`quoted_body`] but a backslash also escapes the next byte (E-strings).
+fn quoted_body_escaped(text: &str) -> LResult<&str> {
+    let b = text.as_bytes();
+    if b.first() != Some(&b'\'') {
+        return Err(LiteralError::Malformed("it does not start with a quote"));
+    }
+    let mut i = 1;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => i += 2,
+            b'\'' if b.get(i + 1) == Some(&b'\'') => i += 2,
+            b'\'' => {
+                if i + 1 != b.len() {
+                    return Err(LiteralError::Malformed(
+                        "it has text after its closing quote",
+                    ));
+                }
+                return Ok(&text[1..i]);
+            }
+            _ => i += 1,
+        }
+    }
+    Err(LiteralError::Malformed("it is not terminated"))
+}
+
+fn hex_digit(c: u8) -> Option<u32> {
+    (c as char).to_digit(16)
+}
+
+fn push_code_point(out: &mut Vec<u8>, cp: u32) -> LResult<()> {
+    let c =
+        char::from_u32(cp).ok_or(LiteralError::Malformed("it has an invalid Unicode escape"))?;
+    if c == '\0' {
+        return Err(LiteralError::Malformed("it contains a zero byte"));
+    }
+    let mut buf = [0u8; 4];
+    out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+    Ok(())
+}
+
+/// Reads `n` hex digits at `b[i..]`.
+fn hex_n(b: &[u8], i: usize, n: usize) -> Option<u32> {
+    let digits = b.get(i..i.checked_add(n)?)?;
+    digits
+        .iter()
+        .try_fold(0u32, |acc, &d| Some(acc.checked_mul(16)? + hex_digit(d)?))
+}
+
+fn decode_e_string(body: &str) -> LResult<String> {
+    let b = body.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    let mut pending_high: Option<u32> = None;
+    while i < b.len() {
+        let c = b[i];
+        if c == b'\'' {
+            // `''` inside (the body check guarantees it is doubled).
+            out.push(b'\'');
+            i += 2;
+            continue;
+        }
+        if c != b'\\' {
+            if pending_high.is_some() {
+                return Err(LiteralError::Malformed(
+                    "it has an unpaired Unicode surrogate",
+                ));
+            }
+            out.push(c);
+            i += 1;
+            continue;
+        }
+        let Some(&e) = b.get(i + 1) else {
+            return Err(LiteralError::Malformed("it ends inside an escape"));
+        };
+        if matches!(e, b'u' | b'U') {
+            let n = if e == b'u' { 4 } else { 8 };
+            let cp = hex_n(b, i + 2, n)
+                .ok_or(LiteralError::Malformed("it has an invalid Unicode escape"))?;
+            i += 2 + n;
+            match (pending_high.take(), cp) {
+                (None, 0xD800..=0xDBFF) => pending_high = Some(cp),
+                (Some(h), 0xDC00..=0xDFFF) => {
+                    push_code_point(&mut out, 0x10000 + ((h - 0xD800) << 10) + (cp - 0xDC00))?
+                }
+                (Some(_), _) | (None, 0xDC00..=0xDFFF) => {
+                    return Err(LiteralError::Malformed(
+                        "it has an unpaired Unicode surrogate",
+                    ))
+                }
+                (None, cp) => push_code_point(&mut out, cp)?,
+            }
+            continue;
+        }
+        if pending_high.is_some() {
+            return Err(LiteralError::Malformed(
+                "it has an unpaired Unicode surrogate",
+            ));
+        }
+        i += 2;
+        match e {
+            b'b' => out.push(0x08),
+            b'f' => out.push(0x0c),
+            b'n' => out.push(b'\n'),
+            b'r' => out.push(b'\r'),
+            b't' => out.push(b'\t'),
+            b'0'..=b'7' => {
+                let mut v = u32::from(e - b'0');
+                for _ in 0..2 {
+                    match b.get(i) {
+                        Some(d @ b'0'..=b'7') => {
+                            v = v * 8 + u32::from(d - b'0');
+                            i += 1;
+                        }
+                        _ => break,
+                    }
+                }
+                out.push((v & 0xff) as u8);
+            }
+            b'x' if b.get(i).copied().and_then(hex_digit).is_some() => {
+                let mut v = b.get(i).copied().and_then(hex_digit).unwrap_or(0);
+                i += 1;
+                if let Some(d) = b.get(i).copied().and_then(hex_digit) {
+                    v = v * 16 + d;
+                    i += 1;
+                }
+                out.push(v as u8);
+            }
+            other => out.push(other),
+        }
+    }
+    if pending_high.is_some() {
+        return Err(LiteralError::Malformed(
+            "it has an unpaired Unicode surrogate",
+        ));
+    }
+    if out.contains(&0) {
+        return Err(LiteralError::Malformed("it contains a zero byte"));
+    }
+    String::from_utf8(out).map_err(|_| LiteralError::Malformed("it is not valid UTF-8"))
+}
+
+fn decode_unicode(body: &str, escape: char) -> LResult<String> {
+    let mut out = Vec::with_capacity(body.len());
+    let chars: Vec<char> = body.chars().collect();
+    let mut i = 0;
+    let mut pending_high: Option<u32> = None;
+    let hex = |from: usize, n: usize| -> Option<u32> {
+        let s = chars.get(from..from.checked_add(n)?)?;
+        s.iter()
+            .try_fold(0u32, |acc, c| Some(acc.checked_mul(16)? + c.to_digit(16)?))
+    };
+    while i < chars.len() {
+        let c = chars[i];
+        if c != escape {
+            if pending_high.is_some() {
+                return Err(LiteralError::Malformed(
+                    "it has an unpaired Unicode surrogate",
+                ));
+            }
+            if c == '\0' {
+                return Err(LiteralError::Malformed("it contains a zero byte"));
+            }
+            let mut buf = [0u8; 4];
+            out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            i += 1;
+            continue;
+        }
+        let cp = if chars.get(i + 1) == Some(&escape) {
+            if pending_high.is_some() {
+                return Err(LiteralError::Malformed(
+                    "it has an unpaired Unicode surrogate",
+                ));
+            }
+            let mut buf = [0u8; 4];
+            out.extend_from_slice(escape.encode_utf8(&mut buf).as_bytes());
+            i += 2;
+            continue;
+        } else if chars.get(i + 1) == Some(&'+') {
+            let v =
+                hex(i + 2, 6).ok_or(LiteralError::Malformed("it has an invalid Unicode escape"))?;
+            i += 8;
+            v
+        } else {
+            let v =
+                hex(i + 1, 4).ok_or(LiteralError::Malformed("it has an invalid Unicode escape"))?;
+            i += 5;
+            v
+        };
+        match (pending_high.take(), cp) {
+            (None, 0xD800..=0xDBFF) => pending_high = Some(cp),
+            (Some(h), 0xDC00..=0xDFFF) => {
+                push_code_point(&mut out, 0x10000 + ((h - 0xD800) << 10) + (cp - 0xDC00))?
+            }
+            (Some(_), _) | (None, 0xDC00..=0xDFFF) => {
+                return Err(LiteralError::Malformed(
+                    "it has an unpaired Unicode surrogate",
+                ))
+            }
+            (None, cp) => push_code_point(&mut out, cp)?,
+        }
+    }
+    if pending_high.is_some() {
+        return Err(LiteralError::Malformed(
+            "it has an unpaired Unicode surrogate",
+        ));
+    }
+    String::from_utf8(out).map_err(|_| LiteralError::Malformed("it is not valid UTF-8"))
+}
+
+/// A `UESCAPE 'c'` clause right after a `U&'...'` literal ending at `end`: (end of the clause, c).
+fn uescape_after(sql: &str, end: usize) -> LResult<Option<(usize, char)>> {
+    let b = sql.as_bytes();
+    let mut i = skip_ws(b, end);
+    let word = b.get(i..i + 7);
+    if !word.is_some_and(|w| w.eq_ignore_ascii_case(b"uescape"))
+        || b.get(i + 7).is_some_and(|c| is_ident_char(*c))
+    {
+        return Ok(None);
+    }
+    i = skip_ws(b, i + 7);
+    let rest = sql.get(i..).unwrap_or("");
+    let mut it = rest.chars();
+    let (Some('\''), Some(c), Some('\'')) = (it.next(), it.next(), it.next()) else {
+        return Err(LiteralError::Malformed(
+            "its UESCAPE clause is not a single character in quotes",
+        ));
+    };
+    if c.is_ascii_hexdigit() || matches!(c, '+' | '\'' | '"') || c.is_whitespace() {
+        return Err(LiteralError::Malformed(
+            "its UESCAPE character is not allowed",
+        ));
+    }
+    Ok(Some((i + 2 + c.len_utf8(), c)))
+}
+
+fn decode_number(text: &str) -> LResult<String> {
+    let t: String = text.chars().filter(|c| *c != '_').collect();
+    let lower = t.to_ascii_lowercase();
+    let radix = if lower.starts_with("0x") {
+        16
+    } else if lower.starts_with("0o") {
+        8
+    } else if lower.starts_with("0b") {
+        2
+    } else {
+        if t.is_empty()
+            || !t
+                .bytes()
+                .all(|c| c.is_ascii_digit() || matches!(c, b'.' | b'e' | b'E' | b'+' | b'-'))
+        {
+            return Err(LiteralError::Malformed("it is not a number"));
+        }
+        return Ok(t);
+    };
+    let v = u128::from_str_radix(&lower[2..], radix)
+        .map_err(|_| LiteralError::Malformed("it is not a number PostgreSQL's integers hold"))?;
+    Ok(v.to_string())
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while b.get(i).copied().is_some_and(is_ws) {
+        i += 1;
+    }
+    i
+}
+
+fn skip_ws_back(b: &[u8], mut i: usize) -> usize {
+    while i > 0 && b.get(i - 1).copied().is_some_and(is_ws) {
+        i -= 1;
+    }
+    i
+}
+
+/// What a type name in a cast or typed literal means for an encrypted column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TypeName {
+    Logical(LogicalType),
+    /// A PostgreSQL type that is none of the logical types (interval, timestamp, float8, ...).
+    Other,
+}
+
+fn type_of_name(name: &str) -> Option<TypeName> {
+    use LogicalType as L;
+    Some(match name {
+        "text" | "varchar" | "character varying" => TypeName::Logical(L::Text),
+        "int4" | "integer" | "int" => TypeName::Logical(L::Int4),
+        "int8" | "bigint" => TypeName::Logical(L::Int8),
+        "numeric" | "decimal" => TypeName::Logical(L::Numeric),
+        "date" => TypeName::Logical(L::Date),
+        "timestamptz" | "timestamp with time zone" => TypeName::Logical(L::Timestamptz),
+        "bool" | "boolean" => TypeName::Logical(L::Bool),
+        "jsonb" => TypeName::Logical(L::Jsonb),
+        "bytea" => TypeName::Logical(L::Bytea),
+        "timestamp"
+        | "timestamp without time zone"
+        | "time"
+        | "timetz"
+        | "interval"
+        | "json"
+        | "float4"
+        | "float8"
+        | "real"
+        | "double precision"
+        | "int2"
+        | "smallint"
+        | "char"
+        | "character"
+        | "bpchar"
+        | "name"
+        | "uuid"
+        | "money"
+        | "inet"
+        | "cidr"
+        | "bit"
+        | "varbit"
+        | "xml"
+        | "oid"
+        | "regclass" => TypeName::Other,
+        _ => return None,
+    })
+}
+
+/// A type name in SQL starting at `i` (after `::` or `AS`): (end, name, array?). Unknown identifiers
+/// and quoted names come back as `None` (refused by the caller).
+fn parse_type_at(b: &[u8], i: usize) -> LResult<Option<(usize, Option<TypeName>, bool)>> {
+    let word_at = |i: usize| -> Option<(usize, String)> {
+        let mut j = i;
+        while b.get(j).copied().is_some_and(is_ident_char) {
+            j += 1;
+        }
+        (j > i).then(|| (j, String::from_utf8_lossy(&b[i..j]).to_ascii_lowercase()))
+    };
+    let Some((mut end, mut name)) = word_at(i) else {
+        return Ok(None);
+    };
+    if name == "pg_catalog" && b.get(end) == Some(&b'.') {
+        let Some((e, n)) = word_at(end + 1) else {
+            return Ok(None);
+        };
+        end = e;
+        name = n;
+    }
+    // Multi-word names.
+    let follow = |end: usize, words: &[&str]| -> Option<usize> {
+        let mut j = end;
+        for w in words {
+            let k = skip_ws(b, j);
+            let (e, n) = word_at(k)?;
+            if n != *w {
+                return None;
+            }
+            j = e;
+        }
+        Some(j)
+    };
+    for (first, rest, full) in [
+        ("character", &["varying"][..], "character varying"),
+        (
+            "timestamp",
+            &["with", "time", "zone"][..],
+            "timestamp with time zone",
+        ),
+        (
+            "timestamp",
+            &["without", "time", "zone"][..],
+            "timestamp without time zone",
+        ),
+        ("double", &["precision"][..], "double precision"),
+    ] {
+        if name == first {
+            if let Some(e) = follow(end, rest) {
+                end = e;
+                name = full.to_string();
+                break;
+            }
+        }
+    }
+    let ty = type_of_name(&name);
+    let mut j = skip_ws(b, end);
+    if b.get(j) == Some(&b'(') {
+        return Err(LiteralError::Unsupported(
+            "a literal cast with a type modifier",
+        ));
+    }
+    let mut array = false;
+    while b.get(j) == Some(&b'[') {
+        let k = skip_ws(b, j + 1);
+        let mut m = k;
+        while b.get(m).is_some_and(u8::is_ascii_digit) {
+            m += 1;
+        }
+        let m = skip_ws(b, m);
+        if b.get(m) != Some(&b']') {
+            break;
+        }
+        array = true;
+        end = m + 1;
+        j = skip_ws(b, end);
+    }
+    Ok(Some((end, ty, array)))
+}
+
+fn check_type(
+    ty: Option<TypeName>,
+    array: bool,
+    want: LogicalType,
+    want_array: bool,
+) -> LResult<()> {
+    match ty {
+        Some(TypeName::Logical(t)) if t == want && array == want_array => Ok(()),
+        Some(TypeName::Logical(t)) if t == want => Err(LiteralError::Unsupported(if array {
+            "an array literal where one value is expected"
+        } else {
+            "a single value where an array is expected"
+        })),
+        _ => Err(LiteralError::Unsupported(
+            "a literal of another type (a cast or typed literal)",
+        )),
+    }
+}
+
+/// The text a ciphertext literal replaces: the literal's span, widened over what gives the literal its
+/// type, which must be the column's logical type (otherwise [`LiteralError::Unsupported`], since the
+/// ciphertext can only stand for the value as the column's type):
+///
+/// - `'...'::type` casts (any number, `pg_catalog.` allowed, `[]` for arrays; a type modifier such as
+///   `::numeric(5,2)` or `::varchar(3)` changes the value and is refused);
+/// - a typed literal's type name before it: `DATE '2024-01-31'`, `timestamp with time zone '...'`;
+/// - `CAST('...' AS type)` when the literal is the whole operand;
+/// - the `UESCAPE 'c'` clause of a `U&'...'` literal.
+///
+/// `array`: the plan encrypts the literal as an array (`col = ANY('{...}')`).
+pub fn replace_range(
+    sql: &str,
+    lit: &Literal,
+    ty: LogicalType,
+    array: bool,
+) -> LResult<Range<usize>> {
+    let b = sql.as_bytes();
+    let mut start = lit.span.start.min(b.len());
+    let mut end = lit.span.end.min(b.len()).max(start);
+    if lit.kind == LiteralKind::UnicodeString {
+        if let Some((e, _)) = uescape_after(sql, end)? {
+            end = e;
+        }
+    }
+    // `::type` casts after the literal.
+    loop {
+        let i = skip_ws(b, end);
+        if b.get(i..i + 2) != Some(b"::") {
+            break;
+        }
+        let k = skip_ws(b, i + 2);
+        match parse_type_at(b, k)? {
+            Some((e, t, arr)) => {
+                check_type(t, arr, ty, array)?;
+                end = e;
+            }
+            None => {
+                return Err(LiteralError::Unsupported(
+                    "a literal of another type (a cast or typed literal)",
+                ))
+            }
+        }
+    }
+    // A typed literal: `DATE '...'`, `timestamp with time zone '...'`.
+    if let Some((s, t)) = type_name_before(b, start) {
+        check_type(Some(t), false, ty, array)?;
+        start = s;
+    }
+    // CAST( <literal> AS type )
+    let open = skip_ws_back(b, start);
+    if open > 0 && b.get(open - 1) == Some(&b'(') {
+        let w_end = skip_ws_back(b, open - 1);
+        let w_start = w_end.saturating_sub(4);
+        let is_cast = b
+            .get(w_start..w_end)
+            .is_some_and(|w| w.eq_ignore_ascii_case(b"cast"))
+            && (w_start == 0 || !b.get(w_start - 1).copied().is_some_and(is_ident_char));
+        if is_cast {
+            let i = skip_ws(b, end);
+            let as_kw = b
+                .get(i..i + 2)
+                .is_some_and(|w| w.eq_ignore_ascii_case(b"as"))
+                && !b.get(i + 2).copied().is_some_and(is_ident_char);
+            if as_kw {
+                let k = skip_ws(b, i + 2);
+                if let Some((e, t, arr)) = parse_type_at(b, k)? {
+                    let close = skip_ws(b, e);
+                    if b.get(close) == Some(&b')') {
+                        check_type(t, arr, ty, array)?;
+                        start = w_start;
+                        end = close + 1;
+                    }
+                } else {
+                    return Err(LiteralError::Unsupported(
+                        "a literal of another type (a cast or typed literal)",
+                    ));
+                }
+            }
+        }
+    }
+    Ok(start..end)
+}
+
+/// A type name directly before `start` (whitespace between), as in `DATE '...'`: (its start, type).
+/// Only known type names count, so keywords (`FROM 'x'`, `WHEN 'x'`) are never taken for types.
+fn type_name_before(b: &[u8], start: usize) -> Option<(usize, TypeName)> {
+    let mut words: Vec<(usize, String)> = Vec::new();
+    let mut pos = start;
+    for _ in 0..4 {
+        let e = skip_ws_back(b, pos);
+        let mut s = e;
+        while s > 0 && b.get(s - 1).copied().is_some_and(is_ident_char) {
+            s -= 1;
+        }
+        if s == e {
+            break;
+        }
+        words.push((s, String::from_utf8_lossy(&b[s..e]).to_ascii_lowercase()));
+        pos = s;
+        if words.len() == 1 && !matches!(words[0].1.as_str(), "zone" | "varying" | "precision") {
+            break;
+        }
+    }
+    let first = words.first()?;
+    let joined = |n: usize| -> Option<(usize, String)> {
+        let ws = words.get(..n)?;
+        let name: Vec<&str> = ws.iter().rev().map(|(_, w)| w.as_str()).collect();
+        Some((ws.last()?.0, name.join(" ")))
+    };
+    let candidates = match first.1.as_str() {
+        "zone" => vec![joined(4)?],
+        "varying" | "precision" => vec![joined(2)?],
+        _ => vec![first.clone()],
+    };
+    candidates.into_iter().find_map(|(s, name)| {
+        // A word glued to something before it (`x.date`) is an identifier, not a type name.
+        if s > 0 && b.get(s - 1) == Some(&b'.') {
+            return None;
+        }
+        type_of_name(&name).map(|t| (s, t))
+    })
+}
+
+/// The comparison operator ending right before `pos` (whitespace between): `=` → false (ANY),
+/// `<>`/`!=` → true (ALL), with its start.
+fn comparison_before(b: &[u8], pos: usize) -> Option<(usize, bool)> {
+    let e = skip_ws_back(b, pos);
+    let is_op = |c: u8| b"+-*/<>=~!@#%^&|`?:".contains(&c);
+    let mut s = e;
+    while s > 0 && b.get(s - 1).copied().is_some_and(is_op) {
+        s -= 1;
+    }
+    match b.get(s..e)? {
+        b"=" => Some((s, false)),
+        b"<>" | b"!=" => Some((s, true)),
+        _ => None,
+    }
+}
+
+/// The start of the column reference ending right before `pos` (`col`, `t.col`, `"Col"`, `s.t."c"`).
+fn column_ref_before(b: &[u8], pos: usize) -> Option<usize> {
+    let mut i = skip_ws_back(b, pos);
+    let end = i;
+    loop {
+        if i > 0 && b.get(i - 1) == Some(&b'"') {
+            // Quoted identifier: back to its opening quote (doubled quotes inside).
+            let mut j = i - 1;
+            loop {
+                if j == 0 {
+                    return None;
+                }
+                j -= 1;
+                if b.get(j) == Some(&b'"') {
+                    if j > 0 && b.get(j - 1) == Some(&b'"') {
+                        j -= 1;
+                        continue;
+                    }
+                    break;
+                }
+            }
+            i = j;
+        } else {
+            let s = i;
+            while i > 0 && b.get(i - 1).copied().is_some_and(is_ident_char) {
+                i -= 1;
+            }
+            if i == s {
+                return None;
+            }
+        }
+        if i > 0 && b.get(i - 1) == Some(&b'.') {
+            i -= 1;
+            continue;
+        }
+        break;
+    }
+    (i < end).then_some(i)
+}
+
+fn word_before_is(b: &[u8], pos: usize, word: &[u8]) -> bool {
+    let e = skip_ws_back(b, pos);
+    let Some(s) = e.checked_sub(word.len()) else {
+        return false;
+    };
+    b.get(s..e).is_some_and(|w| w.eq_ignore_ascii_case(word))
+        && (s == 0 || !b.get(s - 1).copied().is_some_and(is_ident_char))
+}
+
+/// For `col = 'x'` (also `col <> 'x'` / `col != 'x'`): looks back from the literal (its
+/// [`replace_range`]) over whitespace for the operator and a column reference, and returns the
+/// replacement of operator and literal: `= ANY (ARRAY[v1, v2])` (or `<> ALL (...)`), with
+/// `::bytea[]` for bytea storage since untyped literals in `ARRAY[]` would be text. `None` when the
+/// literal is not compared that way — an assignment (`SET col = 'x'`, `, col = 'x'`), the literal on
+/// the left, any other operator, fewer than two variants: then the session uses the active version
+/// alone.
+pub fn rewrite_equality_literal(
+    sql: &str,
+    literal_span: Range<usize>,
+    variants: &[String],
+    storage: Storage,
+) -> Option<(Range<usize>, String)> {
+    if variants.len() < 2 {
+        return None;
+    }
+    let b = sql.as_bytes();
+    let (op_start, all) = comparison_before(b, literal_span.start)?;
+    let col_start = column_ref_before(b, op_start)?;
+    // An assignment looks the same as a comparison: `SET col = 'x'`, `SET a = 1, col = 'x'`.
+    let before = skip_ws_back(b, col_start);
+    if before > 0 && b.get(before - 1) == Some(&b',') {
+        return None;
+    }
+    if word_before_is(b, col_start, b"set") {
+        return None;
+    }
+    let mut out = String::with_capacity(variants.iter().map(|v| v.len() + 2).sum::<usize>() + 32);
+    out.push_str(if all {
+        "<> ALL (ARRAY["
+    } else {
+        "= ANY (ARRAY["
+    });
+    out.push_str(&variants.join(", "));
+    out.push(']');
+    if storage == Storage::Bytea {
+        out.push_str("::bytea[]");
+    }
+    out.push(')');
+    Some((op_start..literal_span.end, out))
+}
+
+/// For a literal that is an element of `col IN (...)` / `col NOT IN (...)`: the replacement of the
+/// literal (its [`replace_range`] `range`) with all variants, `'c2', 'c1'`. Looks back through earlier
+/// list elements (literals of `literals`, `$n` parameters, `NULL`) to the `(` and checks `IN` precedes
+/// it, and forward for `,` or `)`; `None` otherwise (a `VALUES (...)` list must not grow).
+pub fn rewrite_in_list_literal(
+    sql: &str,
+    literals: &[Literal],
+    range: Range<usize>,
+    variants: &[String],
+) -> Option<(Range<usize>, String)> {
+    if variants.len() < 2 {
+        return None;
+    }
+    let b = sql.as_bytes();
+    let after = skip_ws(b, range.end);
+    if !matches!(b.get(after), Some(b',' | b')')) {
+        return None;
+    }
+    let mut pos = range.start;
+    for _ in 0..=literals.len() + 64 {
+        let p = skip_ws_back(b, pos);
+        if p == 0 {
+            return None;
+        }
+        match b.get(p - 1) {
+            Some(b'(') => {
+                return word_before_is(b, p - 1, b"in")
+                    .then(|| (range.clone(), variants.join(", ")));
+            }
+            Some(b',') => {
+                let e = skip_ws_back(b, p - 1);
+                // The previous element: a literal, a parameter or NULL.
+                if let Some(l) = literals.iter().find(|l| l.span.end == e) {
+                    pos = l.span.start;
+                } else if word_before_is(b, e, b"null") {
+                    pos = e - 4;
+                } else {
+                    let mut s = e;
+                    while s > 0 && b.get(s - 1).is_some_and(u8::is_ascii_digit) {
+                        s -= 1;
+                    }
+                    if s < e && s > 0 && b.get(s - 1) == Some(&b'$') {
+                        pos = s - 1;
+                    } else {
+                        return None;
+                    }
+                }
+            }
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// One replacement in a SQL string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Edit {
+    /// Byte range in the original SQL.
+    pub range: Range<usize>,
+    /// What replaces it.
+    pub text: String,
+}
+
+/// The complete replacement for plan encryption `ValueRef::Literal(index)`: decodes the literal,
+/// encrypts it (each element for `array`), picks the range ([`replace_range`]) and, for a rotated
+/// deterministic column, splices every key version's ciphertext into an equality or `IN` list
+/// ([`rewrite_equality_literal`], [`rewrite_in_list_literal`]; arrays carry the variants as extra
+/// elements). Elsewhere the active version is used.
+pub fn literal_edit(
+    sql: &str,
+    literals: &[Literal],
+    index: usize,
+    target: &ColumnTarget<'_>,
+    array: bool,
+) -> Result<Edit> {
+    let col = target.column();
+    let lit = literals
+        .get(index)
+        .ok_or_else(|| RewriteError::BadLiteral {
+            column: col.to_string(),
+            reason: "the plan names a literal the statement does not have",
+        })?;
+    let value = decode_literal(sql, lit).map_err(|e| e.for_column(col, target.ty))?;
+    let range =
+        replace_range(sql, lit, target.ty, array).map_err(|e| e.for_column(col, target.ty))?;
+    let (range, text) = if array {
+        let arr = encrypt_text_array(target, value.as_bytes(), true)?;
+        (range, quote_sql(&String::from_utf8_lossy(&arr)))
+    } else {
+        let canonical = target.canonical_from_text(value.as_bytes())?;
+        if target.has_variants() {
+            let variants = sql_literal_variants(target, &canonical)?;
+            rewrite_equality_literal(sql, range.clone(), &variants, target.storage)
+                .or_else(|| rewrite_in_list_literal(sql, literals, range.clone(), &variants))
+                .unwrap_or_else(|| (range, variants.into_iter().next().unwrap_or_default()))
+        } else {
+            (
+                range,
+                sql_literal(target.storage, &target.encrypt(&canonical)?),
+            )
+        }
+    };
+    // `THEN'x'` is valid SQL; `THENE'\\x..'` would not be.
+    let b = sql.as_bytes();
+    let glued = range.start > 0
+        && b.get(range.start - 1).copied().is_some_and(is_ident_char)
+        && text.as_bytes().first().copied().is_some_and(is_ident_char);
+    let text = if glued { format!(" {text}") } else { text };
+    Ok(Edit { range, text })
+}
+
+/// Applies non-overlapping edits (any order) to `sql`.
+pub fn apply_edits(sql: &str, mut edits: Vec<Edit>) -> Result<String> {
+    edits.sort_by_key(|e| e.range.start);
+    let overlap = || RewriteError::Internal {
+        column: "(statement)".to_string(),
+        detail: "two literal replacements overlap".to_string(),
+    };
+    let mut out =
+        String::with_capacity(sql.len() + edits.iter().map(|e| e.text.len()).sum::<usize>());
+    let mut pos = 0;
+    for e in &edits {
+        if e.range.start < pos || e.range.end < e.range.start {
+            return Err(overlap());
+        }
+        out.push_str(sql.get(pos..e.range.start).ok_or_else(overlap)?);
+        out.push_str(&e.text);
+        pos = e.range.end;
+    }
+    out.push_str(sql.get(pos..).ok_or_else(overlap)?);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rewrite::testkit::{Kit, Rng, EMAIL, NOTES, SALARY};
+    use pgcloak_keymgr::typed;
+    use pgcloak_policy::lex;
+
+    fn lits(sql: &str) -> Vec<Literal> {
+        lex(sql).literals
+    }
+
+    fn first(sql: &str) -> LResult<String> {
+        let l = lits(sql);
+        decode_literal(sql, &l[0])
+    }
+
+    #[test]
+    fn decodes_every_literal_kind() {
+        let ok: &[(&str, &str)] = &[
+            ("SELECT 'abc'", "abc"),
+            ("SELECT 'it''s'", "it's"),
+            ("SELECT ''", ""),
+            ("SELECT 'a\\nb'", "a\\nb"),
+            ("SELECT N'nat'", "nat"),
+            ("SELECT 'héllo'", "héllo"),
+            ("SELECT E'a\\nb\\tc\\\\d\\'e''f'", "a\nb\tc\\d'e'f"),
+            ("SELECT E'\\b\\f\\r\\v\\q'", "\u{8}\u{c}\rvq"),
+            ("SELECT E'\\101\\1010\\7'", "AA0\u{7}"),
+            ("SELECT E'\\x41\\x4a\\x4G\\xZ'", "AJ\u{4}GxZ"),
+            ("SELECT E'\\u00e9\\U0001F600'", "é😀"),
+            ("SELECT E'\\uD83D\\uDE00'", "😀"),
+            ("SELECT e'\\303\\251'", "é"),
+            ("SELECT U&'d\\0061t\\+000061'", "data"),
+            ("SELECT U&'\\\\x'", "\\x"),
+            ("SELECT U&'it''s'", "it's"),
+            ("SELECT U&'d!0061t!+000061' UESCAPE '!'", "data"),
+            ("SELECT u&'\\D83D\\DE00'", "😀"),
+            ("SELECT $$a'b\\c$$", "a'b\\c"),
+            ("SELECT $tag$ $$ x $tag$", " $$ x "),
+            ("SELECT $$$$", ""),
+            ("SELECT 5000", "5000"),
+            ("SELECT 1.5e3", "1.5e3"),
+            ("SELECT .5", ".5"),
+            ("SELECT 1_000_000", "1000000"),
+            ("SELECT 0x1F", "31"),
+            ("SELECT 0o17", "15"),
+            ("SELECT 0b101", "5"),
+        ];
+        for (sql, want) in ok {
+            assert_eq!(first(sql).as_deref(), Ok(*want), "{sql}");
+        }
+        // The lexer keeps the sign outside a number literal.
+        let l = lits("SELECT -1.5e3");
+        assert_eq!(decode_literal("SELECT -1.5e3", &l[0]).unwrap(), "1.5e3");
+        let bad: &[(&str, LiteralError)] = &[
+            (
+                "SELECT 'abc",
+                LiteralError::Malformed("it is not terminated"),
+            ),
+            (
+                "SELECT 'ab''",
+                LiteralError::Malformed("it is not terminated"),
+            ),
+            (
+                "SELECT E'ab\\'",
+                LiteralError::Malformed("it is not terminated"),
+            ),
+            (
+                "SELECT E'\\uZZZZ'",
+                LiteralError::Malformed("it has an invalid Unicode escape"),
+            ),
+            (
+                "SELECT E'\\uD83D'",
+                LiteralError::Malformed("it has an unpaired Unicode surrogate"),
+            ),
+            (
+                "SELECT E'\\uDE00'",
+                LiteralError::Malformed("it has an unpaired Unicode surrogate"),
+            ),
+            (
+                "SELECT E'\\xff'",
+                LiteralError::Malformed("it is not valid UTF-8"),
+            ),
+            (
+                "SELECT E'\\000'",
+                LiteralError::Malformed("it contains a zero byte"),
+            ),
+            (
+                "SELECT U&'\\00'",
+                LiteralError::Malformed("it has an invalid Unicode escape"),
+            ),
+            (
+                "SELECT U&'\\0000'",
+                LiteralError::Malformed("it contains a zero byte"),
+            ),
+            (
+                "SELECT U&'x' UESCAPE 'a'",
+                LiteralError::Malformed("its UESCAPE character is not allowed"),
+            ),
+            (
+                "SELECT $a$ x",
+                LiteralError::Malformed("it is not terminated"),
+            ),
+            (
+                "SELECT B'0101'",
+                LiteralError::Unsupported("a bit-string literal B'...'"),
+            ),
+            (
+                "SELECT X'1F'",
+                LiteralError::Unsupported("a hexadecimal bit-string literal X'...'"),
+            ),
+            (
+                "SELECT 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF",
+                LiteralError::Malformed("it is not a number PostgreSQL's integers hold"),
+            ),
+        ];
+        for (sql, want) in bad {
+            assert_eq!(first(sql), Err(*want), "{sql}");
+        }
+    }
+
+    #[test]
+    fn literal_error_names_column_not_value() {
+        let e =
+            LiteralError::Malformed("it is not terminated").for_column(EMAIL, LogicalType::Text);
+        assert!(e.to_string().contains(EMAIL));
+        let e = LiteralError::Unsupported("a bit-string literal B'...'")
+            .for_column(EMAIL, LogicalType::Int4);
+        let m = e.to_string();
+        assert!(
+            m.starts_with("pgcloak: a bit-string") && m.contains("int4"),
+            "{m}"
+        );
+    }
+
+    fn range_of(sql: &str, ty: LogicalType, array: bool) -> LResult<String> {
+        let l = lits(sql);
+        replace_range(sql, &l[0], ty, array).map(|r| sql[r].to_string())
+    }
+
+    #[test]
+    fn replace_range_covers_casts_typed_literals_and_uescape() {
+        use LogicalType as L;
+        let ok: &[(&str, L, bool, &str)] = &[
+            ("SELECT * FROM t WHERE c = 'x'", L::Text, false, "'x'"),
+            ("WHERE c = '5'::int4", L::Int4, false, "'5'::int4"),
+            (
+                "WHERE c = '5' :: pg_catalog.int4 AND d",
+                L::Int4,
+                false,
+                "'5' :: pg_catalog.int4",
+            ),
+            (
+                "WHERE c = 'x'::text::varchar",
+                L::Text,
+                false,
+                "'x'::text::varchar",
+            ),
+            (
+                "WHERE c = DATE '2024-01-31'",
+                L::Date,
+                false,
+                "DATE '2024-01-31'",
+            ),
+            (
+                "WHERE c = timestamp with time zone '2024-01-31 10:00+02'",
+                L::Timestamptz,
+                false,
+                "timestamp with time zone '2024-01-31 10:00+02'",
+            ),
+            (
+                "WHERE c = '1'::timestamp with time zone",
+                L::Timestamptz,
+                false,
+                "'1'::timestamp with time zone",
+            ),
+            (
+                "WHERE c = CAST('7' AS bigint) OR",
+                L::Int8,
+                false,
+                "CAST('7' AS bigint)",
+            ),
+            (
+                "WHERE c = ANY('{1,2}'::int4[])",
+                L::Int4,
+                true,
+                "'{1,2}'::int4[]",
+            ),
+            ("WHERE c = ANY('{1,2}')", L::Int4, true, "'{1,2}'"),
+            ("WHERE c IS NOT DISTINCT FROM 'x'", L::Text, false, "'x'"),
+            ("CASE c WHEN 'x' THEN 1 END", L::Text, false, "'x'"),
+            (
+                "WHERE c = U&'\\0041' UESCAPE '!' AND",
+                L::Text,
+                false,
+                "U&'\\0041' UESCAPE '!'",
+            ),
+            ("WHERE t.date = 'x'", L::Text, false, "'x'"),
+        ];
+        for (sql, ty, array, want) in ok {
+            assert_eq!(range_of(sql, *ty, *array).as_deref(), Ok(*want), "{sql}");
+        }
+        let refused = [
+            ("WHERE c = '5'::int8", L::Int4, false),
+            ("WHERE c = '5'::numeric(5,2)", L::Numeric, false),
+            ("WHERE c = 'abc'::varchar(2)", L::Text, false),
+            ("WHERE c = '5'::text::int4", L::Int4, false),
+            ("WHERE c = timestamp '2024-01-01'", L::Timestamptz, false),
+            ("WHERE c = interval '1 day'", L::Timestamptz, false),
+            ("WHERE c = CAST('7' AS int4)", L::Int8, false),
+            ("WHERE c = '{1}'::int4[]", L::Int4, false),
+            ("WHERE c = ANY('{1}'::int4)", L::Int4, true),
+            ("WHERE c = '5'::\"int4\"", L::Int4, false),
+            ("WHERE c = '5'::mytype", L::Int4, false),
+        ];
+        for (sql, ty, array) in refused {
+            assert!(
+                matches!(range_of(sql, ty, array), Err(LiteralError::Unsupported(_))),
+                "{sql}: {:?}",
+                range_of(sql, ty, array)
+            );
+        }
+    }
+
+    fn eq(sql: &str, storage: Storage) -> Option<String> {
+        let l = lits(sql);
+        let lit = l
+            .iter()
+            .find(|l| sql[l.span.clone()].contains('x'))
+            .unwrap();
+        let v = vec!["'c2'".to_string(), "'c1'".to_string()];
+        rewrite_equality_literal(sql, lit.span.clone(), &v, storage).map(|(r, s)| {
+            let mut out = sql.to_string();
+            out.replace_range(r, &s);
+            out
+        })
+    }
+
+    #[test]
+    fn equality_literal_cases() {
+        let t = Storage::Text;
+        let cases: &[(&str, Option<&str>)] = &[
+            (
+                "SELECT 1 FROM t WHERE c = 'x'",
+                Some("SELECT 1 FROM t WHERE c = ANY (ARRAY['c2', 'c1'])"),
+            ),
+            (
+                "WHERE t.c='x' AND d = 1",
+                Some("WHERE t.c= ANY (ARRAY['c2', 'c1']) AND d = 1"),
+            ),
+            (
+                "WHERE \"My\"\"Col\" =\n 'x'",
+                Some("WHERE \"My\"\"Col\" = ANY (ARRAY['c2', 'c1'])"),
+            ),
+            (
+                "WHERE s.t.\"c\" <> 'x'",
+                Some("WHERE s.t.\"c\" <> ALL (ARRAY['c2', 'c1'])"),
+            ),
+            ("WHERE c != 'x'", Some("WHERE c <> ALL (ARRAY['c2', 'c1'])")),
+            (
+                "WHERE (c = 'x')",
+                Some("WHERE (c = ANY (ARRAY['c2', 'c1']))"),
+            ),
+            (
+                "JOIN u ON u.c = 'x'",
+                Some("JOIN u ON u.c = ANY (ARRAY['c2', 'c1'])"),
+            ),
+            ("UPDATE t SET c = 'x'", None),
+            ("UPDATE t SET a = 1, c = 'x' WHERE d = 2", None),
+            ("UPDATE t SET\nc='x'", None),
+            ("WHERE 'x' = c", None),
+            ("WHERE c <= 'x'", None),
+            ("WHERE c >= 'x'", None),
+            ("SELECT f(a := 'x')", None),
+            ("WHERE c IN ('x')", None),
+            ("WHERE lower(c) = 'x'", None),
+            ("SELECT a, c = 'x' FROM t", None),
+            ("= 'x'", None),
+        ];
+        for (sql, want) in cases {
+            assert_eq!(eq(sql, t).as_deref(), *want, "{sql}");
+        }
+        assert_eq!(
+            eq("WHERE c = 'x'", Storage::Bytea).as_deref(),
+            Some("WHERE c = ANY (ARRAY['c2', 'c1']::bytea[])")
+        );
+        // One variant: nothing to splice.
+        assert_eq!(
+            rewrite_equality_literal("WHERE c = 'x'", 10..13, &["'c'".into()], t),
+            None
+        );
+    }
+
+    #[test]
+    fn in_list_cases() {
+        let v = vec!["'c2'".to_string(), "'c1'".to_string()];
+        let run = |sql: &str, nth: usize| {
+            let l = lits(sql);
+            rewrite_in_list_literal(sql, &l, l[nth].span.clone(), &v).map(|(r, s)| {
+                let mut out = sql.to_string();
+                out.replace_range(r, &s);
+                out
+            })
+        };
+        assert_eq!(
+            run("WHERE c IN ('a', 'b')", 1).as_deref(),
+            Some("WHERE c IN ('a', 'c2', 'c1')")
+        );
+        assert_eq!(
+            run("WHERE c NOT in('a',$1, NULL , 'b' )", 1).as_deref(),
+            Some("WHERE c NOT in('a',$1, NULL , 'c2', 'c1' )")
+        );
+        assert_eq!(
+            run("WHERE c IN ('a')", 0).as_deref(),
+            Some("WHERE c IN ('c2', 'c1')")
+        );
+        assert_eq!(run("INSERT INTO t VALUES ('a', 'b')", 1), None);
+        assert_eq!(run("SELECT f('a', 'b')", 1), None);
+        assert_eq!(run("WHERE c IN (lower(x), 'b')", 0), None);
+        assert_eq!(run("WHERE c IN ('a' || 'b')", 0), None);
+        assert_eq!(run("WHERE (a, c) IN (('q', 'b'))", 1), None);
+        assert_eq!(run("WHERE c = 'a'", 0), None);
+    }
+
+    fn stored_of(t: &ColumnTarget<'_>, sql_lit: &str) -> Vec<u8> {
+        // Undo the SQL quoting of a ciphertext literal, then the storage's text form.
+        let l = lits(sql_lit);
+        let text = decode_literal(sql_lit, &l[0]).unwrap();
+        match t.storage {
+            Storage::Bytea => {
+                typed::canonical_from_text(LogicalType::Bytea, text.as_bytes()).unwrap()
+            }
+            Storage::Text => text.into_bytes(),
+        }
+    }
+
+    #[test]
+    fn literal_edit_encrypts_and_splices() {
+        let kit = Kit::new();
+        let kr = kit.keyring();
+        for storage in [Storage::Bytea, Storage::Text] {
+            let t = kit.target(&kr, SALARY, LogicalType::Int4, storage);
+            let sql = "INSERT INTO customers (id, salary) VALUES (1, 5000), (2,'-7'::int4)";
+            let l = lits(sql);
+            let edits = vec![
+                literal_edit(sql, &l, 3, &t, false).unwrap(),
+                literal_edit(sql, &l, 1, &t, false).unwrap(),
+            ];
+            let out = apply_edits(sql, edits.clone()).unwrap();
+            assert!(
+                out.starts_with("INSERT INTO customers (id, salary) VALUES (1, "),
+                "{out}"
+            );
+            assert!(
+                !out.contains("5000") && !out.contains("-7") && !out.contains("::int4"),
+                "{out}"
+            );
+            assert_eq!(
+                t.cipher.decrypt(&stored_of(&t, &edits[1].text)).unwrap(),
+                5000i32.to_be_bytes()
+            );
+            assert_eq!(
+                t.cipher.decrypt(&stored_of(&t, &edits[0].text)).unwrap(),
+                (-7i32).to_be_bytes()
+            );
+            // The rewritten statement lexes with exactly the expected literals and nothing else.
+            let relexed = lex(&out);
+            assert_eq!(relexed.literals.len(), 4);
+            assert!(!relexed.unterminated);
+        }
+        // Errors name the column.
+        let t = kit.target(&kr, SALARY, LogicalType::Int4, Storage::Bytea);
+        let sql = "UPDATE customers SET salary = 'lots'";
+        let e = literal_edit(sql, &lits(sql), 0, &t, false).unwrap_err();
+        assert!(e.to_string().contains(SALARY) && !e.to_string().contains("lots"));
+        let e = literal_edit(sql, &lits(sql), 7, &t, false).unwrap_err();
+        assert_eq!(e.sqlstate(), "22P02");
+        let sql = "UPDATE customers SET salary = B'0101'";
+        let e = literal_edit(sql, &lits(sql), 0, &t, false).unwrap_err();
+        assert_eq!(e.sqlstate(), "0A000");
+    }
+
+    #[test]
+    fn literal_edit_variants_after_rotation() {
+        let kit = Kit::new();
+        let old = kit.keyring();
+        let kr = kit.rotated_keyring(EMAIL);
+        let t = kit.target(&kr, EMAIL, LogicalType::Text, Storage::Text);
+        let t_old = kit.target(&old, EMAIL, LogicalType::Text, Storage::Text);
+        let old_ct = String::from_utf8(t_old.encrypt(b"a@b.c").unwrap()).unwrap();
+        let sql = "SELECT id FROM customers WHERE email = 'a@b.c'";
+        let e = literal_edit(sql, &lits(sql), 0, &t, false).unwrap();
+        assert!(e.text.starts_with("= ANY (ARRAY['pgc1:"), "{}", e.text);
+        assert!(e.text.contains(&old_ct));
+        let sql = "SELECT id FROM customers WHERE email IN ('a@b.c', 'd@e.f')";
+        let e = literal_edit(sql, &lits(sql), 0, &t, false).unwrap();
+        assert_eq!(e.range, lits(sql)[0].span);
+        assert_eq!(e.text.matches("pgc1:").count(), 2);
+        // A write uses the active version only.
+        let sql = "UPDATE customers SET email = 'a@b.c'";
+        let e = literal_edit(sql, &lits(sql), 0, &t, false).unwrap();
+        assert!(!e.text.contains(&old_ct) && e.text.starts_with("'pgc1:"));
+        let sql = "INSERT INTO customers (email) VALUES ('a@b.c')";
+        let e = literal_edit(sql, &lits(sql), 0, &t, false).unwrap();
+        assert_eq!(e.text.matches("pgc1:").count(), 1);
+        // Arrays carry the variants as elements.
+        let sql = "SELECT 1 FROM customers WHERE email = ANY('{a@b.c,x@y.z}')";
+        let e = literal_edit(sql, &lits(sql), 1, &t, true).unwrap();
+        assert_eq!(e.text.matches("pgc1:").count(), 4);
+        assert!(e.text.contains(&old_ct));
+    }
+
+    #[test]
+    fn literal_edit_bytea_array_literal_and_glued_keyword() {
+        let kit = Kit::new();
+        let kr = kit.keyring();
+        let t = kit.target(&kr, NOTES, LogicalType::Text, Storage::Bytea);
+        let sql = "SELECT CASE WHEN true THEN'x' END";
+        let e = literal_edit(sql, &lits(sql), 0, &t, false).unwrap();
+        assert!(e.text.starts_with(" E'\\\\x"), "{}", e.text);
+        let out = apply_edits(sql, vec![e]).unwrap();
+        assert!(out.contains("THEN E'"), "{out}");
+        let sql = "WHERE notes = ANY('{\"a b\",NULL}')";
+        let e = literal_edit(sql, &lits(sql), 0, &t, true).unwrap();
+        assert!(e.text.starts_with("E'{\"\\\\\\\\x"), "{}", e.text);
+        // Decoding the literal gives a bytea[] text whose elements decrypt.
+        let arr = decode_literal(&e.text, &lits(&e.text)[0]).unwrap();
+        assert!(arr.ends_with(",NULL}"), "{arr}");
+    }
+
+    #[test]
+    fn apply_edits_rejects_overlap() {
+        let e = |r: Range<usize>| Edit {
+            range: r,
+            text: "z".into(),
+        };
+        assert_eq!(
+            apply_edits("abcdef", vec![e(4..5), e(0..2)]).unwrap(),
+            "zcdzf"
+        );
+        assert!(apply_edits("abcdef", vec![e(0..3), e(2..4)]).is_err());
+        assert!(apply_edits("abc", vec![e(2..9)]).is_err());
+        assert!(apply_edits("é", vec![e(1..2)]).is_err());
+    }
+
+    #[test]
+    fn sql_helpers_never_panic_on_random_text() {
+        let kit = Kit::new();
+        let kr = kit.keyring();
+        let t = kit.target(&kr, EMAIL, LogicalType::Text, Storage::Bytea);
+        let mut rng = Rng::new(11);
+        let alphabet = b"'\"$eEuUnN&\\ ::=<>!,()[]{}0x1_.acstiN";
+        for _ in 0..4000 {
+            let raw = rng.bytes_from(alphabet, 30);
+            let sql = String::from_utf8_lossy(&raw).into_owned();
+            let l = lits(&sql);
+            for (i, lit) in l.iter().enumerate() {
+                let _ = decode_literal(&sql, lit);
+                for ty in [LogicalType::Text, LogicalType::Int4] {
+                    let _ = replace_range(&sql, lit, ty, i % 2 == 0);
+                }
+                let v = vec!["'a'".to_string(), "'b'".to_string()];
+                let _ = rewrite_equality_literal(&sql, lit.span.clone(), &v, Storage::Text);
+                let _ = rewrite_in_list_literal(&sql, &l, lit.span.clone(), &v);
+                if let Ok(e) = literal_edit(&sql, &l, i, &t, false) {
+                    let _ = apply_edits(&sql, vec![e]);
+                }
+            }
+            // Out-of-range spans.
+            let bogus = Literal {
+                span: sql.len()..sql.len() + 3,
+                kind: LiteralKind::String,
+                placeholder: 1,
+            };
+            assert!(decode_literal(&sql, &bogus).is_err());
+            let _ = replace_range(&sql, &bogus, LogicalType::Text, false);
+        }
+    }
+}

@@ -1,0 +1,588 @@
+//! Parameters of the extended protocol: encrypting Bind values, the declared types of Parse, and the
+//! ParameterDescription that makes clients encode encrypted parameters as their logical type.
+//!
+//! The round trip for a parameter `$n` of encrypted column `c` (logical type T, storage S):
+//! 1. Parse: a declared type for `$n` (anything but 0) becomes S's oid ([`rewrite_parse_param_types`]),
+//!    so the server accepts the ciphertext; undeclared parameters are inferred as S by the server.
+//! 2. ParameterDescription: the server says S; the client is told T ([`rewrite_parameter_description`]),
+//!    so drivers that encode by the described type (asyncpg, JDBC, tokio-postgres) send T's text or
+//!    binary format.
+//! 3. Bind: the value in T's format is encrypted and sent in S's form in the same format
+//!    ([`rewrite_bind`]; see [`super::param_value`]).
+
+use bytes::{BufMut, Bytes, BytesMut};
+use pgcloak_keymgr::LogicalType;
+
+use super::array::{encrypt_binary_array, encrypt_text_array};
+use super::error::{Result, RewriteError};
+use super::values::param_value;
+use super::{array_oid, ColumnTarget, Format, Storage};
+
+/// A Bind parameter to encrypt.
+#[derive(Debug, Clone, Copy)]
+pub struct BindParam<'k> {
+    /// `$n` (1-based).
+    pub index: u32,
+    /// The column it is encrypted for.
+    pub target: ColumnTarget<'k>,
+    /// The parameter is an array whose elements are encrypted (`col = ANY($n)`); for a rotated
+    /// deterministic column the array then carries every key version's ciphertext.
+    pub array: bool,
+}
+
+struct Cursor<'a> {
+    s: &'a [u8],
+    i: usize,
+    what: &'static str,
+    server: bool,
+}
+
+impl<'a> Cursor<'a> {
+    fn err(&self, detail: &'static str) -> RewriteError {
+        if self.server {
+            RewriteError::MalformedServerMessage {
+                what: self.what,
+                detail,
+            }
+        } else {
+            RewriteError::MalformedClientMessage {
+                what: self.what,
+                detail,
+            }
+        }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        let end = self
+            .i
+            .checked_add(n)
+            .filter(|e| *e <= self.s.len())
+            .ok_or_else(|| self.err("it is shorter than its fields declare"))?;
+        let b = &self.s[self.i..end];
+        self.i = end;
+        Ok(b)
+    }
+
+    fn i16(&mut self) -> Result<i16> {
+        let b = self.take(2)?;
+        Ok(i16::from_be_bytes([b[0], b[1]]))
+    }
+
+    fn i32(&mut self) -> Result<i32> {
+        let b = self.take(4)?;
+        Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn count(&mut self) -> Result<usize> {
+        usize::try_from(self.i16()?).map_err(|_| self.err("a count is negative"))
+    }
+
+    /// A NUL-terminated string, including its NUL.
+    fn cstr(&mut self) -> Result<&'a [u8]> {
+        let rest = &self.s[self.i.min(self.s.len())..];
+        let nul = rest
+            .iter()
+            .position(|&c| c == 0)
+            .ok_or_else(|| self.err("a string is not NUL-terminated"))?;
+        self.take(nul + 1)
+    }
+
+    fn done(&self) -> Result<()> {
+        if self.i == self.s.len() {
+            Ok(())
+        } else {
+            Err(self.err("it has bytes after its last field"))
+        }
+    }
+}
+
+/// A frame: tag, i32 length (including itself), body.
+pub(crate) fn frame(tag: u8, body: &[u8]) -> Result<Bytes> {
+    let len = i32::try_from(body.len() + 4).map_err(|_| RewriteError::Internal {
+        column: "(message)".to_string(),
+        detail: "a rewritten message exceeds the protocol's 2 GiB limit".to_string(),
+    })?;
+    let mut out = BytesMut::with_capacity(body.len() + 5);
+    out.put_u8(tag);
+    out.put_i32(len);
+    out.put_slice(body);
+    Ok(out.freeze())
+}
+
+/// Encrypts the listed parameters of a Bind message body (after tag and length); returns the whole
+/// new Bind frame, or `None` when there is nothing to change (no listed parameter, or all of them
+/// NULL). Each value keeps its format code: text-format values become the storage type's text form,
+/// binary-format values its binary form. A listed `$n` the Bind does not carry is an error.
+pub fn rewrite_bind(body: &[u8], params: &[BindParam<'_>]) -> Result<Option<Bytes>> {
+    if params.is_empty() {
+        return Ok(None);
+    }
+    let mut c = Cursor {
+        s: body,
+        i: 0,
+        what: "Bind",
+        server: false,
+    };
+    c.cstr()?; // portal
+    c.cstr()?; // statement
+    let nfmt = c.count()?;
+    let mut formats = Vec::with_capacity(nfmt);
+    for _ in 0..nfmt {
+        formats.push(c.i16()?);
+    }
+    let values_start = c.i;
+    let nparams = c.count()?;
+    if nfmt > 1 && nfmt != nparams {
+        return Err(c.err(
+            "its number of parameter format codes is neither 0, 1 nor the number of parameters",
+        ));
+    }
+    let mut values: Vec<Option<(usize, usize)>> = Vec::with_capacity(nparams);
+    for _ in 0..nparams {
+        let len = c.i32()?;
+        if len == -1 {
+            values.push(None);
+            continue;
+        }
+        let len = usize::try_from(len).map_err(|_| c.err("a parameter length is negative"))?;
+        let start = c.i;
+        c.take(len)?;
+        values.push(Some((start, len)));
+    }
+    let values_end = c.i;
+    let nres = c.count()?;
+    for _ in 0..nres {
+        c.i16()?;
+    }
+    c.done()?;
+
+    let mut replaced: Vec<Option<Vec<u8>>> = vec![None; nparams];
+    let mut changed = false;
+    for p in params {
+        let idx = usize::try_from(p.index)
+            .ok()
+            .and_then(|n| n.checked_sub(1))
+            .filter(|i| *i < nparams)
+            .ok_or(RewriteError::MalformedClientMessage {
+                what: "Bind",
+                detail: "it carries fewer parameters than the statement uses",
+            })?;
+        if replaced[idx].is_some() {
+            continue;
+        }
+        let Some((start, len)) = values[idx] else {
+            continue; // NULL stays NULL
+        };
+        let code = match nfmt {
+            0 => 0,
+            1 => formats[0],
+            _ => formats[idx],
+        };
+        let format = Format::from_code(code).ok_or(RewriteError::MalformedClientMessage {
+            what: "Bind",
+            detail: "a parameter format code is neither 0 (text) nor 1 (binary)",
+        })?;
+        let value = &body[start..start + len];
+        let new = match (p.array, format) {
+            (false, _) => param_value(&p.target, value, format)?,
+            (true, Format::Text) => encrypt_text_array(&p.target, value, true)?,
+            (true, Format::Binary) => encrypt_binary_array(&p.target, value, true)?,
+        };
+        replaced[idx] = Some(new);
+        changed = true;
+    }
+    if !changed {
+        return Ok(None);
+    }
+    let extra: usize = replaced.iter().flatten().map(Vec::len).sum();
+    let mut out = Vec::with_capacity(body.len() + extra);
+    out.extend_from_slice(&body[..values_start]);
+    out.extend_from_slice(&(nparams as i16).to_be_bytes());
+    for (i, v) in values.iter().enumerate() {
+        let bytes: Option<&[u8]> = match (&replaced[i], v) {
+            (Some(new), _) => Some(new),
+            (None, Some((s, l))) => Some(&body[*s..*s + *l]),
+            (None, None) => None,
+        };
+        match bytes {
+            None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+            Some(b) => {
+                let len = i32::try_from(b.len()).map_err(|_| RewriteError::ValueTooLarge {
+                    column: params
+                        .iter()
+                        .find(|p| p.index as usize == i + 1)
+                        .map(|p| p.target.column().to_string())
+                        .unwrap_or_default(),
+                    len: b.len(),
+                    max: i32::MAX as usize,
+                })?;
+                out.extend_from_slice(&len.to_be_bytes());
+                out.extend_from_slice(b);
+            }
+        }
+    }
+    out.extend_from_slice(&body[values_end..]);
+    frame(b'B', &out).map(Some)
+}
+
+/// The oid a Parse should declare for an encrypted parameter: the storage type, or its array type.
+pub fn param_oid(storage: Storage, array: bool) -> u32 {
+    if array {
+        storage.array_oid()
+    } else {
+        storage.oid()
+    }
+}
+
+/// Replaces the declared types of the listed parameters (`($n, oid)`, see [`param_oid`]) in a Parse
+/// body; returns the new Parse frame, or `None` when nothing changes (parameters declared as 0 or not
+/// declared are left to the server, which infers the storage type from the column).
+pub fn rewrite_parse_param_types(body: &[u8], params: &[(u32, u32)]) -> Result<Option<Bytes>> {
+    if params.is_empty() {
+        return Ok(None);
+    }
+    let mut c = Cursor {
+        s: body,
+        i: 0,
+        what: "Parse",
+        server: false,
+    };
+    c.cstr()?; // statement name
+    c.cstr()?; // query
+    let types_start = c.i;
+    let n = c.count()?;
+    let mut oids = Vec::with_capacity(n);
+    for _ in 0..n {
+        oids.push(c.i32()? as u32);
+    }
+    c.done()?;
+    let mut changed = false;
+    for &(param, oid) in params {
+        let Some(idx) = usize::try_from(param).ok().and_then(|p| p.checked_sub(1)) else {
+            continue;
+        };
+        if let Some(slot) = oids.get_mut(idx) {
+            if *slot != 0 && *slot != oid {
+                *slot = oid;
+                changed = true;
+            }
+        }
+    }
+    if !changed {
+        return Ok(None);
+    }
+    let mut out = Vec::with_capacity(body.len());
+    out.extend_from_slice(&body[..types_start]);
+    out.extend_from_slice(&(n as i16).to_be_bytes());
+    for o in oids {
+        out.extend_from_slice(&o.to_be_bytes());
+    }
+    frame(b'P', &out).map(Some)
+}
+
+/// The parameter type oids of a ParameterDescription body (after tag and length).
+pub fn parse_parameter_description(body: &[u8]) -> Result<Vec<u32>> {
+    let mut c = Cursor {
+        s: body,
+        i: 0,
+        what: "ParameterDescription",
+        server: true,
+    };
+    let n = c.count()?;
+    let mut oids = Vec::with_capacity(n);
+    for _ in 0..n {
+        oids.push(c.i32()? as u32);
+    }
+    c.done()?;
+    Ok(oids)
+}
+
+/// Presents encrypted parameters with their logical types: for each `($n, T)` the oid becomes T's
+/// (or T's array type where the server described an array, as for `col = ANY($n)`). Returns the whole
+/// new ParameterDescription frame. Listed parameters beyond the description are ignored.
+pub fn rewrite_parameter_description(body: &[u8], params: &[(u32, LogicalType)]) -> Result<Bytes> {
+    let mut oids = parse_parameter_description(body)?;
+    for &(param, ty) in params {
+        let Some(idx) = usize::try_from(param).ok().and_then(|p| p.checked_sub(1)) else {
+            continue;
+        };
+        if let Some(slot) = oids.get_mut(idx) {
+            *slot = if matches!(*slot, 1001 | 1009 | 1015) {
+                array_oid(ty)
+            } else {
+                ty.oid()
+            };
+        }
+    }
+    let mut out = Vec::with_capacity(2 + oids.len() * 4);
+    out.extend_from_slice(&(oids.len() as i16).to_be_bytes());
+    for o in oids {
+        out.extend_from_slice(&o.to_be_bytes());
+    }
+    frame(b't', &out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rewrite::testkit::{Kit, Rng, EMAIL, NOTES, SALARY};
+    use pgcloak_keymgr::typed;
+
+    fn bind(formats: &[i16], values: &[Option<&[u8]>], results: &[i16]) -> Vec<u8> {
+        let mut b = b"portal\0stmt\0".to_vec();
+        b.extend_from_slice(&(formats.len() as i16).to_be_bytes());
+        for f in formats {
+            b.extend_from_slice(&f.to_be_bytes());
+        }
+        b.extend_from_slice(&(values.len() as i16).to_be_bytes());
+        for v in values {
+            match v {
+                None => b.extend_from_slice(&(-1i32).to_be_bytes()),
+                Some(v) => {
+                    b.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                    b.extend_from_slice(v);
+                }
+            }
+        }
+        b.extend_from_slice(&(results.len() as i16).to_be_bytes());
+        for r in results {
+            b.extend_from_slice(&r.to_be_bytes());
+        }
+        b
+    }
+
+    /// (formats, values, results) of a Bind frame.
+    #[allow(clippy::type_complexity)]
+    fn unbind(frame: &[u8]) -> (Vec<i16>, Vec<Option<Vec<u8>>>, Vec<i16>) {
+        assert_eq!(frame[0], b'B');
+        assert_eq!(
+            i32::from_be_bytes(frame[1..5].try_into().unwrap()) as usize,
+            frame.len() - 1
+        );
+        let mut c = Cursor {
+            s: &frame[5..],
+            i: 0,
+            what: "Bind",
+            server: false,
+        };
+        assert_eq!(c.cstr().unwrap(), b"portal\0");
+        assert_eq!(c.cstr().unwrap(), b"stmt\0");
+        let f: Vec<i16> = (0..c.count().unwrap()).map(|_| c.i16().unwrap()).collect();
+        let n = c.count().unwrap();
+        let v = (0..n)
+            .map(|_| {
+                let l = c.i32().unwrap();
+                (l >= 0).then(|| c.take(l as usize).unwrap().to_vec())
+            })
+            .collect();
+        let r = (0..c.count().unwrap()).map(|_| c.i16().unwrap()).collect();
+        c.done().unwrap();
+        (f, v, r)
+    }
+
+    #[test]
+    fn bind_encrypts_listed_params_in_their_format() {
+        let kit = Kit::new();
+        let kr = kit.keyring();
+        let email = kit.target(&kr, EMAIL, LogicalType::Text, Storage::Text);
+        let salary = kit.target(&kr, SALARY, LogicalType::Int4, Storage::Bytea);
+        let body = bind(
+            &[0, 1, 1],
+            &[Some(b"a@b.c"), Some(&[0, 0, 0x13, 0x88]), Some(b"plain")],
+            &[1],
+        );
+        let params = [
+            BindParam {
+                index: 1,
+                target: email,
+                array: false,
+            },
+            BindParam {
+                index: 2,
+                target: salary,
+                array: false,
+            },
+        ];
+        let out = rewrite_bind(&body, &params).unwrap().unwrap();
+        let (f, v, r) = unbind(&out);
+        assert_eq!(f, vec![0, 1, 1]);
+        assert_eq!(r, vec![1]);
+        let v0 = v[0].as_ref().unwrap();
+        assert!(v0.starts_with(b"pgc1:"));
+        assert_eq!(email.cipher.decrypt(v0).unwrap(), b"a@b.c");
+        let v1 = v[1].as_ref().unwrap();
+        assert_eq!(&v1[..2], &[0xC1, 0x0A], "binary bytea = raw envelope");
+        assert_eq!(salary.cipher.decrypt(v1).unwrap(), 5000i32.to_be_bytes());
+        assert_eq!(v[2].as_deref(), Some(&b"plain"[..]));
+        // Text format for bytea storage: `\x` hex.
+        let body = bind(&[], &[Some(b"5000")], &[]);
+        let out = rewrite_bind(
+            &body,
+            &[BindParam {
+                index: 1,
+                target: salary,
+                array: false,
+            }],
+        )
+        .unwrap()
+        .unwrap();
+        let (_, v, _) = unbind(&out);
+        let raw = typed::canonical_from_text(LogicalType::Bytea, v[0].as_ref().unwrap()).unwrap();
+        assert_eq!(salary.cipher.decrypt(&raw).unwrap(), 5000i32.to_be_bytes());
+    }
+
+    #[test]
+    fn bind_nulls_missing_and_bad_params() {
+        let kit = Kit::new();
+        let kr = kit.keyring();
+        let t = kit.target(&kr, NOTES, LogicalType::Text, Storage::Text);
+        let p = |index| BindParam {
+            index,
+            target: t,
+            array: false,
+        };
+        let body = bind(&[], &[None, Some(b"x")], &[]);
+        assert_eq!(
+            rewrite_bind(&body, &[p(1)]).unwrap(),
+            None,
+            "NULL stays NULL"
+        );
+        assert_eq!(rewrite_bind(&body, &[]).unwrap(), None);
+        assert!(rewrite_bind(&body, &[p(3)]).is_err());
+        assert!(rewrite_bind(&body, &[p(0)]).is_err());
+        let body = bind(&[0, 0, 0], &[Some(b"x"), Some(b"y")], &[]);
+        assert!(
+            rewrite_bind(&body, &[p(1)]).is_err(),
+            "3 format codes for 2 params"
+        );
+        let body = bind(&[2], &[Some(b"x")], &[]);
+        assert!(rewrite_bind(&body, &[p(1)]).is_err(), "format code 2");
+        let i4 = kit.target(&kr, SALARY, LogicalType::Int4, Storage::Text);
+        let body = bind(&[1], &[Some(b"xyz")], &[]);
+        let e = rewrite_bind(
+            &body,
+            &[BindParam {
+                index: 1,
+                target: i4,
+                array: false,
+            }],
+        )
+        .unwrap_err();
+        assert_eq!(e.sqlstate(), "22P02");
+        assert!(e.to_string().contains(SALARY));
+    }
+
+    #[test]
+    fn bind_array_params() {
+        let kit = Kit::new();
+        let kr = kit.rotated_keyring(EMAIL);
+        let t = kit.target(&kr, EMAIL, LogicalType::Text, Storage::Text);
+        let body = bind(&[0], &[Some(b"{a,b}")], &[]);
+        let out = rewrite_bind(
+            &body,
+            &[BindParam {
+                index: 1,
+                target: t,
+                array: true,
+            }],
+        )
+        .unwrap()
+        .unwrap();
+        let (_, v, _) = unbind(&out);
+        let s = String::from_utf8(v[0].clone().unwrap()).unwrap();
+        assert_eq!(
+            s.matches("pgc1:").count(),
+            4,
+            "two elements × two key versions"
+        );
+    }
+
+    #[test]
+    fn parse_types_and_parameter_description() {
+        let mut body = b"s1\0SELECT 1 FROM t WHERE a = $1 AND b = ANY($2) AND c = $3\0".to_vec();
+        body.extend_from_slice(&3i16.to_be_bytes());
+        for o in [23u32, 1007, 0] {
+            body.extend_from_slice(&o.to_be_bytes());
+        }
+        let out = rewrite_parse_param_types(
+            &body,
+            &[
+                (1, param_oid(Storage::Bytea, false)),
+                (2, param_oid(Storage::Text, true)),
+                (3, 17),
+                (9, 17),
+            ],
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(out[0], b'P');
+        let tail = &out[out.len() - 14..];
+        assert_eq!(tail[..2], 3i16.to_be_bytes());
+        assert_eq!(tail[2..6], 17u32.to_be_bytes());
+        assert_eq!(tail[6..10], 1009u32.to_be_bytes());
+        assert_eq!(
+            tail[10..14],
+            0u32.to_be_bytes(),
+            "undeclared stays undeclared"
+        );
+        assert_eq!(rewrite_parse_param_types(&body, &[(3, 17)]).unwrap(), None);
+        assert!(rewrite_parse_param_types(&body[..body.len() - 1], &[(1, 17)]).is_err());
+
+        let mut pd = 3i16.to_be_bytes().to_vec();
+        for o in [17u32, 1009, 25] {
+            pd.extend_from_slice(&o.to_be_bytes());
+        }
+        assert_eq!(
+            parse_parameter_description(&pd).unwrap(),
+            vec![17, 1009, 25]
+        );
+        let out = rewrite_parameter_description(
+            &pd,
+            &[
+                (1, LogicalType::Int4),
+                (2, LogicalType::Date),
+                (7, LogicalType::Bool),
+            ],
+        )
+        .unwrap();
+        assert_eq!(out[0], b't');
+        assert_eq!(
+            parse_parameter_description(&out[5..]).unwrap(),
+            vec![23, 1182, 25]
+        );
+        assert!(parse_parameter_description(&[0, 2, 0, 0, 0, 17]).is_err());
+        assert!(parse_parameter_description(&[0xff, 0xff]).is_err());
+    }
+
+    #[test]
+    fn message_parsers_never_panic_on_random_bytes() {
+        let kit = Kit::new();
+        let kr = kit.keyring();
+        let t = kit.target(&kr, NOTES, LogicalType::Int4, Storage::Bytea);
+        let mut rng = Rng::new(3);
+        let good = bind(&[0, 1], &[Some(b"12"), Some(&[0, 0, 0, 1])], &[0]);
+        for _ in 0..5000 {
+            let mut b = if rng.below(2) == 0 {
+                good.clone()
+            } else {
+                rng.bytes(40)
+            };
+            for _ in 0..rng.below(3) {
+                if !b.is_empty() {
+                    let i = rng.below(b.len());
+                    b[i] = rng.next() as u8;
+                }
+            }
+            b.truncate(rng.below(b.len() + 1));
+            let ps = [BindParam {
+                index: 1 + rng.below(3) as u32,
+                target: t,
+                array: rng.below(2) == 0,
+            }];
+            let _ = rewrite_bind(&b, &ps);
+            let _ = rewrite_parse_param_types(&b, &[(1, 17)]);
+            let _ = parse_parameter_description(&b);
+            let _ = rewrite_parameter_description(&b, &[(1, LogicalType::Int4)]);
+        }
+    }
+}
