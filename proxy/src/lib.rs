@@ -24,6 +24,7 @@ pub mod keys;
 pub mod logging;
 pub mod migrate;
 pub mod protocol;
+pub mod rewrite;
 pub mod server;
 pub mod session;
 pub mod tls;
