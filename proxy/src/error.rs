@@ -67,6 +67,9 @@ pub enum SessionError {
     Shutdown,
     #[error("{0}")]
     Refused(String),
+    /// A server message could not be rewritten safely; the session ends rather than leak or corrupt.
+    #[error("{0}")]
+    Rewrite(String),
     #[error("server refused the session: {code} {message}")]
     ServerRefused { code: String, message: String },
 }

@@ -67,6 +67,8 @@ pub struct Guard {
     pub audit: Option<AuditHandle>,
     dbs: DashMap<String, Arc<AsyncMutex<DbState>>>,
     catalog_version: std::sync::atomic::AtomicU64,
+    /// Key of the `hash` mask's pseudonyms (derived from the master key).
+    mask_key: zeroize::Zeroizing<[u8; 32]>,
 }
 
 /// The lexer's view of a SQL string and, when it names a protected table, its plan.
@@ -81,6 +83,7 @@ impl Guard {
         policy: Policy,
         keyring: Arc<Keyring>,
         audit: Option<AuditHandle>,
+        mask_key: zeroize::Zeroizing<[u8; 32]>,
     ) -> Guard {
         Guard {
             config,
@@ -90,7 +93,13 @@ impl Guard {
             audit,
             dbs: DashMap::new(),
             catalog_version: std::sync::atomic::AtomicU64::new(1),
+            mask_key,
         }
+    }
+
+    /// Key of the `hash` mask.
+    pub fn mask_key(&self) -> &[u8] {
+        &self.mask_key[..]
     }
 
     /// The policy in force now (a new one applies from each session's next statement).

@@ -149,9 +149,12 @@ fn main() -> ExitCode {
         Command::Encrypt { column, opts } => {
             migrate(&config_path, &column, pgcloak::migrate::Op::Encrypt, &opts)
         }
-        Command::Reencrypt { column, opts } => {
-            migrate(&config_path, &column, pgcloak::migrate::Op::Reencrypt, &opts)
-        }
+        Command::Reencrypt { column, opts } => migrate(
+            &config_path,
+            &column,
+            pgcloak::migrate::Op::Reencrypt,
+            &opts,
+        ),
     };
     match result {
         Ok(code) => code,
@@ -190,6 +193,7 @@ fn serve(path: &std::path::Path) -> Result<ExitCode> {
     }
     tracing::info!(columns = keyring.list().len(), policy = %policy.version_hex(), "keyring and policy loaded");
     let signer = pgcloak::audit::signer(&master)?;
+    let mask_key = master.mask_hash_key()?;
     drop(master);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -216,6 +220,7 @@ fn serve(path: &std::path::Path) -> Result<ExitCode> {
             policy,
             Arc::new(keyring),
             audit.clone(),
+            mask_key,
         ));
         let shared = pgcloak::server::Shared::new(config.clone(), guard.clone())?;
         let listener = pgcloak::server::bind(&config)

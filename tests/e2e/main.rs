@@ -7,6 +7,7 @@ mod audit;
 mod auth;
 mod cli;
 mod clients;
+mod dataplane;
 mod lifecycle;
 mod migrate;
 mod robustness;

@@ -83,6 +83,27 @@ pub fn query(sql: &str) -> Bytes {
     finish(b)
 }
 
+/// A message of type `tag` with `body`.
+pub fn frame(tag: u8, body: &[u8]) -> Bytes {
+    let mut b = begin(tag, body.len());
+    b.put_slice(body);
+    finish(b)
+}
+
+/// A CopyData message carrying `data`.
+pub fn copy_data(data: &[u8]) -> Bytes {
+    let mut b = begin(b'd', data.len());
+    b.put_slice(data);
+    finish(b)
+}
+
+/// A CopyFail message: the server aborts the COPY with an error quoting `reason`.
+pub fn copy_fail(reason: &str) -> Bytes {
+    let mut b = begin(b'f', reason.len() + 1);
+    put_cstr(&mut b, reason);
+    finish(b)
+}
+
 /// A Terminate message.
 pub fn terminate() -> Bytes {
     Bytes::from_static(b"X\0\0\0\x04")
@@ -288,16 +309,26 @@ pub fn parse_message(body: &[u8]) -> Result<ParseMsg<'_>, FrameError> {
     let query = r.cstr()?;
     let n = r.i16()?;
     if n < 0 {
-        return Err(FrameError::Malformed { what: "Parse", detail: "negative parameter count" });
+        return Err(FrameError::Malformed {
+            what: "Parse",
+            detail: "negative parameter count",
+        });
     }
     let mut param_types = Vec::with_capacity(n as usize);
     for _ in 0..n {
         param_types.push(r.i32()? as u32);
     }
     if !r.is_empty() {
-        return Err(FrameError::Malformed { what: "Parse", detail: "trailing bytes" });
+        return Err(FrameError::Malformed {
+            what: "Parse",
+            detail: "trailing bytes",
+        });
     }
-    Ok(ParseMsg { name, query, param_types })
+    Ok(ParseMsg {
+        name,
+        query,
+        param_types,
+    })
 }
 
 pub fn encode_parse(name: &[u8], query: &str, param_types: &[u32]) -> Bytes {
@@ -346,7 +377,10 @@ pub fn result_format(formats: &[i16], i: usize) -> i16 {
 }
 
 pub fn parse_bind(body: &[u8]) -> Result<BindMsg<'_>, FrameError> {
-    let bad = |detail| FrameError::Malformed { what: "Bind", detail };
+    let bad = |detail| FrameError::Malformed {
+        what: "Bind",
+        detail,
+    };
     let mut r = Reader::new(body, "Bind");
     let portal = r.cstr()?;
     let statement = r.cstr()?;
@@ -384,7 +418,13 @@ pub fn parse_bind(body: &[u8]) -> Result<BindMsg<'_>, FrameError> {
     if !r.is_empty() {
         return Err(bad("trailing bytes"));
     }
-    Ok(BindMsg { portal, statement, param_formats, params, result_formats })
+    Ok(BindMsg {
+        portal,
+        statement,
+        param_formats,
+        params,
+        result_formats,
+    })
 }
 
 /// Re-encodes a Bind with (some) parameter values replaced.
@@ -542,7 +582,10 @@ mod tests {
             result_formats: vec![0, 1],
         };
         let out = encode_bind(&bind, &bind.params);
-        assert_eq!(check(&out, Direction::Frontend, 1 << 20), Ok(Some(out.len())));
+        assert_eq!(
+            check(&out, Direction::Frontend, 1 << 20),
+            Ok(Some(out.len()))
+        );
         let back = parse_bind(&out[5..]).unwrap();
         assert_eq!(back, bind);
         assert_eq!(back.param_format(2), 1);

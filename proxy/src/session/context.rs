@@ -3,7 +3,12 @@
 
 use std::sync::Arc;
 
+use std::sync::Mutex;
+
 use pgcloak_policy::{Plan, StatementKind, StatementPlan};
+
+use super::dataplane::DataCtx;
+use crate::rewrite::RowShape;
 
 /// A refusal the proxy makes the server raise (so transaction state follows PostgreSQL's rules).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,7 +19,7 @@ pub struct Refusal {
 }
 
 /// One statement of a Query string, or the statement of a prepared statement/portal.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct StmtCtx {
     pub kind: StatementKind,
     /// Normalised text: literals replaced by `$n`, so no value ever reaches the audit trail.
@@ -24,18 +29,49 @@ pub struct StmtCtx {
     pub plan: Option<Arc<Plan>>,
     pub index: usize,
     pub refusal: Option<Refusal>,
+    /// Policy, role and catalog the plan was made with (present with a plan).
+    pub data: Option<Arc<DataCtx>>,
+    /// The result columns as described by the server (Describe of the prepared statement), with
+    /// their actions; a portal adds its result formats.
+    pub described: Mutex<Option<RowShape>>,
+    /// Parameter types the client declared in Parse (what it encodes its values as).
+    pub param_types: std::sync::OnceLock<Vec<u32>>,
+    /// Parameters compared with a rotated deterministic column, rewritten from `col = $n` to
+    /// `col = ANY($n)`: the client's scalar becomes an array of its ciphertext under every key version.
+    pub any_params: std::sync::OnceLock<Vec<u32>>,
+}
+
+/// A bound portal: its statement and the result formats the client asked for.
+#[derive(Debug)]
+pub struct PortalCtx {
+    pub stmt: Arc<StmtCtx>,
+    pub result_formats: Vec<i16>,
+    /// Set when the portal itself was described.
+    pub described: Mutex<Option<RowShape>>,
 }
 
 impl StmtCtx {
+    /// A statement nothing is known about (not analysed).
+    pub fn plain(kind: StatementKind, text: String, fingerprint: u64) -> StmtCtx {
+        StmtCtx {
+            kind,
+            text,
+            fingerprint,
+            plan: None,
+            index: 0,
+            refusal: None,
+            data: None,
+            described: Mutex::new(None),
+            param_types: std::sync::OnceLock::new(),
+            any_params: std::sync::OnceLock::new(),
+        }
+    }
+
     /// A statement known only by its refusal (tests, and refusals before analysis).
     pub fn refused(sqlstate: &'static str, message: String) -> StmtCtx {
         StmtCtx {
-            kind: StatementKind::Other,
-            text: String::new(),
-            fingerprint: 0,
-            plan: None,
-            index: 0,
             refusal: Some(Refusal { sqlstate, message }),
+            ..StmtCtx::plain(StatementKind::Other, String::new(), 0)
         }
     }
 

@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod cancel;
 pub mod context;
+pub mod dataplane;
 pub mod io;
 pub mod query;
 pub mod startup;

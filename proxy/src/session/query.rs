@@ -7,7 +7,7 @@
 //! transaction is aborted — or the implicit transaction rolled back — exactly as PostgreSQL does for any
 //! failing statement, and the error arrives in its place in a pipelined stream.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -17,7 +17,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info, warn};
 
 use super::auth::{client_read_err, server_read_err};
-use super::context::{raise_sql, Refusal, StmtCtx};
+use super::context::{raise_sql, PortalCtx, Refusal, StmtCtx};
+use super::dataplane::{self, DataCtx};
 use super::io::{FrameReader, Outbox, ReadError};
 use super::track::{Action, Pending, Tracker};
 use super::SessionInfo;
@@ -25,7 +26,9 @@ use crate::config::Config;
 use crate::error::SessionError;
 use crate::protocol::messages::{self, error_response, terminate, Severity};
 use crate::protocol::Frame;
+use crate::rewrite::{CopyInRewriter, CopyOutRewriter, RowShape};
 use crate::server::Shared;
+use pgcloak_policy::{CopyDirection, CopyEndpoint};
 
 /// How the query phase ended.
 #[derive(Debug)]
@@ -44,10 +47,12 @@ struct Frontend<'a> {
     tracker: &'a Mutex<Tracker>,
     /// Prepared statements by name ("" = unnamed).
     statements: HashMap<Vec<u8>, Arc<StmtCtx>>,
-    /// Portals by name ("" = unnamed) -> their statement.
-    portals: HashMap<Vec<u8>, Arc<StmtCtx>>,
+    /// Portals by name ("" = unnamed).
+    portals: HashMap<Vec<u8>, Arc<PortalCtx>>,
     /// After a refusal in the extended protocol: drop client messages until Sync.
     skip_until_sync: bool,
+    /// COPY FROM STDIN statements sent and not finished, in order, with their data rewriter.
+    copy_in: VecDeque<Option<CopyInRewriter>>,
 }
 
 /// State of the server→client direction.
@@ -58,6 +63,12 @@ struct Backend<'a> {
     /// The last server message was a FATAL ErrorResponse.
     saw_fatal: bool,
     statements: u64,
+    /// The result rows streaming now.
+    rows: Option<RowState>,
+    /// The COPY TO STDOUT data streaming now, when it must be rewritten.
+    copy_out: Option<CopyOutRewriter>,
+    /// The statement finishing now exceeded max_rows (its outcome is a refusal).
+    max_rows_hit: bool,
 }
 
 /// What the frontend does with one client message.
@@ -95,49 +106,19 @@ fn audit_refusal(shared: &Shared) -> Option<Refusal> {
     })
 }
 
-/// Fail closed: a plan that needs a rewrite this build of the data path does not perform is refused
-/// rather than forwarded with values in the clear.
-fn unsupported_rewrite(sp: &pgcloak_policy::StatementPlan) -> Option<Refusal> {
-    use pgcloak_policy::OutputAction;
-    let column = sp
-        .encryptions
-        .first()
-        .map(|e| e.column.clone())
-        .or_else(|| {
-            sp.outputs.iter().find_map(|o| match &o.action {
-                OutputAction::PassThrough => None,
-                OutputAction::Decrypt { column, .. } | OutputAction::Mask { column, .. } => {
-                    Some(column.clone())
-                }
-                OutputAction::Null => Some(o.name.clone()),
-            })
-        })
-        .or_else(|| {
-            sp.copy.as_ref().and_then(|c| {
-                c.columns
-                    .iter()
-                    .find_map(|col| col.encrypt.as_ref().map(|e| e.column.clone()))
-            })
-        })
-        .or_else(|| sp.max_rows.map(|_| "max_rows".to_string()))?;
-    Some(Refusal {
-        sqlstate: "0A000",
-        message: format!(
-            "pgcloak: statement needs values of {column} encrypted, decrypted, masked or limited on the data path, which this pgcloak build does not do yet; refused rather than passed in the clear"
-        ),
-    })
-}
-
 impl Frontend<'_> {
     /// Lexes and (when it names a protected table) plans `sql` for this session's policy role.
-    async fn analyze(&self, sql: &str) -> Result<(Lexed, Option<Arc<Plan>>), Refusal> {
+    async fn analyze(
+        &self,
+        sql: &str,
+    ) -> Result<(Lexed, Option<Arc<Plan>>, Option<Arc<DataCtx>>), Refusal> {
         let guard = &self.shared.guard;
         let policy = guard.policy();
         let lexed = lex(sql);
         if policy.protected_table_names().is_empty()
             || !names_any(&lexed, policy.protected_table_names())
         {
-            return Ok((lexed, None));
+            return Ok((lexed, None, None));
         }
         let db = &self.info.database;
         let fail = |what: String| Refusal {
@@ -151,11 +132,20 @@ impl Frontend<'_> {
         let role = policy.role_for(&names);
         let catalog = guard.catalog(db).await.map_err(fail)?;
         let analysis = guard.analyze(sql, &policy, role, Some(&catalog.catalog));
-        Ok((lexed, analysis.plan))
+        let data = Arc::new(DataCtx {
+            role: role.name.clone(),
+            policy: policy.clone(),
+            catalog,
+        });
+        Ok((lexed, analysis.plan, Some(data)))
     }
 
     /// One context per statement of the string.
-    fn contexts(lexed: &Lexed, plan: Option<&Arc<Plan>>) -> Vec<Arc<StmtCtx>> {
+    fn contexts(
+        lexed: &Lexed,
+        plan: Option<&Arc<Plan>>,
+        data: Option<&Arc<DataCtx>>,
+    ) -> Vec<Arc<StmtCtx>> {
         lexed
             .statements
             .iter()
@@ -174,15 +164,14 @@ impl Frontend<'_> {
                                 sqlstate,
                                 message: message.clone(),
                             }),
-                            pgcloak_policy::Decision::Allow => unsupported_rewrite(sp),
+                            pgcloak_policy::Decision::Allow => None,
                         });
                 Arc::new(StmtCtx {
-                    kind: s.kind,
-                    text,
-                    fingerprint,
                     plan: plan.cloned(),
                     index: i,
                     refusal,
+                    data: data.cloned(),
+                    ..StmtCtx::plain(s.kind, text, fingerprint)
                 })
             })
             .collect()
@@ -195,8 +184,46 @@ impl Frontend<'_> {
         Arc::new(ctx)
     }
 
+    /// Replaces a whole Query with a refusal.
+    fn refuse_query(&mut self, started: Instant, r: Refusal, kind: StatementKind) -> Forward {
+        let q = messages::query(&raise_sql(&r));
+        lock(self.tracker).push(Pending::Query {
+            started,
+            stmts: vec![Self::refused_ctx(r, kind)],
+            next: 0,
+        });
+        Forward::Replaced(q)
+    }
+
+    /// Prepares the COPY FROM STDIN data rewriting of `stmt`, if it needs one.
+    fn copy_in_for(&self, stmt: &StmtCtx) -> Result<Option<Option<CopyInRewriter>>, Refusal> {
+        let Some(sp) = stmt.statement_plan() else {
+            return Ok(if stmt.kind == StatementKind::Copy {
+                Some(None)
+            } else {
+                None
+            });
+        };
+        let Some(copy) = &sp.copy else {
+            return Ok(None);
+        };
+        if copy.direction != CopyDirection::From || copy.endpoint != CopyEndpoint::Stdin {
+            return Ok(None);
+        }
+        if copy.columns.iter().all(|c| c.encrypt.is_none()) {
+            return Ok(Some(None));
+        }
+        let data = stmt.data.clone();
+        let storage_of = move |c: &str| data.as_ref().and_then(|d| d.storage(c));
+        CopyInRewriter::new(copy, self.shared.guard.keyring.clone(), &storage_of)
+            .map(|r| Some(Some(r)))
+            .map_err(dataplane::refusal)
+    }
+
     async fn on_query(&mut self, frame: &Frame) -> Result<Forward, SessionError> {
         let started = Instant::now();
+        // A new Query ends any COPY the server refused before data flowed.
+        self.copy_in.clear();
         let sql_bytes = messages::query_text(frame.body()).map_err(SessionError::Client)?;
         let protected = self.shared.guard.has_protected_tables();
         let Ok(sql) = std::str::from_utf8(sql_bytes) else {
@@ -206,13 +233,7 @@ impl Frontend<'_> {
                     message: "pgcloak: statement text is not valid UTF-8 and cannot be analysed"
                         .into(),
                 };
-                let q = messages::query(&raise_sql(&r));
-                lock(self.tracker).push(Pending::Query {
-                    started,
-                    stmts: vec![Self::refused_ctx(r, StatementKind::Other)],
-                    next: 0,
-                });
-                return Ok(Forward::Replaced(q));
+                return Ok(self.refuse_query(started, r, StatementKind::Other));
             }
             lock(self.tracker).push(Pending::Query {
                 started,
@@ -221,40 +242,52 @@ impl Frontend<'_> {
             });
             return Ok(Forward::Original);
         };
-        let (lexed, plan) = match self.analyze(sql).await {
+        let (lexed, plan, data) = match self.analyze(sql).await {
             Ok(a) => a,
-            Err(r) => {
-                let q = messages::query(&raise_sql(&r));
-                lock(self.tracker).push(Pending::Query {
-                    started,
-                    stmts: vec![Self::refused_ctx(r, StatementKind::Other)],
-                    next: 0,
-                });
-                return Ok(Forward::Replaced(q));
-            }
+            Err(r) => return Ok(self.refuse_query(started, r, StatementKind::Other)),
         };
-        let mut stmts = Self::contexts(&lexed, plan.as_ref());
+        let mut stmts = Self::contexts(&lexed, plan.as_ref(), data.as_ref());
+        let first_kind = stmts
+            .first()
+            .map(|s| s.kind)
+            .unwrap_or(StatementKind::Other);
         // Block mode: nothing runs unaudited.
         if let Some(r) = audit_refusal(self.shared) {
-            let kind = stmts
-                .first()
-                .map(|s| s.kind)
-                .unwrap_or(StatementKind::Other);
-            lock(self.tracker).push(Pending::Query {
-                started,
-                stmts: vec![Self::refused_ctx(r.clone(), kind)],
-                next: 0,
-            });
-            return Ok(Forward::Replaced(messages::query(&raise_sql(&r))));
+            return Ok(self.refuse_query(started, r, first_kind));
         }
         let denied = stmts.iter().position(|s| s.refusal.is_some());
-        let out = match denied {
-            None => Forward::Original,
-            Some(k) => {
-                // Statements before the refused one run as the client sent them (and are rolled back
-                // with it, as in any failing multi-statement string); the rest never run.
-                let start = lexed.statements[k].range.start.min(sql.len());
-                let mut text = sql[..start].to_string();
+        // Statements before a refused one run as the client sent them (and are rolled back with it, as
+        // in any failing multi-statement string); the rest never run.
+        let end = denied
+            .map(|k| lexed.statements[k].range.start.min(sql.len()))
+            .unwrap_or(sql.len());
+        let allowed = denied.unwrap_or(stmts.len());
+        let rewritten = if plan.is_some() {
+            match dataplane::rewrite_literals(
+                &self.shared.guard,
+                sql,
+                &lexed,
+                stmts[..allowed].iter().map(|s| s.as_ref()),
+                end,
+            ) {
+                Ok(r) => r,
+                Err(r) => return Ok(self.refuse_query(started, r, first_kind)),
+            }
+        } else {
+            None
+        };
+        for s in &stmts[..allowed] {
+            match self.copy_in_for(s) {
+                Ok(Some(rw)) => self.copy_in.push_back(rw),
+                Ok(None) => {}
+                Err(r) => return Ok(self.refuse_query(started, r, s.kind)),
+            }
+        }
+        let out = match (denied, rewritten) {
+            (None, None) => Forward::Original,
+            (None, Some(text)) => Forward::Replaced(messages::query(&text)),
+            (Some(k), rewritten) => {
+                let mut text = rewritten.unwrap_or_else(|| sql[..end].to_string());
                 if !text.trim_end().is_empty() && !text.trim_end().ends_with(';') {
                     text.push(';');
                 }
@@ -290,49 +323,111 @@ impl Frontend<'_> {
     async fn on_parse(&mut self, frame: &Frame) -> Result<Forward, SessionError> {
         let (name, sql_bytes) = messages::parse_text(frame.body()).map_err(SessionError::Client)?;
         let name = name.to_vec();
-        let ctx = match std::str::from_utf8(sql_bytes) {
-            Err(_) if self.shared.guard.has_protected_tables() => Self::refused_ctx(
-                Refusal {
+        let Ok(sql) = std::str::from_utf8(sql_bytes) else {
+            if self.shared.guard.has_protected_tables() {
+                let r = Refusal {
                     sqlstate: "42501",
                     message: "pgcloak: statement text is not valid UTF-8 and cannot be analysed"
                         .into(),
-                },
-                StatementKind::Other,
-            ),
-            Err(_) => Arc::new(StmtCtx {
-                kind: StatementKind::Other,
-                text: String::new(),
-                fingerprint: 0,
-                plan: None,
-                index: 0,
-                refusal: None,
-            }),
-            Ok(sql) => match self.analyze(sql).await {
-                Err(r) => Self::refused_ctx(r, StatementKind::Other),
-                Ok((lexed, plan)) => {
-                    let mut all = Self::contexts(&lexed, plan.as_ref());
-                    // A Parse carries one statement (the server rejects more); an empty one is fine.
-                    if all.is_empty() {
-                        Arc::new(StmtCtx {
-                            kind: StatementKind::Other,
-                            text: String::new(),
-                            fingerprint: 0,
-                            plan: None,
-                            index: 0,
-                            refusal: None,
-                        })
-                    } else {
-                        all.swap_remove(0)
-                    }
-                }
-            },
+                };
+                return Ok(self.refuse_extended(Self::refused_ctx(r, StatementKind::Other)));
+            }
+            self.statements.insert(
+                name,
+                Arc::new(StmtCtx::plain(StatementKind::Other, String::new(), 0)),
+            );
+            lock(self.tracker).push(Pending::Parse);
+            return Ok(Forward::Original);
         };
+        let (lexed, plan, data) = match self.analyze(sql).await {
+            Ok(a) => a,
+            Err(r) => return Ok(self.refuse_extended(Self::refused_ctx(r, StatementKind::Other))),
+        };
+        // A Parse carries one statement (the server rejects more); an empty one is fine.
+        let ctx = Self::contexts(&lexed, plan.as_ref(), data.as_ref())
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| Arc::new(StmtCtx::plain(StatementKind::Other, String::new(), 0)));
         if ctx.refusal.is_some() {
             return Ok(self.refuse_extended(ctx));
         }
+        if let Ok(m) = messages::parse_message(frame.body()) {
+            let _ = ctx.param_types.set(m.param_types);
+        }
+        let out =
+            match dataplane::rewrite_parse(&self.shared.guard, frame.body(), &ctx, sql, &lexed) {
+                Ok(None) => Forward::Original,
+                Ok(Some(b)) => Forward::Replaced(b),
+                Err(r) => return Ok(self.refuse_extended(Self::refused_ctx(r, ctx.kind))),
+            };
         self.statements.insert(name, ctx);
         lock(self.tracker).push(Pending::Parse);
-        Ok(Forward::Original)
+        Ok(out)
+    }
+
+    fn on_bind(&mut self, frame: &Frame) -> Result<Forward, SessionError> {
+        let bind = messages::parse_bind(frame.body()).map_err(SessionError::Client)?;
+        let Some(stmt) = self.statements.get(bind.statement).cloned() else {
+            // Prepared before this session knew it (or not at all): the server decides.
+            self.portals.remove(bind.portal);
+            lock(self.tracker).push(Pending::Bind);
+            return Ok(Forward::Original);
+        };
+        let out = match dataplane::rewrite_bind(&self.shared.guard, frame.body(), &stmt) {
+            Ok(None) => Forward::Original,
+            Ok(Some(b)) => Forward::Replaced(b),
+            Err(r) => return Ok(self.refuse_extended(Self::refused_ctx(r, stmt.kind))),
+        };
+        self.portals.insert(
+            bind.portal.to_vec(),
+            Arc::new(PortalCtx {
+                stmt,
+                result_formats: bind.result_formats.clone(),
+                described: std::sync::Mutex::new(None),
+            }),
+        );
+        lock(self.tracker).push(Pending::Bind);
+        Ok(out)
+    }
+
+    /// Rewrites client COPY data for the COPY in progress.
+    fn on_copy_data(&mut self, frame: &Frame) -> Result<Forward, SessionError> {
+        let Some(Some(rw)) = self.copy_in.front_mut() else {
+            if frame.tag != b'd' {
+                self.copy_in.pop_front();
+            }
+            return Ok(Forward::Original);
+        };
+        let out = match frame.tag {
+            b'd' => rw.push(frame.body()),
+            b'c' => rw.finish(),
+            _ => {
+                self.copy_in.pop_front();
+                return Ok(Forward::Original);
+            }
+        };
+        match out {
+            Ok(data) => {
+                let mut frames = bytes::BytesMut::new();
+                if !data.is_empty() {
+                    frames.extend_from_slice(&messages::copy_data(&data));
+                }
+                if frame.tag == b'c' {
+                    frames.extend_from_slice(&frame.bytes);
+                    self.copy_in.pop_front();
+                }
+                Ok(if frames.is_empty() {
+                    Forward::Drop
+                } else {
+                    Forward::Replaced(frames.freeze())
+                })
+            }
+            Err(e) => {
+                // Abort the COPY: the server answers with an error, the client sees why.
+                self.copy_in.pop_front();
+                Ok(Forward::Replaced(messages::copy_fail(&e.to_string())))
+            }
+        }
     }
 
     /// Inspects one client message before it is forwarded.
@@ -346,20 +441,13 @@ impl Frontend<'_> {
         match frame.tag {
             b'Q' => return self.on_query(frame).await,
             b'P' => return self.on_parse(frame).await,
-            b'B' => {
-                let (portal, stmt) =
-                    messages::bind_names(frame.body()).map_err(SessionError::Client)?;
-                if let Some(ctx) = self.statements.get(stmt).cloned() {
-                    self.portals.insert(portal.to_vec(), ctx);
-                } else {
-                    self.portals.remove(portal);
-                }
-                lock(self.tracker).push(Pending::Bind);
-            }
+            b'B' => return self.on_bind(frame),
+            b'd' | b'c' | b'f' => return self.on_copy_data(frame),
             b'E' => {
                 let portal =
                     messages::execute_portal(frame.body()).map_err(SessionError::Client)?;
-                let stmt = self.portals.get(portal).cloned();
+                let portal = self.portals.get(portal).cloned();
+                let stmt = portal.as_ref().map(|p| p.stmt.clone());
                 if let Some(r) = audit_refusal(self.shared) {
                     let kind = stmt
                         .as_ref()
@@ -367,14 +455,31 @@ impl Frontend<'_> {
                         .unwrap_or(StatementKind::Other);
                     return Ok(self.refuse_extended(Self::refused_ctx(r, kind)));
                 }
+                if let Some(s) = &stmt {
+                    match self.copy_in_for(s) {
+                        Ok(Some(rw)) => {
+                            self.copy_in.clear();
+                            self.copy_in.push_back(rw);
+                        }
+                        Ok(None) => {}
+                        Err(r) => return Ok(self.refuse_extended(Self::refused_ctx(r, s.kind))),
+                    }
+                }
                 lock(self.tracker).push(Pending::Execute {
                     started: Instant::now(),
                     stmt,
+                    portal,
                 });
             }
             b'D' => {
-                messages::target(frame.body(), "Describe").map_err(SessionError::Client)?;
-                lock(self.tracker).push(Pending::Describe);
+                let (kind, name) =
+                    messages::target(frame.body(), "Describe").map_err(SessionError::Client)?;
+                let (stmt, portal) = if kind == b'S' {
+                    (self.statements.get(name).cloned(), None)
+                } else {
+                    (None, self.portals.get(name).cloned())
+                };
+                lock(self.tracker).push(Pending::Describe { stmt, portal });
             }
             b'C' => {
                 let (kind, name) =
@@ -393,33 +498,195 @@ impl Frontend<'_> {
             b'F' => {
                 if let Some(r) = audit_refusal(self.shared) {
                     // A function call is not a statement the proxy can rewrite; answer as a refusal.
-                    let started = Instant::now();
-                    lock(self.tracker).push(Pending::Query {
-                        started,
-                        stmts: vec![Self::refused_ctx(r.clone(), StatementKind::Other)],
-                        next: 0,
-                    });
-                    return Ok(Forward::Replaced(messages::query(&raise_sql(&r))));
+                    return Ok(self.refuse_query(Instant::now(), r, StatementKind::Other));
                 }
                 lock(self.tracker).push(Pending::FunctionCall {
                     started: Instant::now(),
                 });
             }
             b'X' => return Ok(Forward::Last),
-            // Flush, CopyData, CopyDone, CopyFail: answered within the entry that started the COPY.
+            // Flush: no answer.
             _ => {}
         }
         Ok(Forward::Original)
     }
 }
 
+/// Rows of the statement whose results are streaming.
+struct RowState {
+    shape: RowShape,
+    stmt: Arc<StmtCtx>,
+    rows: u64,
+    limit: Option<u64>,
+    exceeded: bool,
+}
+
 impl Backend<'_> {
+    /// The row shape for the Execute at the front, from its portal's or statement's description.
+    fn execute_rows(
+        front: Option<&Pending>,
+    ) -> Option<Result<RowState, crate::rewrite::RewriteError>> {
+        let Some(Pending::Execute {
+            portal: Some(p), ..
+        }) = front
+        else {
+            return None;
+        };
+        let described = p
+            .described
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let shape = match described {
+            Some(s) => Ok(s),
+            None => {
+                let s = p
+                    .stmt
+                    .described
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()?;
+                let mut s = s;
+                s.set_result_formats(&p.result_formats).map(|_| s)
+            }
+        };
+        Some(shape.map(|shape| RowState {
+            limit: p.stmt.statement_plan().and_then(|sp| sp.max_rows),
+            shape,
+            stmt: p.stmt.clone(),
+            rows: 0,
+            exceeded: false,
+        }))
+    }
+
     /// Inspects one server message; returns what to send the client instead, if anything changes.
-    fn on_frame(&mut self, frame: &Frame) -> Option<Option<Bytes>> {
-        if frame.tag == b'E' {
-            self.saw_fatal = messages::error_fields(frame.body())
-                .map(|f| f.severity == "FATAL" || f.severity == "PANIC")
-                .unwrap_or(false);
+    fn on_frame(&mut self, frame: &Frame) -> Result<Option<Option<Bytes>>, SessionError> {
+        let fail = |e: crate::rewrite::RewriteError| SessionError::Rewrite(e.to_string());
+        let mut replacement: Option<Option<Bytes>> = None;
+        match frame.tag {
+            b'E' => {
+                self.saw_fatal = messages::error_fields(frame.body())
+                    .map(|f| f.severity == "FATAL" || f.severity == "PANIC")
+                    .unwrap_or(false);
+                self.rows = None;
+                self.copy_out = None;
+            }
+            b't' => {
+                let t = lock(self.tracker);
+                if let Some(Pending::Describe { stmt: Some(s), .. }) = t.front() {
+                    if let Some(b) =
+                        dataplane::rewrite_parameter_description(frame.body(), s).map_err(fail)?
+                    {
+                        replacement = Some(Some(b));
+                    }
+                }
+            }
+            b'T' => {
+                let t = lock(self.tracker);
+                let target = match t.front() {
+                    Some(Pending::Describe { stmt: Some(s), .. }) => Some((s.clone(), None)),
+                    Some(Pending::Describe {
+                        portal: Some(p), ..
+                    }) => Some((p.stmt.clone(), Some(p.clone()))),
+                    Some(Pending::Query { .. }) => t.current_statement().map(|s| (s.clone(), None)),
+                    _ => None,
+                };
+                let is_query = matches!(t.front(), Some(Pending::Query { .. }));
+                drop(t);
+                if let Some((stmt, portal)) = target {
+                    if stmt.data.is_some() {
+                        let (frame_out, shape) =
+                            dataplane::describe_rows(&stmt, frame.body()).map_err(fail)?;
+                        if let Some(b) = frame_out {
+                            replacement = Some(Some(b));
+                        }
+                        if is_query {
+                            self.rows = Some(RowState {
+                                limit: stmt.statement_plan().and_then(|sp| sp.max_rows),
+                                shape,
+                                stmt: stmt.clone(),
+                                rows: 0,
+                                exceeded: false,
+                            });
+                        } else if let Some(p) = portal {
+                            *p.described.lock().unwrap_or_else(|e| e.into_inner()) = Some(shape);
+                        } else {
+                            *stmt.described.lock().unwrap_or_else(|e| e.into_inner()) = Some(shape);
+                        }
+                    }
+                }
+            }
+            b'D' => {
+                if self.rows.is_none() {
+                    let t = lock(self.tracker);
+                    if let Some(r) = Self::execute_rows(t.front()) {
+                        self.rows = Some(r.map_err(fail)?);
+                    }
+                }
+                if let Some(rs) = self.rows.as_mut() {
+                    rs.rows += 1;
+                    if rs.limit.is_some_and(|l| rs.rows > l) {
+                        rs.exceeded = true;
+                        replacement = Some(None);
+                    } else if !rs.shape.is_passthrough() {
+                        let out = dataplane::with_row_ctx(&self.shared.guard, |ctx| {
+                            crate::rewrite::rewrite_data_row(frame.body(), &rs.shape, ctx)
+                        })
+                        .map_err(fail)?;
+                        if let Some(b) = out {
+                            replacement = Some(Some(b));
+                        }
+                    }
+                }
+            }
+            b'C' | b'I' | b's' => {
+                if let Some(rs) = self.rows.take() {
+                    if rs.exceeded {
+                        let limit = rs.limit.unwrap_or(0);
+                        let role = rs
+                            .stmt
+                            .data
+                            .as_ref()
+                            .map(|d| d.role.clone())
+                            .unwrap_or_default();
+                        replacement = Some(Some(error_response(
+                            Severity::Error,
+                            "42501",
+                            &format!(
+                                "pgcloak: the statement returned more than {limit} rows with classified values, the max_rows of policy role {role}; the first {limit} rows were delivered"
+                            ),
+                            Some("Narrow the query (WHERE, LIMIT) or use a role without max_rows."),
+                        )));
+                        self.max_rows_hit = true;
+                    }
+                }
+                self.copy_out = None;
+            }
+            b'H' => {
+                let t = lock(self.tracker);
+                let stmt = t.current_statement().cloned();
+                drop(t);
+                if let Some(stmt) = stmt {
+                    self.copy_out =
+                        dataplane::copy_out_rewriter(&stmt, frame.body()).map_err(fail)?;
+                }
+            }
+            b'd' => {
+                if let Some(rw) = self.copy_out.as_mut() {
+                    let out = dataplane::with_row_ctx(&self.shared.guard, |ctx| {
+                        rw.rewrite(frame.body(), ctx)
+                    })
+                    .map_err(fail)?;
+                    if let Some(b) = out {
+                        replacement = Some(Some(messages::copy_data(&b)));
+                    }
+                }
+            }
+            b'c' | b'Z' => {
+                self.copy_out = None;
+                self.rows = None;
+            }
+            _ => {}
         }
         let (action, done) = {
             let mut t = lock(self.tracker);
@@ -431,14 +698,17 @@ impl Backend<'_> {
             };
             (action, done)
         };
-        for outcome in done {
+        for mut outcome in done {
+            if std::mem::take(&mut self.max_rows_hit) {
+                outcome.sqlstate = Some("42501".into());
+            }
             self.statement_done(outcome);
         }
-        match action {
-            Action::Forward => None,
+        Ok(match action {
+            Action::Forward => replacement,
             Action::Swallow => Some(None),
             Action::ForwardRefusal => Some(Some(messages::without_context(frame.body()))),
-        }
+        })
     }
 
     fn statement_done(&mut self, outcome: super::track::Outcome) {
@@ -491,6 +761,7 @@ where
         statements: HashMap::new(),
         portals: HashMap::new(),
         skip_until_sync: false,
+        copy_in: VecDeque::new(),
     };
     let mut backend = Backend {
         shared,
@@ -498,6 +769,9 @@ where
         tracker: &tracker,
         saw_fatal: false,
         statements: 0,
+        rows: None,
+        copy_out: None,
+        max_rows_hit: false,
     };
     let idle = shared.config.idle_timeout;
     let end = tokio::select! {
@@ -579,9 +853,10 @@ where
                 Err(e) => return End::Error(SessionError::Server(e)),
             };
             let sent = match be.on_frame(&frame) {
-                None => client_out.send(&frame.bytes).await,
-                Some(Some(replacement)) => client_out.send(&replacement).await,
-                Some(None) => Ok(()),
+                Ok(None) => client_out.send(&frame.bytes).await,
+                Ok(Some(Some(replacement))) => client_out.send(&replacement).await,
+                Ok(Some(None)) => Ok(()),
+                Err(e) => return End::Error(e),
             };
             if let Err(e) = sent {
                 return End::Error(SessionError::ClientIo(e));
@@ -640,6 +915,10 @@ pub async fn finish<CW, SW>(
                 "57P01",
                 "pgcloak: terminating connection because the proxy is shutting down".to_string(),
             )),
+            SessionError::Rewrite(msg) => {
+                warn!("closing session: {msg}");
+                Some(("XX000", msg.clone()))
+            }
             SessionError::IdleTimeout(d) => Some((
                 "57P05",
                 format!(

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::context::StmtCtx;
+use super::context::{PortalCtx, StmtCtx};
 
 /// A forwarded client message still waiting for (part of) its answer.
 #[derive(Debug)]
@@ -20,11 +20,16 @@ pub enum Pending {
     },
     Parse,
     Bind,
-    Describe,
+    /// Describe of a prepared statement (`stmt`) or a portal (`portal`), when known.
+    Describe {
+        stmt: Option<Arc<StmtCtx>>,
+        portal: Option<Arc<PortalCtx>>,
+    },
     Close,
     Execute {
         started: Instant,
         stmt: Option<Arc<StmtCtx>>,
+        portal: Option<Arc<PortalCtx>>,
     },
     /// Answered by ReadyForQuery; errors skip everything before it.
     Sync,
@@ -127,6 +132,11 @@ impl Tracker {
         }
     }
 
+    /// The entry the next server message answers.
+    pub fn front(&self) -> Option<&Pending> {
+        self.queue.front()
+    }
+
     /// Pops entries up to and including the first one `matches` accepts; entries before it are answers
     /// the server skipped.
     fn pop_through(&mut self, matches: impl Fn(&Pending) -> bool) -> Option<Pending> {
@@ -170,7 +180,7 @@ impl Tracker {
                 Action::Forward
             }
             b'n' | b'T' => {
-                if matches!(self.queue.front(), Some(Pending::Describe)) {
+                if matches!(self.queue.front(), Some(Pending::Describe { .. })) {
                     self.queue.pop_front();
                 }
                 Action::Forward
@@ -197,7 +207,8 @@ impl Tracker {
                         });
                     }
                     Some(Pending::Execute { .. }) => {
-                        if let Some(Pending::Execute { started, stmt }) = self.queue.pop_front() {
+                        if let Some(Pending::Execute { started, stmt, .. }) = self.queue.pop_front()
+                        {
                             self.done.push(Outcome {
                                 started,
                                 rows,
@@ -264,7 +275,9 @@ impl Tracker {
                                 break;
                             }
                             match self.queue.pop_front() {
-                                Some(Pending::Execute { started, stmt }) if failed.is_none() => {
+                                Some(Pending::Execute { started, stmt, .. })
+                                    if failed.is_none() =>
+                                {
                                     failed = Some((started, stmt));
                                 }
                                 Some(Pending::Refusal { started, stmt }) => {
@@ -334,11 +347,13 @@ mod tests {
             Pending::Execute {
                 started: s,
                 stmt: None,
+                portal: None,
             },
             Pending::Bind,
             Pending::Execute {
                 started: s,
                 stmt: None,
+                portal: None,
             },
             Pending::Sync,
         ] {
@@ -369,10 +384,14 @@ mod tests {
         for p in [
             Pending::Parse,
             Pending::Bind,
-            Pending::Describe,
+            Pending::Describe {
+                stmt: None,
+                portal: None,
+            },
             Pending::Execute {
                 started: s,
                 stmt: None,
+                portal: None,
             },
             Pending::Sync,
             Pending::Parse,

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# pgbench point reads and inserts on a customers table through pgcloak: encrypted columns (the example
+# policy: deterministic email/phone, randomized int4 salary on bytea) against the same schema with no
+# policy. Also runs pgbench -S through pgcloak with the policy loaded, for the PgBouncer ratio.
+#
+# Usage: deploy/bench/encrypted-vs-plaintext.sh [ROUNDS] [SECONDS]
+# Needs a PostgreSQL on $PGHOST:$PGPORT (default 127.0.0.1:5432) reachable as $PGUSER (default postgres)
+# without a password, and pgbench. Audit is off in both proxies so only encryption is compared; set
+# AUDIT_FILE=path to turn the file sink on in both.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+rounds=${1:-3}
+secs=${2:-15}
+host=${PGHOST:-127.0.0.1}
+port=${PGPORT:-5432}
+user=${PGUSER:-postgres}
+clients=${CLIENTS:-8}
+threads=${THREADS:-2}
+cargo build --release --quiet -p pgcloak
+bin=target/release/pgcloak
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+for db in pgcloak_bench_enc pgcloak_bench_plain; do
+  psql -h "$host" -p "$port" -U "$user" -d postgres -qc "DROP DATABASE IF EXISTS $db" >/dev/null
+  psql -h "$host" -p "$port" -U "$user" -d postgres -qc "CREATE DATABASE $db" >/dev/null
+  psql -h "$host" -p "$port" -U "$user" -d "$db" -qc \
+    "CREATE TABLE customers (id int PRIMARY KEY, email text, phone text, ssn text, salary bytea, notes text)" >/dev/null
+done
+# The plaintext twin stores salary as text: the same bytes-per-row ballpark, no encryption.
+psql -h "$host" -p "$port" -U "$user" -d pgcloak_bench_plain -qc "ALTER TABLE customers ALTER COLUMN salary TYPE text" >/dev/null
+
+start_proxy() { # name port policy-line
+  cat > "$work/$1.toml" <<TOML
+listen = "127.0.0.1:$2"
+upstream = "$host:$port"
+$3
+[upstream_tls]
+mode = "disable"
+[catalog]
+user = "$user"
+database = "postgres"
+[keys]
+master_key_file = "$work/$1.key"
+keyring = "$work/$1.keyring.json"
+[audit]
+file = "${AUDIT_FILE:-}"
+TOML
+  "$bin" keys init --config "$work/$1.toml" >/dev/null
+  RUST_LOG=warn "$bin" serve --config "$work/$1.toml" 2>"$work/$1.log" & pids+=($!)
+  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$2) 2>/dev/null && break; sleep 0.1; done
+}
+start_proxy enc 16441 "policy = \"$PWD/deploy/examples/policy.toml\""
+start_proxy plain 16442 ""
+
+# 10k rows each, written through the proxies (so the encrypted table holds ciphertext).
+rows=$(seq 1 10000 | awk '{printf "%s(%d,'"'"'u%d@example.com'"'"','"'"'555-%04d'"'"',%d)", (NR>1?",":""), $1, $1, $1 % 10000, $1 * 10}')
+for pair in "16441 pgcloak_bench_enc" "16442 pgcloak_bench_plain"; do
+  set -- $pair
+  psql -h 127.0.0.1 -p "$1" -U "$user" -d "$2" -qc "INSERT INTO customers (id, email, phone, salary) VALUES $rows" >/dev/null
+done
+
+run() { # port db script
+  pgbench -h 127.0.0.1 -p "$1" -U "$user" -n -M prepared -c "$clients" -j "$threads" -T "$secs" -f "deploy/bench/scripts/$3" "$2" 2>&1 \
+    | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -n1
+}
+declare -A tps
+for r in $(seq "$rounds"); do
+  for script in enc_read.sql enc_insert.sql; do
+    for side in enc plain; do
+      if [ "$side" = enc ]; then p=16441; db=pgcloak_bench_enc; else p=16442; db=pgcloak_bench_plain; fi
+      t=$(run "$p" "$db" "$script")
+      tps[$side-$script]="${tps[$side-$script]:-} $t"
+      printf 'round %d %-15s %-6s tps=%s\n' "$r" "$script" "$side" "$t"
+    done
+  done
+done
+median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+echo
+for script in enc_read.sql enc_insert.sql; do
+  e=$(echo "${tps[enc-$script]}" | median); p=$(echo "${tps[plain-$script]}" | median)
+  awk -v e="$e" -v p="$p" -v s="$script" 'BEGIN {printf "%-15s encrypted %9.0f tps, plaintext %9.0f tps, ratio %.3f\n", s, e, p, e/p}'
+done

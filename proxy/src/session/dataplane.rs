@@ -1,0 +1,536 @@
+//! Applying a statement's plan to its messages: the glue between the session pumps and the pure
+//! [`crate::rewrite`] functions. Frontend side: literals, Parse parameter types, Bind parameters,
+//! COPY FROM data. Backend side: ParameterDescription, RowDescription and DataRow, COPY TO data.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use pgcloak_policy::{Access, Lexed, Policy, RolePolicy, StatementPlan, ValueRef};
+
+use super::context::{Refusal, StmtCtx};
+use crate::guard::{DbCatalog, Guard};
+use crate::protocol::messages;
+use crate::rewrite::{
+    self, apply_edits, literal_edit, logical_type, params::param_oid, rows::RowDescription,
+    BindParam, ColumnAction, ColumnTarget, CopyOutColumn, CopyOutRewriter, RowCtx, RowShape,
+    Storage,
+};
+
+/// What rewriting needs besides the plan: the policy and role it was made for, and the database's
+/// catalog (storage types, table oids).
+#[derive(Debug)]
+pub struct DataCtx {
+    pub policy: Arc<Policy>,
+    pub role: String,
+    pub catalog: Arc<DbCatalog>,
+}
+
+impl DataCtx {
+    pub fn role(&self) -> &RolePolicy {
+        self.policy
+            .role_named(&self.role)
+            .unwrap_or_else(|| self.policy.default_role())
+    }
+
+    /// Storage of an encrypted column, from the catalog.
+    pub fn storage(&self, column: &str) -> Option<Storage> {
+        self.catalog
+            .storage
+            .get(column)
+            .and_then(|t| Storage::from_type_name(t))
+    }
+}
+
+/// A failed rewrite as the refusal the client gets (its SQLSTATE and `pgcloak:` message).
+pub fn refusal(e: rewrite::RewriteError) -> Refusal {
+    Refusal {
+        sqlstate: e.sqlstate(),
+        message: e.to_string(),
+    }
+}
+
+fn target<'k>(
+    guard: &'k Guard,
+    data: &DataCtx,
+    enc: &pgcloak_policy::Encrypt,
+) -> Result<ColumnTarget<'k>, Refusal> {
+    let storage = data.storage(&enc.column).ok_or_else(|| Refusal {
+        sqlstate: "42804",
+        message: format!(
+            "pgcloak: column {} is not stored as bytea, text or varchar (or does not exist), so it cannot hold ciphertext; run `pgcloak check`",
+            enc.column
+        ),
+    })?;
+    ColumnTarget::for_encrypt(&guard.keyring, enc, storage).map_err(refusal)
+}
+
+/// Encrypts the literals the plans of `stmts` (statements of one SQL string) ask for, in `sql[..end]`.
+/// Returns the rewritten text, or `None` when nothing changes.
+pub fn rewrite_literals<'a>(
+    guard: &Guard,
+    sql: &str,
+    lexed: &Lexed,
+    stmts: impl IntoIterator<Item = &'a StmtCtx>,
+    end: usize,
+) -> Result<Option<String>, Refusal> {
+    let edits = literal_edits(guard, sql, lexed, stmts, end)?;
+    if edits.is_empty() {
+        return Ok(None);
+    }
+    apply_edits(&sql[..end], edits).map(Some).map_err(refusal)
+}
+
+/// Byte ranges of the `$n` parameter tokens in `sql` (outside literals).
+fn param_spans(sql: &str, lexed: &Lexed, n: u32) -> Vec<std::ops::Range<usize>> {
+    let b = sql.as_bytes();
+    let token = format!("${n}");
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(pos) = sql[from..].find(&token).map(|p| p + from) {
+        let end = pos + token.len();
+        from = end;
+        let glued_before = pos > 0
+            && (b[pos - 1].is_ascii_alphanumeric() || b[pos - 1] == b'_' || b[pos - 1] == b'$');
+        let glued_after = b.get(end).is_some_and(|c| c.is_ascii_digit());
+        let in_literal = lexed
+            .literals
+            .iter()
+            .any(|l| l.span.start <= pos && pos < l.span.end);
+        if !glued_before && !glued_after && !in_literal {
+            out.push(pos..end);
+        }
+    }
+    out
+}
+
+/// The literal replacements the plans of `stmts` ask for, in `sql[..end]`.
+fn literal_edits<'a>(
+    guard: &Guard,
+    sql: &str,
+    lexed: &Lexed,
+    stmts: impl IntoIterator<Item = &'a StmtCtx>,
+    end: usize,
+) -> Result<Vec<rewrite::Edit>, Refusal> {
+    let mut edits = Vec::new();
+    for s in stmts {
+        let (Some(sp), Some(data)) = (s.statement_plan(), s.data.as_deref()) else {
+            continue;
+        };
+        for enc in &sp.encryptions {
+            let ValueRef::Literal(i) = enc.target else {
+                continue;
+            };
+            let Some(lit) = lexed.literals.get(i) else {
+                return Err(Refusal {
+                    sqlstate: "42501",
+                    message: format!(
+                        "pgcloak: the plan names a literal the statement does not have (column {})",
+                        enc.column
+                    ),
+                });
+            };
+            if lit.span.end > end {
+                continue;
+            }
+            let t = target(guard, data, enc)?;
+            edits.push(literal_edit(sql, &lexed.literals, i, &t, enc.array).map_err(refusal)?);
+        }
+    }
+    Ok(edits)
+}
+
+/// The encrypted parameters of a plan: `$n`, its encryption.
+fn param_encryptions(sp: &StatementPlan) -> impl Iterator<Item = (u32, &pgcloak_policy::Encrypt)> {
+    sp.encryptions.iter().filter_map(|e| match e.target {
+        ValueRef::Param(n) => Some((n, e)),
+        ValueRef::Literal(_) => None,
+    })
+}
+
+/// A Parse message for `stmt`: literals encrypted in its text, and declared types of encrypted
+/// parameters changed to the storage type (the client keeps sending its logical type; the Bind
+/// rewrite turns it into ciphertext). `None`: forward the original.
+pub fn rewrite_parse(
+    guard: &Guard,
+    body: &[u8],
+    stmt: &StmtCtx,
+    sql: &str,
+    lexed: &Lexed,
+) -> Result<Option<Bytes>, Refusal> {
+    let (Some(sp), Some(data)) = (stmt.statement_plan(), stmt.data.as_deref()) else {
+        return Ok(None);
+    };
+    let msg = messages::parse_message(body).map_err(|e| Refusal {
+        sqlstate: "08P01",
+        message: format!("pgcloak: {e}"),
+    })?;
+    let mut edits = literal_edits(guard, sql, lexed, [stmt], sql.len())?;
+    let mut types = msg.param_types.clone();
+    let mut types_changed = false;
+    let mut any_params = Vec::new();
+    for (n, enc) in param_encryptions(sp) {
+        let t = target(guard, data, enc)?;
+        // After a rotation, `col = $n` must match every key version's ciphertext.
+        let mut as_array = enc.array;
+        if !enc.array && t.has_variants() {
+            for span in param_spans(sql, lexed, n) {
+                let probe = ["a".to_string(), "b".to_string()];
+                if let Some((range, text)) =
+                    rewrite::rewrite_equality_literal(sql, span, &probe, t.storage)
+                {
+                    let op = if text.starts_with("<>") {
+                        "<> ALL"
+                    } else {
+                        "= ANY"
+                    };
+                    edits.push(rewrite::Edit {
+                        range,
+                        text: format!("{op} (${n})"),
+                    });
+                    as_array = true;
+                }
+            }
+            if as_array {
+                any_params.push(n);
+            }
+        }
+        let idx = n as usize - 1;
+        if let Some(declared) = types.get_mut(idx) {
+            if *declared != 0 {
+                *declared = param_oid(t.storage, as_array);
+                types_changed = true;
+            }
+        }
+    }
+    let _ = stmt.any_params.set(any_params);
+    let new_sql = if edits.is_empty() {
+        None
+    } else {
+        Some(apply_edits(sql, edits).map_err(refusal)?)
+    };
+    if new_sql.is_none() && !types_changed {
+        return Ok(None);
+    }
+    let text = new_sql.as_deref().unwrap_or(sql);
+    Ok(Some(messages::encode_parse(msg.name, text, &types)))
+}
+
+/// Encrypts the Bind parameters the statement's plan asks for.
+pub fn rewrite_bind(guard: &Guard, body: &[u8], stmt: &StmtCtx) -> Result<Option<Bytes>, Refusal> {
+    let (Some(sp), Some(data)) = (stmt.statement_plan(), stmt.data.as_deref()) else {
+        return Ok(None);
+    };
+    let any = stmt.any_params.get().map(Vec::as_slice).unwrap_or(&[]);
+    let mut params = Vec::new();
+    for (n, enc) in param_encryptions(sp) {
+        params.push(BindParam {
+            index: n,
+            target: target(guard, data, enc)?,
+            array: enc.array,
+        });
+    }
+    if params.is_empty() {
+        return Ok(None);
+    }
+    let widened = widen_integers(body, stmt, &params)?;
+    let body = widened.as_deref().unwrap_or(body);
+    if any.is_empty() {
+        return rewrite::rewrite_bind(body, &params).map_err(refusal);
+    }
+    // `col = ANY($n)`: the client's scalar becomes a one-element array, encrypted under every version.
+    let wrapped = wrap_scalars(body, &params, any)?;
+    for p in params.iter_mut() {
+        if any.contains(&p.index) {
+            p.array = true;
+        }
+    }
+    rewrite::rewrite_bind(&wrapped, &params).map_err(refusal)
+}
+
+/// Turns the scalar values of parameters `any` into one-element arrays of the logical type, in the
+/// parameter's own format.
+fn wrap_scalars(body: &[u8], params: &[BindParam<'_>], any: &[u32]) -> Result<Vec<u8>, Refusal> {
+    let bind = messages::parse_bind(body).map_err(|e| Refusal {
+        sqlstate: "08P01",
+        message: format!("pgcloak: {e}"),
+    })?;
+    let mut values: Vec<Option<Vec<u8>>> =
+        bind.params.iter().map(|p| p.map(<[u8]>::to_vec)).collect();
+    for p in params.iter().filter(|p| any.contains(&p.index)) {
+        let i = p.index as usize - 1;
+        let Some(Some(v)) = values.get(i) else {
+            continue;
+        };
+        let wrapped = if bind.param_format(i) == 1 {
+            let mut a = Vec::with_capacity(v.len() + 24);
+            a.extend_from_slice(&1i32.to_be_bytes()); // ndim
+            a.extend_from_slice(&0i32.to_be_bytes()); // no NULLs
+            a.extend_from_slice(&p.target.ty.oid().to_be_bytes());
+            a.extend_from_slice(&1i32.to_be_bytes()); // length of dimension 1
+            a.extend_from_slice(&1i32.to_be_bytes()); // lower bound
+            a.extend_from_slice(&(v.len() as i32).to_be_bytes());
+            a.extend_from_slice(v);
+            a
+        } else {
+            let mut a = Vec::with_capacity(v.len() + 4);
+            a.extend_from_slice(b"{\"");
+            for &c in v {
+                if c == b'"' || c == b'\\' {
+                    a.push(b'\\');
+                }
+                a.push(c);
+            }
+            a.extend_from_slice(b"\"}");
+            a
+        };
+        values[i] = Some(wrapped);
+    }
+    let refs: Vec<Option<&[u8]>> = values.iter().map(|v| v.as_deref()).collect();
+    Ok(messages::encode_bind(&bind, &refs)[5..].to_vec())
+}
+
+/// Drivers encode an integer in the type they declared (psycopg: the smallest of int2/int4/int8 that
+/// fits); an encrypted integer column's logical type may be another width. Binary values of a declared
+/// integer type are converted to the logical width (range-checked), so `42` encrypts identically
+/// whatever width it was sent in. Returns the Bind body to encrypt, when anything changed.
+fn widen_integers(
+    body: &[u8],
+    stmt: &StmtCtx,
+    params: &[BindParam<'_>],
+) -> Result<Option<Vec<u8>>, Refusal> {
+    use pgcloak_keymgr::LogicalType as T;
+    let declared = stmt.param_types.get().map(Vec::as_slice).unwrap_or(&[]);
+    let width = |oid: u32| match oid {
+        21 => Some(2usize),
+        23 => Some(4),
+        20 => Some(8),
+        _ => None,
+    };
+    let todo: Vec<(usize, usize, usize, &str)> = params
+        .iter()
+        .filter(|p| !p.array)
+        .filter_map(|p| {
+            let i = (p.index as usize).checked_sub(1)?;
+            let from = width(*declared.get(i)?)?;
+            let to = match p.target.ty {
+                T::Int4 => 4,
+                T::Int8 => 8,
+                _ => return None,
+            };
+            (from != to).then_some((i, from, to, p.target.column()))
+        })
+        .collect();
+    if todo.is_empty() {
+        return Ok(None);
+    }
+    let bind = messages::parse_bind(body).map_err(|e| Refusal {
+        sqlstate: "08P01",
+        message: format!("pgcloak: {e}"),
+    })?;
+    let mut values: Vec<Option<Vec<u8>>> =
+        bind.params.iter().map(|p| p.map(<[u8]>::to_vec)).collect();
+    for (i, from, to, column) in todo {
+        if bind.param_format(i) != 1 {
+            continue;
+        }
+        let Some(Some(v)) = values.get(i) else {
+            continue;
+        };
+        let bad = || Refusal {
+            sqlstate: "22003",
+            message: format!(
+                "pgcloak: parameter ${} for encrypted column {column} is out of range for its type",
+                i + 1
+            ),
+        };
+        if v.len() != from {
+            return Err(bad());
+        }
+        let n: i64 = match from {
+            2 => i64::from(i16::from_be_bytes([v[0], v[1]])),
+            4 => i64::from(i32::from_be_bytes([v[0], v[1], v[2], v[3]])),
+            _ => i64::from_be_bytes([v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]]),
+        };
+        let out = if to == 4 {
+            i32::try_from(n).map_err(|_| bad())?.to_be_bytes().to_vec()
+        } else {
+            n.to_be_bytes().to_vec()
+        };
+        values[i] = Some(out);
+    }
+    let refs: Vec<Option<&[u8]>> = values.iter().map(|v| v.as_deref()).collect();
+    let frame = messages::encode_bind(&bind, &refs);
+    Ok(Some(frame[5..].to_vec()))
+}
+
+/// ParameterDescription: encrypted parameters are presented with their logical types.
+pub fn rewrite_parameter_description(
+    body: &[u8],
+    stmt: &StmtCtx,
+) -> Result<Option<Bytes>, rewrite::RewriteError> {
+    let Some(sp) = stmt.statement_plan() else {
+        return Ok(None);
+    };
+    // Parameters rewritten to `= ANY($n)` are arrays to the server and scalars to the client.
+    let params: Vec<(u32, pgcloak_keymgr::LogicalType)> = param_encryptions(sp)
+        .filter(|(_, e)| !e.array)
+        .map(|(n, e)| (n, logical_type(e.logical_type)))
+        .collect();
+    if params.is_empty() {
+        return Ok(None);
+    }
+    let any = stmt.any_params.get().map(Vec::as_slice).unwrap_or(&[]);
+    let (scalars_as_arrays, rest): (Vec<_>, Vec<_>) =
+        params.into_iter().partition(|(n, _)| any.contains(n));
+    let out = rewrite::rewrite_parameter_description(body, &rest)?;
+    if scalars_as_arrays.is_empty() {
+        return Ok(Some(out));
+    }
+    let mut oids = rewrite::parse_parameter_description(&out[5..])?;
+    for (n, ty) in scalars_as_arrays {
+        if let Some(slot) = oids.get_mut(n as usize - 1) {
+            *slot = ty.oid();
+        }
+    }
+    let mut body = Vec::with_capacity(2 + 4 * oids.len());
+    body.extend_from_slice(&(oids.len() as i16).to_be_bytes());
+    for o in oids {
+        body.extend_from_slice(&o.to_be_bytes());
+    }
+    Ok(Some(messages::frame(b't', &body)))
+}
+
+/// The action for each result column: what the plan says, overridden by what the server says the
+/// column is (table oid + attnum of a direct column reference) — so a protected column is handled
+/// by its own policy wherever it appears, even where the analysis could not place it.
+pub fn row_actions(
+    stmt: &StmtCtx,
+    rd: &RowDescription,
+) -> Result<Vec<ColumnAction>, rewrite::RewriteError> {
+    let outputs = stmt
+        .statement_plan()
+        .map(|p| p.outputs.as_slice())
+        .unwrap_or(&[]);
+    let mut actions = rewrite::rows::actions_for(outputs, rd.fields.len())?;
+    let Some(data) = stmt.data.as_deref() else {
+        return Ok(actions);
+    };
+    for (i, f) in rd.fields.iter().enumerate() {
+        if f.table_oid == 0 {
+            continue;
+        }
+        let Some(t) = data.catalog.by_oid.get(&f.table_oid) else {
+            continue;
+        };
+        let Some(c) = t.columns.get(&f.attnum) else {
+            continue;
+        };
+        if let Some(a) = column_action(data, &t.schema, &t.name, c) {
+            actions[i] = a;
+        }
+    }
+    Ok(actions)
+}
+
+/// What the role gets for a value of a policy column, `None` for a column the policy does not name.
+fn column_action(data: &DataCtx, schema: &str, table: &str, column: &str) -> Option<ColumnAction> {
+    let col = data.policy.column(schema, table, column)?;
+    let encrypted = col.encrypt.is_encrypted();
+    let name = col.qualified_name();
+    let ty = logical_type(col.logical_type);
+    Some(match data.role().read(col.class) {
+        Access::Plaintext if encrypted => ColumnAction::Decrypt { column: name, ty },
+        Access::Plaintext => ColumnAction::PassThrough,
+        Access::Masked => ColumnAction::Mask {
+            column: name,
+            ty,
+            mask: col.mask,
+            encrypted,
+        },
+        Access::Null | Access::Deny => ColumnAction::Null,
+    })
+}
+
+/// The rewriter for `COPY ... TO STDOUT` data of `stmt` (given the CopyOutResponse body), or `None`
+/// when every field passes through.
+pub fn copy_out_rewriter(
+    stmt: &StmtCtx,
+    body: &[u8],
+) -> Result<Option<CopyOutRewriter>, rewrite::RewriteError> {
+    let (Some(sp), Some(data)) = (stmt.statement_plan(), stmt.data.as_deref()) else {
+        return Ok(None);
+    };
+    let Some(copy) = &sp.copy else {
+        return Ok(None);
+    };
+    if copy.direction != pgcloak_policy::CopyDirection::To {
+        return Ok(None);
+    }
+    let mut r = messages::Reader::new(body, "CopyOutResponse");
+    let n = r
+        .u8()
+        .and_then(|_| r.i16())
+        .map_err(|_| rewrite::RewriteError::MalformedServerMessage {
+            what: "CopyOutResponse",
+            detail: "it is shorter than its fields declare",
+        })?
+        .max(0) as usize;
+    let actions: Vec<ColumnAction> = match &copy.table {
+        Some(table) => {
+            let (schema, name) = table.split_once('.').unwrap_or(("public", table));
+            copy.columns
+                .iter()
+                .map(|c| {
+                    column_action(data, schema, name, &c.name).unwrap_or(ColumnAction::PassThrough)
+                })
+                .collect()
+        }
+        None => rewrite::rows::actions_for(&sp.outputs, n)?,
+    };
+    if actions.iter().all(|a| *a == ColumnAction::PassThrough) {
+        return Ok(None);
+    }
+    let columns = actions
+        .into_iter()
+        .map(|action| {
+            let storage = match &action {
+                ColumnAction::Decrypt { column, .. } | ColumnAction::Mask { column, .. } => {
+                    data.storage(column)
+                }
+                _ => None,
+            };
+            CopyOutColumn { action, storage }
+        })
+        .collect();
+    CopyOutRewriter::new(copy, columns).map(Some)
+}
+
+/// RowDescription: the actions for its columns and the frame to forward (`None`: unchanged).
+pub fn describe_rows(
+    stmt: &StmtCtx,
+    body: &[u8],
+) -> Result<(Option<Bytes>, RowShape), rewrite::RewriteError> {
+    let rd = RowDescription::parse(body)?;
+    let actions = row_actions(stmt, &rd)?;
+    if actions.iter().all(|a| *a == ColumnAction::PassThrough) {
+        return Ok((None, RowShape::new(&rd, &actions)?));
+    }
+    let (frame, shape) = rewrite::rewrite_row_description(body, &actions)?;
+    Ok((Some(frame), shape))
+}
+
+/// Runs `f` with the row context for rewriting rows.
+///
+/// A value is only ever decrypted with the key of the column it is read from: a ciphertext found in
+/// another column (copied there around the proxy) stays closed even for a role that could read its
+/// own column, as its associated data binds it to that column. Columns the analysis cannot place
+/// (views, expressions) keep their ciphertext.
+pub fn with_row_ctx<T>(guard: &Guard, f: impl FnOnce(&RowCtx<'_>) -> T) -> T {
+    let never = |_: &str| false;
+    let ctx = RowCtx {
+        keyring: &guard.keyring,
+        may_read_plaintext: &never,
+        mask_hash_key: guard.mask_key(),
+    };
+    f(&ctx)
+}
