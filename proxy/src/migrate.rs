@@ -31,7 +31,9 @@
 //!
 //! Without a primary key: ranges of heap pages, `ctid >= '(p,0)' AND ctid < '(p+n,0)'` (a TID range
 //! scan), with `n` adapted to give about `batch` rows; the walk goes on until it reaches the table's
-//! current end. A row moved by a concurrent update to a page behind the walk is not seen again by it;
+//! current end, so rows inserted during the run are included. On full pages an UPDATE puts the new
+//! row version on a page ahead of the walk, which then sees it again (already done: counted as
+//! skipped), so a ctid walk may scan up to twice the table's rows. A row moved by a concurrent update to a page behind the walk is not seen again by it;
 //! the final check reports such rows (partitioned tables need a primary key).
 //!
 //! # Concurrent writes: compare-and-set
