@@ -1858,10 +1858,19 @@ impl Progress {
         let mode = if quiet {
             ProgressMode::Quiet
         } else if std::io::stderr().is_terminal() {
-            let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+            // Hidden until `start` knows the length (no "0/0" frame).
+            let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::hidden());
             let style = ProgressStyle::with_template(
-                "{prefix} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} rows, {per_sec}, ETA {eta} {msg}",
+                "{prefix} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} rows, {rate}, ETA {eta} {msg}",
             )
+            .map(|s| {
+                s.with_key(
+                    "rate",
+                    |st: &indicatif::ProgressState, w: &mut dyn fmt::Write| {
+                        let _ = write!(w, "{:.0} rows/s", st.per_sec());
+                    },
+                )
+            })
             .unwrap_or_else(|_| ProgressStyle::default_bar());
             bar.set_style(style);
             bar.set_prefix(label.clone());
@@ -1885,6 +1894,9 @@ impl Progress {
                 bar.set_length(total.max(done));
                 bar.set_position(done);
                 bar.reset_eta();
+                bar.set_draw_target(ProgressDrawTarget::stderr());
+                // Keeps elapsed time and ETA moving while a batch waits on the server.
+                bar.enable_steady_tick(Duration::from_millis(500));
             }
             ProgressMode::Log {
                 total: t, first, ..
@@ -1941,7 +1953,8 @@ impl Progress {
     fn note(&self, line: &str) {
         match &self.mode {
             ProgressMode::Quiet => {}
-            ProgressMode::Bar(bar) => bar.println(line),
+            ProgressMode::Bar(bar) if !bar.is_hidden() => bar.println(line),
+            ProgressMode::Bar(_) => eprintln!("{line}"),
             ProgressMode::Log { .. } => eprintln!("{line}"),
         }
     }
