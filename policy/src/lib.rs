@@ -51,7 +51,10 @@
 //! Known limits (the proxy's per-ciphertext key check is the backstop): views and functions over
 //! protected tables are invisible here (`SELECT * FROM customer_view` passes through, ciphertext stays
 //! ciphertext); `U&"..."` identifiers, `FROM ONLY`, MERGE and `TABLE t` fail closed when they name a
-//! protected table.
+//! protected table, and so do statements nesting `(`/`[`/`CASE` deeper than
+//! [`analyze::MAX_NESTING`] (sqlparser backtracks exponentially on some nested forms) or larger than
+//! 256 KiB. `DO` blocks and function bodies are checked only for the protected table names they
+//! contain; dynamic SQL inside them is not analysed.
 #![forbid(unsafe_code)]
 
 pub mod analyze;

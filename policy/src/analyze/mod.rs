@@ -31,7 +31,7 @@ use sqlparser::parser::Parser;
 
 use crate::catalog::Catalog;
 use crate::lexer::{Lexed, StatementKind};
-use crate::model::{Access, Class, ColumnPolicy, EncryptMode, Policy, RoleRef};
+use crate::model::{Access, ColumnPolicy, EncryptMode, Policy, RoleRef};
 use crate::plan::{
     ColumnTouch, Decision, Encrypt, Output, OutputAction, Plan, SessionEffect, Source,
     StatementPlan, TouchAccess, ValueRef, SQLSTATE_DENY,
@@ -692,10 +692,4 @@ fn operator_count(text: &str) -> usize {
         })
         .count();
     ops + words
-}
-
-/// Class of a column id, for messages.
-#[allow(dead_code)]
-pub(crate) fn class_of(policy: &Policy, c: ColId) -> Option<Class> {
-    policy.columns().get(c).map(|p| p.class)
 }
