@@ -5,7 +5,7 @@
 //! resolution), `expr.rs` (expressions and predicates), `query.rs` (SELECT, set operations, CTEs),
 //! `stmt.rs` (INSERT, UPDATE, DELETE, COPY, PREPARE/EXECUTE, cursors, SET and the rest).
 //!
-//! The rules, in one place (see [`Use`] and `Analyzer::use_col`):
+//! The rules, in one place (see `Use` and `Analyzer::use_col`):
 //! - a column a role reads as `deny` may not be used at all; one it reads as `null` only as a plain result
 //!   column (any other use would be an oracle);
 //! - a `masked` column may be returned (masked), compared for equality, tested for NULL, counted and grouped,
