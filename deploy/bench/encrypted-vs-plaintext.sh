@@ -16,13 +16,15 @@ port=${PGPORT:-5432}
 user=${PGUSER:-postgres}
 clients=${CLIENTS:-8}
 threads=${THREADS:-2}
-cargo build --release --quiet -p pgcloak
+[ "${SKIP_BUILD:-0}" = 1 ] || cargo build --release --quiet -p pgcloak
 bin=target/release/pgcloak
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
+# The example policy's "app" role reads and writes everything; a superuser is a member of every role.
+psql -h "$host" -p "$port" -U "$user" -d postgres -qc 'DO $$BEGIN CREATE ROLE app; EXCEPTION WHEN duplicate_object THEN NULL; END$$' >/dev/null
 for db in pgcloak_bench_enc pgcloak_bench_plain; do
   psql -h "$host" -p "$port" -U "$user" -d postgres -qc "DROP DATABASE IF EXISTS $db" >/dev/null
   psql -h "$host" -p "$port" -U "$user" -d postgres -qc "CREATE DATABASE $db" >/dev/null
@@ -56,10 +58,12 @@ start_proxy enc 16441 "policy = \"$PWD/deploy/examples/policy.toml\""
 start_proxy plain 16442 ""
 
 # 10k rows each, written through the proxies (so the encrypted table holds ciphertext).
-rows=$(seq 1 10000 | awk '{printf "%s(%d,'"'"'u%d@example.com'"'"','"'"'555-%04d'"'"',%d)", (NR>1?",":""), $1, $1, $1 % 10000, $1 * 10}')
 for pair in "16441 pgcloak_bench_enc" "16442 pgcloak_bench_plain"; do
   set -- $pair
-  psql -h 127.0.0.1 -p "$1" -U "$user" -d "$2" -qc "INSERT INTO customers (id, email, phone, salary) VALUES $rows" >/dev/null
+  for chunk in $(seq 0 19); do
+    rows=$(seq $((chunk * 500 + 1)) $((chunk * 500 + 500)) | awk '{printf "%s(%d,'"'"'u%d@example.com'"'"','"'"'555-%04d'"'"',%d)", (NR>1?",":""), $1, $1, $1 % 10000, $1 * 10}')
+    printf "INSERT INTO customers (id, email, phone, salary) VALUES %s;\n" "$rows" | psql -h 127.0.0.1 -p "$1" -U "$user" -d "$2" -q -v ON_ERROR_STOP=1 >/dev/null
+  done
 done
 
 run() { # port db script

@@ -19,7 +19,7 @@ clients=${CLIENTS:-8}
 threads=${THREADS:-2}
 
 command -v pgbouncer >/dev/null || { echo "pgbouncer not found: apt-get install pgbouncer" >&2; exit 1; }
-cargo build --release --quiet -p pgcloak
+[ "${SKIP_BUILD:-0}" = 1 ] || cargo build --release --quiet -p pgcloak
 bin=target/release/pgcloak
 
 work=$(mktemp -d)
@@ -54,9 +54,9 @@ INI
 echo "\"$user\" \"\"" > "$work/users.txt"
 chown -R postgres "$work" 2>/dev/null || true
 if [ "$(id -u)" = 0 ]; then
-  runuser -u postgres -- pgbouncer "$work/pgbouncer.ini" & bouncer_pid=$!
+  runuser -u postgres -- pgbouncer -q "$work/pgbouncer.ini" 2>/dev/null & bouncer_pid=$!
 else
-  pgbouncer "$work/pgbouncer.ini" & bouncer_pid=$!
+  pgbouncer -q "$work/pgbouncer.ini" 2>/dev/null & bouncer_pid=$!
 fi
 
 policy_line=""
@@ -96,7 +96,7 @@ for r in $(seq "$rounds"); do
 done
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-p99() { cat "$work"/$1-*.log* 2>/dev/null | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END {print a[int(NR*0.99)]}'; }
+p99() { cat "$work"/$1-* 2>/dev/null | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END {print a[int(NR*0.99)]}'; }
 echo
 echo "median TPS over $rounds rounds of ${secs}s, pgbench -S -M extended -c $clients -j $threads:"
 for target in direct pgbouncer pgcloak; do
