@@ -343,6 +343,12 @@ async fn masked_values_and_refusals_by_role() {
         "{}",
         error_text(&err)
     );
+    // psql shows the refusal as PostgreSQL would show any error: no trace of how it was raised.
+    let (ok, _, err) = psql(&e.url("plain_user"), &["-c", "SELECT email FROM customers"]);
+    assert!(
+        !ok && err.contains("pgcloak:") && !err.contains("CONTEXT") && !err.contains("PL/pgSQL"),
+        "{err}"
+    );
     let r = rows(
         &plain
             .simple_query("SELECT salary, notes FROM customers")

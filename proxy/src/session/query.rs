@@ -570,6 +570,13 @@ impl Backend<'_> {
                     .unwrap_or(false);
                 self.rows = None;
                 self.copy_out = None;
+                // A refusal raised for a simple Query: drop the PL/pgSQL context of the DO block.
+                let refused = lock(self.tracker)
+                    .current_statement()
+                    .is_some_and(|s| s.refusal.is_some());
+                if refused {
+                    replacement = Some(Some(messages::without_context(frame.body())));
+                }
             }
             b't' => {
                 let t = lock(self.tracker);
