@@ -63,7 +63,7 @@ pub struct Guard {
     config: Arc<Config>,
     policy: RwLock<Arc<Policy>>,
     pub plans: PlanCache,
-    pub keyring: Arc<Keyring>,
+    keyring: RwLock<Arc<Keyring>>,
     pub audit: Option<AuditHandle>,
     dbs: DashMap<String, Arc<AsyncMutex<DbState>>>,
     catalog_version: std::sync::atomic::AtomicU64,
@@ -89,12 +89,25 @@ impl Guard {
             config,
             policy: RwLock::new(Arc::new(policy)),
             plans: PlanCache::new(16 * 1024),
-            keyring,
+            keyring: RwLock::new(keyring),
             audit,
             dbs: DashMap::new(),
             catalog_version: std::sync::atomic::AtomicU64::new(1),
             mask_key,
         }
+    }
+
+    /// The keyring in force now (a reloaded one applies from the next statement).
+    pub fn keyring(&self) -> Arc<Keyring> {
+        self.keyring
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Installs a reloaded keyring (after `keys rotate`, or keys added by another instance).
+    pub fn set_keyring(&self, keyring: Keyring) {
+        *self.keyring.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keyring);
     }
 
     /// Key of the `hash` mask.
@@ -325,25 +338,33 @@ pub fn load_policy(config: &Config) -> Result<Policy, String> {
     }
 }
 
-/// Reloads the policy on SIGHUP and when the file changes (polled every second). A policy that does
-/// not parse is reported and the previous one stays in force.
-pub async fn watch_policy(
+/// Reloads the policy and the keyring on SIGHUP and when their files change (polled every second; a
+/// keyring in PostgreSQL is re-read every 10 seconds). A policy that does not parse, or a keyring that
+/// does not open with the master key, is reported and the previous one stays in force.
+pub async fn watch_reloads(
     guard: Arc<Guard>,
     config: Arc<Config>,
+    master: pgcloak_keymgr::MasterKey,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    let Some(path) = config.policy.clone() else {
-        return;
-    };
+    let master = Arc::new(master);
     let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => Some(s),
         Err(e) => {
-            warn!(error = %e, "cannot listen for SIGHUP; policy reload on file change only");
+            warn!(error = %e, "cannot listen for SIGHUP; reloading on file changes only");
             None
         }
     };
-    let stamp = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let mut last = stamp(&path);
+    let stamp = |p: Option<&std::path::Path>| {
+        p.and_then(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+    };
+    let keyring_file = match &config.keys.keyring {
+        crate::config::KeyringLocation::File(p) => Some(p.clone()),
+        crate::config::KeyringLocation::Postgres => None,
+    };
+    let mut last_policy = stamp(config.policy.as_deref());
+    let mut last_keyring = stamp(keyring_file.as_deref());
+    let mut last_pg_check = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         let forced = tokio::select! {
@@ -351,18 +372,44 @@ pub async fn watch_policy(
             _ = tick.tick() => false,
             _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending::<()>().await } } => true,
         };
-        let now = stamp(&path);
-        if !forced && now == last {
-            continue;
-        }
-        last = now;
-        match load_policy(&config) {
-            Ok(p) => {
-                let version = p.version_hex().to_string();
-                guard.set_policy(p);
-                info!(policy = %path.display(), version = %version, "policy reloaded");
+        if let Some(path) = &config.policy {
+            let now = stamp(Some(path));
+            if forced || now != last_policy {
+                last_policy = now;
+                match load_policy(&config) {
+                    Ok(p) => {
+                        let version = p.version_hex().to_string();
+                        guard.set_policy(p);
+                        info!(policy = %path.display(), version = %version, "policy reloaded");
+                    }
+                    Err(e) => warn!("policy reload failed, keeping the previous policy: {e}"),
+                }
             }
-            Err(e) => warn!("policy reload failed, keeping the previous policy: {e}"),
+        }
+        let now = stamp(keyring_file.as_deref());
+        let due = match keyring_file {
+            Some(_) => now != last_keyring,
+            None => last_pg_check.elapsed() >= Duration::from_secs(10),
+        };
+        if forced || due {
+            last_keyring = now;
+            last_pg_check = Instant::now();
+            let (cfg, key) = (config.clone(), master.clone());
+            match tokio::task::spawn_blocking(move || crate::keys::load_for_serve(&cfg, &key)).await
+            {
+                Ok(Ok((keyring, created))) => {
+                    if forced || keyring.generation() != guard.keyring().generation() {
+                        info!(
+                            generation = keyring.generation(),
+                            created = created.len(),
+                            "keyring reloaded"
+                        );
+                        guard.set_keyring(keyring);
+                    }
+                }
+                Ok(Err(e)) => warn!("keyring reload failed, keeping the previous keyring: {e}"),
+                Err(e) => warn!("keyring reload failed: {e}"),
+            }
         }
     }
 }

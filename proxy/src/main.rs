@@ -194,7 +194,6 @@ fn serve(path: &std::path::Path) -> Result<ExitCode> {
     tracing::info!(columns = keyring.list().len(), policy = %policy.version_hex(), "keyring and policy loaded");
     let signer = pgcloak::audit::signer(&master)?;
     let mask_key = master.mask_hash_key()?;
-    drop(master);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -233,9 +232,10 @@ fn serve(path: &std::path::Path) -> Result<ExitCode> {
             tracing::info!("shutdown signal received");
             signal.cancel();
         });
-        tokio::spawn(pgcloak::guard::watch_policy(
+        tokio::spawn(pgcloak::guard::watch_reloads(
             guard.clone(),
             config.clone(),
+            master,
             shutdown.clone(),
         ));
         pgcloak::server::run(listener, shared, shutdown).await;

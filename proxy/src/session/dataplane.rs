@@ -50,7 +50,7 @@ pub fn refusal(e: rewrite::RewriteError) -> Refusal {
 }
 
 fn target<'k>(
-    guard: &'k Guard,
+    keyring: &'k pgcloak_keymgr::Keyring,
     data: &DataCtx,
     enc: &pgcloak_policy::Encrypt,
 ) -> Result<ColumnTarget<'k>, Refusal> {
@@ -61,7 +61,7 @@ fn target<'k>(
             enc.column
         ),
     })?;
-    ColumnTarget::for_encrypt(&guard.keyring, enc, storage).map_err(refusal)
+    ColumnTarget::for_encrypt(keyring, enc, storage).map_err(refusal)
 }
 
 /// Encrypts the literals the plans of `stmts` (statements of one SQL string) ask for, in `sql[..end]`.
@@ -111,6 +111,7 @@ fn literal_edits<'a>(
     stmts: impl IntoIterator<Item = &'a StmtCtx>,
     end: usize,
 ) -> Result<Vec<rewrite::Edit>, Refusal> {
+    let keyring = guard.keyring();
     let mut edits = Vec::new();
     for s in stmts {
         let (Some(sp), Some(data)) = (s.statement_plan(), s.data.as_deref()) else {
@@ -132,7 +133,7 @@ fn literal_edits<'a>(
             if lit.span.end > end {
                 continue;
             }
-            let t = target(guard, data, enc)?;
+            let t = target(&keyring, data, enc)?;
             edits.push(literal_edit(sql, &lexed.literals, i, &t, enc.array).map_err(refusal)?);
         }
     }
@@ -160,6 +161,7 @@ pub fn rewrite_parse(
     let (Some(sp), Some(data)) = (stmt.statement_plan(), stmt.data.as_deref()) else {
         return Ok(None);
     };
+    let keyring = guard.keyring();
     let msg = messages::parse_message(body).map_err(|e| Refusal {
         sqlstate: "08P01",
         message: format!("pgcloak: {e}"),
@@ -169,7 +171,7 @@ pub fn rewrite_parse(
     let mut types_changed = false;
     let mut any_params = Vec::new();
     for (n, enc) in param_encryptions(sp) {
-        let t = target(guard, data, enc)?;
+        let t = target(&keyring, data, enc)?;
         // After a rotation, `col = $n` must match every key version's ciphertext.
         let mut as_array = enc.array;
         if !enc.array && t.has_variants() {
@@ -221,11 +223,12 @@ pub fn rewrite_bind(guard: &Guard, body: &[u8], stmt: &StmtCtx) -> Result<Option
         return Ok(None);
     };
     let any = stmt.any_params.get().map(Vec::as_slice).unwrap_or(&[]);
+    let keyring = guard.keyring();
     let mut params = Vec::new();
     for (n, enc) in param_encryptions(sp) {
         params.push(BindParam {
             index: n,
-            target: target(guard, data, enc)?,
+            target: target(&keyring, data, enc)?,
             array: enc.array,
         });
     }
@@ -527,8 +530,9 @@ pub fn describe_rows(
 /// (views, expressions) keep their ciphertext.
 pub fn with_row_ctx<T>(guard: &Guard, f: impl FnOnce(&RowCtx<'_>) -> T) -> T {
     let never = |_: &str| false;
+    let keyring = guard.keyring();
     let ctx = RowCtx {
-        keyring: &guard.keyring,
+        keyring: &keyring,
         may_read_plaintext: &never,
         mask_hash_key: guard.mask_key(),
     };

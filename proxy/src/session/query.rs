@@ -215,7 +215,7 @@ impl Frontend<'_> {
         }
         let data = stmt.data.clone();
         let storage_of = move |c: &str| data.as_ref().and_then(|d| d.storage(c));
-        CopyInRewriter::new(copy, self.shared.guard.keyring.clone(), &storage_of)
+        CopyInRewriter::new(copy, self.shared.guard.keyring(), &storage_of)
             .map(|r| Some(Some(r)))
             .map_err(dataplane::refusal)
     }
