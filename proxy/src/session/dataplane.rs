@@ -253,41 +253,53 @@ pub fn rewrite_bind(guard: &Guard, body: &[u8], stmt: &StmtCtx) -> Result<Option
 /// Turns the scalar values of parameters `any` into one-element arrays of the logical type, in the
 /// parameter's own format.
 fn wrap_scalars(body: &[u8], params: &[BindParam<'_>], any: &[u32]) -> Result<Vec<u8>, Refusal> {
+    edit_bind_values(body, |bind, values| {
+        for p in params.iter().filter(|p| any.contains(&p.index)) {
+            let i = p.index as usize - 1;
+            let Some(Some(v)) = values.get(i) else {
+                continue;
+            };
+            let wrapped = if bind.param_format(i) == 1 {
+                let mut a = Vec::with_capacity(v.len() + 24);
+                a.extend_from_slice(&1i32.to_be_bytes()); // ndim
+                a.extend_from_slice(&0i32.to_be_bytes()); // no NULLs
+                a.extend_from_slice(&p.target.ty.oid().to_be_bytes());
+                a.extend_from_slice(&1i32.to_be_bytes()); // length of dimension 1
+                a.extend_from_slice(&1i32.to_be_bytes()); // lower bound
+                a.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                a.extend_from_slice(v);
+                a
+            } else {
+                let mut a = Vec::with_capacity(v.len() + 4);
+                a.extend_from_slice(b"{\"");
+                for &c in v {
+                    if c == b'"' || c == b'\\' {
+                        a.push(b'\\');
+                    }
+                    a.push(c);
+                }
+                a.extend_from_slice(b"\"}");
+                a
+            };
+            values[i] = Some(wrapped);
+        }
+        Ok(())
+    })
+}
+
+/// Decodes a Bind body, lets `edit` change parameter values, and re-encodes it (the body, without
+/// tag and length).
+fn edit_bind_values(
+    body: &[u8],
+    edit: impl FnOnce(&messages::BindMsg<'_>, &mut Vec<Option<Vec<u8>>>) -> Result<(), Refusal>,
+) -> Result<Vec<u8>, Refusal> {
     let bind = messages::parse_bind(body).map_err(|e| Refusal {
         sqlstate: "08P01",
         message: format!("pgcloak: {e}"),
     })?;
     let mut values: Vec<Option<Vec<u8>>> =
         bind.params.iter().map(|p| p.map(<[u8]>::to_vec)).collect();
-    for p in params.iter().filter(|p| any.contains(&p.index)) {
-        let i = p.index as usize - 1;
-        let Some(Some(v)) = values.get(i) else {
-            continue;
-        };
-        let wrapped = if bind.param_format(i) == 1 {
-            let mut a = Vec::with_capacity(v.len() + 24);
-            a.extend_from_slice(&1i32.to_be_bytes()); // ndim
-            a.extend_from_slice(&0i32.to_be_bytes()); // no NULLs
-            a.extend_from_slice(&p.target.ty.oid().to_be_bytes());
-            a.extend_from_slice(&1i32.to_be_bytes()); // length of dimension 1
-            a.extend_from_slice(&1i32.to_be_bytes()); // lower bound
-            a.extend_from_slice(&(v.len() as i32).to_be_bytes());
-            a.extend_from_slice(v);
-            a
-        } else {
-            let mut a = Vec::with_capacity(v.len() + 4);
-            a.extend_from_slice(b"{\"");
-            for &c in v {
-                if c == b'"' || c == b'\\' {
-                    a.push(b'\\');
-                }
-                a.push(c);
-            }
-            a.extend_from_slice(b"\"}");
-            a
-        };
-        values[i] = Some(wrapped);
-    }
+    edit(&bind, &mut values)?;
     let refs: Vec<Option<&[u8]>> = values.iter().map(|v| v.as_deref()).collect();
     Ok(messages::encode_bind(&bind, &refs)[5..].to_vec())
 }
@@ -326,44 +338,39 @@ fn widen_integers(
     if todo.is_empty() {
         return Ok(None);
     }
-    let bind = messages::parse_bind(body).map_err(|e| Refusal {
-        sqlstate: "08P01",
-        message: format!("pgcloak: {e}"),
-    })?;
-    let mut values: Vec<Option<Vec<u8>>> =
-        bind.params.iter().map(|p| p.map(<[u8]>::to_vec)).collect();
-    for (i, from, to, column) in todo {
-        if bind.param_format(i) != 1 {
-            continue;
-        }
-        let Some(Some(v)) = values.get(i) else {
-            continue;
-        };
-        let bad = || Refusal {
-            sqlstate: "22003",
-            message: format!(
+    edit_bind_values(body, |bind, values| {
+        for (i, from, to, column) in todo {
+            if bind.param_format(i) != 1 {
+                continue;
+            }
+            let Some(Some(v)) = values.get(i) else {
+                continue;
+            };
+            let bad = || Refusal {
+                sqlstate: "22003",
+                message: format!(
                 "pgcloak: parameter ${} for encrypted column {column} is out of range for its type",
                 i + 1
             ),
-        };
-        if v.len() != from {
-            return Err(bad());
+            };
+            if v.len() != from {
+                return Err(bad());
+            }
+            let n: i64 = match from {
+                2 => i64::from(i16::from_be_bytes([v[0], v[1]])),
+                4 => i64::from(i32::from_be_bytes([v[0], v[1], v[2], v[3]])),
+                _ => i64::from_be_bytes([v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]]),
+            };
+            let out = if to == 4 {
+                i32::try_from(n).map_err(|_| bad())?.to_be_bytes().to_vec()
+            } else {
+                n.to_be_bytes().to_vec()
+            };
+            values[i] = Some(out);
         }
-        let n: i64 = match from {
-            2 => i64::from(i16::from_be_bytes([v[0], v[1]])),
-            4 => i64::from(i32::from_be_bytes([v[0], v[1], v[2], v[3]])),
-            _ => i64::from_be_bytes([v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]]),
-        };
-        let out = if to == 4 {
-            i32::try_from(n).map_err(|_| bad())?.to_be_bytes().to_vec()
-        } else {
-            n.to_be_bytes().to_vec()
-        };
-        values[i] = Some(out);
-    }
-    let refs: Vec<Option<&[u8]>> = values.iter().map(|v| v.as_deref()).collect();
-    let frame = messages::encode_bind(&bind, &refs);
-    Ok(Some(frame[5..].to_vec()))
+        Ok(())
+    })
+    .map(Some)
 }
 
 /// ParameterDescription: encrypted parameters are presented with their logical types.
