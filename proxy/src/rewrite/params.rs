@@ -30,15 +30,16 @@ pub struct BindParam<'k> {
     pub array: bool,
 }
 
-struct Cursor<'a> {
-    s: &'a [u8],
-    i: usize,
-    what: &'static str,
-    server: bool,
+pub(crate) struct Cursor<'a> {
+    pub(crate) s: &'a [u8],
+    pub(crate) i: usize,
+    pub(crate) what: &'static str,
+    /// Whether the server sent the message (decides which error names the fault).
+    pub(crate) server: bool,
 }
 
 impl<'a> Cursor<'a> {
-    fn err(&self, detail: &'static str) -> RewriteError {
+    pub(crate) fn err(&self, detail: &'static str) -> RewriteError {
         if self.server {
             RewriteError::MalformedServerMessage {
                 what: self.what,
@@ -52,7 +53,7 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         let end = self
             .i
             .checked_add(n)
@@ -63,12 +64,12 @@ impl<'a> Cursor<'a> {
         Ok(b)
     }
 
-    fn i16(&mut self) -> Result<i16> {
+    pub(crate) fn i16(&mut self) -> Result<i16> {
         let b = self.take(2)?;
         Ok(i16::from_be_bytes([b[0], b[1]]))
     }
 
-    fn i32(&mut self) -> Result<i32> {
+    pub(crate) fn i32(&mut self) -> Result<i32> {
         let b = self.take(4)?;
         Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }

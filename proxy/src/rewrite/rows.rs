@@ -16,7 +16,7 @@ use pgcloak_keymgr::{envelope, typed, Envelope, KeyError, Keyring, LogicalType};
 use pgcloak_policy::{apply_mask, Mask, MaskedValue, Output, OutputAction};
 
 use super::error::{Result, RewriteError};
-use super::params::frame;
+use super::params::{frame, Cursor};
 use super::{logical_type, policy_type, type_len, Format, Storage};
 
 /// What to do with each value of one result column.
@@ -143,42 +143,6 @@ pub struct RowDescription {
     pub fields: Vec<Field>,
 }
 
-struct Cursor<'a> {
-    s: &'a [u8],
-    i: usize,
-    what: &'static str,
-}
-
-impl<'a> Cursor<'a> {
-    fn err(&self, detail: &'static str) -> RewriteError {
-        RewriteError::MalformedServerMessage {
-            what: self.what,
-            detail,
-        }
-    }
-
-    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        let end = self
-            .i
-            .checked_add(n)
-            .filter(|e| *e <= self.s.len())
-            .ok_or_else(|| self.err("it is shorter than its fields declare"))?;
-        let b = &self.s[self.i..end];
-        self.i = end;
-        Ok(b)
-    }
-
-    fn i16(&mut self) -> Result<i16> {
-        let b = self.take(2)?;
-        Ok(i16::from_be_bytes([b[0], b[1]]))
-    }
-
-    fn i32(&mut self) -> Result<i32> {
-        let b = self.take(4)?;
-        Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    }
-}
-
 impl RowDescription {
     /// Parses a RowDescription body (after tag and length).
     pub fn parse(body: &[u8]) -> Result<RowDescription> {
@@ -186,6 +150,7 @@ impl RowDescription {
             s: body,
             i: 0,
             what: "RowDescription",
+            server: true,
         };
         let n = usize::try_from(c.i16()?).map_err(|_| c.err("its field count is negative"))?;
         let mut fields = Vec::with_capacity(n.min(body.len() / 19 + 1));
@@ -508,6 +473,7 @@ pub fn rewrite_data_row(body: &[u8], shape: &RowShape, ctx: &RowCtx<'_>) -> Resu
         s: body,
         i: 0,
         what: "DataRow",
+        server: true,
     };
     let n = usize::try_from(c.i16()?).map_err(|_| c.err("its column count is negative"))?;
     if n != shape.cols.len() {
@@ -630,6 +596,7 @@ mod tests {
             s: &frame[5..],
             i: 0,
             what: "t",
+            server: true,
         };
         let n = c.i16().unwrap();
         let v = (0..n)
