@@ -10,7 +10,7 @@ use dashmap::DashMap;
 use pgcloak_audit::AuditHandle;
 use pgcloak_keymgr::Keyring;
 use pgcloak_policy::{
-    analyze, lex, names_any, Catalog, Lexed, Plan, PlanCache, PlanKey, Policy, RolePolicy,
+    analyze, Catalog, Lexed, Plan, PlanCache, PlanKey, Policy, RolePolicy,
 };
 use tokio::sync::Mutex as AsyncMutex;
 use tracing::{info, warn};
@@ -69,12 +69,6 @@ pub struct Guard {
     catalog_version: std::sync::atomic::AtomicU64,
     /// Key of the `hash` mask's pseudonyms (derived from the master key).
     mask_key: zeroize::Zeroizing<[u8; 32]>,
-}
-
-/// The lexer's view of a SQL string and, when it names a protected table, its plan.
-pub struct Analysis {
-    pub lexed: Lexed,
-    pub plan: Option<Arc<Plan>>,
 }
 
 impl Guard {
@@ -139,31 +133,20 @@ impl Guard {
         !self.policy().protected_table_names().is_empty()
     }
 
-    /// Lexes `sql` and, when it names a protected table (or cannot be lexed into known statements),
-    /// plans it for `role` (cached by normalised text, role, policy and catalog version).
-    pub fn analyze(
+    /// The plan of `sql` (already lexed as `lexed`, and naming a protected table) for `role`, cached by
+    /// normalised text, role, policy and catalog version.
+    pub fn plan(
         &self,
         sql: &str,
+        lexed: &Lexed,
         policy: &Policy,
         role: &RolePolicy,
-        catalog: Option<&Catalog>,
-    ) -> Analysis {
-        let lexed = lex(sql);
-        if policy.protected_table_names().is_empty()
-            || !names_any(&lexed, policy.protected_table_names())
-        {
-            return Analysis { lexed, plan: None };
-        }
-        let empty = Catalog::new();
-        let catalog = catalog.unwrap_or(&empty);
-        let key = PlanKey::of(&lexed, &role.name, policy, catalog);
-        let plan = self.plans.get_or_insert_with(&key, lexed.fingerprint, || {
-            analyze(sql, &lexed, catalog, policy, role)
-        });
-        Analysis {
-            lexed,
-            plan: Some(plan),
-        }
+        catalog: &Catalog,
+    ) -> Arc<Plan> {
+        let key = PlanKey::of(lexed, &role.name, policy, catalog);
+        self.plans.get_or_insert_with(&key, lexed.fingerprint, || {
+            analyze(sql, lexed, catalog, policy, role)
+        })
     }
 
     fn db(&self, database: &str) -> Arc<AsyncMutex<DbState>> {

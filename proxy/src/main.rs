@@ -225,6 +225,8 @@ fn serve(path: &std::path::Path) -> Result<ExitCode> {
         let listener = pgcloak::server::bind(&config)
             .await
             .with_context(|| format!("cannot listen on {} (config key `listen`)", config.listen))?;
+        let workers = pgcloak::server::Workers::start(config.workers)
+            .context("cannot start the session threads (config key `workers`)")?;
         let shutdown = CancellationToken::new();
         let signal = shutdown.clone();
         tokio::spawn(async move {
@@ -238,7 +240,7 @@ fn serve(path: &std::path::Path) -> Result<ExitCode> {
             master,
             shutdown.clone(),
         ));
-        pgcloak::server::run(listener, shared, shutdown).await;
+        pgcloak::server::run(listener, shared, workers, shutdown).await;
         if let Some(a) = audit {
             if let Err(e) = a.shutdown().await {
                 tracing::error!("audit trail did not shut down cleanly: {e}");

@@ -38,10 +38,39 @@ impl Frame {
     }
 }
 
+/// One complete frame borrowed from a read buffer (the pumps' hot path: no reference counting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameRef<'a> {
+    pub tag: u8,
+    /// The whole frame including its header.
+    pub bytes: &'a [u8],
+}
+
+impl FrameRef<'_> {
+    /// The message body after tag and length.
+    pub fn body(&self) -> &[u8] {
+        &self.bytes[5..]
+    }
+}
+
+/// A 256-entry membership table for `tags` (one lookup per frame instead of a scan).
+const fn tag_table(tags: &[u8]) -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < tags.len() {
+        t[tags[i] as usize] = true;
+        i += 1;
+    }
+    t
+}
+
+const FRONTEND_TABLE: [bool; 256] = tag_table(FRONTEND_TAGS);
+const BACKEND_TABLE: [bool; 256] = tag_table(BACKEND_TAGS);
+
 fn tag_allowed(direction: Direction, tag: u8) -> bool {
     match direction {
-        Direction::Frontend => FRONTEND_TAGS.contains(&tag),
-        Direction::Backend => BACKEND_TAGS.contains(&tag),
+        Direction::Frontend => FRONTEND_TABLE[tag as usize],
+        Direction::Backend => BACKEND_TABLE[tag as usize],
     }
 }
 

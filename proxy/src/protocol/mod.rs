@@ -8,4 +8,4 @@ pub mod frame;
 pub mod messages;
 pub mod startup;
 
-pub use frame::{Direction, Frame};
+pub use frame::{Direction, Frame, FrameRef};

@@ -5,12 +5,12 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::error::FrameError;
-use crate::protocol::frame::{self, Direction, Frame};
+use crate::protocol::frame::{self, Direction, Frame, FrameRef};
 
 /// A connection to the client or the server, before it is split.
 pub enum Stream {
@@ -144,6 +144,22 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         Ok(f)
     }
 
+    /// The complete frame at the front of the buffer, borrowed; [`FrameReader::consume`] it after use.
+    pub fn peek(&self) -> Result<Option<FrameRef<'_>>, FrameError> {
+        Ok(frame::check(&self.buf, self.direction, self.max)?.map(|n| FrameRef {
+            tag: self.buf[0],
+            bytes: &self.buf[..n],
+        }))
+    }
+
+    /// Drops the first `n` buffered bytes (a frame returned by [`FrameReader::peek`]).
+    pub fn consume(&mut self, n: usize) {
+        self.buf.advance(n.min(self.buf.len()));
+        if self.buf.is_empty() && self.buf.capacity() > KEEP_CAPACITY {
+            self.buf = BytesMut::new();
+        }
+    }
+
     /// Whether unprocessed bytes remain buffered.
     pub fn has_buffered(&self) -> bool {
         !self.buf.is_empty()
@@ -193,7 +209,7 @@ impl<W: AsyncWrite + Unpin> Outbox<W> {
     }
 
     /// Queues `bytes`; large frames flush what is queued and go out directly.
-    pub async fn send(&mut self, bytes: &Bytes) -> io::Result<()> {
+    pub async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         if bytes.len() >= DIRECT_WRITE {
             self.flush().await?;
             return self.inner.write_all(bytes).await;
@@ -221,7 +237,7 @@ impl<W: AsyncWrite + Unpin> Outbox<W> {
     }
 
     /// Writes `bytes` and flushes (for one-off messages such as errors).
-    pub async fn send_now(&mut self, bytes: &Bytes) -> io::Result<()> {
+    pub async fn send_now(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.send(bytes).await?;
         self.flush().await
     }

@@ -10,6 +10,7 @@ pub mod cancel;
 pub mod context;
 pub mod dataplane;
 pub mod io;
+pub mod names;
 pub mod query;
 pub mod startup;
 pub mod track;

@@ -7,12 +7,12 @@
 //! transaction is aborted — or the implicit transaction rolled back — exactly as PostgreSQL does for any
 //! failing statement, and the error arrives in its place in a pipelined stream.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
-use pgcloak_policy::{lex, names_any, Lexed, Plan, StatementKind};
+use pgcloak_policy::{lex, names_any, Lexed, Plan, Policy, StatementKind};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info, warn};
 
@@ -20,12 +20,13 @@ use super::auth::{client_read_err, server_read_err};
 use super::context::{raise_sql, PortalCtx, Refusal, StmtCtx};
 use super::dataplane::{self, DataCtx};
 use super::io::{FrameReader, Outbox, ReadError};
+use super::names::{NameMap, RecentParses};
 use super::track::{Action, Pending, Tracker};
 use super::SessionInfo;
 use crate::config::Config;
 use crate::error::SessionError;
 use crate::protocol::messages::{self, error_response, terminate, Severity};
-use crate::protocol::Frame;
+use crate::protocol::FrameRef;
 use crate::rewrite::{CopyInRewriter, CopyOutRewriter, RowShape};
 use crate::server::Shared;
 use pgcloak_policy::{CopyDirection, CopyEndpoint};
@@ -45,10 +46,12 @@ struct Frontend<'a> {
     shared: &'a Shared,
     info: &'a SessionInfo,
     tracker: &'a Mutex<Tracker>,
-    /// Prepared statements by name ("" = unnamed).
-    statements: HashMap<Vec<u8>, Arc<StmtCtx>>,
-    /// Portals by name ("" = unnamed).
-    portals: HashMap<Vec<u8>, Arc<PortalCtx>>,
+    /// Prepared statements by name.
+    statements: NameMap<Arc<StmtCtx>>,
+    /// Portals by name.
+    portals: NameMap<Arc<PortalCtx>>,
+    /// Statements parsed recently that need no rewriting (drivers re-parse the unnamed statement).
+    recent: RecentParses,
     /// After a refusal in the extended protocol: drop client messages until Sync.
     skip_until_sync: bool,
     /// COPY FROM STDIN statements sent and not finished, in order, with their data rewriter.
@@ -69,6 +72,8 @@ struct Backend<'a> {
     copy_out: Option<CopyOutRewriter>,
     /// The statement finishing now exceeded max_rows (its outcome is a refusal).
     max_rows_hit: bool,
+    /// Outcomes taken from the tracker (a buffer kept between messages).
+    done: Vec<super::track::Outcome>,
 }
 
 /// What the frontend does with one client message.
@@ -111,9 +116,9 @@ impl Frontend<'_> {
     async fn analyze(
         &self,
         sql: &str,
+        policy: &Arc<Policy>,
     ) -> Result<(Lexed, Option<Arc<Plan>>, Option<Arc<DataCtx>>), Refusal> {
         let guard = &self.shared.guard;
-        let policy = guard.policy();
         let lexed = lex(sql);
         if policy.protected_table_names().is_empty()
             || !names_any(&lexed, policy.protected_table_names())
@@ -131,13 +136,13 @@ impl Frontend<'_> {
         let names: Vec<&str> = memberships.iter().map(String::as_str).collect();
         let role = policy.role_for(&names);
         let catalog = guard.catalog(db).await.map_err(fail)?;
-        let analysis = guard.analyze(sql, &policy, role, Some(&catalog.catalog));
+        let plan = guard.plan(sql, &lexed, policy, role, &catalog.catalog);
         let data = Arc::new(DataCtx {
             role: role.name.clone(),
             policy: policy.clone(),
             catalog,
         });
-        Ok((lexed, analysis.plan, Some(data)))
+        Ok((lexed, Some(plan), Some(data)))
     }
 
     /// One context per statement of the string.
@@ -220,7 +225,7 @@ impl Frontend<'_> {
             .map_err(dataplane::refusal)
     }
 
-    async fn on_query(&mut self, frame: &Frame) -> Result<Forward, SessionError> {
+    async fn on_query(&mut self, frame: &FrameRef<'_>) -> Result<Forward, SessionError> {
         let started = Instant::now();
         // A new Query ends any COPY the server refused before data flowed.
         self.copy_in.clear();
@@ -242,7 +247,8 @@ impl Frontend<'_> {
             });
             return Ok(Forward::Original);
         };
-        let (lexed, plan, data) = match self.analyze(sql).await {
+        let policy = self.shared.guard.policy();
+        let (lexed, plan, data) = match self.analyze(sql, &policy).await {
             Ok(a) => a,
             Err(r) => return Ok(self.refuse_query(started, r, StatementKind::Other)),
         };
@@ -320,9 +326,16 @@ impl Frontend<'_> {
         Forward::Replaced(messages::query(&raise_sql(&r)))
     }
 
-    async fn on_parse(&mut self, frame: &Frame) -> Result<Forward, SessionError> {
+    async fn on_parse(&mut self, frame: &FrameRef<'_>) -> Result<Forward, SessionError> {
         let (name, sql_bytes) = messages::parse_text(frame.body()).map_err(SessionError::Client)?;
-        let name = name.to_vec();
+        // Text and declared types: all the analysis of a statement without a plan depends on.
+        let key = &frame.body()[name.len() + 1..];
+        let policy = self.shared.guard.policy();
+        if let Some(ctx) = self.recent.get(&policy, key) {
+            self.statements.insert(name, ctx);
+            lock(self.tracker).push(Pending::Parse);
+            return Ok(Forward::Original);
+        }
         let Ok(sql) = std::str::from_utf8(sql_bytes) else {
             if self.shared.guard.has_protected_tables() {
                 let r = Refusal {
@@ -339,7 +352,7 @@ impl Frontend<'_> {
             lock(self.tracker).push(Pending::Parse);
             return Ok(Forward::Original);
         };
-        let (lexed, plan, data) = match self.analyze(sql).await {
+        let (lexed, plan, data) = match self.analyze(sql, &policy).await {
             Ok(a) => a,
             Err(r) => return Ok(self.refuse_extended(Self::refused_ctx(r, StatementKind::Other))),
         };
@@ -360,12 +373,15 @@ impl Frontend<'_> {
                 Ok(Some(b)) => Forward::Replaced(b),
                 Err(r) => return Ok(self.refuse_extended(Self::refused_ctx(r, ctx.kind))),
             };
+        if matches!(out, Forward::Original) {
+            self.recent.remember(&policy, key, &ctx);
+        }
         self.statements.insert(name, ctx);
         lock(self.tracker).push(Pending::Parse);
         Ok(out)
     }
 
-    fn on_bind(&mut self, frame: &Frame) -> Result<Forward, SessionError> {
+    fn on_bind(&mut self, frame: &FrameRef<'_>) -> Result<Forward, SessionError> {
         let bind = messages::parse_bind(frame.body()).map_err(SessionError::Client)?;
         let Some(stmt) = self.statements.get(bind.statement).cloned() else {
             // Prepared before this session knew it (or not at all): the server decides.
@@ -378,20 +394,28 @@ impl Frontend<'_> {
             Ok(Some(b)) => Forward::Replaced(b),
             Err(r) => return Ok(self.refuse_extended(Self::refused_ctx(r, stmt.kind))),
         };
-        self.portals.insert(
-            bind.portal.to_vec(),
-            Arc::new(PortalCtx {
-                stmt,
-                result_formats: bind.result_formats.clone(),
-                described: std::sync::Mutex::new(None),
-            }),
-        );
+        // Rebinding a portal nobody else holds (the usual unnamed portal) reuses its allocation.
+        if let Some(p) = self.portals.get_mut(bind.portal).and_then(Arc::get_mut) {
+            p.stmt = stmt;
+            p.result_formats.clear();
+            p.result_formats.extend_from_slice(&bind.result_formats);
+            *p.described.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
+        } else {
+            self.portals.insert(
+                bind.portal,
+                Arc::new(PortalCtx {
+                    stmt,
+                    result_formats: bind.result_formats.clone(),
+                    described: std::sync::Mutex::new(None),
+                }),
+            );
+        }
         lock(self.tracker).push(Pending::Bind);
         Ok(out)
     }
 
     /// Rewrites client COPY data for the COPY in progress.
-    fn on_copy_data(&mut self, frame: &Frame) -> Result<Forward, SessionError> {
+    fn on_copy_data(&mut self, frame: &FrameRef<'_>) -> Result<Forward, SessionError> {
         let Some(Some(rw)) = self.copy_in.front_mut() else {
             if frame.tag != b'd' {
                 self.copy_in.pop_front();
@@ -431,7 +455,7 @@ impl Frontend<'_> {
     }
 
     /// Inspects one client message before it is forwarded.
-    async fn on_frame(&mut self, frame: &Frame) -> Result<Forward, SessionError> {
+    async fn on_frame(&mut self, frame: &FrameRef<'_>) -> Result<Forward, SessionError> {
         if self.skip_until_sync && frame.tag != b'S' {
             return Ok(match frame.tag {
                 b'X' => Forward::Last,
@@ -532,6 +556,10 @@ impl Backend<'_> {
         else {
             return None;
         };
+        if p.stmt.data.is_none() {
+            // Not analysed: its rows pass through (nothing was described for it).
+            return None;
+        }
         let described = p
             .described
             .lock()
@@ -560,7 +588,7 @@ impl Backend<'_> {
     }
 
     /// Inspects one server message; returns what to send the client instead, if anything changes.
-    fn on_frame(&mut self, frame: &Frame) -> Result<Option<Option<Bytes>>, SessionError> {
+    fn on_frame(&mut self, frame: &FrameRef<'_>) -> Result<Option<Option<Bytes>>, SessionError> {
         let fail = |e: crate::rewrite::RewriteError| SessionError::Rewrite(e.to_string());
         let mut replacement: Option<Option<Bytes>> = None;
         match frame.tag {
@@ -695,22 +723,21 @@ impl Backend<'_> {
             }
             _ => {}
         }
-        let (action, done) = {
+        let action = {
             let mut t = lock(self.tracker);
             let action = t.on_backend(frame.tag, frame.body());
-            let done: Vec<_> = if t.done.is_empty() {
-                Vec::new()
-            } else {
-                t.done.drain(..).collect()
-            };
-            (action, done)
+            // Swap buffers rather than collect: no allocation per finished statement.
+            std::mem::swap(&mut t.done, &mut self.done);
+            action
         };
-        for mut outcome in done {
+        let mut done = std::mem::take(&mut self.done);
+        for mut outcome in done.drain(..) {
             if std::mem::take(&mut self.max_rows_hit) {
                 outcome.sqlstate = Some("42501".into());
             }
             self.statement_done(outcome);
         }
+        self.done = done;
         Ok(match action {
             Action::Forward => replacement,
             Action::Swallow => Some(None),
@@ -765,8 +792,9 @@ where
         shared,
         info,
         tracker: &tracker,
-        statements: HashMap::new(),
-        portals: HashMap::new(),
+        statements: NameMap::default(),
+        portals: NameMap::default(),
+        recent: RecentParses::default(),
         skip_until_sync: false,
         copy_in: VecDeque::new(),
     };
@@ -779,6 +807,7 @@ where
         rows: None,
         copy_out: None,
         max_rows_hit: false,
+        done: Vec::new(),
     };
     let idle = shared.config.idle_timeout;
     let end = tokio::select! {
@@ -802,20 +831,22 @@ where
 {
     loop {
         loop {
-            let frame = match client_in.buffered() {
+            let frame = match client_in.peek() {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
                 Err(e) => return End::Error(SessionError::Client(e)),
             };
+            let len = frame.bytes.len();
             let forward = match fe.on_frame(&frame).await {
                 Ok(f) => f,
                 Err(e) => return End::Error(e),
             };
             let sent = match &forward {
-                Forward::Original | Forward::Last => server_out.send(&frame.bytes).await,
+                Forward::Original | Forward::Last => server_out.send(frame.bytes).await,
                 Forward::Replaced(b) => server_out.send(b).await,
                 Forward::Drop => Ok(()),
             };
+            client_in.consume(len);
             if let Err(e) = sent {
                 return End::Error(SessionError::ServerIo(e));
             }
@@ -854,17 +885,19 @@ where
 {
     loop {
         loop {
-            let frame = match server_in.buffered() {
+            let frame = match server_in.peek() {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
                 Err(e) => return End::Error(SessionError::Server(e)),
             };
+            let len = frame.bytes.len();
             let sent = match be.on_frame(&frame) {
-                Ok(None) => client_out.send(&frame.bytes).await,
+                Ok(None) => client_out.send(frame.bytes).await,
                 Ok(Some(Some(replacement))) => client_out.send(&replacement).await,
                 Ok(Some(None)) => Ok(()),
                 Err(e) => return End::Error(e),
             };
+            server_in.consume(len);
             if let Err(e) = sent {
                 return End::Error(SessionError::ClientIo(e));
             }

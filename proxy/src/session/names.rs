@@ -1,0 +1,176 @@
+//! Per-session lookup structures on the hot path: prepared statements and portals by name, and the
+//! statements a session parsed recently.
+//!
+//! Most drivers use the unnamed statement and portal for every execution (pgbench `-M extended`,
+//! libpq's `PQexecParams`, psycopg, JDBC below `prepareThreshold`), so the unnamed slot is a field
+//! rather than a hashed key, and a Parse repeating one of the last few texts reuses the analysis.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use pgcloak_policy::Policy;
+
+use super::context::StmtCtx;
+
+/// Values by protocol name (`""` = unnamed).
+#[derive(Debug)]
+pub struct NameMap<T> {
+    unnamed: Option<T>,
+    named: HashMap<Vec<u8>, T>,
+}
+
+impl<T> Default for NameMap<T> {
+    fn default() -> Self {
+        NameMap {
+            unnamed: None,
+            named: HashMap::new(),
+        }
+    }
+}
+
+impl<T> NameMap<T> {
+    pub fn get(&self, name: &[u8]) -> Option<&T> {
+        if name.is_empty() {
+            self.unnamed.as_ref()
+        } else {
+            self.named.get(name)
+        }
+    }
+
+    pub fn get_mut(&mut self, name: &[u8]) -> Option<&mut T> {
+        if name.is_empty() {
+            self.unnamed.as_mut()
+        } else {
+            self.named.get_mut(name)
+        }
+    }
+
+    pub fn insert(&mut self, name: &[u8], value: T) {
+        if name.is_empty() {
+            self.unnamed = Some(value);
+        } else {
+            self.named.insert(name.to_vec(), value);
+        }
+    }
+
+    pub fn remove(&mut self, name: &[u8]) -> Option<T> {
+        if name.is_empty() {
+            self.unnamed.take()
+        } else {
+            self.named.remove(name)
+        }
+    }
+}
+
+/// How many distinct recent Parse bodies are remembered.
+const RECENT: usize = 16;
+
+/// The contexts of statements this session parsed recently that name no protected table, keyed by
+/// the exact Parse body after the statement name (text and declared parameter types). The analysis of
+/// such a statement depends only on those bytes and the policy, so a hit under the same policy is
+/// the same context. Statements with a plan are never kept: their role is re-resolved every time
+/// (revocation applies from the next statement).
+#[derive(Debug, Default)]
+pub struct RecentParses {
+    policy: Option<Arc<Policy>>,
+    entries: Vec<(Box<[u8]>, Arc<StmtCtx>)>,
+    next: usize,
+}
+
+impl RecentParses {
+    /// The remembered context for `key` under `policy`.
+    pub fn get(&mut self, policy: &Arc<Policy>, key: &[u8]) -> Option<Arc<StmtCtx>> {
+        if !self.policy.as_ref().is_some_and(|p| Arc::ptr_eq(p, policy)) {
+            // A reloaded policy may protect tables these statements name.
+            self.entries.clear();
+            self.policy = Some(policy.clone());
+            return None;
+        }
+        self.entries
+            .iter()
+            .find(|(k, _)| **k == *key)
+            .map(|(_, c)| c.clone())
+    }
+
+    /// Remembers `ctx` for `key` when it was analysed under `policy` and carries no plan or refusal.
+    pub fn remember(&mut self, policy: &Arc<Policy>, key: &[u8], ctx: &Arc<StmtCtx>) {
+        if ctx.plan.is_some() || ctx.data.is_some() || ctx.refusal.is_some() {
+            return;
+        }
+        if !self.policy.as_ref().is_some_and(|p| Arc::ptr_eq(p, policy)) {
+            self.entries.clear();
+            self.policy = Some(policy.clone());
+        }
+        let entry = (Box::<[u8]>::from(key), ctx.clone());
+        if self.entries.len() < RECENT {
+            self.entries.push(entry);
+        } else {
+            self.entries[self.next] = entry;
+            self.next = (self.next + 1) % RECENT;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgcloak_policy::StatementKind;
+
+    fn policy() -> Arc<Policy> {
+        Arc::new(Policy::parse("", "(test)").unwrap())
+    }
+
+    fn ctx() -> Arc<StmtCtx> {
+        Arc::new(StmtCtx::plain(StatementKind::Select, "SELECT $1".into(), 1))
+    }
+
+    #[test]
+    fn unnamed_and_named_are_separate() {
+        let mut m = NameMap::default();
+        m.insert(b"", 1);
+        m.insert(b"s1", 2);
+        assert_eq!(m.get(b""), Some(&1));
+        assert_eq!(m.get(b"s1"), Some(&2));
+        *m.get_mut(b"").unwrap() = 3;
+        assert_eq!(m.remove(b""), Some(3));
+        assert_eq!(m.get(b""), None);
+        assert_eq!(m.get(b"s1"), Some(&2));
+        assert_eq!(m.remove(b"s1"), Some(2));
+        assert_eq!(m.remove(b"s1"), None);
+    }
+
+    #[test]
+    fn recent_parses_hit_only_under_the_same_policy() {
+        let (p1, p2) = (policy(), policy());
+        let mut r = RecentParses::default();
+        let c = ctx();
+        assert!(r.get(&p1, b"SELECT 1\0\0\0").is_none());
+        r.remember(&p1, b"SELECT 1\0\0\0", &c);
+        assert!(Arc::ptr_eq(&r.get(&p1, b"SELECT 1\0\0\0").unwrap(), &c));
+        assert!(r.get(&p1, b"SELECT 2\0\0\0").is_none());
+        // A reloaded policy (another Arc) forgets everything.
+        assert!(r.get(&p2, b"SELECT 1\0\0\0").is_none());
+        assert!(r.get(&p1, b"SELECT 1\0\0\0").is_none());
+    }
+
+    #[test]
+    fn refused_statements_are_not_remembered() {
+        let p = policy();
+        let mut r = RecentParses::default();
+        let refused = Arc::new(StmtCtx::refused("42501", "pgcloak: no".into()));
+        r.remember(&p, b"x", &refused);
+        assert!(r.get(&p, b"x").is_none());
+    }
+
+    #[test]
+    fn recent_parses_stay_bounded() {
+        let p = policy();
+        let mut r = RecentParses::default();
+        for i in 0..100u32 {
+            r.remember(&p, &i.to_be_bytes(), &ctx());
+        }
+        assert_eq!(r.entries.len(), RECENT);
+        assert!(r.get(&p, &99u32.to_be_bytes()).is_some());
+        assert!(r.get(&p, &0u32.to_be_bytes()).is_none());
+    }
+}
