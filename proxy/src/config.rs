@@ -721,10 +721,7 @@ mod tests {
     #[test]
     fn workers_are_validated() {
         assert_eq!(load("workers = 3\n", &[]).unwrap().workers, 3);
-        assert_eq!(
-            load("", &[("PGCLOAK_WORKERS", "2")]).unwrap().workers,
-            2
-        );
+        assert_eq!(load("", &[("PGCLOAK_WORKERS", "2")]).unwrap().workers, 2);
         let e = load("workers = 5000\n", &[]).unwrap_err().to_string();
         assert!(e.contains("workers") && e.contains("1024"), "{e}");
     }

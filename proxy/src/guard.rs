@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use pgcloak_audit::AuditHandle;
 use pgcloak_keymgr::Keyring;
-use pgcloak_policy::{
-    analyze, Catalog, Lexed, Plan, PlanCache, PlanKey, Policy, RolePolicy,
-};
+use pgcloak_policy::{analyze, Catalog, Lexed, Plan, PlanCache, PlanKey, Policy, RolePolicy};
 use tokio::sync::Mutex as AsyncMutex;
 use tracing::{info, warn};
 

@@ -662,3 +662,43 @@ async fn psycopg_and_asyncpg_round_trip_encrypted_columns() {
     let _ = Duration::from_secs(0);
     let _: Option<&Cluster> = None;
 }
+
+/// Regression guard for the per-session cache of recent Parse analyses: a statement the session
+/// already parsed (and that named no protected table then) is analysed again once a reloaded policy
+/// protects its table — the cache never outlives the policy it was filled under.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_reload_applies_to_statements_the_session_already_parsed() {
+    let e = env("dp_reparse");
+    e.direct("INSERT INTO other VALUES (1, 'visible')");
+    let plain = connect(&e.url("plain_user")).await;
+    let sql = "SELECT copy FROM other WHERE id = $1";
+    for _ in 0..3 {
+        let r = plain.query(sql, &[&1i32]).await.unwrap();
+        assert_eq!(r[0].get::<_, String>(0), "visible");
+    }
+    let policy =
+        format!("{POLICY}\n[[column]]\nname = \"public.other.copy\"\nclass = \"confidential\"\n");
+    std::fs::write(e.proxy.dir.path().join("policy.toml"), policy).unwrap();
+    e.proxy.signal("HUP");
+    let mut refused = None;
+    for _ in 0..100 {
+        match plain.query(sql, &[&1i32]).await {
+            Ok(r) => assert_eq!(r[0].get::<_, String>(0), "visible"),
+            Err(err) => {
+                refused = Some(err);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let err = refused.expect("the reloaded policy never applied to the re-parsed statement");
+    assert_eq!(err.code().map(|c| c.code()), Some("42501"), "{err:?}");
+    assert!(
+        error_text(&err).contains("pgcloak:"),
+        "{}",
+        error_text(&err)
+    );
+    // The session stays usable.
+    let n: i32 = plain.query_one("SELECT 1::int4", &[]).await.unwrap().get(0);
+    assert_eq!(n, 1);
+}

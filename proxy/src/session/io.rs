@@ -146,10 +146,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// The complete frame at the front of the buffer, borrowed; [`FrameReader::consume`] it after use.
     pub fn peek(&self) -> Result<Option<FrameRef<'_>>, FrameError> {
-        Ok(frame::check(&self.buf, self.direction, self.max)?.map(|n| FrameRef {
-            tag: self.buf[0],
-            bytes: &self.buf[..n],
-        }))
+        Ok(
+            frame::check(&self.buf, self.direction, self.max)?.map(|n| FrameRef {
+                tag: self.buf[0],
+                bytes: &self.buf[..n],
+            }),
+        )
     }
 
     /// Drops the first `n` buffered bytes (a frame returned by [`FrameReader::peek`]).
