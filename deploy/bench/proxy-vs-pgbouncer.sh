@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # pgbench -S through PostgreSQL directly, PgBouncer (session mode) and pgcloak, alternating rounds on the
-# same machine. Prints TPS per round, medians, the pgcloak/PgBouncer ratio, p99 latency, and pgcloak's
-# RSS per idle client connection.
+# same machine. Prints TPS per round, medians, the pgcloak/PgBouncer ratio, p99 latency, the CPU time
+# each proxy process spent per transaction (user + system, from /proc: steadier than TPS on a shared
+# machine), and pgcloak's RSS per idle client connection.
 #
 # Usage: deploy/bench/proxy-vs-pgbouncer.sh [ROUNDS] [SECONDS]
 # Needs: a PostgreSQL on $PGHOST:$PGPORT (default 127.0.0.1:5432) that $PGUSER (default postgres) can
@@ -83,15 +84,24 @@ for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$cport) 2>/dev/null && break
 sleep 1
 
 declare -A tps
+declare -A cpu
 declare -A ports=([direct]=$port [pgbouncer]=$bport [pgcloak]=$cport)
+bouncer_proc=$(pgrep -n -x pgbouncer || true)
+declare -A procs=([direct]="" [pgbouncer]=$bouncer_proc [pgcloak]=$cloak_pid)
+ticks() { [ -n "$1" ] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
 for r in $(seq "$rounds"); do
   for target in direct pgbouncer pgcloak; do
+    t0=$(ticks "${procs[$target]}")
     out=$(cd "$work" && pgbench -h 127.0.0.1 -p "${ports[$target]}" -U "$user" -S -M extended -c "$clients" -j "$threads" \
       -T "$secs" -n --log --log-prefix="$target-$r" "$db" 2>&1)
     t=$(echo "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -n1)
     failed=$(echo "$out" | sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p')
+    n=$(echo "$out" | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p')
+    t1=$(ticks "${procs[$target]}")
+    us=$(awk -v a="$t0" -v b="$t1" -v n="${n:-0}" -v hz="$(getconf CLK_TCK)" 'BEGIN {if (n > 0) printf "%.2f", (b - a) / hz * 1e6 / n; else print "-"}')
     tps[$target]="${tps[$target]:-} $t"
-    printf 'round %d %-9s tps=%10s failed=%s\n' "$r" "$target" "$t" "${failed:-?}"
+    cpu[$target]="${cpu[$target]:-} $us"
+    printf 'round %d %-9s tps=%10s failed=%s proxy_cpu_us_per_tx=%s\n' "$r" "$target" "$t" "${failed:-?}" "$([ -n "${procs[$target]}" ] && echo "$us" || echo -)"
   done
 done
 
@@ -105,6 +115,8 @@ for target in direct pgbouncer pgcloak; do
   eval "med_$target=$m"
 done
 awk -v c="$med_pgcloak" -v b="$med_pgbouncer" 'BEGIN {printf "  pgcloak/pgbouncer = %.3f\n", c/b}'
+[ -n "$bouncer_proc" ] && printf '  proxy CPU per transaction (median, user+system): pgbouncer %s us, pgcloak %s us\n' \
+  "$(echo "${cpu[pgbouncer]}" | median)" "$(echo "${cpu[pgcloak]}" | median)"
 
 # RSS per idle connection.
 if [ -x target/venv/bin/python ]; then

@@ -437,7 +437,7 @@ impl Frontend<'_> {
                     frames.extend_from_slice(&messages::copy_data(&data));
                 }
                 if frame.tag == b'c' {
-                    frames.extend_from_slice(&frame.bytes);
+                    frames.extend_from_slice(frame.bytes);
                     self.copy_in.pop_front();
                 }
                 Ok(if frames.is_empty() {
@@ -556,10 +556,8 @@ impl Backend<'_> {
         else {
             return None;
         };
-        if p.stmt.data.is_none() {
-            // Not analysed: its rows pass through (nothing was described for it).
-            return None;
-        }
+        // Not analysed: its rows pass through (nothing was described for it).
+        p.stmt.data.as_ref()?;
         let described = p
             .described
             .lock()
