@@ -156,9 +156,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// Drops the first `n` buffered bytes (a frame returned by [`FrameReader::peek`]).
     pub fn consume(&mut self, n: usize) {
-        self.buf.advance(n.min(self.buf.len()));
-        if self.buf.is_empty() && self.buf.capacity() > KEEP_CAPACITY {
-            self.buf = BytesMut::new();
+        if n >= self.buf.len() {
+            // The usual case (the last frame of a read): reuse the buffer from its start.
+            if self.buf.capacity() > KEEP_CAPACITY {
+                self.buf = BytesMut::new();
+            } else {
+                self.buf.clear();
+            }
+        } else {
+            self.buf.advance(n);
         }
     }
 

@@ -623,7 +623,9 @@ impl Backend<'_> {
                     }) => Some((p.stmt.clone(), Some(p.clone()))),
                     Some(Pending::Query { .. }) => t.current_statement().map(|s| (s.clone(), None)),
                     _ => None,
-                };
+                }
+                // Only analysed statements have rows to describe.
+                .filter(|(s, _)| s.data.is_some());
                 let is_query = matches!(t.front(), Some(Pending::Query { .. }));
                 drop(t);
                 if let Some((stmt, portal)) = target {
