@@ -702,3 +702,69 @@ async fn policy_reload_applies_to_statements_the_session_already_parsed() {
     let n: i32 = plain.query_one("SELECT 1::int4", &[]).await.unwrap().get(0);
     assert_eq!(n, 1);
 }
+
+/// `max_rows` exceeded inside an explicit transaction block aborts the block, exactly as any error
+/// does in PostgreSQL (it used to leave the block open: the server had run the statement and knew of
+/// no error) — in the simple and the extended protocol; outside a block the session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_rows_exceeded_inside_a_transaction_block_aborts_it() {
+    let e = env("dp_maxrows_tx");
+    let app = connect(&e.url("app_user")).await;
+    let ins = app
+        .prepare("INSERT INTO customers (id, email) VALUES ($1, $2)")
+        .await
+        .unwrap();
+    for i in 1..=60i32 {
+        app.execute(&ins, &[&i, &format!("t{i}@example.com")])
+            .await
+            .unwrap();
+    }
+    let support = connect(&e.url("support_user")).await;
+    let code = |r: Result<_, tokio_postgres::Error>| {
+        r.err()
+            .and_then(|e| e.code().map(|c| c.code().to_string()))
+            .unwrap_or_else(|| "ok".into())
+    };
+
+    // Simple protocol.
+    support.batch_execute("BEGIN").await.unwrap();
+    let r = support.simple_query("SELECT email FROM customers").await;
+    assert_eq!(code(r.map(|_| ())), "42501");
+    let r = support.simple_query("SELECT 1").await;
+    assert_eq!(code(r.map(|_| ())), "25P02", "the block must be aborted");
+    support.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(
+        code(support.simple_query("SELECT 1").await.map(|_| ())),
+        "ok"
+    );
+
+    // Extended protocol (Parse/Bind/Execute/Sync in one go).
+    support.batch_execute("BEGIN").await.unwrap();
+    let r = support.query("SELECT email FROM customers", &[]).await;
+    assert_eq!(code(r.map(|_| ())), "42501");
+    let r = support.query("SELECT 1::int4", &[]).await;
+    assert_eq!(code(r.map(|_| ())), "25P02", "the block must be aborted");
+    support.batch_execute("ROLLBACK").await.unwrap();
+
+    // Outside a block: refused, and the next statements run normally.
+    let r = support.query("SELECT email FROM customers", &[]).await;
+    assert_eq!(code(r.map(|_| ())), "42501");
+    let n: i32 = support
+        .query_one("SELECT 7::int4", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 7);
+    let r = support
+        .query("SELECT email FROM customers WHERE id <= 10", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.len(), 10);
+    // A pipelined batch behind a limited statement is not held forever.
+    let (a, b) = tokio::join!(
+        support.query("SELECT email FROM customers WHERE id <= 5", &[]),
+        support.query("SELECT 8::int4", &[])
+    );
+    assert_eq!(a.unwrap().len(), 5);
+    assert_eq!(b.unwrap()[0].get::<_, i32>(0), 8);
+}

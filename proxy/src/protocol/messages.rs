@@ -84,6 +84,11 @@ pub fn query(sql: &str) -> Bytes {
 }
 
 /// A message of type `tag` with `body`.
+/// A Flush message (the server sends what it has buffered; no answer of its own).
+pub fn flush() -> Bytes {
+    frame(b'H', &[])
+}
+
 pub fn frame(tag: u8, body: &[u8]) -> Bytes {
     let mut b = begin(tag, body.len());
     b.put_slice(body);

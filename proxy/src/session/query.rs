@@ -11,6 +11,8 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use tokio::sync::Notify;
+
 use bytes::Bytes;
 use pgcloak_policy::{lex, names_any, Lexed, Plan, Policy, StatementKind};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -21,7 +23,7 @@ use super::context::{raise_sql, PortalCtx, Refusal, StmtCtx};
 use super::dataplane::{self, DataCtx};
 use super::io::{FrameReader, Outbox, ReadError};
 use super::names::{NameMap, RecentParses};
-use super::track::{Action, Pending, Tracker};
+use super::track::{Action, Barrier, BarrierKind, Pending, Tracker};
 use super::SessionInfo;
 use crate::config::Config;
 use crate::error::SessionError;
@@ -56,6 +58,10 @@ struct Frontend<'a> {
     skip_until_sync: bool,
     /// COPY FROM STDIN statements sent and not finished, in order, with their data rewriter.
     copy_in: VecDeque<Option<CopyInRewriter>>,
+    /// The last message forwarded set a barrier: forward nothing more until the server finished it.
+    holding: bool,
+    /// Signalled by the backend pump when it releases the barrier.
+    released: &'a Notify,
 }
 
 /// State of the server→client direction.
@@ -74,6 +80,7 @@ struct Backend<'a> {
     max_rows_hit: bool,
     /// Outcomes taken from the tracker (a buffer kept between messages).
     done: Vec<super::track::Outcome>,
+    released: &'a Notify,
 }
 
 /// What the frontend does with one client message.
@@ -303,12 +310,69 @@ impl Frontend<'_> {
                 Forward::Replaced(messages::query(&text))
             }
         };
-        lock(self.tracker).push(Pending::Query {
+        let limited = stmts
+            .iter()
+            .any(|s| s.statement_plan().is_some_and(|sp| sp.max_rows.is_some()));
+        let mut t = lock(self.tracker);
+        t.push(Pending::Query {
             started,
             stmts,
             next: 0,
         });
+        if limited {
+            self.hold(&mut t, BarrierKind::Query);
+        }
         Ok(out)
+    }
+
+    /// Holds back the client's further messages until the server finished the statement just sent.
+    fn hold(&mut self, t: &mut Tracker, kind: BarrierKind) {
+        t.barrier = Some(Barrier {
+            kind,
+            exceeded: false,
+            released: false,
+            abort: false,
+        });
+        self.holding = true;
+    }
+
+    /// Waits for the barrier's release; when the statement exceeded `max_rows`, makes the server fail
+    /// the transaction before anything else the client sent reaches it.
+    async fn wait_barrier<SW: AsyncWrite + Unpin>(
+        &mut self,
+        server_out: &mut Outbox<SW>,
+    ) -> std::io::Result<()> {
+        self.holding = false;
+        let kind = lock(self.tracker).barrier.map(|b| b.kind);
+        if kind == Some(BarrierKind::Execute) {
+            // The server sends nothing of an Execute before Sync or Flush, and the client's Sync is
+            // held back: ask for a Flush (it has no answer of its own).
+            server_out.send(&messages::flush()).await?;
+        }
+        server_out.flush().await?;
+        let barrier = loop {
+            let notified = self.released.notified();
+            {
+                let mut t = lock(self.tracker);
+                if t.barrier.is_some_and(|b| b.released) {
+                    break t.barrier.take();
+                }
+            }
+            notified.await;
+        };
+        let Some(b) = barrier.filter(|b| b.abort) else {
+            return Ok(());
+        };
+        let abort = Refusal {
+            sqlstate: "42501",
+            message: "pgcloak: max_rows exceeded; the transaction is aborted".into(),
+        };
+        lock(self.tracker).push(Pending::Abort);
+        if b.kind == BarrierKind::Execute {
+            // The client saw an error for its Execute: like PostgreSQL, skip to its Sync.
+            self.skip_until_sync = true;
+        }
+        server_out.send(&messages::query(&raise_sql(&abort))).await
     }
 
     /// Refuses in the extended protocol: the server raises the refusal for us; everything the client
@@ -489,11 +553,19 @@ impl Frontend<'_> {
                         Err(r) => return Ok(self.refuse_extended(Self::refused_ctx(r, s.kind))),
                     }
                 }
-                lock(self.tracker).push(Pending::Execute {
+                let limited = stmt
+                    .as_ref()
+                    .and_then(|s| s.statement_plan())
+                    .is_some_and(|sp| sp.max_rows.is_some());
+                let mut t = lock(self.tracker);
+                t.push(Pending::Execute {
                     started: Instant::now(),
                     stmt,
                     portal,
                 });
+                if limited {
+                    self.hold(&mut t, BarrierKind::Execute);
+                }
             }
             b'D' => {
                 let (kind, name) =
@@ -693,6 +765,9 @@ impl Backend<'_> {
                             Some("Narrow the query (WHERE, LIMIT) or use a role without max_rows."),
                         )));
                         self.max_rows_hit = true;
+                        if let Some(b) = lock(self.tracker).barrier.as_mut() {
+                            b.exceeded = true;
+                        }
                     }
                 }
                 self.copy_out = None;
@@ -726,6 +801,19 @@ impl Backend<'_> {
         let action = {
             let mut t = lock(self.tracker);
             let action = t.on_backend(frame.tag, frame.body());
+            if t.release_barrier(frame.tag, frame.body()) {
+                let b = t.barrier.unwrap_or(Barrier {
+                    kind: BarrierKind::Execute,
+                    exceeded: false,
+                    released: true,
+                    abort: false,
+                });
+                if b.abort && b.kind == BarrierKind::Query {
+                    // The server is about to be made to fail the block: present it as failed now.
+                    replacement = Some(Some(messages::frame(b'Z', b"E")));
+                }
+                self.released.notify_one();
+            }
             // Swap buffers rather than collect: no allocation per finished statement.
             std::mem::swap(&mut t.done, &mut self.done);
             action
@@ -788,6 +876,7 @@ where
     SW: AsyncWrite + Unpin,
 {
     let tracker = Mutex::new(Tracker::new());
+    let released = Notify::new();
     let mut frontend = Frontend {
         shared,
         info,
@@ -797,6 +886,8 @@ where
         recent: RecentParses::default(),
         skip_until_sync: false,
         copy_in: VecDeque::new(),
+        holding: false,
+        released: &released,
     };
     let mut backend = Backend {
         shared,
@@ -808,6 +899,7 @@ where
         copy_out: None,
         max_rows_hit: false,
         done: Vec::new(),
+        released: &released,
     };
     let idle = shared.config.idle_timeout;
     let end = tokio::select! {
@@ -849,6 +941,11 @@ where
             client_in.consume(len);
             if let Err(e) = sent {
                 return End::Error(SessionError::ServerIo(e));
+            }
+            if fe.holding {
+                if let Err(e) = fe.wait_barrier(server_out).await {
+                    return End::Error(SessionError::ServerIo(e));
+                }
             }
             if matches!(forward, Forward::Last) {
                 let _ = server_out.flush().await;

@@ -44,6 +44,33 @@ pub enum Pending {
         started: Instant,
         stmt: Arc<StmtCtx>,
     },
+    /// A failing Query the proxy injected after a statement exceeded `max_rows`, so the server aborts
+    /// the transaction block (or rolls back the implicit transaction) as it would for any error. The
+    /// client already has its 42501: the ErrorResponse and ReadyForQuery are swallowed.
+    Abort,
+}
+
+/// What a held-back client stream waits for (see [`Barrier`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BarrierKind {
+    /// An Execute of a statement with `max_rows`: released when the Execute completes.
+    Execute,
+    /// A simple Query with such a statement: released at its ReadyForQuery.
+    Query,
+}
+
+/// While a statement with a `max_rows` limit runs, the frontend forwards nothing more, so that when
+/// the limit is exceeded the proxy can make the server fail the transaction before anything the
+/// client sent later (a Sync, a COMMIT) reaches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Barrier {
+    pub kind: BarrierKind,
+    /// The statement exceeded its limit.
+    pub exceeded: bool,
+    /// The server finished the statement; the frontend may go on.
+    pub released: bool,
+    /// The frontend must inject an aborting statement before anything else.
+    pub abort: bool,
 }
 
 impl Pending {
@@ -55,6 +82,7 @@ impl Pending {
                 | Pending::Sync
                 | Pending::FunctionCall { .. }
                 | Pending::Refusal { .. }
+                | Pending::Abort
         )
     }
 }
@@ -89,6 +117,8 @@ pub struct Tracker {
     pub tx_status: u8,
     /// Outcomes completed by the last message(s), drained by the backend pump.
     pub done: Vec<Outcome>,
+    /// The frontend is holding back the client's messages (a `max_rows` statement is running).
+    pub barrier: Option<Barrier>,
 }
 
 impl Default for Tracker {
@@ -103,6 +133,7 @@ impl Tracker {
             queue: VecDeque::new(),
             tx_status: b'I',
             done: Vec::new(),
+            barrier: None,
         }
     }
 
@@ -155,6 +186,48 @@ impl Tracker {
         self.queue.pop_front()
     }
 
+    /// Releases the barrier when `tag` (with `body`) ends the statement it waits for; says whether
+    /// it did. The frontend must then inject an abort when [`Barrier::abort`] is set: for a simple
+    /// Query that exceeded its limit inside a transaction block (the caller presents that
+    /// ReadyForQuery as failed, `E`), or for an Execute that exceeded it (the server has not reached
+    /// the client's Sync yet).
+    pub fn release_barrier(&mut self, tag: u8, body: &[u8]) -> bool {
+        let Some(kind) = self.barrier.filter(|b| !b.released).map(|b| b.kind) else {
+            return false;
+        };
+        // The held statement was the last of its kind the frontend sent: it is done when no such
+        // entry is left (called after `on_backend` consumed the message).
+        let done = match kind {
+            BarrierKind::Execute => {
+                matches!(tag, b'C' | b's' | b'I' | b'E' | b'Z')
+                    && !self
+                        .queue
+                        .iter()
+                        .any(|p| matches!(p, Pending::Execute { .. }))
+            }
+            BarrierKind::Query => {
+                tag == b'Z'
+                    && !self
+                        .queue
+                        .iter()
+                        .any(|p| matches!(p, Pending::Query { .. }))
+            }
+        };
+        if !done {
+            return false;
+        }
+        let Some(b) = self.barrier.as_mut() else {
+            return false;
+        };
+        b.released = true;
+        b.abort = b.exceeded
+            && match b.kind {
+                BarrierKind::Execute => matches!(tag, b'C' | b's'),
+                BarrierKind::Query => body.first() == Some(&b'T'),
+            };
+        true
+    }
+
     /// Consumes one server message (tag and body) and says what to do with it. Completed statements
     /// are appended to [`Tracker::done`].
     pub fn on_backend(&mut self, tag: u8, body: &[u8]) -> Action {
@@ -163,7 +236,7 @@ impl Tracker {
                 let status = body.first().copied().unwrap_or(b'I');
                 self.tx_status = status;
                 match self.pop_through(Pending::is_sync_point) {
-                    Some(Pending::Refusal { .. }) => Action::Swallow,
+                    Some(Pending::Refusal { .. } | Pending::Abort) => Action::Swallow,
                     _ => Action::Forward,
                 }
             }
@@ -227,6 +300,7 @@ impl Tracker {
                     .unwrap_or_default();
                 match self.queue.front_mut() {
                     None | Some(Pending::Sync) => Action::Forward,
+                    Some(Pending::Abort) => Action::Swallow,
                     Some(Pending::Query {
                         started,
                         stmts,
@@ -467,6 +541,96 @@ mod tests {
         for tag in *b"Z123nTCIsEVDGHdc" {
             let _ = t.on_backend(tag, b"");
         }
+        assert!(t.is_idle());
+    }
+
+    fn barrier(kind: BarrierKind) -> Option<Barrier> {
+        Some(Barrier {
+            kind,
+            exceeded: false,
+            released: false,
+            abort: false,
+        })
+    }
+
+    fn execute() -> Pending {
+        Pending::Execute {
+            started: t0(),
+            stmt: None,
+            portal: None,
+        }
+    }
+
+    #[test]
+    fn execute_barrier_waits_for_the_held_execute_not_an_earlier_one() {
+        let mut t = Tracker::new();
+        t.push(Pending::Bind);
+        t.push(execute());
+        t.push(Pending::Bind);
+        t.push(execute());
+        t.barrier = barrier(BarrierKind::Execute);
+        let done = b"SELECT 1\0";
+        for (tag, body) in [(b'2', &b""[..]), (b'C', done), (b'2', b"")] {
+            t.on_backend(tag, body);
+            assert!(
+                !t.release_barrier(tag, body),
+                "released early at {}",
+                tag as char
+            );
+        }
+        t.barrier.as_mut().unwrap().exceeded = true;
+        t.on_backend(b'C', done);
+        assert!(t.release_barrier(b'C', done));
+        let b = t.barrier.unwrap();
+        assert!(b.released && b.abort);
+        // Released once only.
+        assert!(!t.release_barrier(b'Z', b"I"));
+    }
+
+    #[test]
+    fn execute_barrier_released_without_abort_when_the_server_failed_first() {
+        let mut t = Tracker::new();
+        t.push(Pending::Parse);
+        t.push(Pending::Bind);
+        t.push(execute());
+        t.barrier = barrier(BarrierKind::Execute);
+        let e = err("42P01");
+        t.on_backend(b'E', &e);
+        assert!(t.release_barrier(b'E', &e));
+        assert!(!t.barrier.unwrap().abort);
+    }
+
+    #[test]
+    fn query_barrier_aborts_only_inside_a_transaction_block() {
+        for (status, abort) in [(b'T', true), (b'I', false), (b'E', false)] {
+            let mut t = Tracker::new();
+            t.push(Pending::Query {
+                started: t0(),
+                stmts: Vec::new(),
+                next: 0,
+            });
+            t.barrier = barrier(BarrierKind::Query);
+            t.barrier.as_mut().unwrap().exceeded = true;
+            t.on_backend(b'C', b"SELECT 60\0");
+            assert!(!t.release_barrier(b'C', b"SELECT 60\0"));
+            t.on_backend(b'Z', &[status]);
+            assert!(t.release_barrier(b'Z', &[status]));
+            assert_eq!(t.barrier.unwrap().abort, abort, "status {}", status as char);
+        }
+    }
+
+    #[test]
+    fn injected_abort_is_swallowed_whole() {
+        let mut t = Tracker::new();
+        t.push(Pending::Abort);
+        t.push(Pending::Sync);
+        assert_eq!(t.on_backend(b'E', &err("42501")), Action::Swallow);
+        assert_eq!(t.on_backend(b'Z', b"E"), Action::Swallow);
+        assert_eq!(t.on_backend(b'Z', b"E"), Action::Forward);
+        assert!(
+            t.done.is_empty(),
+            "the abort is not a statement of the client's"
+        );
         assert!(t.is_idle());
     }
 }
