@@ -41,6 +41,11 @@ struct RawConfig {
     keys: Option<RawKeys>,
     audit: Option<RawAudit>,
     log: Option<RawLog>,
+    /// Extension: this instance's number in a fleet (1-127), encoded in the cancel keys it hands out.
+    peer_id: Option<u32>,
+    /// Extension: the other instances of the fleet by number, `"2" = "host:port"`, so a CancelRequest
+    /// that a load balancer sends to the wrong instance is passed on to the one holding the session.
+    peers: Option<std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -238,6 +243,10 @@ pub struct Config {
     pub keys: KeysConfig,
     pub audit: AuditConfig,
     pub log: LogConfig,
+    /// This instance's fleet number (1-127), when it is part of a fleet.
+    pub peer_id: Option<u8>,
+    /// Other instances by fleet number: where to pass on their CancelRequests (`host:port`).
+    pub peers: std::collections::BTreeMap<u8, String>,
 }
 
 impl Config {
@@ -402,6 +411,48 @@ fn resolve(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, ConfigErr
         }
         n => n as usize,
     };
+    let peer_id = match raw.peer_id {
+        None | Some(0) => None,
+        Some(n @ 1..=127) => Some(n as u8),
+        Some(_) => {
+            return Err(invalid(
+                path,
+                "peer_id",
+                "must be between 1 and 127 (0 or absent: not part of a fleet)",
+            ))
+        }
+    };
+    let mut peers = std::collections::BTreeMap::new();
+    for (k, v) in raw.peers.unwrap_or_default() {
+        let key = format!("peers.{k}");
+        let n: u8 = match k.parse() {
+            Ok(n @ 1..=127) => n,
+            _ => {
+                return Err(invalid(
+                    path,
+                    &key,
+                    "peer numbers are 1 to 127, as the peer's own `peer_id`",
+                ))
+            }
+        };
+        if split_host_port(&v).is_none() {
+            return Err(invalid(
+                path,
+                &key,
+                format!("`{v}` is not host:port (the peer's `listen` address)"),
+            ));
+        }
+        if Some(n) != peer_id {
+            peers.insert(n, v);
+        }
+    }
+    if !peers.is_empty() && peer_id.is_none() {
+        return Err(invalid(
+            path,
+            "peers",
+            "set `peer_id` (this instance's number) too, or cancel keys cannot name their instance",
+        ));
+    }
     let max_message_size = raw.max_message_size.unwrap_or(1 << 30);
     if !(1024..=(1u64 << 30)).contains(&max_message_size) {
         return Err(invalid(
@@ -664,6 +715,8 @@ fn resolve(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, ConfigErr
         keys,
         audit,
         log,
+        peer_id,
+        peers,
     })
 }
 
@@ -716,6 +769,33 @@ mod tests {
         assert!(c.tls.is_none());
         assert_eq!(c.upstream_tls.mode, UpstreamTlsMode::Prefer);
         assert!(c.workers >= 1);
+    }
+
+    #[test]
+    fn peers_are_validated() {
+        let c = load(
+            "peer_id = 1\n[peers]\n1 = \"127.0.0.1:6432\"\n2 = \"10.0.0.2:6432\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.peer_id, Some(1));
+        assert_eq!(c.peers.len(), 1, "its own entry is dropped");
+        assert_eq!(c.peers[&2], "10.0.0.2:6432");
+        let e = load("[peers]\n2 = \"10.0.0.2:6432\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("peer_id"), "{e}");
+        let e = load("peer_id = 200\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("127"), "{e}");
+        let e = load("peer_id = 1\n[peers]\nx = \"h:1\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("peers.x"), "{e}");
+        let e = load("peer_id = 1\n[peers]\n2 = \"nohostport\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("host:port"), "{e}");
+        assert_eq!(load("", &[]).unwrap().peer_id, None);
     }
 
     #[test]

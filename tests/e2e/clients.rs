@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures_util::{pin_mut, SinkExt, StreamExt, TryStreamExt};
 use tokio_postgres::types::Type;
 
-use crate::harness::{cluster, connect, psql, Proxy};
+use crate::harness::{cluster, connect, psql, Proxy, ProxyOptions};
 
 #[tokio::test]
 async fn tokio_postgres_simple_and_extended_queries() {
@@ -188,6 +188,63 @@ async fn tokio_postgres_cancel_reaches_the_server() {
     assert!(started.elapsed() < Duration::from_secs(10));
     canceller.await.unwrap().unwrap();
     // The session survives the cancel.
+    let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+}
+
+/// A fleet behind a load balancer: the cancel connection lands on another instance than the session,
+/// which passes it on to the instance named in the key (`peer_id`, `[peers]`).
+#[tokio::test]
+async fn cancel_reaches_the_session_through_another_fleet_instance() {
+    let c = cluster();
+    let db = c.fresh_db("tp_cancel_fleet");
+    let a = Proxy::start_with(ProxyOptions {
+        extra: "peer_id = 1\n".into(),
+        ..Default::default()
+    });
+    let b = Proxy::start_with(ProxyOptions {
+        extra: format!("peer_id = 2\n[peers]\n1 = \"127.0.0.1:{}\"\n", a.port),
+        ..Default::default()
+    });
+    // A round-robin "load balancer": the first connection goes to a, the next to b.
+    let lb = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let lb_port = lb.local_addr().unwrap().port();
+    let targets = [a.port, b.port];
+    tokio::spawn(async move {
+        for i in 0.. {
+            let Ok((mut inbound, _)) = lb.accept().await else {
+                return;
+            };
+            let port = targets[i % 2];
+            tokio::spawn(async move {
+                if let Ok(mut out) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                }
+            });
+        }
+    });
+    let url = a
+        .alice(&db)
+        .replace(&format!("port={}", a.port), &format!("port={lb_port}"));
+    let client = connect(&url).await;
+    let token = client.cancel_token();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        token.cancel_query(tokio_postgres::NoTls).await
+    });
+    let started = std::time::Instant::now();
+    let err = client
+        .simple_query("SELECT pg_sleep(30)")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "57014", "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    canceller.await.unwrap().unwrap();
+    assert!(
+        b.log_text()
+            .contains("passed on to the instance that issued its key"),
+        "instance b did not pass the cancel on"
+    );
     let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
     assert_eq!(one, 1);
 }
