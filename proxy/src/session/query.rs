@@ -802,13 +802,9 @@ impl Backend<'_> {
             let mut t = lock(self.tracker);
             let action = t.on_backend(frame.tag, frame.body());
             if t.release_barrier(frame.tag, frame.body()) {
-                let b = t.barrier.unwrap_or(Barrier {
-                    kind: BarrierKind::Execute,
-                    exceeded: false,
-                    released: true,
-                    abort: false,
-                });
-                if b.abort && b.kind == BarrierKind::Query {
+                if t.barrier
+                    .is_some_and(|b| b.abort && b.kind == BarrierKind::Query)
+                {
                     // The server is about to be made to fail the block: present it as failed now.
                     replacement = Some(Some(messages::frame(b'Z', b"E")));
                 }
