@@ -144,14 +144,21 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         Ok(f)
     }
 
-    /// The complete frame at the front of the buffer, borrowed; [`FrameReader::consume`] it after use.
-    pub fn peek(&self) -> Result<Option<FrameRef<'_>>, FrameError> {
+    /// The complete frame starting `at` bytes into the buffer (after frames already peeked), borrowed;
+    /// [`FrameReader::consume`] the peeked bytes when done with them.
+    pub fn peek_at(&self, at: usize) -> Result<Option<FrameRef<'_>>, FrameError> {
+        let buf = self.buf.get(at..).unwrap_or(&[]);
         Ok(
-            frame::check(&self.buf, self.direction, self.max)?.map(|n| FrameRef {
-                tag: self.buf[0],
-                bytes: &self.buf[..n],
+            frame::check(buf, self.direction, self.max)?.map(|n| FrameRef {
+                tag: buf[0],
+                bytes: &buf[..n],
             }),
         )
+    }
+
+    /// Buffered bytes `range` (frames already peeked), to forward as they arrived.
+    pub fn bytes(&self, range: std::ops::Range<usize>) -> &[u8] {
+        &self.buf[range]
     }
 
     /// Drops the first `n` buffered bytes (a frame returned by [`FrameReader::peek`]).
@@ -227,6 +234,19 @@ impl<W: AsyncWrite + Unpin> Outbox<W> {
             self.flush().await?;
         }
         Ok(())
+    }
+
+    /// Writes `bytes` after what is queued and flushes; bytes nothing queued precedes go out
+    /// straight from the caller's buffer (an unchanged batch of frames is never copied).
+    pub async fn send_and_flush(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if self.buf.is_empty() {
+            if !bytes.is_empty() {
+                self.inner.write_all(bytes).await?;
+            }
+            return self.inner.flush().await;
+        }
+        self.send(bytes).await?;
+        self.flush().await
     }
 
     pub fn pending(&self) -> bool {

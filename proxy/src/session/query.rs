@@ -918,8 +918,10 @@ where
     SW: AsyncWrite + Unpin,
 {
     loop {
+        // As in server_to_client: unchanged frames go out as one run, straight from the read buffer.
+        let (mut pos, mut run) = (0, 0);
         loop {
-            let frame = match client_in.peek() {
+            let frame = match client_in.peek_at(pos) {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
                 Err(e) => return End::Error(SessionError::Client(e)),
@@ -930,25 +932,41 @@ where
                 Err(e) => return End::Error(e),
             };
             let sent = match &forward {
-                Forward::Original | Forward::Last => server_out.send(frame.bytes).await,
-                Forward::Replaced(b) => server_out.send(b).await,
-                Forward::Drop => Ok(()),
+                Forward::Original | Forward::Last => Ok(()),
+                Forward::Replaced(b) => {
+                    let r = server_out.send(client_in.bytes(run..pos)).await;
+                    match r {
+                        Ok(()) => server_out.send(b).await,
+                        e => e,
+                    }
+                }
+                Forward::Drop => server_out.send(client_in.bytes(run..pos)).await,
             };
-            client_in.consume(len);
             if let Err(e) = sent {
                 return End::Error(SessionError::ServerIo(e));
             }
-            if fe.holding {
+            if !matches!(forward, Forward::Original | Forward::Last) {
+                run = pos + len;
+            }
+            pos += len;
+            if fe.holding || matches!(forward, Forward::Last) {
+                let sent = server_out.send_and_flush(client_in.bytes(run..pos)).await;
+                client_in.consume(pos);
+                (pos, run) = (0, 0);
+                if let Err(e) = sent {
+                    return End::Error(SessionError::ServerIo(e));
+                }
+                if matches!(forward, Forward::Last) {
+                    return End::Terminated;
+                }
                 if let Err(e) = fe.wait_barrier(server_out).await {
                     return End::Error(SessionError::ServerIo(e));
                 }
             }
-            if matches!(forward, Forward::Last) {
-                let _ = server_out.flush().await;
-                return End::Terminated;
-            }
         }
-        if let Err(e) = server_out.flush().await {
+        let sent = server_out.send_and_flush(client_in.bytes(run..pos)).await;
+        client_in.consume(pos);
+        if let Err(e) = sent {
             return End::Error(SessionError::ServerIo(e));
         }
         let read = match idle {
@@ -977,25 +995,34 @@ where
     CW: AsyncWrite + Unpin,
 {
     loop {
+        // Frames nobody changes stay in the read buffer as one run and go out as they arrived.
+        let (mut pos, mut run) = (0, 0);
         loop {
-            let frame = match server_in.peek() {
+            let frame = match server_in.peek_at(pos) {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
                 Err(e) => return End::Error(SessionError::Server(e)),
             };
             let len = frame.bytes.len();
-            let sent = match be.on_frame(&frame) {
-                Ok(None) => client_out.send(frame.bytes).await,
-                Ok(Some(Some(replacement))) => client_out.send(&replacement).await,
-                Ok(Some(None)) => Ok(()),
+            let changed = match be.on_frame(&frame) {
+                Ok(c) => c,
                 Err(e) => return End::Error(e),
             };
-            server_in.consume(len);
-            if let Err(e) = sent {
-                return End::Error(SessionError::ClientIo(e));
+            if let Some(replacement) = changed {
+                let mut sent = client_out.send(server_in.bytes(run..pos)).await;
+                if let (Ok(()), Some(r)) = (&sent, replacement) {
+                    sent = client_out.send(&r).await;
+                }
+                if let Err(e) = sent {
+                    return End::Error(SessionError::ClientIo(e));
+                }
+                run = pos + len;
             }
+            pos += len;
         }
-        if let Err(e) = client_out.flush().await {
+        let sent = client_out.send_and_flush(server_in.bytes(run..pos)).await;
+        server_in.consume(pos);
+        if let Err(e) = sent {
             return End::Error(SessionError::ClientIo(e));
         }
         match server_in.fill().await {
