@@ -39,6 +39,18 @@ pub struct StmtCtx {
     /// Parameters compared with a rotated deterministic column, rewritten from `col = $n` to
     /// `col = ANY($n)`: the client's scalar becomes an array of its ciphertext under every key version.
     pub any_params: std::sync::OnceLock<Vec<u32>>,
+    /// The last RowDescription seen for this statement and what it was rewritten to: libpq describes
+    /// the portal on every execution of a prepared statement, with the same bytes each time.
+    pub last_description: Mutex<Option<Described>>,
+}
+
+/// A RowDescription as the server sent it, the frame the client gets instead (`None`: unchanged),
+/// and the row shape it gives.
+#[derive(Debug, Clone)]
+pub struct Described {
+    pub server_body: Vec<u8>,
+    pub frame: Option<bytes::Bytes>,
+    pub shape: RowShape,
 }
 
 /// A bound portal: its statement and the result formats the client asked for.
@@ -64,6 +76,7 @@ impl StmtCtx {
             described: Mutex::new(None),
             param_types: std::sync::OnceLock::new(),
             any_params: std::sync::OnceLock::new(),
+            last_description: Mutex::new(None),
         }
     }
 

@@ -515,6 +515,28 @@ pub fn copy_out_rewriter(
     CopyOutRewriter::new(copy, columns).map(Some)
 }
 
+/// [`describe_rows`] remembered per statement: the analysis of a RowDescription depends only on its
+/// bytes and the statement's plan, policy, role and catalog, which are fixed for a statement context.
+pub fn describe_rows_cached(
+    stmt: &StmtCtx,
+    body: &[u8],
+) -> Result<(Option<Bytes>, RowShape), rewrite::RewriteError> {
+    let mut last = stmt
+        .last_description
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(d) = last.as_ref().filter(|d| d.server_body == body) {
+        return Ok((d.frame.clone(), d.shape.clone()));
+    }
+    let (frame, shape) = describe_rows(stmt, body)?;
+    *last = Some(super::context::Described {
+        server_body: body.to_vec(),
+        frame: frame.clone(),
+        shape: shape.clone(),
+    });
+    Ok((frame, shape))
+}
+
 /// RowDescription: the actions for its columns and the frame to forward (`None`: unchanged).
 pub fn describe_rows(
     stmt: &StmtCtx,

@@ -703,7 +703,7 @@ impl Backend<'_> {
                 if let Some((stmt, portal)) = target {
                     if stmt.data.is_some() {
                         let (frame_out, shape) =
-                            dataplane::describe_rows(&stmt, frame.body()).map_err(fail)?;
+                            dataplane::describe_rows_cached(&stmt, frame.body()).map_err(fail)?;
                         if let Some(b) = frame_out {
                             replacement = Some(Some(b));
                         }
