@@ -161,7 +161,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         &self.buf[range]
     }
 
-    /// Drops the first `n` buffered bytes (a frame returned by [`FrameReader::peek`]).
+    /// Drops the first `n` buffered bytes (frames returned by [`FrameReader::peek_at`]).
     pub fn consume(&mut self, n: usize) {
         if n >= self.buf.len() {
             // The usual case (the last frame of a read): reuse the buffer from its start.
