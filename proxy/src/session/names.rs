@@ -78,12 +78,21 @@ pub struct RecentParses {
 }
 
 impl RecentParses {
+    /// Forgets everything remembered under another policy than `policy` (a reloaded policy may
+    /// protect tables these statements name); says whether anything may still be remembered.
+    fn under(&mut self, policy: &Arc<Policy>) -> bool {
+        if self.policy.as_ref().is_some_and(|p| Arc::ptr_eq(p, policy)) {
+            return true;
+        }
+        self.entries.clear();
+        self.next = 0;
+        self.policy = Some(policy.clone());
+        false
+    }
+
     /// The remembered context for `key` under `policy`.
     pub fn get(&mut self, policy: &Arc<Policy>, key: &[u8]) -> Option<Arc<StmtCtx>> {
-        if !self.policy.as_ref().is_some_and(|p| Arc::ptr_eq(p, policy)) {
-            // A reloaded policy may protect tables these statements name.
-            self.entries.clear();
-            self.policy = Some(policy.clone());
+        if !self.under(policy) {
             return None;
         }
         self.entries
@@ -97,10 +106,7 @@ impl RecentParses {
         if ctx.plan.is_some() || ctx.data.is_some() || ctx.refusal.is_some() {
             return;
         }
-        if !self.policy.as_ref().is_some_and(|p| Arc::ptr_eq(p, policy)) {
-            self.entries.clear();
-            self.policy = Some(policy.clone());
-        }
+        self.under(policy);
         let entry = (Box::<[u8]>::from(key), ctx.clone());
         if self.entries.len() < RECENT {
             self.entries.push(entry);

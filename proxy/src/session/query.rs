@@ -702,8 +702,13 @@ impl Backend<'_> {
                 drop(t);
                 if let Some((stmt, portal)) = target {
                     if stmt.data.is_some() {
-                        let (frame_out, shape) =
-                            dataplane::describe_rows_cached(&stmt, frame.body()).map_err(fail)?;
+                        // A simple Query's context lives for one message: nothing to remember.
+                        let (frame_out, shape) = if is_query {
+                            dataplane::describe_rows(&stmt, frame.body())
+                        } else {
+                            dataplane::describe_rows_cached(&stmt, frame.body())
+                        }
+                        .map_err(fail)?;
                         if let Some(b) = frame_out {
                             replacement = Some(Some(b));
                         }
