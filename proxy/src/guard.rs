@@ -67,6 +67,8 @@ pub struct Guard {
     catalog_version: std::sync::atomic::AtomicU64,
     /// Key of the `hash` mask's pseudonyms (derived from the master key).
     mask_key: zeroize::Zeroizing<[u8; 32]>,
+    /// The runtime with timers: side connections are opened and driven there.
+    pub timers: crate::timer::Timers,
 }
 
 impl Guard {
@@ -76,6 +78,7 @@ impl Guard {
         keyring: Arc<Keyring>,
         audit: Option<AuditHandle>,
         mask_key: zeroize::Zeroizing<[u8; 32]>,
+        timers: crate::timer::Timers,
     ) -> Guard {
         Guard {
             config,
@@ -86,6 +89,7 @@ impl Guard {
             dbs: DashMap::new(),
             catalog_version: std::sync::atomic::AtomicU64::new(1),
             mask_key,
+            timers,
         }
     }
 
@@ -171,7 +175,13 @@ impl Guard {
         if state.client.is_none() {
             let mut cfg = (*self.config).clone();
             cfg.catalog.database = database.to_string();
-            state.client = Some(crate::catalog::connect(&cfg).await?);
+            // On the timer runtime: the connection's driver task arms timers (connect_timeout).
+            let opened = self
+                .timers
+                .run(async move { crate::catalog::connect(&cfg).await })
+                .await
+                .unwrap_or_else(|| Err("the proxy is shutting down".to_string()))?;
+            state.client = Some(opened);
             info!(database, "catalog connection opened");
         }
         Ok(state.client.as_ref().expect("just set"))

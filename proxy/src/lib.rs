@@ -27,4 +27,5 @@ pub mod protocol;
 pub mod rewrite;
 pub mod server;
 pub mod session;
+pub mod timer;
 pub mod tls;

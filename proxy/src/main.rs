@@ -220,6 +220,7 @@ fn serve(path: &std::path::Path) -> Result<ExitCode> {
             Arc::new(keyring),
             audit.clone(),
             mask_key,
+            pgcloak::timer::Timers::new(tokio::runtime::Handle::current()),
         ));
         let shared = pgcloak::server::Shared::new(config.clone(), guard.clone())?;
         let listener = pgcloak::server::bind(&config)

@@ -49,6 +49,8 @@ pub struct Shared {
     pub kill: CancellationToken,
     /// Policy, plans, keys, audit, catalogs.
     pub guard: Arc<crate::guard::Guard>,
+    /// Session threads have no time driver; their timeouts are kept by the main runtime.
+    pub timers: crate::timer::Timers,
     next_session: AtomicU64,
 }
 
@@ -74,6 +76,7 @@ impl Shared {
             upstream_tls,
             cancel: DashMap::new(),
             kill: CancellationToken::new(),
+            timers: guard.timers.clone(),
             guard,
             next_session: AtomicU64::new(1),
         }))
@@ -108,8 +111,9 @@ impl Workers {
     pub fn start(n: usize) -> std::io::Result<Workers> {
         let mut queues = Vec::with_capacity(n.max(1));
         for i in 0..n.max(1) {
+            // I/O only: the time driver costs every park and wake (see crate::timer).
             let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
+                .enable_io()
                 .build()?;
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
             std::thread::Builder::new()

@@ -80,7 +80,11 @@ fn issuing_peer(shared: &Shared, process_id: u32) -> Option<(u8, &str)> {
 /// Passes a CancelRequest on to the fleet instance that issued its key.
 async fn forward(shared: &Shared, peer: u8, addr: &str, process_id: u32, secret: &[u8]) {
     let connect = tokio::net::TcpStream::connect(addr);
-    match tokio::time::timeout(shared.config.connect_timeout, connect).await {
+    match shared
+        .timers
+        .timeout(shared.config.connect_timeout, connect)
+        .await
+    {
         Ok(Ok(mut stream)) => {
             let _ = stream.write_all(&encode_cancel(process_id, secret)).await;
             let _ = stream.flush().await;

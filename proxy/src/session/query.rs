@@ -902,10 +902,14 @@ where
         done: Vec::new(),
         released: &released,
     };
-    let idle = shared.config.idle_timeout;
+    let idle = shared
+        .config
+        .idle_timeout
+        .map(|d| (d, crate::timer::Activity::default()));
+    let activity = idle.as_ref().map(|(_, a)| a);
     let end = tokio::select! {
-        e = client_to_server(&mut frontend, client_in, server_out, idle) => e,
-        e = server_to_client(&mut backend, server_in, client_out) => e,
+        e = client_to_server(&mut frontend, client_in, server_out, idle.as_ref()) => e,
+        e = server_to_client(&mut backend, server_in, client_out, activity) => e,
         _ = shared.kill.cancelled() => End::Error(SessionError::Shutdown),
     };
     info!(user = %info.user, statements = backend.statements, "session ended");
@@ -916,12 +920,14 @@ async fn client_to_server<CR, SW>(
     fe: &mut Frontend<'_>,
     client_in: &mut FrameReader<CR>,
     server_out: &mut Outbox<SW>,
-    idle: Option<std::time::Duration>,
+    idle: Option<&(std::time::Duration, crate::timer::Activity)>,
 ) -> End
 where
     CR: AsyncRead + Unpin,
     SW: AsyncWrite + Unpin,
 {
+    // One idle deadline, re-armed only when it fires (not per read): reads just record activity.
+    let mut deadline: Option<crate::timer::Sleep> = None;
     loop {
         // As in server_to_client: unchanged frames go out as one run, straight from the read buffer.
         let (mut pos, mut run) = (0, 0);
@@ -976,12 +982,25 @@ where
         }
         let read = match idle {
             None => client_in.fill().await,
-            Some(d) => match tokio::time::timeout(d, client_in.fill()).await {
-                Ok(r) => r,
-                Err(_) if lock(fe.tracker).is_idle() => {
+            Some(&(d, ref activity)) => loop {
+                let timer = deadline.get_or_insert_with(|| fe.shared.timers.sleep(d));
+                let read = tokio::select! {
+                    biased;
+                    r = client_in.fill() => Some(r),
+                    () = timer => None,
+                };
+                if let Some(r) = read {
+                    activity.touch();
+                    break r;
+                }
+                // The deadline passed: the session is idle when neither side spoke for `d` and no
+                // statement is running (a long query is not idleness).
+                let quiet = activity.quiet_for();
+                if quiet >= d && lock(fe.tracker).is_idle() {
                     return End::Error(SessionError::IdleTimeout(d));
                 }
-                Err(_) => continue,
+                let next = if quiet >= d { d } else { d - quiet };
+                deadline = Some(fe.shared.timers.sleep(next));
             },
         };
         if let Err(e) = read {
@@ -994,6 +1013,7 @@ async fn server_to_client<SR, CW>(
     be: &mut Backend<'_>,
     server_in: &mut FrameReader<SR>,
     client_out: &mut Outbox<CW>,
+    activity: Option<&crate::timer::Activity>,
 ) -> End
 where
     SR: AsyncRead + Unpin,
@@ -1031,7 +1051,11 @@ where
             return End::Error(SessionError::ClientIo(e));
         }
         match server_in.fill().await {
-            Ok(()) => {}
+            Ok(()) => {
+                if let Some(a) = activity {
+                    a.touch();
+                }
+            }
             Err(ReadError::Eof) if be.saw_fatal => return End::ServerClosedWithError,
             Err(e) => return End::Error(server_read_err(e)),
         }

@@ -20,18 +20,20 @@ fn upstream_err(shared: &Shared, reason: impl Into<String>) -> SessionError {
 /// Opens a connection to the server, negotiating TLS as configured.
 pub async fn connect(shared: &Shared) -> Result<Stream, SessionError> {
     let cfg = &shared.config;
-    let tcp = tokio::time::timeout(
-        cfg.connect_timeout,
-        TcpStream::connect((cfg.upstream_host.as_str(), cfg.upstream_port)),
-    )
-    .await
-    .map_err(|_| {
-        upstream_err(
-            shared,
-            format!("no answer within {:?}", cfg.connect_timeout),
+    let tcp = shared
+        .timers
+        .timeout(
+            cfg.connect_timeout,
+            TcpStream::connect((cfg.upstream_host.as_str(), cfg.upstream_port)),
         )
-    })?
-    .map_err(|e| upstream_err(shared, e.to_string()))?;
+        .await
+        .map_err(|_| {
+            upstream_err(
+                shared,
+                format!("no answer within {:?}", cfg.connect_timeout),
+            )
+        })?
+        .map_err(|e| upstream_err(shared, e.to_string()))?;
     let _ = tcp.set_nodelay(true);
     negotiate_tls(shared, tcp, cfg.upstream_tls.mode).await
 }
@@ -39,13 +41,15 @@ pub async fn connect(shared: &Shared) -> Result<Stream, SessionError> {
 /// A connection for relaying a CancelRequest: TLS only when the server must not be spoken to in clear.
 pub async fn connect_for_cancel(shared: &Shared) -> Result<Stream, SessionError> {
     let cfg = &shared.config;
-    let tcp = tokio::time::timeout(
-        cfg.connect_timeout,
-        TcpStream::connect((cfg.upstream_host.as_str(), cfg.upstream_port)),
-    )
-    .await
-    .map_err(|_| upstream_err(shared, "connect timed out"))?
-    .map_err(|e| upstream_err(shared, e.to_string()))?;
+    let tcp = shared
+        .timers
+        .timeout(
+            cfg.connect_timeout,
+            TcpStream::connect((cfg.upstream_host.as_str(), cfg.upstream_port)),
+        )
+        .await
+        .map_err(|_| upstream_err(shared, "connect timed out"))?
+        .map_err(|e| upstream_err(shared, e.to_string()))?;
     let mode = match cfg.upstream_tls.mode {
         UpstreamTlsMode::Prefer => UpstreamTlsMode::Disable,
         m => m,
