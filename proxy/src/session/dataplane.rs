@@ -567,3 +567,61 @@ pub fn with_row_ctx<T>(guard: &Guard, f: impl FnOnce(&RowCtx<'_>) -> T) -> T {
     };
     f(&ctx)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rewrite::rows::{Field, RowDescription};
+    use pgcloak_policy::StatementKind;
+
+    fn rd_body(names: &[&str]) -> Vec<u8> {
+        let fields = names
+            .iter()
+            .map(|n| Field {
+                name: n.as_bytes().to_vec(),
+                table_oid: 0,
+                attnum: 0,
+                type_oid: 25,
+                typlen: -1,
+                typmod: -1,
+                format: 0,
+            })
+            .collect();
+        RowDescription { fields }.to_frame().unwrap()[5..].to_vec()
+    }
+
+    #[test]
+    fn a_repeated_row_description_is_served_from_the_statement_cache() {
+        let stmt = StmtCtx::plain(StatementKind::Select, "SELECT a, b".into(), 1);
+        let first = rd_body(&["a", "b"]);
+        let (frame, shape) = describe_rows_cached(&stmt, &first).unwrap();
+        assert!(
+            frame.is_none(),
+            "nothing to rewrite for unprotected columns"
+        );
+        assert_eq!(shape, describe_rows(&stmt, &first).unwrap().1);
+        let cached = stmt.last_description.lock().unwrap().clone().unwrap();
+        assert_eq!(cached.server_body, first);
+
+        // Same bytes again: the remembered answer comes back, not a fresh rewrite (a marker frame
+        // planted in the cache proves which one was used).
+        let marker = Bytes::from_static(b"T-marker");
+        stmt.last_description
+            .lock()
+            .unwrap()
+            .as_mut()
+            .unwrap()
+            .frame = Some(marker.clone());
+        let (again, _) = describe_rows_cached(&stmt, &first).unwrap();
+        assert_eq!(again, Some(marker));
+
+        // Different bytes (the statement was re-described after DDL): recomputed and remembered.
+        let second = rd_body(&["a", "b", "c"]);
+        let (frame, shape) = describe_rows_cached(&stmt, &second).unwrap();
+        assert!(frame.is_none());
+        assert_eq!(shape, describe_rows(&stmt, &second).unwrap().1);
+        let cached = stmt.last_description.lock().unwrap().clone().unwrap();
+        assert_eq!(cached.server_body, second);
+        assert!(cached.frame.is_none());
+    }
+}
