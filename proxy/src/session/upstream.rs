@@ -17,23 +17,31 @@ fn upstream_err(shared: &Shared, reason: impl Into<String>) -> SessionError {
     }
 }
 
-/// Opens a connection to the server, negotiating TLS as configured.
-pub async fn connect(shared: &Shared) -> Result<Stream, SessionError> {
+/// The TCP connection to the server, within `connect_timeout` (`timed_out` says why not).
+async fn connect_tcp(
+    shared: &Shared,
+    timed_out: impl FnOnce() -> String,
+) -> Result<TcpStream, SessionError> {
     let cfg = &shared.config;
-    let tcp = shared
+    shared
+        .guard
         .timers
         .timeout(
             cfg.connect_timeout,
             TcpStream::connect((cfg.upstream_host.as_str(), cfg.upstream_port)),
         )
         .await
-        .map_err(|_| {
-            upstream_err(
-                shared,
-                format!("no answer within {:?}", cfg.connect_timeout),
-            )
-        })?
-        .map_err(|e| upstream_err(shared, e.to_string()))?;
+        .map_err(|_| upstream_err(shared, timed_out()))?
+        .map_err(|e| upstream_err(shared, e.to_string()))
+}
+
+/// Opens a connection to the server, negotiating TLS as configured.
+pub async fn connect(shared: &Shared) -> Result<Stream, SessionError> {
+    let cfg = &shared.config;
+    let tcp = connect_tcp(shared, || {
+        format!("no answer within {:?}", cfg.connect_timeout)
+    })
+    .await?;
     let _ = tcp.set_nodelay(true);
     negotiate_tls(shared, tcp, cfg.upstream_tls.mode).await
 }
@@ -41,15 +49,7 @@ pub async fn connect(shared: &Shared) -> Result<Stream, SessionError> {
 /// A connection for relaying a CancelRequest: TLS only when the server must not be spoken to in clear.
 pub async fn connect_for_cancel(shared: &Shared) -> Result<Stream, SessionError> {
     let cfg = &shared.config;
-    let tcp = shared
-        .timers
-        .timeout(
-            cfg.connect_timeout,
-            TcpStream::connect((cfg.upstream_host.as_str(), cfg.upstream_port)),
-        )
-        .await
-        .map_err(|_| upstream_err(shared, "connect timed out"))?
-        .map_err(|e| upstream_err(shared, e.to_string()))?;
+    let tcp = connect_tcp(shared, || "connect timed out".to_string()).await?;
     let mode = match cfg.upstream_tls.mode {
         UpstreamTlsMode::Prefer => UpstreamTlsMode::Disable,
         m => m,
