@@ -67,7 +67,8 @@ pub struct Guard {
     catalog_version: std::sync::atomic::AtomicU64,
     /// Key of the `hash` mask's pseudonyms (derived from the master key).
     mask_key: zeroize::Zeroizing<[u8; 32]>,
-    /// The runtime with timers: side connections are opened and driven there.
+    /// The runtime with timers (the main one): session threads have none, so their timeouts are
+    /// armed there, and side connections are opened and driven there.
     pub timers: crate::timer::Timers,
 }
 

@@ -3,8 +3,8 @@
 //! `shutdown_timeout`, then close them).
 //!
 //! Sessions run on `workers` threads, each a single-threaded tokio runtime (thread per core, as
-//! PgBouncer's `so_reuseport` processes): a session's two pumps, its sockets and its timers stay on one
-//! thread, so a message costs no cross-thread wake-up, no work-stealing bookkeeping and no atomic queue
+//! PgBouncer's `so_reuseport` processes): a session's two pumps and its sockets stay on one thread
+//! (its rare timers are armed on the main runtime, see crate::timer), so a message costs no cross-thread wake-up, no work-stealing bookkeeping and no atomic queue
 //! traffic. Measured on the 2-core bench machine, the multi-threaded scheduler cost ~3.5 µs of CPU per
 //! pgbench transaction more than this (deploy/bench/RESULTS.md). Connections are dealt out round-robin;
 //! shared state (policy, keys, catalogs, audit queue) is the same `Arc<Shared>` on every thread.
@@ -49,8 +49,6 @@ pub struct Shared {
     pub kill: CancellationToken,
     /// Policy, plans, keys, audit, catalogs.
     pub guard: Arc<crate::guard::Guard>,
-    /// Session threads have no time driver; their timeouts are kept by the main runtime.
-    pub timers: crate::timer::Timers,
     next_session: AtomicU64,
 }
 
@@ -76,7 +74,6 @@ impl Shared {
             upstream_tls,
             cancel: DashMap::new(),
             kill: CancellationToken::new(),
-            timers: guard.timers.clone(),
             guard,
             next_session: AtomicU64::new(1),
         }))

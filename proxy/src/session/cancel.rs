@@ -81,6 +81,7 @@ fn issuing_peer(shared: &Shared, process_id: u32) -> Option<(u8, &str)> {
 async fn forward(shared: &Shared, peer: u8, addr: &str, process_id: u32, secret: &[u8]) {
     let connect = tokio::net::TcpStream::connect(addr);
     match shared
+        .guard
         .timers
         .timeout(shared.config.connect_timeout, connect)
         .await

@@ -55,7 +55,7 @@ impl SessionInfo {
 pub async fn run(tcp: TcpStream, peer: SocketAddr, id: u64, shared: Arc<Shared>) {
     let cfg = shared.config.clone();
     let opening = tokio::select! {
-        r = shared.timers.timeout(cfg.startup_timeout, startup::negotiate(tcp, &shared)) => match r {
+        r = shared.guard.timers.timeout(cfg.startup_timeout, startup::negotiate(tcp, &shared)) => match r {
             Ok(Ok(o)) => o,
             Ok(Err(e)) => {
                 log_end(&e);
@@ -153,7 +153,7 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, id: u64, shared: Arc<Shared>)
 
     let remaining = cfg.startup_timeout;
     let auth = tokio::select! {
-        r = shared.timers.timeout(remaining, auth::relay(&shared, binding, &mut client_in, &mut client_out, &mut server_in, &mut server_out)) => match r {
+        r = shared.guard.timers.timeout(remaining, auth::relay(&shared, binding, &mut client_in, &mut client_out, &mut server_in, &mut server_out)) => match r {
             Ok(r) => r,
             Err(_) => Err(SessionError::StartupTimeout(remaining)),
         },

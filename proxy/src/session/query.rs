@@ -983,7 +983,7 @@ where
         let read = match idle {
             None => client_in.fill().await,
             Some(&(d, ref activity)) => loop {
-                let timer = deadline.get_or_insert_with(|| fe.shared.timers.sleep(d));
+                let timer = deadline.get_or_insert_with(|| fe.shared.guard.timers.sleep(d));
                 let read = tokio::select! {
                     biased;
                     r = client_in.fill() => Some(r),
@@ -1000,7 +1000,7 @@ where
                     return End::Error(SessionError::IdleTimeout(d));
                 }
                 let next = if quiet >= d { d } else { d - quiet };
-                deadline = Some(fe.shared.timers.sleep(next));
+                deadline = Some(fe.shared.guard.timers.sleep(next));
             },
         };
         if let Err(e) = read {
