@@ -60,6 +60,9 @@ struct DbState {
 pub struct Guard {
     config: Arc<Config>,
     policy: RwLock<Arc<Policy>>,
+    /// Bumped after each policy swap: sessions compare it (one atomic load) to know whether what
+    /// they derived from the policy still holds.
+    policy_generation: std::sync::atomic::AtomicU64,
     pub plans: PlanCache,
     keyring: RwLock<Arc<Keyring>>,
     pub audit: Option<AuditHandle>,
@@ -84,6 +87,7 @@ impl Guard {
         Guard {
             config,
             policy: RwLock::new(Arc::new(policy)),
+            policy_generation: std::sync::atomic::AtomicU64::new(1),
             plans: PlanCache::new(16 * 1024),
             keyring: RwLock::new(keyring),
             audit,
@@ -120,9 +124,18 @@ impl Guard {
             .clone()
     }
 
+    /// Changes with every policy swap. Read it before [`Guard::policy`]: what was derived from the
+    /// policy read after it is stale once the generation moves on.
+    pub fn policy_generation(&self) -> u64 {
+        self.policy_generation
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Installs a reloaded policy: plans and memberships are recomputed from the next statement on.
     pub fn set_policy(&self, policy: Policy) {
         *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
+        self.policy_generation
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
         self.plans.clear();
         for db in self.dbs.iter() {
             if let Ok(mut s) = db.value().try_lock() {

@@ -9,9 +9,12 @@
 //! pgbench transaction more than this (deploy/bench/RESULTS.md). Connections are dealt out round-robin;
 //! shared state (policy, keys, catalogs, audit queue) is the same `Arc<Shared>` on every thread.
 
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
 use dashmap::DashMap;
 use tokio::net::{TcpListener, TcpStream};
@@ -46,7 +49,7 @@ pub struct Shared {
     /// Permits for `max_connections` client sessions.
     pub limit: Arc<Semaphore>,
     /// Fires when sessions must end now (after the shutdown grace period).
-    pub kill: CancellationToken,
+    pub kill: KillSwitch,
     /// Policy, plans, keys, audit, catalogs.
     pub guard: Arc<crate::guard::Guard>,
     next_session: AtomicU64,
@@ -73,7 +76,7 @@ impl Shared {
             tls_cert,
             upstream_tls,
             cancel: DashMap::new(),
-            kill: CancellationToken::new(),
+            kill: KillSwitch::default(),
             guard,
             next_session: AtomicU64::new(1),
         }))
@@ -81,6 +84,72 @@ impl Shared {
 
     pub fn next_session_id(&self) -> u64 {
         self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Ends every session at once (the shutdown grace period is over).
+#[derive(Default)]
+pub struct KillSwitch {
+    /// Set before `token` is cancelled: what [`Killed`] checks on every poll.
+    fired: AtomicBool,
+    token: CancellationToken,
+}
+
+impl KillSwitch {
+    pub fn fire(&self) {
+        self.fired.store(true, Ordering::Release);
+        self.token.cancel();
+    }
+
+    /// Completes when the switch fires.
+    pub fn cancelled(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.token.cancelled()
+    }
+
+    /// Completes when the switch fires; cheap to poll again and again (the query phase polls it on
+    /// every wake-up of a session). `CancellationToken` locks a mutex shared by every session on
+    /// each poll, twice; this registers the task's waker with the token once and afterwards reads
+    /// one atomic flag.
+    pub fn killed(&self) -> Killed<'_> {
+        Killed {
+            switch: self,
+            wait: None,
+            registered: None,
+        }
+    }
+}
+
+/// See [`KillSwitch::killed`].
+pub struct Killed<'a> {
+    switch: &'a KillSwitch,
+    wait: Option<Pin<Box<tokio_util::sync::WaitForCancellationFuture<'a>>>>,
+    /// The waker the token will wake (a task's waker stays the same between polls).
+    registered: Option<Waker>,
+}
+
+impl Future for Killed<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.switch.fired.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        if self
+            .registered
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            return Poll::Pending;
+        }
+        let switch = self.switch;
+        let wait = self
+            .wait
+            .get_or_insert_with(|| Box::pin(switch.token.cancelled()));
+        if wait.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        self.registered = Some(cx.waker().clone());
+        Poll::Pending
     }
 }
 
@@ -186,7 +255,7 @@ pub async fn run(
             sessions = tracker.len(),
             "shutdown timeout reached: closing remaining sessions"
         );
-        shared.kill.cancel();
+        shared.kill.fire();
         tracker.wait().await;
     }
     info!("pgcloak stopped");
@@ -211,4 +280,35 @@ fn start_session(job: Job) {
     let id = shared.next_session_id();
     let span = tracing::info_span!("session", id, client = %peer);
     tracker.spawn(session::run(stream, peer, id, shared).instrument(span));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn killed_waits_for_the_switch_and_wakes_its_task() {
+        let switch = Arc::new(KillSwitch::default());
+        let (polled, ready) = tokio::sync::oneshot::channel();
+        let s = switch.clone();
+        let waiter = tokio::spawn(async move {
+            let mut killed = std::pin::pin!(s.killed());
+            // Polled many times before the switch fires (as the query phase does on every wake-up).
+            for _ in 0..3 {
+                assert!(futures_util::poll!(killed.as_mut()).is_pending());
+                tokio::task::yield_now().await;
+            }
+            let _ = polled.send(());
+            killed.await;
+        });
+        ready.await.unwrap();
+        assert!(!waiter.is_finished());
+        switch.fire();
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("the fired switch wakes the waiting task")
+            .unwrap();
+        // Once fired, a new future is ready at once.
+        assert!(futures_util::poll!(std::pin::pin!(switch.killed())).is_ready());
+    }
 }

@@ -279,11 +279,18 @@ pub fn without_context(body: &[u8]) -> Bytes {
 /// Rows counted by a CommandComplete tag ("SELECT 5", "INSERT 0 3", "UPDATE 2", "COPY 10", ...).
 pub fn command_rows(body: &[u8]) -> Option<u64> {
     let tag = body.strip_suffix(&[0]).unwrap_or(body);
-    let last = tag.rsplit(|&b| b == b' ').next()?;
-    if last.is_empty() || !last.iter().all(u8::is_ascii_digit) || last.len() == tag.len() {
+    // The count is the last word, after a first one (once per statement: no string parsing).
+    let digits = &tag[tag.iter().rposition(|&b| b == b' ')? + 1..];
+    if digits.is_empty() {
         return None;
     }
-    std::str::from_utf8(last).ok()?.parse().ok()
+    digits.iter().try_fold(0u64, |n, &d| {
+        if d.is_ascii_digit() {
+            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        } else {
+            None
+        }
+    })
 }
 
 /// The SQL text of a Query message.
@@ -461,7 +468,8 @@ pub fn encode_bind(bind: &BindMsg<'_>, params: &[Option<&[u8]>]) -> Bytes {
     finish(b)
 }
 
-/// Portal and statement names of a Bind message.
+/// Portal and statement names of a Bind message, without decoding its parameters: a Bind of a
+/// statement the proxy leaves alone is forwarded as it arrived, and the server checks the rest.
 pub fn bind_names(body: &[u8]) -> Result<(&[u8], &[u8]), FrameError> {
     let mut r = Reader::new(body, "Bind");
     let portal = r.cstr()?;
@@ -624,6 +632,13 @@ mod tests {
         assert_eq!(command_rows(b"BEGIN\0"), None);
         assert_eq!(command_rows(b"\0"), None);
         assert_eq!(command_rows(b"42\0"), None);
+        assert_eq!(command_rows(b"SELECT \0"), None);
+        assert_eq!(command_rows(b"SELECT 1x\0"), None);
+        assert_eq!(
+            command_rows(b"SELECT 18446744073709551615\0"),
+            Some(u64::MAX)
+        );
+        assert_eq!(command_rows(b"SELECT 18446744073709551616\0"), None);
     }
 
     #[test]

@@ -8,8 +8,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use pgcloak_policy::Policy;
-
 use super::context::StmtCtx;
 
 /// Values by protocol name (`""` = unnamed).
@@ -67,32 +65,34 @@ const RECENT: usize = 16;
 
 /// The contexts of statements this session parsed recently that name no protected table, keyed by
 /// the exact Parse body after the statement name (text and declared parameter types). The analysis of
-/// such a statement depends only on those bytes and the policy, so a hit under the same policy is
-/// the same context. Statements with a plan are never kept: their role is re-resolved every time
-/// (revocation applies from the next statement).
+/// such a statement depends only on those bytes and the policy, so a hit under the same policy
+/// (generation, [`crate::guard::Guard::policy_generation`]) is the same context. Statements with a
+/// plan are never kept: their role is re-resolved every time (revocation applies from the next
+/// statement).
 #[derive(Debug, Default)]
 pub struct RecentParses {
-    policy: Option<Arc<Policy>>,
+    generation: Option<u64>,
     entries: Vec<(Box<[u8]>, Arc<StmtCtx>)>,
     next: usize,
 }
 
 impl RecentParses {
-    /// Forgets everything remembered under another policy than `policy` (a reloaded policy may
-    /// protect tables these statements name); says whether anything may still be remembered.
-    fn under(&mut self, policy: &Arc<Policy>) -> bool {
-        if self.policy.as_ref().is_some_and(|p| Arc::ptr_eq(p, policy)) {
+    /// Forgets everything remembered under another policy generation than `generation` (a reloaded
+    /// policy may protect tables these statements name); says whether anything may still be
+    /// remembered.
+    fn under(&mut self, generation: u64) -> bool {
+        if self.generation == Some(generation) {
             return true;
         }
         self.entries.clear();
         self.next = 0;
-        self.policy = Some(policy.clone());
+        self.generation = Some(generation);
         false
     }
 
-    /// The remembered context for `key` under `policy`.
-    pub fn get(&mut self, policy: &Arc<Policy>, key: &[u8]) -> Option<Arc<StmtCtx>> {
-        if !self.under(policy) {
+    /// The remembered context for `key` under policy generation `generation`.
+    pub fn get(&mut self, generation: u64, key: &[u8]) -> Option<Arc<StmtCtx>> {
+        if !self.under(generation) {
             return None;
         }
         self.entries
@@ -101,12 +101,13 @@ impl RecentParses {
             .map(|(_, c)| c.clone())
     }
 
-    /// Remembers `ctx` for `key` when it was analysed under `policy` and carries no plan or refusal.
-    pub fn remember(&mut self, policy: &Arc<Policy>, key: &[u8], ctx: &Arc<StmtCtx>) {
+    /// Remembers `ctx` for `key` when it was analysed under a policy read after `generation`, and
+    /// carries no plan or refusal.
+    pub fn remember(&mut self, generation: u64, key: &[u8], ctx: &Arc<StmtCtx>) {
         if ctx.plan.is_some() || ctx.data.is_some() || ctx.refusal.is_some() {
             return;
         }
-        self.under(policy);
+        self.under(generation);
         let entry = (Box::<[u8]>::from(key), ctx.clone());
         if self.entries.len() < RECENT {
             self.entries.push(entry);
@@ -121,10 +122,6 @@ impl RecentParses {
 mod tests {
     use super::*;
     use pgcloak_policy::StatementKind;
-
-    fn policy() -> Arc<Policy> {
-        Arc::new(Policy::parse("", "(test)").unwrap())
-    }
 
     fn ctx() -> Arc<StmtCtx> {
         Arc::new(StmtCtx::plain(StatementKind::Select, "SELECT $1".into(), 1))
@@ -147,36 +144,36 @@ mod tests {
 
     #[test]
     fn recent_parses_hit_only_under_the_same_policy() {
-        let (p1, p2) = (policy(), policy());
+        let (p1, p2) = (1, 2);
         let mut r = RecentParses::default();
         let c = ctx();
-        assert!(r.get(&p1, b"SELECT 1\0\0\0").is_none());
-        r.remember(&p1, b"SELECT 1\0\0\0", &c);
-        assert!(Arc::ptr_eq(&r.get(&p1, b"SELECT 1\0\0\0").unwrap(), &c));
-        assert!(r.get(&p1, b"SELECT 2\0\0\0").is_none());
-        // A reloaded policy (another Arc) forgets everything.
-        assert!(r.get(&p2, b"SELECT 1\0\0\0").is_none());
-        assert!(r.get(&p1, b"SELECT 1\0\0\0").is_none());
+        assert!(r.get(p1, b"SELECT 1\0\0\0").is_none());
+        r.remember(p1, b"SELECT 1\0\0\0", &c);
+        assert!(Arc::ptr_eq(&r.get(p1, b"SELECT 1\0\0\0").unwrap(), &c));
+        assert!(r.get(p1, b"SELECT 2\0\0\0").is_none());
+        // A reloaded policy (another generation) forgets everything.
+        assert!(r.get(p2, b"SELECT 1\0\0\0").is_none());
+        assert!(r.get(p1, b"SELECT 1\0\0\0").is_none());
     }
 
     #[test]
     fn refused_statements_are_not_remembered() {
-        let p = policy();
+        let p = 7;
         let mut r = RecentParses::default();
         let refused = Arc::new(StmtCtx::refused("42501", "pgcloak: no".into()));
-        r.remember(&p, b"x", &refused);
-        assert!(r.get(&p, b"x").is_none());
+        r.remember(p, b"x", &refused);
+        assert!(r.get(p, b"x").is_none());
     }
 
     #[test]
     fn recent_parses_stay_bounded() {
-        let p = policy();
+        let p = 7;
         let mut r = RecentParses::default();
         for i in 0..100u32 {
-            r.remember(&p, &i.to_be_bytes(), &ctx());
+            r.remember(p, &i.to_be_bytes(), &ctx());
         }
         assert_eq!(r.entries.len(), RECENT);
-        assert!(r.get(&p, &99u32.to_be_bytes()).is_some());
-        assert!(r.get(&p, &0u32.to_be_bytes()).is_none());
+        assert!(r.get(p, &99u32.to_be_bytes()).is_some());
+        assert!(r.get(p, &0u32.to_be_bytes()).is_none());
     }
 }

@@ -58,8 +58,12 @@ struct Frontend<'a> {
     skip_until_sync: bool,
     /// COPY FROM STDIN statements sent and not finished, in order, with their data rewriter.
     copy_in: VecDeque<Option<CopyInRewriter>>,
-    /// The last message forwarded set a barrier: forward nothing more until the server finished it.
-    holding: bool,
+    /// Entries for the messages processed since the last write upstream: published to the tracker
+    /// under one lock just before those messages reach the server (see [`Frontend::publish`]).
+    pending: Vec<Pending>,
+    /// The last message processed sets this barrier: forward nothing more until the server
+    /// finished it. Installed by [`Frontend::publish`].
+    holding: Option<BarrierKind>,
     /// Signalled by the backend pump when it releases the barrier.
     released: &'a Notify,
 }
@@ -74,6 +78,9 @@ struct Backend<'a> {
     statements: u64,
     /// The result rows streaming now.
     rows: Option<RowState>,
+    /// Whether `rows` was looked up for the result streaming now (`None` then means its rows pass
+    /// through unchanged), so a large plain result costs no lookup per row.
+    rows_known: bool,
     /// The COPY TO STDOUT data streaming now, when it must be rewritten.
     copy_out: Option<CopyOutRewriter>,
     /// The statement finishing now exceeded max_rows (its outcome is a refusal).
@@ -199,7 +206,7 @@ impl Frontend<'_> {
     /// Replaces a whole Query with a refusal.
     fn refuse_query(&mut self, started: Instant, r: Refusal, kind: StatementKind) -> Forward {
         let q = messages::query(&raise_sql(&r));
-        lock(self.tracker).push(Pending::Query {
+        self.pending.push(Pending::Query {
             started,
             stmts: vec![Self::refused_ctx(r, kind)],
             next: 0,
@@ -247,7 +254,7 @@ impl Frontend<'_> {
                 };
                 return Ok(self.refuse_query(started, r, StatementKind::Other));
             }
-            lock(self.tracker).push(Pending::Query {
+            self.pending.push(Pending::Query {
                 started,
                 stmts: Vec::new(),
                 next: 0,
@@ -313,27 +320,38 @@ impl Frontend<'_> {
         let limited = stmts
             .iter()
             .any(|s| s.statement_plan().is_some_and(|sp| sp.max_rows.is_some()));
-        let mut t = lock(self.tracker);
-        t.push(Pending::Query {
+        self.pending.push(Pending::Query {
             started,
             stmts,
             next: 0,
         });
         if limited {
-            self.hold(&mut t, BarrierKind::Query);
+            self.holding = Some(BarrierKind::Query);
         }
         Ok(out)
     }
 
-    /// Holds back the client's further messages until the server finished the statement just sent.
-    fn hold(&mut self, t: &mut Tracker, kind: BarrierKind) {
-        t.barrier = Some(Barrier {
-            kind,
-            exceeded: false,
-            released: false,
-            abort: false,
-        });
-        self.holding = true;
+    /// Hands the entries of the messages processed so far to the tracker (and installs a barrier
+    /// they set). Called before those messages are written upstream: the server cannot answer a
+    /// message before it has it, so the backend pump always finds the entry for an answer.
+    fn publish(&mut self) {
+        if self.pending.is_empty() && self.holding.is_none() {
+            return;
+        }
+        let mut t = lock(self.tracker);
+        for p in self.pending.drain(..) {
+            t.push(p);
+        }
+        // Installed once: a barrier already there is this one (publish runs again before the wait),
+        // possibly released by now; the previous one was taken when it was released.
+        if let Some(kind) = self.holding.filter(|_| t.barrier.is_none()) {
+            t.barrier = Some(Barrier {
+                kind,
+                exceeded: false,
+                released: false,
+                abort: false,
+            });
+        }
     }
 
     /// Waits for the barrier's release; when the statement exceeded `max_rows`, makes the server fail
@@ -342,8 +360,8 @@ impl Frontend<'_> {
         &mut self,
         server_out: &mut Outbox<SW>,
     ) -> std::io::Result<()> {
-        self.holding = false;
-        let kind = lock(self.tracker).barrier.map(|b| b.kind);
+        self.publish();
+        let kind = self.holding.take();
         if kind == Some(BarrierKind::Execute) {
             // The server sends nothing of an Execute before Sync or Flush, and the client's Sync is
             // held back: ask for a Flush (it has no answer of its own).
@@ -382,7 +400,7 @@ impl Frontend<'_> {
             sqlstate: "42501",
             message: "pgcloak: refused".into(),
         });
-        lock(self.tracker).push(Pending::Refusal {
+        self.pending.push(Pending::Refusal {
             started: Instant::now(),
             stmt,
         });
@@ -390,16 +408,29 @@ impl Frontend<'_> {
         Forward::Replaced(messages::query(&raise_sql(&r)))
     }
 
+    /// A Parse this session analysed recently (drivers re-parse the unnamed statement for every
+    /// execution): handled without analysis. `None` when it must be analysed ([`Frontend::on_parse`]).
+    fn parse_remembered(&mut self, frame: &FrameRef<'_>) -> Option<Result<Forward, SessionError>> {
+        let (name, _) = match messages::parse_text(frame.body()) {
+            Ok(p) => p,
+            Err(e) => return Some(Err(SessionError::Client(e))),
+        };
+        let key = &frame.body()[name.len() + 1..];
+        let ctx = self
+            .recent
+            .get(self.shared.guard.policy_generation(), key)?;
+        self.statements.insert(name, ctx);
+        self.pending.push(Pending::Parse);
+        Some(Ok(Forward::Original))
+    }
+
     async fn on_parse(&mut self, frame: &FrameRef<'_>) -> Result<Forward, SessionError> {
         let (name, sql_bytes) = messages::parse_text(frame.body()).map_err(SessionError::Client)?;
         // Text and declared types: all the analysis of a statement without a plan depends on.
         let key = &frame.body()[name.len() + 1..];
+        // Read before the policy: a context remembered under it is stale once the policy changes.
+        let generation = self.shared.guard.policy_generation();
         let policy = self.shared.guard.policy();
-        if let Some(ctx) = self.recent.get(&policy, key) {
-            self.statements.insert(name, ctx);
-            lock(self.tracker).push(Pending::Parse);
-            return Ok(Forward::Original);
-        }
         let Ok(sql) = std::str::from_utf8(sql_bytes) else {
             if self.shared.guard.has_protected_tables() {
                 let r = Refusal {
@@ -413,7 +444,7 @@ impl Frontend<'_> {
                 name,
                 Arc::new(StmtCtx::plain(StatementKind::Other, String::new(), 0)),
             );
-            lock(self.tracker).push(Pending::Parse);
+            self.pending.push(Pending::Parse);
             return Ok(Forward::Original);
         };
         let (lexed, plan, data) = match self.analyze(sql, &policy).await {
@@ -438,20 +469,31 @@ impl Frontend<'_> {
                 Err(r) => return Ok(self.refuse_extended(Self::refused_ctx(r, ctx.kind))),
             };
         if matches!(out, Forward::Original) {
-            self.recent.remember(&policy, key, &ctx);
+            self.recent.remember(generation, key, &ctx);
         }
         self.statements.insert(name, ctx);
-        lock(self.tracker).push(Pending::Parse);
+        self.pending.push(Pending::Parse);
         Ok(out)
     }
 
     fn on_bind(&mut self, frame: &FrameRef<'_>) -> Result<Forward, SessionError> {
-        let bind = messages::parse_bind(frame.body()).map_err(SessionError::Client)?;
-        let Some(stmt) = self.statements.get(bind.statement).cloned() else {
+        let (portal, statement) =
+            messages::bind_names(frame.body()).map_err(SessionError::Client)?;
+        let Some(stmt) = self.statements.get(statement).cloned() else {
             // Prepared before this session knew it (or not at all): the server decides.
-            self.portals.remove(bind.portal);
-            lock(self.tracker).push(Pending::Bind);
+            self.portals.remove(portal);
+            self.pending.push(Pending::Bind);
             return Ok(Forward::Original);
+        };
+        // Result formats matter only for rows the proxy rewrites: only an analysed statement's Bind
+        // is decoded whole.
+        let result_formats = match &stmt.data {
+            Some(_) => {
+                messages::parse_bind(frame.body())
+                    .map_err(SessionError::Client)?
+                    .result_formats
+            }
+            None => Vec::new(),
         };
         let out = match dataplane::rewrite_bind(&self.shared.guard, frame.body(), &stmt) {
             Ok(None) => Forward::Original,
@@ -459,22 +501,22 @@ impl Frontend<'_> {
             Err(r) => return Ok(self.refuse_extended(Self::refused_ctx(r, stmt.kind))),
         };
         // Rebinding a portal nobody else holds (the usual unnamed portal) reuses its allocation.
-        if let Some(p) = self.portals.get_mut(bind.portal).and_then(Arc::get_mut) {
+        if let Some(p) = self.portals.get_mut(portal).and_then(Arc::get_mut) {
             p.stmt = stmt;
             p.result_formats.clear();
-            p.result_formats.extend_from_slice(&bind.result_formats);
+            p.result_formats.extend_from_slice(&result_formats);
             *p.described.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
         } else {
             self.portals.insert(
-                bind.portal,
+                portal,
                 Arc::new(PortalCtx {
                     stmt,
-                    result_formats: bind.result_formats.clone(),
+                    result_formats,
                     described: std::sync::Mutex::new(None),
                 }),
             );
         }
-        lock(self.tracker).push(Pending::Bind);
+        self.pending.push(Pending::Bind);
         Ok(out)
     }
 
@@ -518,17 +560,33 @@ impl Frontend<'_> {
         }
     }
 
-    /// Inspects one client message before it is forwarded.
-    async fn on_frame(&mut self, frame: &FrameRef<'_>) -> Result<Forward, SessionError> {
+    /// Inspects one client message before it is forwarded. `None` for a statement that must be
+    /// analysed first ([`Frontend::on_statement`]): everything else is decided without awaiting.
+    fn on_frame(&mut self, frame: &FrameRef<'_>) -> Option<Result<Forward, SessionError>> {
         if self.skip_until_sync && frame.tag != b'S' {
-            return Ok(match frame.tag {
+            return Some(Ok(match frame.tag {
                 b'X' => Forward::Last,
                 _ => Forward::Drop,
-            });
+            }));
         }
         match frame.tag {
-            b'Q' => return self.on_query(frame).await,
-            b'P' => return self.on_parse(frame).await,
+            b'Q' => None,
+            b'P' => self.parse_remembered(frame),
+            _ => Some(self.on_message(frame)),
+        }
+    }
+
+    /// Analyses a Query or Parse (the policy role and catalog may have to be fetched).
+    async fn on_statement(&mut self, frame: &FrameRef<'_>) -> Result<Forward, SessionError> {
+        match frame.tag {
+            b'Q' => self.on_query(frame).await,
+            _ => self.on_parse(frame).await,
+        }
+    }
+
+    /// Any client message other than Query and Parse.
+    fn on_message(&mut self, frame: &FrameRef<'_>) -> Result<Forward, SessionError> {
+        match frame.tag {
             b'B' => return self.on_bind(frame),
             b'd' | b'c' | b'f' => return self.on_copy_data(frame),
             b'E' => {
@@ -557,25 +615,28 @@ impl Frontend<'_> {
                     .as_ref()
                     .and_then(|s| s.statement_plan())
                     .is_some_and(|sp| sp.max_rows.is_some());
-                let mut t = lock(self.tracker);
-                t.push(Pending::Execute {
+                self.pending.push(Pending::Execute {
                     started: Instant::now(),
                     stmt,
-                    portal,
+                    // Only an analysed statement's rows are looked at.
+                    portal: portal.filter(|p| p.stmt.data.is_some()),
                 });
                 if limited {
-                    self.hold(&mut t, BarrierKind::Execute);
+                    self.holding = Some(BarrierKind::Execute);
                 }
             }
             b'D' => {
                 let (kind, name) =
                     messages::target(frame.body(), "Describe").map_err(SessionError::Client)?;
+                // Only an analysed statement's descriptions are rewritten.
                 let (stmt, portal) = if kind == b'S' {
-                    (self.statements.get(name).cloned(), None)
+                    let s = self.statements.get(name).filter(|s| s.data.is_some());
+                    (s.cloned(), None)
                 } else {
-                    (None, self.portals.get(name).cloned())
+                    let p = self.portals.get(name).filter(|p| p.stmt.data.is_some());
+                    (None, p.cloned())
                 };
-                lock(self.tracker).push(Pending::Describe { stmt, portal });
+                self.pending.push(Pending::Describe { stmt, portal });
             }
             b'C' => {
                 let (kind, name) =
@@ -585,18 +646,18 @@ impl Frontend<'_> {
                 } else {
                     self.portals.remove(name);
                 }
-                lock(self.tracker).push(Pending::Close);
+                self.pending.push(Pending::Close);
             }
             b'S' => {
                 self.skip_until_sync = false;
-                lock(self.tracker).push(Pending::Sync);
+                self.pending.push(Pending::Sync);
             }
             b'F' => {
                 if let Some(r) = audit_refusal(self.shared) {
                     // A function call is not a statement the proxy can rewrite; answer as a refusal.
                     return Ok(self.refuse_query(Instant::now(), r, StatementKind::Other));
                 }
-                lock(self.tracker).push(Pending::FunctionCall {
+                self.pending.push(Pending::FunctionCall {
                     started: Instant::now(),
                 });
             }
@@ -658,7 +719,12 @@ impl Backend<'_> {
     }
 
     /// Inspects one server message; returns what to send the client instead, if anything changes.
-    fn on_frame(&mut self, frame: &FrameRef<'_>) -> Result<Option<Option<Bytes>>, SessionError> {
+    /// `t` is the session's tracker, locked by the caller once for a run of messages.
+    fn on_frame(
+        &mut self,
+        t: &mut Tracker,
+        frame: &FrameRef<'_>,
+    ) -> Result<Option<Option<Bytes>>, SessionError> {
         let fail = |e: crate::rewrite::RewriteError| SessionError::Rewrite(e.to_string());
         let mut replacement: Option<Option<Bytes>> = None;
         match frame.tag {
@@ -667,17 +733,15 @@ impl Backend<'_> {
                     .map(|f| f.severity == "FATAL" || f.severity == "PANIC")
                     .unwrap_or(false);
                 self.rows = None;
+                self.rows_known = false;
                 self.copy_out = None;
                 // A refusal raised for a simple Query: drop the PL/pgSQL context of the DO block.
-                let refused = lock(self.tracker)
-                    .current_statement()
-                    .is_some_and(|s| s.refusal.is_some());
+                let refused = t.current_statement().is_some_and(|s| s.refusal.is_some());
                 if refused {
                     replacement = Some(Some(messages::without_context(frame.body())));
                 }
             }
             b't' => {
-                let t = lock(self.tracker);
                 if let Some(Pending::Describe { stmt: Some(s), .. }) = t.front() {
                     if let Some(b) =
                         dataplane::rewrite_parameter_description(frame.body(), s).map_err(fail)?
@@ -687,19 +751,19 @@ impl Backend<'_> {
                 }
             }
             b'T' => {
-                let t = lock(self.tracker);
+                self.rows_known = false;
                 let target = match t.front() {
-                    Some(Pending::Describe { stmt: Some(s), .. }) => Some((s.clone(), None)),
+                    Some(Pending::Describe { stmt: Some(s), .. }) => Some((s, None)),
                     Some(Pending::Describe {
                         portal: Some(p), ..
-                    }) => Some((p.stmt.clone(), Some(p.clone()))),
-                    Some(Pending::Query { .. }) => t.current_statement().map(|s| (s.clone(), None)),
+                    }) => Some((&p.stmt, Some(p))),
+                    Some(Pending::Query { .. }) => t.current_statement().map(|s| (s, None)),
                     _ => None,
                 }
                 // Only analysed statements have rows to describe.
-                .filter(|(s, _)| s.data.is_some());
+                .filter(|(s, _)| s.data.is_some())
+                .map(|(s, p)| (s.clone(), p.cloned()));
                 let is_query = matches!(t.front(), Some(Pending::Query { .. }));
-                drop(t);
                 if let Some((stmt, portal)) = target {
                     if stmt.data.is_some() {
                         // A simple Query's context lives for one message: nothing to remember.
@@ -729,8 +793,9 @@ impl Backend<'_> {
                 }
             }
             b'D' => {
-                if self.rows.is_none() {
-                    let t = lock(self.tracker);
+                if self.rows.is_none() && !self.rows_known {
+                    // Once per result: a statement that was not analysed keeps `rows` empty.
+                    self.rows_known = true;
                     if let Some(r) = Self::execute_rows(t.front()) {
                         self.rows = Some(r.map_err(fail)?);
                     }
@@ -752,6 +817,7 @@ impl Backend<'_> {
                 }
             }
             b'C' | b'I' | b's' => {
+                self.rows_known = false;
                 if let Some(rs) = self.rows.take() {
                     if rs.exceeded {
                         let limit = rs.limit.unwrap_or(0);
@@ -770,7 +836,7 @@ impl Backend<'_> {
                             Some("Narrow the query (WHERE, LIMIT) or use a role without max_rows."),
                         )));
                         self.max_rows_hit = true;
-                        if let Some(b) = lock(self.tracker).barrier.as_mut() {
+                        if let Some(b) = t.barrier.as_mut() {
                             b.exceeded = true;
                         }
                     }
@@ -778,9 +844,7 @@ impl Backend<'_> {
                 self.copy_out = None;
             }
             b'H' => {
-                let t = lock(self.tracker);
                 let stmt = t.current_statement().cloned();
-                drop(t);
                 if let Some(stmt) = stmt {
                     self.copy_out =
                         dataplane::copy_out_rewriter(&stmt, frame.body()).map_err(fail)?;
@@ -800,33 +864,32 @@ impl Backend<'_> {
             b'c' | b'Z' => {
                 self.copy_out = None;
                 self.rows = None;
+                self.rows_known = false;
             }
             _ => {}
         }
-        let action = {
-            let mut t = lock(self.tracker);
-            let action = t.on_backend(frame.tag, frame.body());
-            if t.release_barrier(frame.tag, frame.body()) {
-                if t.barrier
-                    .is_some_and(|b| b.abort && b.kind == BarrierKind::Query)
-                {
-                    // The server is about to be made to fail the block: present it as failed now.
-                    replacement = Some(Some(messages::frame(b'Z', b"E")));
-                }
-                self.released.notify_one();
+        let action = t.on_backend(frame.tag, frame.body());
+        if t.release_barrier(frame.tag, frame.body()) {
+            if t.barrier
+                .is_some_and(|b| b.abort && b.kind == BarrierKind::Query)
+            {
+                // The server is about to be made to fail the block: present it as failed now.
+                replacement = Some(Some(messages::frame(b'Z', b"E")));
             }
-            // Swap buffers rather than collect: no allocation per finished statement.
-            std::mem::swap(&mut t.done, &mut self.done);
-            action
-        };
-        let mut done = std::mem::take(&mut self.done);
-        for mut outcome in done.drain(..) {
-            if std::mem::take(&mut self.max_rows_hit) {
-                outcome.sqlstate = Some("42501".into());
-            }
-            self.statement_done(outcome);
+            self.released.notify_one();
         }
-        self.done = done;
+        if !t.done.is_empty() {
+            // Swap buffers rather than collect: no allocation per finished statement.
+            let mut done = std::mem::take(&mut self.done);
+            std::mem::swap(&mut t.done, &mut done);
+            for mut outcome in done.drain(..) {
+                if std::mem::take(&mut self.max_rows_hit) {
+                    outcome.sqlstate = Some("42501".into());
+                }
+                self.statement_done(outcome);
+            }
+            self.done = done;
+        }
         Ok(match action {
             Action::Forward => replacement,
             Action::Swallow => Some(None),
@@ -887,7 +950,8 @@ where
         recent: RecentParses::default(),
         skip_until_sync: false,
         copy_in: VecDeque::new(),
-        holding: false,
+        pending: Vec::new(),
+        holding: None,
         released: &released,
     };
     let mut backend = Backend {
@@ -897,6 +961,7 @@ where
         saw_fatal: false,
         statements: 0,
         rows: None,
+        rows_known: false,
         copy_out: None,
         max_rows_hit: false,
         done: Vec::new(),
@@ -910,7 +975,7 @@ where
     let end = tokio::select! {
         e = client_to_server(&mut frontend, client_in, server_out, idle.as_ref()) => e,
         e = server_to_client(&mut backend, server_in, client_out, activity) => e,
-        _ = shared.kill.cancelled() => End::Error(SessionError::Shutdown),
+        _ = shared.kill.killed() => End::Error(SessionError::Shutdown),
     };
     info!(user = %info.user, statements = backend.statements, "session ended");
     end
@@ -938,10 +1003,17 @@ where
                 Err(e) => return End::Error(SessionError::Client(e)),
             };
             let len = frame.bytes.len();
-            let forward = match fe.on_frame(&frame).await {
+            let forward = match fe.on_frame(&frame) {
+                Some(f) => f,
+                None => fe.on_statement(&frame).await,
+            };
+            let forward = match forward {
                 Ok(f) => f,
                 Err(e) => return End::Error(e),
             };
+            if !matches!(forward, Forward::Original) || fe.holding.is_some() {
+                fe.publish();
+            }
             let sent = match &forward {
                 Forward::Original | Forward::Last => Ok(()),
                 Forward::Replaced(b) => {
@@ -960,7 +1032,7 @@ where
                 run = pos + len;
             }
             pos += len;
-            if fe.holding || matches!(forward, Forward::Last) {
+            if fe.holding.is_some() || matches!(forward, Forward::Last) {
                 let sent = server_out.send_and_flush(client_in.bytes(run..pos)).await;
                 client_in.consume(pos);
                 (pos, run) = (0, 0);
@@ -975,6 +1047,7 @@ where
                 }
             }
         }
+        fe.publish();
         let sent = server_out.send_and_flush(client_in.bytes(run..pos)).await;
         client_in.consume(pos);
         if let Err(e) = sent {
@@ -1023,27 +1096,36 @@ where
         // Frames nobody changes stay in the read buffer as one run and go out as they arrived.
         let (mut pos, mut run) = (0, 0);
         loop {
-            let frame = match server_in.peek_at(pos) {
-                Ok(Some(f)) => f,
-                Ok(None) => break,
-                Err(e) => return End::Error(SessionError::Server(e)),
-            };
-            let len = frame.bytes.len();
-            let changed = match be.on_frame(&frame) {
-                Ok(c) => c,
-                Err(e) => return End::Error(e),
-            };
-            if let Some(replacement) = changed {
-                let mut sent = client_out.send(server_in.bytes(run..pos)).await;
-                if let (Ok(()), Some(r)) = (&sent, replacement) {
-                    sent = client_out.send(&r).await;
+            // The frames up to the next one that changes, under one lock of the tracker (released
+            // before anything is written: the guard must not live across an await).
+            let changed = {
+                let mut t = lock(be.tracker);
+                loop {
+                    let frame = match server_in.peek_at(pos) {
+                        Ok(Some(f)) => f,
+                        Ok(None) => break None,
+                        Err(e) => return End::Error(SessionError::Server(e)),
+                    };
+                    let len = frame.bytes.len();
+                    match be.on_frame(&mut t, &frame) {
+                        Ok(None) => pos += len,
+                        Ok(Some(replacement)) => break Some((len, replacement)),
+                        Err(e) => return End::Error(e),
+                    }
                 }
-                if let Err(e) = sent {
-                    return End::Error(SessionError::ClientIo(e));
-                }
-                run = pos + len;
+            };
+            let Some((len, replacement)) = changed else {
+                break;
+            };
+            let mut sent = client_out.send(server_in.bytes(run..pos)).await;
+            if let (Ok(()), Some(r)) = (&sent, replacement) {
+                sent = client_out.send(&r).await;
+            }
+            if let Err(e) = sent {
+                return End::Error(SessionError::ClientIo(e));
             }
             pos += len;
+            run = pos;
         }
         let sent = client_out.send_and_flush(server_in.bytes(run..pos)).await;
         server_in.consume(pos);

@@ -20,7 +20,8 @@ pub enum Pending {
     },
     Parse,
     Bind,
-    /// Describe of a prepared statement (`stmt`) or a portal (`portal`), when known.
+    /// Describe of a prepared statement (`stmt`) or a portal (`portal`), when known and analysed
+    /// (only those descriptions are rewritten).
     Describe {
         stmt: Option<Arc<StmtCtx>>,
         portal: Option<Arc<PortalCtx>>,
@@ -29,6 +30,7 @@ pub enum Pending {
     Execute {
         started: Instant,
         stmt: Option<Arc<StmtCtx>>,
+        /// The portal, when its statement was analysed (its rows may be rewritten).
         portal: Option<Arc<PortalCtx>>,
     },
     /// Answered by ReadyForQuery; errors skip everything before it.
@@ -171,6 +173,10 @@ impl Tracker {
     /// Pops entries up to and including the first one `matches` accepts; entries before it are answers
     /// the server skipped.
     fn pop_through(&mut self, matches: impl Fn(&Pending) -> bool) -> Option<Pending> {
+        if self.queue.front().is_some_and(&matches) {
+            // The usual case: the server answered the oldest message.
+            return self.queue.pop_front();
+        }
         let idx = self.queue.iter().position(matches)?;
         for skipped in self.queue.drain(..idx) {
             if let Pending::Refusal { started, stmt } = skipped {
