@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # pgbench point reads and inserts on a customers table through pgcloak: encrypted columns (the example
 # policy: deterministic email/phone, randomized int4 salary on bytea) against the same schema with no
-# policy. Also runs pgbench -S through pgcloak with the policy loaded, for the PgBouncer ratio.
+# policy. Prints TPS and the CPU time each proxy spends per transaction (steadier than TPS on a shared
+# machine; inserts are bound by the server's commit fsync, so their TPS is noisy).
 #
 # Usage: deploy/bench/encrypted-vs-plaintext.sh [ROUNDS] [SECONDS]
 # Needs a PostgreSQL on $PGHOST:$PGPORT (default 127.0.0.1:5432) reachable as $PGUSER (default postgres)
@@ -66,18 +67,27 @@ for pair in "16441 pgcloak_bench_enc" "16442 pgcloak_bench_plain"; do
   done
 done
 
-run() { # port db script
-  pgbench -h 127.0.0.1 -p "$1" -U "$user" -n -M prepared -c "$clients" -j "$threads" -T "$secs" -f "deploy/bench/scripts/$3" "$2" 2>&1 \
-    | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -n1
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+run() { # port db script pid: prints "tps cpu_us_per_tx" (the proxy's user + system CPU per transaction)
+  local t0 t1 out
+  t0=$(ticks "$4")
+  out=$(pgbench -h 127.0.0.1 -p "$1" -U "$user" -n -M prepared -c "$clients" -j "$threads" -T "$secs" -f "deploy/bench/scripts/$3" "$2" 2>&1)
+  t1=$(ticks "$4")
+  awk -v a="$t0" -v b="$t1" -v hz="$(getconf CLK_TCK)" \
+    -v t="$(echo "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -n1)" \
+    -v n="$(echo "$out" | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p')" \
+    'BEGIN {printf "%s %.2f\n", t, (n > 0 ? (b - a) / hz * 1e6 / n : 0)}'
 }
 declare -A tps
+declare -A cpu
 for r in $(seq "$rounds"); do
   for script in enc_read.sql enc_insert.sql; do
     for side in enc plain; do
-      if [ "$side" = enc ]; then p=16441; db=pgcloak_bench_enc; else p=16442; db=pgcloak_bench_plain; fi
-      t=$(run "$p" "$db" "$script")
+      if [ "$side" = enc ]; then p=16441; db=pgcloak_bench_enc; pid=${pids[0]}; else p=16442; db=pgcloak_bench_plain; pid=${pids[1]}; fi
+      read -r t us < <(run "$p" "$db" "$script" "$pid")
       tps[$side-$script]="${tps[$side-$script]:-} $t"
-      printf 'round %d %-15s %-6s tps=%s\n' "$r" "$script" "$side" "$t"
+      cpu[$side-$script]="${cpu[$side-$script]:-} $us"
+      printf 'round %d %-15s %-6s tps=%s proxy_cpu_us_per_tx=%s\n' "$r" "$script" "$side" "$t" "$us"
     done
   done
 done
@@ -85,5 +95,7 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[i
 echo
 for script in enc_read.sql enc_insert.sql; do
   e=$(echo "${tps[enc-$script]}" | median); p=$(echo "${tps[plain-$script]}" | median)
-  awk -v e="$e" -v p="$p" -v s="$script" 'BEGIN {printf "%-15s encrypted %9.0f tps, plaintext %9.0f tps, ratio %.3f\n", s, e, p, e/p}'
+  ec=$(echo "${cpu[enc-$script]}" | median); pc=$(echo "${cpu[plain-$script]}" | median)
+  awk -v e="$e" -v p="$p" -v s="$script" -v ec="$ec" -v pc="$pc" \
+    'BEGIN {printf "%-15s encrypted %9.0f tps, plaintext %9.0f tps, ratio %.3f; proxy CPU per transaction %s vs %s us\n", s, e, p, e/p, ec, pc}'
 done

@@ -404,7 +404,10 @@ proptest! {
         let b = to_binary(ty, &c).unwrap();
         prop_assert_eq!(&canonical_from_text(ty, &t).unwrap(), &c, "text {:?}", String::from_utf8_lossy(&t));
         prop_assert_eq!(&canonical_from_binary(ty, &b).unwrap(), &c);
-        prop_assert_eq!(to_text(ty, &canonical_from_binary(ty, &b).unwrap()).unwrap(), t);
+        prop_assert_eq!(&to_text(ty, &canonical_from_binary(ty, &b).unwrap()).unwrap(), &t);
+        // The owned variants give the same bytes.
+        prop_assert_eq!(into_text(ty, c.clone()).unwrap(), t);
+        prop_assert_eq!(into_binary(ty, c.clone()).unwrap(), b);
     }
 
     /// Numeric text output matches the decimal value of the input with dscale preserved.

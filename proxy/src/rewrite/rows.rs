@@ -410,8 +410,8 @@ pub(crate) fn present(value: &[u8], col: &ColSpec, ctx: &RowCtx<'_>) -> Result<P
                 Opened::Null => Ok(Presented::Null),
                 Opened::Canonical(c, own) => {
                     let out = match col.format {
-                        Format::Text => typed::to_text(*ty, &c),
-                        Format::Binary => typed::to_binary(*ty, &c),
+                        Format::Text => typed::into_text(*ty, c),
+                        Format::Binary => typed::into_binary(*ty, c),
                     };
                     match out {
                         Ok(v) => Ok(Presented::Value(v)),

@@ -6,22 +6,47 @@
 //! rather than a hashed key, and a Parse repeating one of the last few texts reuses the analysis.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use super::context::StmtCtx;
+
+/// FNV-1a for statement and portal names: short keys looked up on every Bind, where SipHash costs
+/// more than the rest of the lookup. The names come from the session's own client, so colliding
+/// names can only slow that session down.
+#[derive(Debug, Clone, Copy)]
+pub struct NameHasher(u64);
+
+impl Default for NameHasher {
+    fn default() -> Self {
+        NameHasher(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for NameHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
 
 /// Values by protocol name (`""` = unnamed).
 #[derive(Debug)]
 pub struct NameMap<T> {
     unnamed: Option<T>,
-    named: HashMap<Vec<u8>, T>,
+    named: HashMap<Vec<u8>, T, BuildHasherDefault<NameHasher>>,
 }
 
 impl<T> Default for NameMap<T> {
     fn default() -> Self {
         NameMap {
             unnamed: None,
-            named: HashMap::new(),
+            named: HashMap::default(),
         }
     }
 }
