@@ -104,7 +104,6 @@ pub fn canonical_from_binary(ty: LogicalType, bin: &[u8]) -> Result<Vec<u8>> {
     }
 }
 
-/// PostgreSQL's text format of a canonical value.
 /// [`to_text`], reusing `canonical`'s buffer where the two forms are the same bytes.
 pub fn into_text(ty: LogicalType, canonical: Vec<u8>) -> Result<Vec<u8>> {
     match ty {
@@ -121,6 +120,7 @@ pub fn into_binary(ty: LogicalType, canonical: Vec<u8>) -> Result<Vec<u8>> {
     }
 }
 
+/// PostgreSQL's text format of a canonical value.
 pub fn to_text(ty: LogicalType, canonical: &[u8]) -> Result<Vec<u8>> {
     const C: &str = "canonical";
     match ty {
