@@ -101,11 +101,6 @@ impl KillSwitch {
         self.token.cancel();
     }
 
-    /// Completes when the switch fires.
-    pub fn cancelled(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
-        self.token.cancelled()
-    }
-
     /// Completes when the switch fires; cheap to poll again and again (the query phase polls it on
     /// every wake-up of a session). `CancellationToken` locks a mutex shared by every session on
     /// each poll, twice; this registers the task's waker with the token once and afterwards reads

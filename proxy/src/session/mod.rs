@@ -66,7 +66,7 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, id: u64, shared: Arc<Shared>)
                 return;
             }
         },
-        _ = shared.kill.cancelled() => return,
+        _ = shared.kill.killed() => return,
     };
     let (mut client, leftover, startup) = match opening {
         Opening::Cancel { process_id, secret } => {
@@ -105,7 +105,7 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, id: u64, shared: Arc<Shared>)
 
     let server = tokio::select! {
         r = upstream::connect(&shared) => r,
-        _ = shared.kill.cancelled() => Err(SessionError::Shutdown),
+        _ = shared.kill.killed() => Err(SessionError::Shutdown),
     };
     let server = match server {
         Ok(s) => s,
@@ -157,7 +157,7 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, id: u64, shared: Arc<Shared>)
             Ok(r) => r,
             Err(_) => Err(SessionError::StartupTimeout(remaining)),
         },
-        _ = shared.kill.cancelled() => Err(SessionError::Shutdown),
+        _ = shared.kill.killed() => Err(SessionError::Shutdown),
     };
     let (_registration, ready) = match auth {
         Ok(r) => r,

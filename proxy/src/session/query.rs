@@ -342,8 +342,8 @@ impl Frontend<'_> {
         for p in self.pending.drain(..) {
             t.push(p);
         }
-        // Installed once: a barrier already there is this one (publish runs again before the wait),
-        // possibly released by now; the previous one was taken when it was released.
+        // Installed by the first publish of the hold; a barrier already in the tracker is this
+        // hold's own, possibly released by now (wait_barrier takes it out once released).
         if let Some(kind) = self.holding.filter(|_| t.barrier.is_none()) {
             t.barrier = Some(Barrier {
                 kind,
@@ -360,7 +360,7 @@ impl Frontend<'_> {
         &mut self,
         server_out: &mut Outbox<SW>,
     ) -> std::io::Result<()> {
-        self.publish();
+        // The held message's entry and barrier were published before it was flushed.
         let kind = self.holding.take();
         if kind == Some(BarrierKind::Execute) {
             // The server sends nothing of an Execute before Sync or Flush, and the client's Sync is
