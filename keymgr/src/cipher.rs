@@ -295,6 +295,28 @@ impl ColumnCipher {
 
     /// Decrypts an already parsed raw envelope.
     pub fn decrypt_envelope(&self, env: &Envelope<'_>) -> Result<Vec<u8>> {
+        let vk = self.opening_key(env)?;
+        let mut buf = env.sealed().to_vec();
+        let len = self.open(vk, env.nonce(), &mut buf)?;
+        buf.truncate(len);
+        Ok(buf)
+    }
+
+    /// Decrypts a raw envelope the caller owns (just dearmoured or decoded from hex) in place: the
+    /// plaintext comes back in the same allocation, moved to its start.
+    pub fn decrypt_owned(&self, mut raw: Vec<u8>) -> Result<Vec<u8>> {
+        let env = Envelope::parse(&raw)?;
+        let vk = self.opening_key(&env)?;
+        let nonce = env.nonce();
+        let start = HEADER_LEN + NONCE_LEN;
+        let len = self.open(vk, nonce, &mut raw[start..])?;
+        raw.copy_within(start..start + len, 0);
+        raw.truncate(len);
+        Ok(raw)
+    }
+
+    /// The key version that opens `env`, after checking the envelope is this column's.
+    fn opening_key(&self, env: &Envelope<'_>) -> Result<&VersionKey> {
         if env.key_id() != self.key_id {
             return Err(KeyError::WrongColumnKey {
                 column: self.column.clone(),
@@ -308,25 +330,27 @@ impl ColumnCipher {
                 column: self.column.clone(),
                 version: env.version(),
             })?;
-        let fail = || KeyError::DecryptFailed {
-            column: self.column.clone(),
-        };
         if env.header() != vk.header {
             // Only the mode byte can differ here; the associated data would reject it anyway.
-            return Err(fail());
+            return Err(KeyError::DecryptFailed {
+                column: self.column.clone(),
+            });
         }
-        let mut buf = env.sealed().to_vec();
-        let len = vk
-            .aead
+        Ok(vk)
+    }
+
+    /// Opens ciphertext + tag in place; returns the plaintext length.
+    fn open(&self, vk: &VersionKey, nonce: [u8; NONCE_LEN], sealed: &mut [u8]) -> Result<usize> {
+        vk.aead
             .open_in_place(
-                Nonce::assume_unique_for_key(env.nonce()),
+                Nonce::assume_unique_for_key(nonce),
                 Aad::from(&vk.ad[..]),
-                &mut buf,
+                sealed,
             )
-            .map_err(|_| fail())?
-            .len();
-        buf.truncate(len);
-        Ok(buf)
+            .map(|p| p.len())
+            .map_err(|_| KeyError::DecryptFailed {
+                column: self.column.clone(),
+            })
     }
 }
 
@@ -475,6 +499,36 @@ pub(crate) mod tests {
             a.decrypt(&relabeled),
             Err(KeyError::UnknownKeyVersion { .. })
         ));
+    }
+
+    #[test]
+    fn decrypt_owned_matches_decrypt_and_rejects_the_same() {
+        let a = test_cipher(Mode::Randomized, "s.t.a", 1);
+        let b = test_cipher(Mode::Randomized, "s.t.b", 1);
+        for len in [0usize, 1, 15, 16, 17, 300] {
+            let plain: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let ct = a.encrypt(&plain).unwrap();
+            assert_eq!(a.decrypt_owned(ct.clone()).unwrap(), plain);
+            assert_eq!(a.decrypt(&ct).unwrap(), plain);
+            assert!(matches!(
+                b.decrypt_owned(ct.clone()),
+                Err(KeyError::DecryptFailed { .. })
+            ));
+            let mut flipped = ct.clone();
+            *flipped.last_mut().unwrap() ^= 1;
+            assert!(matches!(
+                a.decrypt_owned(flipped),
+                Err(KeyError::DecryptFailed { .. })
+            ));
+            let mut relabeled = ct;
+            relabeled[11] = 9;
+            assert!(matches!(
+                a.decrypt_owned(relabeled),
+                Err(KeyError::UnknownKeyVersion { .. })
+            ));
+        }
+        assert!(a.decrypt_owned(vec![0xc1, 0x0a, 1]).is_err());
+        assert!(a.decrypt_owned(Vec::new()).is_err());
     }
 
     #[test]

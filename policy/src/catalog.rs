@@ -1,6 +1,6 @@
 //! The catalog snapshot the proxy passes in: which tables exist, their ordered columns, and the search path.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Tables known to the database (the proxy fills it from `pg_catalog`; tests build it by hand).
 ///
@@ -14,6 +14,11 @@ pub struct Catalog {
     pub search_path: Vec<String>,
     /// Bumped by the proxy whenever it refreshes the snapshot; part of plan cache keys.
     pub version: u64,
+    /// Views that read a protected table, directly or through other views: schema -> names. Values
+    /// written through them would reach the table unencrypted, so the analysis refuses such writes.
+    protected_views: HashMap<String, HashSet<String>>,
+    /// The bare names of `protected_views`, for the lexer's "names a protected relation" check.
+    protected_view_names: Vec<String>,
 }
 
 impl Default for Catalog {
@@ -22,6 +27,8 @@ impl Default for Catalog {
             tables: HashMap::new(),
             search_path: vec!["public".to_string()],
             version: 0,
+            protected_views: HashMap::new(),
+            protected_view_names: Vec::new(),
         }
     }
 }
@@ -67,6 +74,31 @@ impl Catalog {
     /// Whether the table is known.
     pub fn has_table(&self, schema: &str, table: &str) -> bool {
         self.columns(schema, table).is_some()
+    }
+
+    /// Records that view `schema.name` reads a protected table (directly or through other views).
+    pub fn add_protected_view(&mut self, schema: &str, name: &str) {
+        if self
+            .protected_views
+            .entry(schema.to_string())
+            .or_default()
+            .insert(name.to_string())
+            && !self.protected_view_names.iter().any(|n| n == name)
+        {
+            self.protected_view_names.push(name.to_string());
+        }
+    }
+
+    /// Whether `schema.name` is a view that reads a protected table.
+    pub fn is_protected_view(&self, schema: &str, name: &str) -> bool {
+        self.protected_views
+            .get(schema)
+            .is_some_and(|v| v.contains(name))
+    }
+
+    /// Bare names of the views that read protected tables.
+    pub fn protected_view_names(&self) -> &[String] {
+        &self.protected_view_names
     }
 
     /// A tag of what plans depend on (version and search path), for cache keys.

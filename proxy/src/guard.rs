@@ -2,7 +2,8 @@
 //! the keyring, the audit trail, and per-database catalog snapshots and role memberships read over
 //! side connections.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -39,9 +40,15 @@ pub struct DbCatalog {
     /// `schema.table.column` -> storage type as `format_type` prints it, for every column.
     pub storage: HashMap<String, String>,
     loaded: Instant,
+    /// Set when DDL passed through pgcloak or the policy changed: reload before the next use.
+    stale: AtomicBool,
 }
 
 impl DbCatalog {
+    fn is_fresh(&self) -> bool {
+        !self.stale.load(Ordering::Acquire) && self.loaded.elapsed() < CATALOG_TTL
+    }
+
     /// `schema.table.column` of a RowDescription field, when it comes straight from a table column.
     pub fn column_name(&self, table_oid: u32, attnum: i16) -> Option<String> {
         let t = self.by_oid.get(&table_oid)?;
@@ -52,7 +59,6 @@ impl DbCatalog {
 
 struct DbState {
     client: Option<tokio_postgres::Client>,
-    catalog: Option<Arc<DbCatalog>>,
     memberships: HashMap<String, (Arc<Vec<String>>, Instant)>,
 }
 
@@ -60,13 +66,16 @@ struct DbState {
 pub struct Guard {
     config: Arc<Config>,
     policy: RwLock<Arc<Policy>>,
-    /// Bumped after each policy swap: sessions compare it (one atomic load) to know whether what
-    /// they derived from the policy still holds.
+    /// Bumped after each policy swap, and when a database's set of views that read protected tables
+    /// changes: sessions compare it (one atomic load) to know whether what they derived from the
+    /// policy and catalog (which statements need no analysis) still holds.
     policy_generation: std::sync::atomic::AtomicU64,
     pub plans: PlanCache,
     keyring: RwLock<Arc<Keyring>>,
     pub audit: Option<AuditHandle>,
     dbs: DashMap<String, Arc<AsyncMutex<DbState>>>,
+    /// The latest catalog snapshot of each database, readable without waiting for a reload.
+    catalogs: DashMap<String, Arc<DbCatalog>>,
     catalog_version: std::sync::atomic::AtomicU64,
     /// Key of the `hash` mask's pseudonyms (derived from the master key).
     mask_key: zeroize::Zeroizing<[u8; 32]>,
@@ -92,6 +101,7 @@ impl Guard {
             keyring: RwLock::new(keyring),
             audit,
             dbs: DashMap::new(),
+            catalogs: DashMap::new(),
             catalog_version: std::sync::atomic::AtomicU64::new(1),
             mask_key,
             timers,
@@ -127,16 +137,18 @@ impl Guard {
     /// Changes with every policy swap. Read it before [`Guard::policy`]: what was derived from the
     /// policy read after it is stale once the generation moves on.
     pub fn policy_generation(&self) -> u64 {
-        self.policy_generation
-            .load(std::sync::atomic::Ordering::Acquire)
+        self.policy_generation.load(Ordering::Acquire)
     }
 
     /// Installs a reloaded policy: plans and memberships are recomputed from the next statement on.
     pub fn set_policy(&self, policy: Policy) {
         *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
-        self.policy_generation
-            .fetch_add(1, std::sync::atomic::Ordering::Release);
+        self.policy_generation.fetch_add(1, Ordering::Release);
         self.plans.clear();
+        // Which views read protected tables depends on the policy.
+        for c in self.catalogs.iter() {
+            c.value().stale.store(true, Ordering::Release);
+        }
         for db in self.dbs.iter() {
             if let Ok(mut s) = db.value().try_lock() {
                 s.memberships.clear();
@@ -171,7 +183,6 @@ impl Guard {
             .or_insert_with(|| {
                 Arc::new(AsyncMutex::new(DbState {
                     client: None,
-                    catalog: None,
                     memberships: HashMap::new(),
                 }))
             })
@@ -253,21 +264,30 @@ impl Guard {
 
     /// Marks a database's catalog stale (after DDL through the proxy).
     pub fn invalidate_catalog(&self, database: &str) {
-        if let Some(db) = self.dbs.get(database) {
-            if let Ok(mut s) = db.try_lock() {
-                s.catalog = None;
-            }
+        if let Some(c) = self.catalogs.get(database) {
+            c.stale.store(true, Ordering::Release);
         }
+    }
+
+    /// The catalog snapshot of `database` if one was loaded, and whether it is still fresh; no waiting.
+    pub fn catalog_snapshot(&self, database: &str) -> Option<(Arc<DbCatalog>, bool)> {
+        self.catalogs.get(database).map(|c| {
+            let c = c.value().clone();
+            let fresh = c.is_fresh();
+            (c, fresh)
+        })
     }
 
     /// The catalog snapshot of `database`, reloaded after [`CATALOG_TTL`] or DDL.
     pub async fn catalog(&self, database: &str) -> Result<Arc<DbCatalog>, String> {
+        if let Some((c, true)) = self.catalog_snapshot(database) {
+            return Ok(c);
+        }
         let db = self.db(database);
         let mut state = db.lock().await;
-        if let Some(c) = &state.catalog {
-            if c.loaded.elapsed() < CATALOG_TTL {
-                return Ok(c.clone());
-            }
+        // Another session may have reloaded it while this one waited for the lock.
+        if let Some((c, true)) = self.catalog_snapshot(database) {
+            return Ok(c);
         }
         let version = self
             .catalog_version
@@ -296,8 +316,39 @@ impl Guard {
                 ));
             }
         };
+        // Which views read which relations (one row per view and relation it names).
+        let edges = client
+            .query(
+                "SELECT DISTINCT vn.nspname::text, v.relname::text, tn.nspname::text, t.relname::text \
+                 FROM pg_depend d \
+                 JOIN pg_rewrite r ON r.oid = d.objid \
+                 JOIN pg_class v ON v.oid = r.ev_class AND v.relkind = 'v' \
+                 JOIN pg_namespace vn ON vn.oid = v.relnamespace \
+                 JOIN pg_class t ON t.oid = d.refobjid AND t.oid <> v.oid \
+                 JOIN pg_namespace tn ON tn.oid = t.relnamespace \
+                 WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass",
+                &[],
+            )
+            .await;
+        let edges = match edges {
+            Ok(r) => r,
+            Err(e) => {
+                state.client = None;
+                return Err(format!(
+                    "cannot read the views of database {database}: {}",
+                    crate::catalog::describe(&e)
+                ));
+            }
+        };
         let mut catalog = Catalog::new();
         catalog.version = version;
+        let edges: Vec<[String; 4]> = edges
+            .iter()
+            .map(|r| [r.get(0), r.get(1), r.get(2), r.get(3)])
+            .collect();
+        for (schema, name) in protected_views(&self.policy(), &edges) {
+            catalog.add_protected_view(&schema, &name);
+        }
         let mut by_oid = HashMap::new();
         let mut storage = HashMap::new();
         for r in &rows {
@@ -325,9 +376,37 @@ impl Guard {
             by_oid,
             storage,
             loaded: Instant::now(),
+            stale: AtomicBool::new(false),
         });
-        state.catalog = Some(snapshot.clone());
+        let before = self.catalogs.insert(database.to_string(), snapshot.clone());
+        let views = snapshot.catalog.protected_view_names();
+        if before.is_none_or(|b| b.catalog.protected_view_names() != views) {
+            if !views.is_empty() {
+                info!(database, views = ?views, "views that read protected tables");
+            }
+            // Sessions may remember statements naming such a view as needing no analysis.
+            self.policy_generation.fetch_add(1, Ordering::Release);
+        }
         Ok(snapshot)
+    }
+}
+
+/// The views (schema, name) that read a table of the policy, directly or through other views, from
+/// the catalog's `[view schema, view name, relation schema, relation name]` dependency rows.
+fn protected_views(policy: &Policy, edges: &[[String; 4]]) -> HashSet<(String, String)> {
+    let mut found: HashSet<(String, String)> = HashSet::new();
+    loop {
+        let before = found.len();
+        for [vs, vn, ts, tn] in edges {
+            if (policy.has_table(ts, tn) || found.contains(&(ts.clone(), tn.clone())))
+                && !found.contains(&(vs.clone(), vn.clone()))
+            {
+                found.insert((vs.clone(), vn.clone()));
+            }
+        }
+        if found.len() == before {
+            return found;
+        }
     }
 }
 
@@ -416,5 +495,39 @@ pub async fn watch_reloads(
                 Err(e) => warn!("keyring reload failed: {e}"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn edge(v: &str, t: &str) -> [String; 4] {
+        let (vs, vn) = v.split_once('.').unwrap();
+        let (ts, tn) = t.split_once('.').unwrap();
+        [vs.into(), vn.into(), ts.into(), tn.into()]
+    }
+
+    #[test]
+    fn protected_views_follow_views_of_views() {
+        let policy = Policy::parse(
+            "[[column]]\nname = \"public.customers.email\"\nclass = \"confidential\"\nencrypt = \"deterministic\"\n",
+            "p.toml",
+        )
+        .unwrap();
+        // Listed top-down, so one pass is not enough.
+        let edges = [
+            edge("r.top", "public.mid"),
+            edge("public.mid", "public.base"),
+            edge("public.mid", "public.orders"),
+            edge("public.base", "public.customers"),
+            edge("public.orders_view", "public.orders"),
+            edge("other.customers", "public.orders"),
+        ];
+        let found = protected_views(&policy, &edges);
+        let mut names: Vec<String> = found.iter().map(|(s, n)| format!("{s}.{n}")).collect();
+        names.sort();
+        assert_eq!(names, ["public.base", "public.mid", "r.top"]);
+        assert!(protected_views(&policy, &[]).is_empty());
     }
 }

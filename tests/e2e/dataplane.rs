@@ -642,6 +642,57 @@ async fn sql_tricks_never_return_plaintext_of_a_denied_column() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_a_view_of_a_protected_table_are_refused() {
+    let e = env("dp_viewwrite");
+    // One view made on the server before pgcloak reads the catalog...
+    e.direct(
+        "CREATE VIEW customer_view AS SELECT id, email, notes FROM customers; \
+         GRANT ALL ON customer_view TO PUBLIC; GRANT CREATE ON SCHEMA public TO PUBLIC",
+    );
+    let app = connect(&e.url("app_user")).await;
+    app.batch_execute("INSERT INTO customers VALUES (1, 'ann@example.com', '+1 555 0100', '111-22-3333', 5000, 'vip')").await.unwrap();
+    // ...and one made through pgcloak on top of it: known from the next statement on.
+    app.batch_execute("CREATE VIEW contact_view AS SELECT id, email FROM customer_view")
+        .await
+        .unwrap();
+    for sql in [
+        "INSERT INTO customer_view (id, email) VALUES (2, 'leak@example.com')",
+        "UPDATE customer_view SET email = 'leak@example.com' WHERE id = 1",
+        "INSERT INTO contact_view VALUES (3, 'leak@example.com')",
+    ] {
+        let simple = app.simple_query(sql).await.unwrap_err();
+        let extended = app.execute(sql, &[]).await.unwrap_err();
+        for err in [simple, extended] {
+            assert_eq!(
+                err.code().map(|c| c.code()),
+                Some("42501"),
+                "{sql}: {}",
+                error_text(&err)
+            );
+            assert!(
+                error_text(&err).contains("write to the table itself"),
+                "{sql}: {}",
+                error_text(&err)
+            );
+        }
+    }
+    // The session stays usable; reads and deletes through the views still work.
+    assert_eq!(
+        app.query("SELECT id FROM contact_view", &[])
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    app.batch_execute("DELETE FROM customer_view WHERE id = 99")
+        .await
+        .unwrap();
+    // Nothing reached the table, and what is there is ciphertext.
+    assert_eq!(e.direct("SELECT count(*) FROM customers"), "1");
+    assert_ciphertext_at_rest(&e, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ciphertext_copied_into_another_column_does_not_decrypt() {
     let e = env("dp_copycol");
     let app = connect(&e.url("app_user")).await;

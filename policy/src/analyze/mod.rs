@@ -471,10 +471,11 @@ fn analyze_one(
         );
         return (plan, false);
     };
-    let protected_names = policy.protected_table_names();
     let idents = || lexed.identifiers.slice(span.identifiers.clone());
-    let named: Vec<&String> = protected_names
+    let named: Vec<&String> = policy
+        .protected_table_names()
         .iter()
+        .chain(catalog.protected_view_names())
         .filter(|t| idents().any(|id| id == t.as_str()))
         .collect();
     let names_protected = !named.is_empty();

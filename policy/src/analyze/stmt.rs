@@ -53,6 +53,9 @@ impl Analyzer<'_> {
                 let Some(target) = target else {
                     return Err(Fail::Unsupported("UPDATE without a table".into()));
                 };
+                if let Some((s, t)) = &target.table {
+                    self.refuse_write_through_view(s, t)?;
+                }
                 for a in assignments {
                     self.assignment(&a.target, &a.value, &target, &sc)?;
                 }
@@ -498,9 +501,13 @@ impl Analyzer<'_> {
         self.returning(ins.returning.as_deref(), &sc, plan)
     }
 
+    /// The relation INSERT or COPY names (never a view that reads a protected table).
     fn insert_rel(&mut self, name: &ObjectName) -> R<Rel> {
         match self.resolve_table(name)? {
-            TableRes::Base(s, t) => Ok(self.base_rel(&s, &t, t.clone())),
+            TableRes::Base(s, t) => {
+                self.refuse_write_through_view(&s, &t)?;
+                Ok(self.base_rel(&s, &t, t.clone()))
+            }
             TableRes::Unknown(t) => Ok(Rel {
                 alias: t,
                 table: None,
@@ -509,6 +516,17 @@ impl Analyzer<'_> {
             }),
             TableRes::Cte(..) => Err(Fail::Unsupported("INSERT into a CTE name".into())),
         }
+    }
+
+    /// Refuses a write into a view that reads a protected table: the server would store the values in
+    /// the table behind it without pgcloak seeing which column they reach, so never encrypted.
+    fn refuse_write_through_view(&self, schema: &str, table: &str) -> R<()> {
+        if self.catalog.is_protected_view(schema, table) {
+            return Err(Fail::Deny(format!(
+                "pgcloak: view {schema}.{table} reads a protected table; write to the table itself so pgcloak can encrypt the values"
+            )));
+        }
+        Ok(())
     }
 
     /// `SET target = value` of UPDATE / ON CONFLICT DO UPDATE.

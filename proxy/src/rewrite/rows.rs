@@ -358,13 +358,13 @@ fn open(
             (Format::Text, _) => None,
         }
     };
-    let env = match raw.as_deref() {
+    let key_id = match raw.as_deref() {
         Some(r) if r.starts_with(&envelope::MAGIC) => {
-            Some(Envelope::parse(r).map_err(|_| damaged())?)
+            Some(Envelope::parse(r).map_err(|_| damaged())?.key_id())
         }
         _ => None,
     };
-    let Some(env) = env else {
+    let (Some(key_id), Some(raw)) = (key_id, raw) else {
         // Not an envelope: legacy plaintext (text storage only), shown if it is a value of the type.
         if storage == Some(Storage::Text) {
             return Ok(match typed::canonical_from_text(ty, value) {
@@ -374,14 +374,19 @@ fn open(
         }
         return Ok(Opened::Null);
     };
-    let Some(cipher) = ctx.keyring.cipher_for_key_id(env.key_id()) else {
+    let Some(cipher) = ctx.keyring.cipher_for_key_id(key_id) else {
         return Ok(Opened::Null);
     };
     let own = cipher.column() == expected;
     if !own && !(ctx.may_read_plaintext)(cipher.column()) {
         return Ok(Opened::Null);
     }
-    match cipher.decrypt_envelope(&env) {
+    // A value just dearmoured or decoded from hex is decrypted in its own buffer.
+    let opened = match raw {
+        Cow::Owned(r) => cipher.decrypt_owned(r),
+        Cow::Borrowed(r) => Envelope::parse(r).and_then(|env| cipher.decrypt_envelope(&env)),
+    };
+    match opened {
         Ok(p) => Ok(Opened::Canonical(p, own)),
         Err(KeyError::UnknownKeyVersion { version, .. }) => Err(RewriteError::StaleKeyring {
             column: cipher.column().to_string(),
@@ -463,8 +468,10 @@ pub(crate) fn present(value: &[u8], col: &ColSpec, ctx: &RowCtx<'_>) -> Result<P
 }
 
 /// Rewrites a DataRow body (after tag and length) per the shape's actions. Returns the whole new frame,
-/// or `None` when nothing changed (forward the original bytes). The row is parsed once and written
-/// once, so a row of hundreds of megabytes costs linear time and about its own size in memory.
+/// or `None` when nothing changed (forward the original bytes). The row is parsed and written in one
+/// pass: the new frame starts at the first value that changes (everything before it is copied as it
+/// is), so a row of hundreds of megabytes costs linear time and about its own size in memory, and a
+/// row whose protected values are all NULL allocates nothing.
 pub fn rewrite_data_row(body: &[u8], shape: &RowShape, ctx: &RowCtx<'_>) -> Result<Option<Bytes>> {
     if shape.is_passthrough() {
         return Ok(None);
@@ -479,9 +486,13 @@ pub fn rewrite_data_row(body: &[u8], shape: &RowShape, ctx: &RowCtx<'_>) -> Resu
     if n != shape.cols.len() {
         return Err(c.err("its number of columns differs from its RowDescription"));
     }
-    // (start, len) per column; len < 0 is NULL.
-    let mut spans: Vec<(usize, i32)> = Vec::with_capacity(n);
-    for _ in 0..n {
+    let too_large = || RewriteError::MalformedServerMessage {
+        what: "DataRow",
+        detail: "the decrypted row exceeds the protocol's 2 GiB message limit",
+    };
+    let mut out: Option<Vec<u8>> = None;
+    for col in &shape.cols {
+        let field = c.i;
         let len = c.i32()?;
         let start = c.i;
         if len >= 0 {
@@ -489,58 +500,42 @@ pub fn rewrite_data_row(body: &[u8], shape: &RowShape, ctx: &RowCtx<'_>) -> Resu
         } else if len != -1 {
             return Err(c.err("a value length is negative"));
         }
-        spans.push((start, len));
+        let r = if len < 0 || col.action == ColumnAction::PassThrough {
+            Presented::Same
+        } else {
+            present(&body[start..c.i], col, ctx)?
+        };
+        if matches!(r, Presented::Same) {
+            if let Some(o) = &mut out {
+                o.extend_from_slice(&body[field..c.i]);
+            }
+            continue;
+        }
+        let o = out.get_or_insert_with(|| {
+            // Decrypted values are shorter than their envelopes: the row rarely grows.
+            let mut o = Vec::with_capacity(body.len() + 5);
+            o.push(b'D');
+            o.extend_from_slice(&[0; 4]);
+            o.extend_from_slice(&body[..field]);
+            o
+        });
+        match r {
+            Presented::Value(v) => {
+                let vlen = i32::try_from(v.len()).map_err(|_| too_large())?;
+                o.extend_from_slice(&vlen.to_be_bytes());
+                o.extend_from_slice(&v);
+            }
+            Presented::Same | Presented::Null => o.extend_from_slice(&(-1i32).to_be_bytes()),
+        }
     }
     if c.i != body.len() {
         return Err(c.err("it has bytes after its last column"));
     }
-    let mut results: Vec<Presented> = Vec::with_capacity(n);
-    let mut changed = false;
-    for (col, &(start, len)) in shape.cols.iter().zip(&spans) {
-        let r = if len < 0 || col.action == ColumnAction::PassThrough {
-            Presented::Same
-        } else {
-            present(&body[start..start + len as usize], col, ctx)?
-        };
-        changed |= r != Presented::Same;
-        results.push(r);
-    }
-    if !changed {
+    let Some(mut out) = out else {
         return Ok(None);
-    }
-    let size = 2 + spans
-        .iter()
-        .zip(&results)
-        .map(|(&(_, len), r)| {
-            4 + match r {
-                Presented::Same => len.max(0) as usize,
-                Presented::Null => 0,
-                Presented::Value(v) => v.len(),
-            }
-        })
-        .sum::<usize>();
-    let total = i32::try_from(size + 4).map_err(|_| RewriteError::MalformedServerMessage {
-        what: "DataRow",
-        detail: "the decrypted row exceeds the protocol's 2 GiB message limit",
-    })?;
-    let mut out = Vec::with_capacity(size + 5);
-    out.push(b'D');
-    out.extend_from_slice(&total.to_be_bytes());
-    out.extend_from_slice(&(n as i16).to_be_bytes());
-    for (&(start, len), r) in spans.iter().zip(&results) {
-        match r {
-            Presented::Same if len >= 0 => {
-                out.extend_from_slice(&len.to_be_bytes());
-                out.extend_from_slice(&body[start..start + len as usize]);
-            }
-            Presented::Same | Presented::Null => out.extend_from_slice(&(-1i32).to_be_bytes()),
-            Presented::Value(v) => {
-                // Fits: the total size was checked above.
-                out.extend_from_slice(&(v.len() as i32).to_be_bytes());
-                out.extend_from_slice(v);
-            }
-        }
-    }
+    };
+    let total = i32::try_from(out.len() - 1).map_err(|_| too_large())?;
+    out[1..5].copy_from_slice(&total.to_be_bytes());
     Ok(Some(Bytes::from(out)))
 }
 

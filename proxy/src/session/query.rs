@@ -134,12 +134,15 @@ impl Frontend<'_> {
     ) -> Result<(Lexed, Option<Arc<Plan>>, Option<Arc<DataCtx>>), Refusal> {
         let guard = &self.shared.guard;
         let lexed = lex(sql);
-        if policy.protected_table_names().is_empty()
-            || !names_any(&lexed, policy.protected_table_names())
-        {
+        if policy.protected_table_names().is_empty() {
             return Ok((lexed, None, None));
         }
         let db = &self.info.database;
+        if !names_any(&lexed, policy.protected_table_names())
+            && !self.names_protected_view(&lexed).await
+        {
+            return Ok((lexed, None, None));
+        }
         let fail = |what: String| Refusal {
             sqlstate: "42501",
             message: format!(
@@ -157,6 +160,24 @@ impl Frontend<'_> {
             catalog,
         });
         Ok((lexed, Some(plan), Some(data)))
+    }
+
+    /// Whether `lexed` names a view that reads a protected table (writes through one are refused).
+    /// The catalog snapshot is reloaded when stale; if that fails, the last one known is used.
+    async fn names_protected_view(&self, lexed: &Lexed) -> bool {
+        let guard = &self.shared.guard;
+        let db = &self.info.database;
+        let snapshot = match guard.catalog_snapshot(db) {
+            Some((c, true)) => Some(c),
+            last => match guard.catalog(db).await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    warn!("{e}; using the last known views of {db}");
+                    last.map(|(c, _)| c)
+                }
+            },
+        };
+        snapshot.is_some_and(|c| names_any(lexed, c.catalog.protected_view_names()))
     }
 
     /// One context per statement of the string.
