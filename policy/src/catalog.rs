@@ -1,6 +1,6 @@
 //! The catalog snapshot the proxy passes in: which tables exist, their ordered columns, and the search path.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 /// Tables known to the database (the proxy fills it from `pg_catalog`; tests build it by hand).
 ///
@@ -14,9 +14,11 @@ pub struct Catalog {
     pub search_path: Vec<String>,
     /// Bumped by the proxy whenever it refreshes the snapshot; part of plan cache keys.
     pub version: u64,
-    /// Views that read a protected table, directly or through other views: schema -> names. Values
-    /// written through them would reach the table unencrypted, so the analysis refuses such writes.
-    protected_views: HashMap<String, HashSet<String>>,
+    /// Views that read a protected table, directly or through other views: schema -> name -> the
+    /// view's query (as `pg_get_viewdef` prints it with every user relation schema-qualified), when
+    /// known. Reads through them are analysed as that query; writes are refused (the values would
+    /// reach the table unencrypted).
+    protected_views: HashMap<String, HashMap<String, Option<String>>>,
     /// The bare names of `protected_views`, for the lexer's "names a protected relation" check.
     protected_view_names: Vec<String>,
 }
@@ -76,15 +78,15 @@ impl Catalog {
         self.columns(schema, table).is_some()
     }
 
-    /// Records that view `schema.name` reads a protected table (directly or through other views).
-    pub fn add_protected_view(&mut self, schema: &str, name: &str) {
-        if self
-            .protected_views
+    /// Records that view `schema.name` reads a protected table (directly or through other views),
+    /// with its query when known (a view without one is still refused as a write target, and its
+    /// columns are read as they are stored).
+    pub fn add_protected_view(&mut self, schema: &str, name: &str, definition: Option<&str>) {
+        self.protected_views
             .entry(schema.to_string())
             .or_default()
-            .insert(name.to_string())
-            && !self.protected_view_names.iter().any(|n| n == name)
-        {
+            .insert(name.to_string(), definition.map(str::to_string));
+        if !self.protected_view_names.iter().any(|n| n == name) {
             self.protected_view_names.push(name.to_string());
         }
     }
@@ -93,7 +95,12 @@ impl Catalog {
     pub fn is_protected_view(&self, schema: &str, name: &str) -> bool {
         self.protected_views
             .get(schema)
-            .is_some_and(|v| v.contains(name))
+            .is_some_and(|v| v.contains_key(name))
+    }
+
+    /// The query of protected view `schema.name`, when known.
+    pub fn view_definition(&self, schema: &str, name: &str) -> Option<&str> {
+        self.protected_views.get(schema)?.get(name)?.as_deref()
     }
 
     /// Bare names of the views that read protected tables.

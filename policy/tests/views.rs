@@ -1,5 +1,6 @@
-//! Views that read protected tables: the catalog marks them, statements naming them are analysed, and
-//! writes through them are refused (the server would store the values unencrypted).
+//! Views that read protected tables: the catalog marks them, statements naming them are analysed (as
+//! the view's query when the catalog has it), and writes through them are refused (the server would
+//! store the values unencrypted).
 
 mod common;
 
@@ -11,14 +12,21 @@ fn with_views() -> Catalog {
         .with_table("public", "customer_view", ["id", "email"])
         .with_table("reports", "contacts", ["id", "phone"])
         .with_table("public", "order_view", ["id", "total"]);
-    c.add_protected_view("public", "customer_view");
-    c.add_protected_view("reports", "contacts");
+    c.add_protected_view("public", "customer_view", None);
+    c.add_protected_view("reports", "contacts", None);
     c
 }
 
 fn plan(c: &Catalog, sql: &str) -> String {
+    plan_as(c, "app", sql)
+}
+
+fn plan_as(c: &Catalog, role: &str, sql: &str) -> String {
     let p = policy();
-    let role = p.role_named("app").expect("role exists");
+    let role = match role {
+        "default" => p.default_role(),
+        other => p.role_named(other).expect("role exists"),
+    };
     let l = lex(sql);
     let plan = analyze(sql, &l, c, &p, role);
     plan.statements
@@ -38,8 +46,8 @@ fn catalog_records_protected_views() {
     assert_eq!(c.protected_view_names(), ["customer_view", "contacts"]);
     // Adding one twice keeps one name.
     let mut c = c;
-    c.add_protected_view("public", "customer_view");
-    c.add_protected_view("public", "contacts");
+    c.add_protected_view("public", "customer_view", None);
+    c.add_protected_view("public", "contacts", None);
     assert_eq!(c.protected_view_names(), ["customer_view", "contacts"]);
     assert!(c.is_protected_view("public", "contacts"));
 }
@@ -89,4 +97,95 @@ fn reads_deletes_and_other_views_pass() {
     let l = lex(sql);
     let plan = analyze(sql, &l, &bare, &p, p.role_named("app").unwrap());
     assert!(matches!(plan.statements[0].decision, Decision::Allow));
+}
+
+/// Views with their queries as `pg_get_viewdef` prints them under `search_path = pg_catalog`.
+fn with_definitions() -> Catalog {
+    let mut c = catalog()
+        .with_table("public", "customer_view", ["id", "email", "note"])
+        .with_table("public", "contact_view", ["id", "mail"])
+        .with_table("public", "filtered", ["id", "email"])
+        .with_table("public", "odd", ["x"]);
+    c.add_protected_view(
+        "public",
+        "customer_view",
+        Some(" SELECT customers.id,\n    customers.email,\n    customers.notes AS note\n   FROM public.customers;"),
+    );
+    c.add_protected_view(
+        "public",
+        "contact_view",
+        Some(" SELECT customer_view.id,\n    customer_view.email AS mail\n   FROM public.customer_view\n  WHERE (customer_view.id > 0);"),
+    );
+    c.add_protected_view(
+        "public",
+        "filtered",
+        Some(" SELECT customers.id,\n    customers.email\n   FROM public.customers\n  WHERE (customers.email = 'x'::text);"),
+    );
+    c.add_protected_view("public", "odd", Some("DELETE FROM public.customers"));
+    c
+}
+
+#[test]
+fn reads_through_views_follow_the_policy_of_the_columns_behind_them() {
+    let c = with_definitions();
+    assert_eq!(
+        plan(&c, "SELECT * FROM customer_view"),
+        "allow out=P,D:email,P"
+    );
+    assert_eq!(
+        plan(&c, "SELECT v.email, v.note FROM public.customer_view v"),
+        "allow out=D:email,P"
+    );
+    // Views of views.
+    assert_eq!(
+        plan(&c, "SELECT mail FROM contact_view"),
+        "allow out=D:email"
+    );
+    // A literal of the statement compared with a view column is encrypted for the column behind it.
+    assert_eq!(
+        plan(
+            &c,
+            "SELECT id FROM customer_view WHERE email = 'ann@example.com'"
+        ),
+        "allow enc=#0:email"
+    );
+    assert_eq!(
+        plan(&c, "SELECT mail FROM contact_view WHERE mail = $1"),
+        "allow enc=$1:email out=D:email"
+    );
+    // The role's access applies as for the table itself.
+    assert_eq!(
+        plan_as(&c, "support", "SELECT email FROM customer_view"),
+        "allow out=M:email max=50"
+    );
+    let denied = plan_as(&c, "default", "SELECT mail FROM contact_view");
+    assert!(denied.starts_with("deny: "), "{denied}");
+    assert_eq!(
+        plan_as(&c, "default", "SELECT id, note FROM customer_view"),
+        "allow"
+    );
+    // A CTE of the statement does not replace the table inside the view.
+    assert_eq!(
+        plan(
+            &c,
+            "WITH customers AS (SELECT 1 AS id, 'x' AS email) SELECT email FROM customer_view"
+        ),
+        "allow out=D:email"
+    );
+}
+
+#[test]
+fn views_that_cannot_be_read_are_refused() {
+    let c = with_definitions();
+    // The view compares an encrypted column with its own literal, which pgcloak cannot rewrite.
+    let s = plan(&c, "SELECT * FROM filtered");
+    assert!(s.starts_with("deny: "), "{s}");
+    let s = plan(&c, "SELECT * FROM odd");
+    assert!(
+        s.starts_with("deny: ") && s.contains("is not a single query"),
+        "{s}"
+    );
+    // Writes stay refused when the view's query is known.
+    let s = plan(&c, "UPDATE customer_view SET note = 'x'");
+    assert!(s.contains("write to the table itself"), "{s}");
 }

@@ -346,8 +346,20 @@ impl Guard {
             .iter()
             .map(|r| [r.get(0), r.get(1), r.get(2), r.get(3)])
             .collect();
-        for (schema, name) in protected_views(&self.policy(), &edges) {
-            catalog.add_protected_view(&schema, &name);
+        let views = protected_views(&self.policy(), &edges);
+        let definitions = match view_definitions(client, &views).await {
+            Ok(d) => d,
+            Err(e) => {
+                state.client = None;
+                return Err(format!(
+                    "cannot read the view definitions of database {database}: {}",
+                    crate::catalog::describe(&e)
+                ));
+            }
+        };
+        for (schema, name) in &views {
+            let def = definitions.get(&(schema.clone(), name.clone()));
+            catalog.add_protected_view(schema, name, def.map(String::as_str));
         }
         let mut by_oid = HashMap::new();
         let mut storage = HashMap::new();
@@ -408,6 +420,39 @@ fn protected_views(policy: &Policy, edges: &[[String; 4]]) -> HashSet<(String, S
             return found;
         }
     }
+}
+
+/// The queries of `views` as `pg_get_viewdef` prints them with `search_path = pg_catalog`, so that
+/// every user relation in them is schema-qualified (the analysis then resolves them whatever the
+/// session's search path, and no CTE of a statement can stand in for them).
+async fn view_definitions(
+    client: &tokio_postgres::Client,
+    views: &HashSet<(String, String)>,
+) -> Result<HashMap<(String, String), String>, tokio_postgres::Error> {
+    if views.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let (schemas, names): (Vec<&str>, Vec<&str>) =
+        views.iter().map(|(s, n)| (s.as_str(), n.as_str())).unzip();
+    client
+        .batch_execute("BEGIN READ ONLY; SET LOCAL search_path = pg_catalog")
+        .await?;
+    let rows = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text, pg_get_viewdef(c.oid) \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind = 'v' \
+               AND (n.nspname::text, c.relname::text) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+            &[&schemas, &names],
+        )
+        .await;
+    let end = client.batch_execute("COMMIT").await;
+    let rows = rows?;
+    end?;
+    Ok(rows
+        .iter()
+        .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+        .collect())
 }
 
 /// Loads and parses the configured policy; no policy file means an empty policy (nothing protected).

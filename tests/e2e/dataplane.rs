@@ -642,7 +642,7 @@ async fn sql_tricks_never_return_plaintext_of_a_denied_column() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writes_through_a_view_of_a_protected_table_are_refused() {
+async fn views_of_protected_tables_read_by_policy_and_refuse_writes() {
     let e = env("dp_viewwrite");
     // One view made on the server before pgcloak reads the catalog...
     e.direct(
@@ -652,9 +652,12 @@ async fn writes_through_a_view_of_a_protected_table_are_refused() {
     let app = connect(&e.url("app_user")).await;
     app.batch_execute("INSERT INTO customers VALUES (1, 'ann@example.com', '+1 555 0100', '111-22-3333', 5000, 'vip')").await.unwrap();
     // ...and one made through pgcloak on top of it: known from the next statement on.
-    app.batch_execute("CREATE VIEW contact_view AS SELECT id, email FROM customer_view")
-        .await
-        .unwrap();
+    app.batch_execute(
+        "CREATE VIEW contact_view AS SELECT id, email FROM customer_view; \
+         GRANT ALL ON contact_view TO PUBLIC",
+    )
+    .await
+    .unwrap();
     for sql in [
         "INSERT INTO customer_view (id, email) VALUES (2, 'leak@example.com')",
         "UPDATE customer_view SET email = 'leak@example.com' WHERE id = 1",
@@ -676,14 +679,46 @@ async fn writes_through_a_view_of_a_protected_table_are_refused() {
             );
         }
     }
-    // The session stays usable; reads and deletes through the views still work.
-    assert_eq!(
-        app.query("SELECT id FROM contact_view", &[])
+    // The session stays usable; reads through the views follow the policy of the columns behind
+    // them (simple and extended protocol, lookups on the deterministic column included).
+    let r = rows(
+        &app.simple_query("SELECT * FROM contact_view WHERE email = 'ann@example.com'")
             .await
-            .unwrap()
-            .len(),
-        1
+            .unwrap(),
     );
+    assert_eq!(
+        r,
+        vec![vec![Some("1".into()), Some("ann@example.com".into())]]
+    );
+    let r = app
+        .query(
+            "SELECT v.email, v.notes FROM customer_view v WHERE v.email = $1",
+            &[&"ann@example.com"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].get::<_, String>(0), "ann@example.com");
+    assert_eq!(r[0].get::<_, String>(1), "vip");
+    let support = connect(&e.url("support_user")).await;
+    let masked = rows(
+        &support
+            .simple_query("SELECT email FROM contact_view")
+            .await
+            .unwrap(),
+    );
+    let m = masked[0][0].clone().unwrap_or_default();
+    assert!(
+        !m.contains("ann@") && !m.starts_with("pgc1:") && m.contains("example.com"),
+        "masked through a view: {m}"
+    );
+    // The default role is refused the confidential column, as on the table.
+    let plain = connect(&e.url("plain_user")).await;
+    let err = plain
+        .simple_query("SELECT email FROM customer_view")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("42501"));
     app.batch_execute("DELETE FROM customer_view WHERE id = 99")
         .await
         .unwrap();

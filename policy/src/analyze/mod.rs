@@ -38,7 +38,7 @@ use crate::plan::{
 };
 
 /// sqlparser's recursion limit (nesting of sub-expressions and subqueries).
-const PARSER_RECURSION_LIMIT: usize = 48;
+pub(crate) const PARSER_RECURSION_LIMIT: usize = 48;
 /// Nesting limit of our own walk; deeper statements are refused if they name protected tables.
 const MAX_DEPTH: usize = 96;
 /// Statements larger than this are not parsed (fail closed if they name a protected table).

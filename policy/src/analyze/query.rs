@@ -348,7 +348,10 @@ impl Analyzer<'_> {
                     protected: Vec::new(),
                 }
             }
-            TableRes::Base(s, t) => self.base_rel(&s, &t, t.clone()),
+            TableRes::Base(s, t) => match self.catalog.view_definition(&s, &t) {
+                Some(def) => self.view_rel(&s, &t, def)?,
+                None => self.base_rel(&s, &t, t.clone()),
+            },
             TableRes::Unknown(t) => Rel {
                 alias: t,
                 table: None,
@@ -369,6 +372,56 @@ impl Analyzer<'_> {
             self.apply_alias(&mut rel, a)?;
         }
         Ok(rel)
+    }
+
+    /// A view that reads a protected table, read as its query: each of its columns carries the
+    /// lineage of the expression behind it, so the role's policy applies as if the query were
+    /// written out. The query is analysed on its own: no CTE of the statement is visible in it (its
+    /// user relations are schema-qualified anyway), and its literals are not the statement's (they
+    /// cannot be rewritten, so a comparison of an encrypted column with one is refused).
+    fn view_rel(&mut self, schema: &str, name: &str, definition: &str) -> R<Rel> {
+        let unreadable = |why: &str| {
+            Fail::Unsupported(format!(
+                "view {schema}.{name} reads a protected table and its query {why}"
+            ))
+        };
+        let dialect = sqlparser::dialect::PostgreSqlDialect {};
+        let parsed = sqlparser::parser::Parser::new(&dialect)
+            .with_recursion_limit(super::PARSER_RECURSION_LIMIT)
+            .try_with_sql(definition)
+            .and_then(|mut p| p.parse_statements())
+            .map_err(|_| unreadable("could not be parsed"))?;
+        let query = match parsed.as_slice() {
+            [sqlparser::ast::Statement::Query(q)] => q,
+            _ => return Err(unreadable("is not a single query")),
+        };
+        self.enter()?;
+        let lits = std::mem::take(&mut self.lits);
+        let lit_text = std::mem::take(&mut self.lit_text);
+        let ctes = std::mem::take(&mut self.ctes);
+        let outs = self.query(query, None);
+        self.lits = lits;
+        self.lit_text = lit_text;
+        self.ctes = ctes;
+        self.leave();
+        let outs = outs?;
+        if outs.iter().any(|o| o.unknown_width) {
+            return Err(unreadable("has `*` of a table pgcloak does not know"));
+        }
+        Ok(Rel {
+            alias: name.to_string(),
+            // Kept so that writes naming the view are still recognised (and refused).
+            table: Some((schema.to_string(), name.to_string())),
+            cols: Some(
+                outs.into_iter()
+                    .map(|o| RelCol {
+                        name: o.name,
+                        lin: o.lin,
+                    })
+                    .collect(),
+            ),
+            protected: Vec::new(),
+        })
     }
 
     fn apply_alias(&mut self, rel: &mut Rel, a: &TableAlias) -> R<()> {
