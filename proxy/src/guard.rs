@@ -322,7 +322,7 @@ impl Guard {
                 "SELECT DISTINCT vn.nspname::text, v.relname::text, tn.nspname::text, t.relname::text \
                  FROM pg_depend d \
                  JOIN pg_rewrite r ON r.oid = d.objid \
-                 JOIN pg_class v ON v.oid = r.ev_class AND v.relkind = 'v' \
+                 JOIN pg_class v ON v.oid = r.ev_class AND v.relkind IN ('v', 'm') \
                  JOIN pg_namespace vn ON vn.oid = v.relnamespace \
                  JOIN pg_class t ON t.oid = d.refobjid AND t.oid <> v.oid \
                  JOIN pg_namespace tn ON tn.oid = t.relnamespace \
@@ -441,7 +441,7 @@ async fn view_definitions(
         .query(
             "SELECT n.nspname::text, c.relname::text, pg_get_viewdef(c.oid) \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind = 'v' \
+             WHERE c.relkind IN ('v', 'm') \
                AND (n.nspname::text, c.relname::text) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
             &[&schemas, &names],
         )

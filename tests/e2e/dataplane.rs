@@ -722,6 +722,23 @@ async fn views_of_protected_tables_read_by_policy_and_refuse_writes() {
     app.batch_execute("DELETE FROM customer_view WHERE id = 99")
         .await
         .unwrap();
+    // A materialized view holds copies of the ciphertext; read through pgcloak they decrypt for the
+    // column they were copied from.
+    app.batch_execute(
+        "CREATE MATERIALIZED VIEW customer_mv AS SELECT id, email FROM customers; \
+         REFRESH MATERIALIZED VIEW customer_mv",
+    )
+    .await
+    .unwrap();
+    assert!(e
+        .direct("SELECT email FROM customer_mv")
+        .starts_with("pgc1:"));
+    let r = rows(
+        &app.simple_query("SELECT email FROM customer_mv WHERE id = 1")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(r, vec![vec![Some("ann@example.com".into())]]);
     // Nothing reached the table, and what is there is ciphertext.
     assert_eq!(e.direct("SELECT count(*) FROM customers"), "1");
     assert_ciphertext_at_rest(&e, 1);
