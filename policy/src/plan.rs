@@ -172,6 +172,11 @@ pub struct CopyColumn {
     pub name: String,
     /// For `COPY FROM`: encrypt this field (text form of the logical type) with the column's key.
     pub encrypt: Option<ColumnKey>,
+    /// CSV `COPY FROM` with `FORCE_NULL (col)`: a quoted field equal to the null string is NULL too.
+    pub force_null: bool,
+    /// CSV `COPY FROM` with `FORCE_NOT_NULL (col)`: a field equal to the null string is that string,
+    /// never NULL (so it is encrypted like any other value).
+    pub force_not_null: bool,
 }
 
 /// What the proxy needs to rewrite COPY data.

@@ -686,6 +686,26 @@ fn trivial_plans_and_copy_info() {
     assert_eq!(enc, vec![false, true, false]);
     assert_eq!(c.table.as_deref(), Some("public.customers"));
 
+    for sql in [
+        "COPY customers (id, email, phone) FROM STDIN WITH (FORMAT csv, FORCE_NULL (email), FORCE_NOT_NULL (phone, id))",
+        "COPY customers (id, email, phone) FROM STDIN WITH (FORMAT csv, FORCE_NULL (\"email\"), FORCE_NOT_NULL (PHONE, id))",
+    ] {
+        let p = common::plan_for("app", sql);
+        let c = p.statements[0].copy.as_ref().expect("copy info");
+        let flags: Vec<(bool, bool)> = c
+            .columns
+            .iter()
+            .map(|x| (x.force_null, x.force_not_null))
+            .collect();
+        assert_eq!(flags, vec![(false, true), (true, false), (false, true)], "{sql}");
+    }
+    let p = common::plan_for(
+        "app",
+        "COPY customers (id, email) FROM STDIN WITH CSV FORCE NOT NULL email",
+    );
+    let c = p.statements[0].copy.as_ref().expect("copy info");
+    assert!(c.columns[1].force_not_null && !c.columns[1].force_null);
+
     let p = common::plan_for("app", "COPY customers FROM STDIN");
     let c = p.statements[0].copy.as_ref().expect("copy info");
     assert_eq!(c.columns.len(), 7, "implicit column list from the catalog");

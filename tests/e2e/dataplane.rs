@@ -485,6 +485,36 @@ async fn copy_in_encrypts_and_binary_copy_is_refused() {
         e.direct("SELECT count(*) FROM customers WHERE ssn IS NULL"),
         "2"
     );
+    // CSV FORCE_NOT_NULL / FORCE_NULL: an unquoted empty ssn is an empty string (so encrypted), a
+    // quoted empty phone is NULL — as PostgreSQL reads them.
+    let forced = e.proxy.dir.path().join("forced.csv");
+    std::fs::write(&forced, "4,d@example.com,\"\",,400,w\n").unwrap();
+    let (ok, _, err) = psql(
+        &url,
+        &[
+            "-c",
+            &format!(
+                "\\copy customers FROM '{}' WITH (FORMAT csv, FORCE_NOT_NULL (ssn), FORCE_NULL (phone))",
+                forced.display()
+            ),
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        e.direct("SELECT phone IS NULL, ssn LIKE 'pgc1:%' FROM customers WHERE id = 4"),
+        "t|t"
+    );
+    let (_, out, _) = psql(
+        &url,
+        &[
+            "-P",
+            "null=(null)",
+            "-c",
+            "SELECT phone, ssn, salary FROM customers WHERE id = 4",
+        ],
+    );
+    assert_eq!(out, "(null)||400\n");
+    e.direct("DELETE FROM customers WHERE id = 4");
     // COPY TO for app (copy_out allowed by default) decrypts.
     let (ok, out, err) = psql(
         &url,

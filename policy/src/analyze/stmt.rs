@@ -667,6 +667,7 @@ impl Analyzer<'_> {
             quote: None,
             escape: None,
         };
+        let (mut force_null, mut force_not_null): (Vec<String>, Vec<String>) = Default::default();
         for o in options {
             match o {
                 CopyOption::Format(f) => {
@@ -682,6 +683,8 @@ impl Analyzer<'_> {
                 CopyOption::Header(h) => info.header = *h,
                 CopyOption::Quote(c) => info.quote = Some(*c),
                 CopyOption::Escape(c) => info.escape = Some(*c),
+                CopyOption::ForceNull(cols) => force_null.extend(cols.iter().map(fold)),
+                CopyOption::ForceNotNull(cols) => force_not_null.extend(cols.iter().map(fold)),
                 _ => {}
             }
         }
@@ -698,6 +701,9 @@ impl Analyzer<'_> {
                             CopyLegacyCsvOption::Header => info.header = true,
                             CopyLegacyCsvOption::Quote(c) => info.quote = Some(*c),
                             CopyLegacyCsvOption::Escape(c) => info.escape = Some(*c),
+                            CopyLegacyCsvOption::ForceNotNull(cols) => {
+                                force_not_null.extend(cols.iter().map(fold))
+                            }
                             _ => {}
                         }
                     }
@@ -742,6 +748,8 @@ impl Analyzer<'_> {
                             }
                         }
                         info.columns.push(CopyColumn {
+                            force_null: force_null.contains(name),
+                            force_not_null: force_not_null.contains(name),
                             name: name.clone(),
                             encrypt: enc,
                         });
@@ -792,6 +800,8 @@ impl Analyzer<'_> {
             .map(|o| CopyColumn {
                 name: o.name.clone(),
                 encrypt: None,
+                force_null: false,
+                force_not_null: false,
             })
             .collect();
         self.client_outputs(outs, plan)?;

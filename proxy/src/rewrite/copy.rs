@@ -281,6 +281,10 @@ struct InCol {
     column: String,
     ty: LogicalType,
     storage: Storage,
+    /// CSV `FORCE_NULL`: a quoted field equal to the null string is NULL too.
+    force_null: bool,
+    /// CSV `FORCE_NOT_NULL`: a field equal to the null string is a value, never NULL.
+    force_not_null: bool,
 }
 
 /// Streams `COPY ... FROM STDIN` data (text or CSV) and encrypts the fields of encrypted columns.
@@ -340,6 +344,8 @@ impl CopyInRewriter {
                         column: k.column.clone(),
                         ty: logical_type(k.logical_type),
                         storage,
+                        force_null: c.force_null,
+                        force_not_null: c.force_not_null,
                     })
                 }
             });
@@ -563,11 +569,18 @@ impl CopyInRewriter {
                 out.extend_from_slice(raw);
                 continue;
             };
-            if self.opts.is_null(raw, *quoted) {
+            // The server reads the same options, so a NULL field is forwarded as it came.
+            let value = self.opts.decode(raw);
+            let null = if col.force_not_null {
+                false
+            } else {
+                self.opts.is_null(raw, *quoted)
+                    || (col.force_null && *quoted && value == self.opts.null)
+            };
+            if null {
                 out.extend_from_slice(raw);
                 continue;
             }
-            let value = self.opts.decode(raw);
             let cipher = self
                 .keyring
                 .cipher(&col.column)
@@ -733,6 +746,8 @@ mod tests {
             columns: cols
                 .iter()
                 .map(|(name, enc)| CopyColumn {
+                    force_null: false,
+                    force_not_null: false,
                     name: name.to_string(),
                     encrypt: enc.map(|(column, t)| ColumnKey {
                         column: column.to_string(),
@@ -906,6 +921,30 @@ mod tests {
             String::from_utf8_lossy(&back),
             String::from_utf8_lossy(expect)
         );
+    }
+
+    #[test]
+    fn csv_force_null_and_force_not_null() {
+        let kit = Kit::new();
+        let mut info = customers(CopyFormat::Csv);
+        info.columns[1].force_null = true; // email
+        info.columns[2].force_not_null = true; // phone
+        let data = b"1,\"\",,n\r\n2,,\"\",n\r\n3,\"\"\"\",x,n\r\n";
+        let out = run(&kit, &info, &[data]).unwrap();
+        let s = String::from_utf8_lossy(&out).into_owned();
+        let rows: Vec<&str> = s.split("\r\n").collect();
+        // Quoted empty email under FORCE_NULL: NULL, forwarded as written (the server reads it so).
+        // Unquoted empty phone under FORCE_NOT_NULL: an empty string, so encrypted.
+        assert!(rows[0].starts_with("1,\"\",\\x"), "{}", rows[0]);
+        // Without FORCE_NULL the unquoted empty email is NULL as always; a quoted empty phone is a value.
+        assert!(rows[1].starts_with("2,,\\x"), "{}", rows[1]);
+        // A quoted field that is not the null string is a value under FORCE_NULL.
+        assert!(rows[2].starts_with("3,pgc1:"), "{}", rows[2]);
+        let back = String::from_utf8_lossy(&read_back(&kit, &info, &out)).into_owned();
+        let back: Vec<&str> = back.split("\r\n").collect();
+        assert_eq!(back[1], "2,,\"\",n");
+        assert_eq!(back[2], "3,\"\"\"\",x,n");
+        assert!(back[0].ends_with(",\"\",n"), "{}", back[0]);
     }
 
     #[test]
