@@ -775,6 +775,37 @@ async fn views_of_protected_tables_read_by_policy_and_refuse_writes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_number_literals_are_encrypted_as_values() {
+    let e = env("dp_signed");
+    let app = connect(&e.url("app_user")).await;
+    app.batch_execute(
+        "INSERT INTO customers (id, email, salary) VALUES (1, 'a@example.com', -5000)",
+    )
+    .await
+    .unwrap();
+    app.batch_execute("UPDATE customers SET salary = salary, phone = -42 WHERE id = 1")
+        .await
+        .unwrap();
+    let r = rows(
+        &app.simple_query("SELECT salary, phone FROM customers WHERE phone = -42")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(r, vec![vec![Some("-5000".into()), Some("-42".into())]]);
+    let at_rest = e.direct("SELECT encode(salary, 'hex'), phone FROM customers WHERE id = 1");
+    assert!(
+        at_rest.starts_with("c10a01") && at_rest.contains("|pgc1:"),
+        "{at_rest}"
+    );
+    // A sign that is an operator still makes the value computed: refused, not stored in plaintext.
+    let err = app
+        .simple_query("UPDATE customers SET salary = 1 - 5 WHERE id = 1")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("42501"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ciphertext_copied_into_another_column_does_not_decrypt() {
     let e = env("dp_copycol");
     let app = connect(&e.url("app_user")).await;

@@ -131,6 +131,30 @@ impl Analyzer<'_> {
         Some(raw.trim_matches(|c| c == '\'' || c == '"').to_lowercase())
     }
 
+    /// Whether `operand` (the operand of unary `op`) is number literal `i` written right after the
+    /// sign, with nothing but whitespace between — the form the proxy rewrites as one signed value.
+    fn signed_number(&self, operand: &Expr, i: usize, op: &UnaryOperator) -> bool {
+        let Expr::Value(v) = operand else {
+            return false;
+        };
+        if !matches!(v.value, sqlparser::ast::Value::Number(..)) {
+            return false;
+        }
+        let sign = if matches!(op, UnaryOperator::Minus) {
+            '-'
+        } else {
+            '+'
+        };
+        self.lit_text
+            .get(&i)
+            .and_then(|r| self.text.get(..r.start))
+            .is_some_and(|before| {
+                let before = before.trim_end_matches([' ', '\t', '\n', '\r', '\x0b', '\x0c']);
+                // `--` before the literal ends a comment, it is no sign.
+                before.ends_with(sign) && !before.ends_with("--")
+            })
+    }
+
     /// Evaluate an expression.
     pub(crate) fn eval(&mut self, e: &Expr, sc: &Scope<'_>) -> R<Val> {
         self.enter()?;
@@ -231,8 +255,15 @@ impl Analyzer<'_> {
                 }
                 let v = self.eval(expr, sc)?;
                 match (op, &v) {
-                    // `-5`: the sign is outside the literal, so the proxy could not encrypt the value as a
-                    // whole; it counts as computed (write it as '-5' or a parameter).
+                    // `-5`: a sign written right before a number literal (whitespace between at most)
+                    // is part of the value: the proxy encrypts the signed number and replaces the sign
+                    // with the literal.
+                    (
+                        UnaryOperator::Minus | UnaryOperator::Plus,
+                        Val::Lit(ValueRef::Literal(i)),
+                    ) if self.signed_number(expr, *i, op) => Ok(v),
+                    // Any other literal under a sign counts as computed (write it as '-5' or a
+                    // parameter).
                     (UnaryOperator::Minus | UnaryOperator::Plus, Val::Lit(_)) => Ok(Val::Plain),
                     _ => Ok(Val::Derived(self.consume(v, Use::Compute)?)),
                 }

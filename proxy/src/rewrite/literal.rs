@@ -71,8 +71,8 @@ fn is_ws(b: u8) -> bool {
 /// - `U&'...'`: `\XXXX`, `\+XXXXXX`, `\\`, with the escape character of a following `UESCAPE 'c'`;
 /// - `$tag$...$tag$`: the body verbatim;
 /// - numbers as written, with `_` separators dropped and `0x`/`0o`/`0b` integers given in decimal
-///   (the lexer never includes a sign: `-5` is an operator and a literal, and the analysis refuses a
-///   signed literal for an encrypted column);
+///   (the lexer never includes a sign: `-5` is an operator and a literal; [`literal_edit`] adds a
+///   sign written right before a number the plan encrypts, and replaces it with the literal);
 /// - bit strings `B'...'` / `X'...'` are refused.
 ///
 /// The result must be valid UTF-8 without NUL (PostgreSQL rejects the rest in a UTF-8 database).
@@ -412,6 +412,19 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
         i += 1;
     }
     i
+}
+
+/// A `-` or `+` written right before position `i` (whitespace between at most), with its position:
+/// the unary sign of a number literal. Only reached for a literal the analysis planned to encrypt,
+/// which it does for a number under a sign only in this form (a sign that is a binary operator
+/// makes the value computed, never encrypted). `--` is a comment, not a sign.
+fn sign_before(b: &[u8], i: usize) -> Option<(usize, u8)> {
+    let s = skip_ws_back(b, i);
+    let sign = *b.get(s.checked_sub(1)?)?;
+    if !matches!(sign, b'-' | b'+') || (sign == b'-' && s >= 2 && b.get(s - 2) == Some(&b'-')) {
+        return None;
+    }
+    Some((s - 1, sign))
 }
 
 fn skip_ws_back(b: &[u8], mut i: usize) -> usize {
@@ -882,9 +895,18 @@ pub fn literal_edit(
             column: col.to_string(),
             reason: "the plan names a literal the statement does not have",
         })?;
-    let value = decode_literal(sql, lit).map_err(|e| e.for_column(col, target.ty))?;
-    let range =
+    let mut value = decode_literal(sql, lit).map_err(|e| e.for_column(col, target.ty))?;
+    let mut range =
         replace_range(sql, lit, target.ty, array).map_err(|e| e.for_column(col, target.ty))?;
+    // `-5` / `+5`: the analysis planned the signed number as the value (see `sign_before`).
+    if lit.kind == LiteralKind::Number && !array {
+        if let Some((at, sign)) = sign_before(sql.as_bytes(), range.start) {
+            if sign == b'-' {
+                value.insert(0, '-');
+            }
+            range.start = at;
+        }
+    }
     let (range, text) = if array {
         let arr = encrypt_text_array(target, value.as_bytes(), true)?;
         (range, quote_sql(&String::from_utf8_lossy(&arr)))
@@ -1318,6 +1340,43 @@ mod tests {
         let sql = "UPDATE customers SET salary = B'0101'";
         let e = literal_edit(sql, &lits(sql), 0, &t, false).unwrap_err();
         assert_eq!(e.sqlstate(), "0A000");
+    }
+
+    #[test]
+    fn literal_edit_takes_a_sign_written_before_a_number() {
+        let kit = Kit::new();
+        let kr = kit.keyring();
+        let t = kit.target(&kr, SALARY, LogicalType::Int4, Storage::Bytea);
+        for (sql, want) in [
+            (
+                "INSERT INTO customers (id, salary) VALUES (1, -5000)",
+                -5000i32,
+            ),
+            ("UPDATE customers SET salary=- \n 7", -7),
+            ("UPDATE customers SET salary = +12", 12),
+            ("UPDATE customers SET salary = -0x10", -16),
+        ] {
+            let l = lits(sql);
+            let e = literal_edit(sql, &l, l.len() - 1, &t, false).unwrap();
+            let sign = sql.rfind(['-', '+']).unwrap();
+            assert_eq!(e.range, sign..l[l.len() - 1].span.end, "{sql}");
+            assert_eq!(
+                t.cipher.decrypt(&stored_of(&t, &e.text)).unwrap(),
+                want.to_be_bytes(),
+                "{sql}"
+            );
+            let out = apply_edits(sql, vec![e]).unwrap();
+            assert!(!out.contains(['-', '+']), "{out}");
+        }
+        // `--` starts a comment: no sign.
+        let sql = "UPDATE customers SET salary = --\n5";
+        let l = lits(sql);
+        let e = literal_edit(sql, &l, 0, &t, false).unwrap();
+        assert_eq!(e.range, l[0].span);
+        assert_eq!(
+            t.cipher.decrypt(&stored_of(&t, &e.text)).unwrap(),
+            5i32.to_be_bytes()
+        );
     }
 
     #[test]
