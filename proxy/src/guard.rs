@@ -21,6 +21,8 @@ use crate::config::Config;
 pub const MEMBERSHIP_TTL: Duration = Duration::from_secs(1);
 /// How long a catalog snapshot is reused when no DDL passed through pgcloak.
 pub const CATALOG_TTL: Duration = Duration::from_secs(30);
+/// How long a failed catalog load is answered with its error before it is tried again.
+pub const CATALOG_RETRY: Duration = Duration::from_secs(2);
 
 /// One user table or view as the catalog reports it.
 #[derive(Debug, Clone)]
@@ -59,6 +61,8 @@ impl DbCatalog {
 
 struct DbState {
     client: Option<tokio_postgres::Client>,
+    /// When the last catalog load failed, and why.
+    catalog_failed: Option<(Instant, String)>,
     memberships: HashMap<String, (Arc<Vec<String>>, Instant)>,
 }
 
@@ -183,6 +187,7 @@ impl Guard {
             .or_insert_with(|| {
                 Arc::new(AsyncMutex::new(DbState {
                     client: None,
+                    catalog_failed: None,
                     memberships: HashMap::new(),
                 }))
             })
@@ -289,10 +294,33 @@ impl Guard {
         if let Some((c, true)) = self.catalog_snapshot(database) {
             return Ok(c);
         }
+        // A load that just failed is not retried by every statement (each would wait for the
+        // attempt and log it): its error stands for CATALOG_RETRY.
+        if let Some((at, e)) = &state.catalog_failed {
+            if at.elapsed() < CATALOG_RETRY {
+                return Err(e.clone());
+            }
+        }
+        let loaded = self.load_catalog(&mut state, database).await;
+        match &loaded {
+            Ok(_) => state.catalog_failed = None,
+            Err(e) => {
+                warn!(database, "{e}; retried in {CATALOG_RETRY:?}");
+                state.catalog_failed = Some((Instant::now(), e.clone()));
+            }
+        }
+        loaded
+    }
+
+    async fn load_catalog(
+        &self,
+        state: &mut DbState,
+        database: &str,
+    ) -> Result<Arc<DbCatalog>, String> {
         let version = self
             .catalog_version
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let client = self.client(&mut state, database).await?;
+        let client = self.client(state, database).await?;
         let rows = client
             .query(
                 "SELECT c.oid::int8, n.nspname::text, c.relname::text, \

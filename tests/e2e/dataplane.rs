@@ -806,6 +806,67 @@ async fn signed_number_literals_are_encrypted_as_values() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_catalog_login_fails_closed_without_retrying_per_statement() {
+    let c = cluster();
+    let db = c.fresh_db("dp_deadcat");
+    c.psql_direct(
+        &db,
+        "DO $$BEGIN CREATE ROLE cat_dead LOGIN PASSWORD 'cat-pw'; \
+         EXCEPTION WHEN duplicate_object THEN ALTER ROLE cat_dead LOGIN; END$$; \
+         CREATE TABLE customers (id int PRIMARY KEY, email text UNIQUE, phone varchar(200), ssn text, salary bytea, notes text); \
+         GRANT ALL ON customers TO PUBLIC; GRANT CREATE ON SCHEMA public TO PUBLIC",
+    );
+    let proxy = Proxy::start_with(ProxyOptions {
+        policy: Some(POLICY.into()),
+        extra: format!(
+            "[catalog]\nuser = \"cat_dead\"\npassword = \"cat-pw\"\ndatabase = \"{db}\"\n"
+        ),
+        ..Default::default()
+    });
+    let app = connect(&proxy.url("app_user", "app-pw", &db)).await;
+    app.batch_execute("INSERT INTO customers (id, email) VALUES (1, 'ann@example.com')")
+        .await
+        .unwrap();
+    // The catalog login stops working; DDL through pgcloak makes the snapshot stale.
+    c.psql_direct(
+        &db,
+        "ALTER ROLE cat_dead NOLOGIN; \
+         SELECT count(pg_terminate_backend(pid)) >= 0 FROM pg_stat_activity WHERE usename = 'cat_dead'",
+    );
+    app.batch_execute("CREATE TABLE scratch (x int)")
+        .await
+        .unwrap();
+    // Statements naming no protected table keep working (with the views last known)...
+    for _ in 0..30 {
+        app.simple_query("SELECT 1").await.unwrap();
+    }
+    // ...and one naming a protected table is refused, not passed through.
+    let err = app
+        .simple_query("SELECT email FROM customers")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code().map(|c| c.code()),
+        Some("42501"),
+        "{}",
+        error_text(&err)
+    );
+    assert!(
+        error_text(&err).contains("pgcloak:"),
+        "{}",
+        error_text(&err)
+    );
+    // The failed load was not retried by each of the 30 statements.
+    let log = proxy.log_text();
+    let attempts = log.matches("retried in").count();
+    assert!(
+        (1..=5).contains(&attempts),
+        "{attempts} catalog attempts logged:\n{log}"
+    );
+    c.psql_direct(&db, "ALTER ROLE cat_dead LOGIN");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ciphertext_copied_into_another_column_does_not_decrypt() {
     let e = env("dp_copycol");
     let app = connect(&e.url("app_user")).await;

@@ -172,7 +172,7 @@ impl Frontend<'_> {
             last => match guard.catalog(db).await {
                 Ok(c) => Some(c),
                 Err(e) => {
-                    warn!("{e}; using the last known views of {db}");
+                    debug!("{e}; using the last known views of {db}");
                     last.map(|(c, _)| c)
                 }
             },
