@@ -30,6 +30,9 @@ pub struct Encrypt {
     pub logical_type: LogicalType,
     /// The value is an array (`col = ANY($1)`, `col = ANY('{a,b}')`): encrypt each element.
     pub array: bool,
+    /// The value is stored (INSERT, UPDATE SET, ON CONFLICT), not compared: PostgreSQL's assignment
+    /// casts apply (a number with a fraction into an integer column is rounded).
+    pub assignment: bool,
 }
 
 /// Allow or refuse a statement.

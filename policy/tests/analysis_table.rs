@@ -713,6 +713,26 @@ fn trivial_plans_and_copy_info() {
     let c = p.statements[0].copy.as_ref().expect("copy info");
     assert!(c.columns[1].force_not_null && !c.columns[1].force_null);
 
+    // Stored values are assignments (integer columns round fractions), compared ones are not.
+    let p = common::plan_for(
+        "app",
+        "UPDATE customers SET salary = 2.5 WHERE email = 'a@b.c'",
+    );
+    let assign: Vec<(String, bool)> = p.statements[0]
+        .encryptions
+        .iter()
+        .map(|e| (e.column.clone(), e.assignment))
+        .collect();
+    assert_eq!(
+        assign,
+        vec![
+            ("public.customers.salary".to_string(), true),
+            ("public.customers.email".to_string(), false)
+        ]
+    );
+    let p = common::plan_for("app", "INSERT INTO customers (salary) VALUES (1.5)");
+    assert!(p.statements[0].encryptions[0].assignment);
+
     let p = common::plan_for("app", "COPY customers FROM STDIN");
     let c = p.statements[0].copy.as_ref().expect("copy info");
     assert_eq!(c.columns.len(), 7, "implicit column list from the catalog");

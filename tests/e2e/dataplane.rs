@@ -775,7 +775,7 @@ async fn views_of_protected_tables_read_by_policy_and_refuse_writes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn signed_number_literals_are_encrypted_as_values() {
+async fn signed_and_fractional_number_literals_are_encrypted_as_values() {
     let e = env("dp_signed");
     let app = connect(&e.url("app_user")).await;
     app.batch_execute(
@@ -796,6 +796,21 @@ async fn signed_number_literals_are_encrypted_as_values() {
     assert!(
         at_rest.starts_with("c10a01") && at_rest.contains("|pgc1:"),
         "{at_rest}"
+    );
+    // A fraction stored into the int4 column is rounded as PostgreSQL rounds it...
+    app.batch_execute("INSERT INTO customers (id, salary) VALUES (2, 4999.5), (3, -2.5)")
+        .await
+        .unwrap();
+    let r = rows(
+        &app.simple_query("SELECT salary FROM customers WHERE id IN (2, 3) ORDER BY id")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(r, vec![vec![Some("5000".into())], vec![Some("-3".into())]]);
+    // ...and the same statement sent straight to PostgreSQL with a plaintext int4 agrees.
+    assert_eq!(
+        e.direct("SELECT 4999.5::numeric::int4, (-2.5)::numeric::int4"),
+        "5000|-3"
     );
     // A sign that is an operator still makes the value computed: refused, not stored in plaintext.
     let err = app

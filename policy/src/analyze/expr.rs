@@ -846,7 +846,7 @@ impl Analyzer<'_> {
             (Val::Col(c), Val::Lit(r)) | (Val::Lit(r), Val::Col(c)) => {
                 self.use_col(c, Use::Eq)?;
                 if self.encrypted(c) {
-                    self.add_encrypt(r, c, array)?;
+                    self.add_encrypt(r, c, array, false)?;
                 }
                 Ok(vec![c])
             }

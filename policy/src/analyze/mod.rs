@@ -305,7 +305,13 @@ impl<'a> Analyzer<'a> {
     }
 
     /// Encrypt `r` with column `c`'s key.
-    pub(crate) fn add_encrypt(&mut self, r: ValueRef, c: ColId, array: bool) -> R<()> {
+    pub(crate) fn add_encrypt(
+        &mut self,
+        r: ValueRef,
+        c: ColId,
+        array: bool,
+        assignment: bool,
+    ) -> R<()> {
         if let ValueRef::Param(n) = r {
             if n == 0 || n > 65535 {
                 return Err(Fail::Unsupported(format!("parameter ${n} is out of range")));
@@ -329,6 +335,7 @@ impl<'a> Analyzer<'a> {
             mode: cp.encrypt,
             logical_type: cp.logical_type,
             array,
+            assignment,
         });
         Ok(())
     }

@@ -589,7 +589,7 @@ impl Analyzer<'_> {
         match v {
             Val::Lit(r) => {
                 if let Some(t) = target.filter(|_| enc_t) {
-                    self.add_encrypt(r, t, false)?;
+                    self.add_encrypt(r, t, false, true)?;
                 }
                 Ok(())
             }

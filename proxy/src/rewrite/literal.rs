@@ -414,6 +414,68 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
     i
 }
 
+/// A decimal number (optional sign, digits with an optional `.`, optional exponent) rounded to an
+/// integer half away from zero, exactly, as PostgreSQL's numeric-to-integer cast does; `None` for
+/// anything else or an exponent beyond any integer type (the caller then refuses the value as written).
+fn round_to_integer(text: &str) -> Option<String> {
+    let (negative, rest) = match text.as_bytes().first()? {
+        b'-' => (true, &text[1..]),
+        b'+' => (false, &text[1..]),
+        _ => (false, text),
+    };
+    let (mantissa, exp) = match rest.find(['e', 'E']) {
+        Some(i) => (&rest[..i], rest[i + 1..].parse::<i32>().ok()?),
+        None => (rest, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if int.is_empty() && frac.is_empty()
+        || !int.bytes().chain(frac.bytes()).all(|c| c.is_ascii_digit())
+    {
+        return None;
+    }
+    let digits: Vec<u8> = int.bytes().chain(frac.bytes()).map(|c| c - b'0').collect();
+    // The value is digits × 10^(exp - frac.len()); keep the digits before the decimal point.
+    let point = i64::try_from(int.len()).ok()? + i64::from(exp);
+    if point > 40 {
+        return None;
+    }
+    let keep = usize::try_from(point.max(0)).ok()?;
+    let mut whole: Vec<u8> = digits.iter().copied().take(keep).collect();
+    whole.resize(keep, 0);
+    let next = if point < 0 {
+        0
+    } else {
+        digits.get(keep).copied().unwrap_or(0)
+    };
+    if next >= 5 {
+        let mut i = whole.len();
+        loop {
+            if i == 0 {
+                whole.insert(0, 1);
+                break;
+            }
+            i -= 1;
+            if whole[i] == 9 {
+                whole[i] = 0;
+            } else {
+                whole[i] += 1;
+                break;
+            }
+        }
+    }
+    let start = whole.iter().position(|&d| d != 0).unwrap_or(whole.len());
+    let mut out: String = whole[start..]
+        .iter()
+        .map(|d| char::from(b'0' + d))
+        .collect();
+    if out.is_empty() {
+        out.push('0');
+    } else if negative {
+        out.insert(0, '-');
+    }
+    Some(out)
+}
+
 /// A `-` or `+` written right before position `i` (whitespace between at most), with its position:
 /// the unary sign of a number literal. Only reached for a literal the analysis planned to encrypt,
 /// which it does for a number under a sign only in this form (a sign that is a binary operator
@@ -887,6 +949,7 @@ pub fn literal_edit(
     index: usize,
     target: &ColumnTarget<'_>,
     array: bool,
+    assignment: bool,
 ) -> Result<Edit> {
     let col = target.column();
     let lit = literals
@@ -905,6 +968,17 @@ pub fn literal_edit(
                 value.insert(0, '-');
             }
             range.start = at;
+        }
+        // A number with a fraction or exponent is `numeric` to PostgreSQL; stored into an integer
+        // column it is rounded (half away from zero). Compared, it is not: `int_col = 2.5` matches
+        // nothing, so there the value stays as written and is refused as no integer.
+        if assignment
+            && matches!(target.ty, LogicalType::Int4 | LogicalType::Int8)
+            && value.contains(['.', 'e', 'E'])
+        {
+            if let Some(rounded) = round_to_integer(&value) {
+                value = rounded;
+            }
         }
     }
     let (range, text) = if array {
@@ -1300,8 +1374,8 @@ mod tests {
             let sql = "INSERT INTO customers (id, salary) VALUES (1, 5000), (2,'-7'::int4)";
             let l = lits(sql);
             let edits = vec![
-                literal_edit(sql, &l, 3, &t, false).unwrap(),
-                literal_edit(sql, &l, 1, &t, false).unwrap(),
+                literal_edit(sql, &l, 3, &t, false, false).unwrap(),
+                literal_edit(sql, &l, 1, &t, false, false).unwrap(),
             ];
             let out = apply_edits(sql, edits.clone()).unwrap();
             assert!(
@@ -1333,12 +1407,12 @@ mod tests {
         // Errors name the column.
         let t = kit.target(&kr, SALARY, LogicalType::Int4, Storage::Bytea);
         let sql = "UPDATE customers SET salary = 'lots'";
-        let e = literal_edit(sql, &lits(sql), 0, &t, false).unwrap_err();
+        let e = literal_edit(sql, &lits(sql), 0, &t, false, false).unwrap_err();
         assert!(e.to_string().contains(SALARY) && !e.to_string().contains("lots"));
-        let e = literal_edit(sql, &lits(sql), 7, &t, false).unwrap_err();
+        let e = literal_edit(sql, &lits(sql), 7, &t, false, false).unwrap_err();
         assert_eq!(e.sqlstate(), "22P02");
         let sql = "UPDATE customers SET salary = B'0101'";
-        let e = literal_edit(sql, &lits(sql), 0, &t, false).unwrap_err();
+        let e = literal_edit(sql, &lits(sql), 0, &t, false, false).unwrap_err();
         assert_eq!(e.sqlstate(), "0A000");
     }
 
@@ -1357,7 +1431,7 @@ mod tests {
             ("UPDATE customers SET salary = -0x10", -16),
         ] {
             let l = lits(sql);
-            let e = literal_edit(sql, &l, l.len() - 1, &t, false).unwrap();
+            let e = literal_edit(sql, &l, l.len() - 1, &t, false, false).unwrap();
             let sign = sql.rfind(['-', '+']).unwrap();
             assert_eq!(e.range, sign..l[l.len() - 1].span.end, "{sql}");
             assert_eq!(
@@ -1371,12 +1445,66 @@ mod tests {
         // `--` starts a comment: no sign.
         let sql = "UPDATE customers SET salary = --\n5";
         let l = lits(sql);
-        let e = literal_edit(sql, &l, 0, &t, false).unwrap();
+        let e = literal_edit(sql, &l, 0, &t, false, false).unwrap();
         assert_eq!(e.range, l[0].span);
         assert_eq!(
             t.cipher.decrypt(&stored_of(&t, &e.text)).unwrap(),
             5i32.to_be_bytes()
         );
+    }
+
+    #[test]
+    fn numbers_round_to_integers_like_postgres() {
+        for (text, want) in [
+            ("5000.5", Some("5001")),
+            ("-2.5", Some("-3")),
+            ("2.49", Some("2")),
+            ("2.5", Some("3")),
+            ("1e3", Some("1000")),
+            ("1.5E1", Some("15")),
+            ("15e-1", Some("2")),
+            (".5", Some("1")),
+            ("0.4", Some("0")),
+            ("-0.4", Some("0")),
+            ("9.5", Some("10")),
+            ("99.9", Some("100")),
+            ("5e-2", Some("0")),
+            ("+7.", Some("7")),
+            ("12", Some("12")),
+            ("1e41", None),
+            ("1.2.3", None),
+            ("e5", None),
+            ("", None),
+            ("1e", None),
+        ] {
+            assert_eq!(round_to_integer(text).as_deref(), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn fractional_numbers_round_when_stored_in_integer_columns() {
+        let kit = Kit::new();
+        let kr = kit.keyring();
+        let t = kit.target(&kr, SALARY, LogicalType::Int4, Storage::Bytea);
+        let sql = "UPDATE customers SET salary = -5000.5";
+        let e = literal_edit(sql, &lits(sql), 0, &t, false, true).unwrap();
+        assert_eq!(
+            t.cipher.decrypt(&stored_of(&t, &e.text)).unwrap(),
+            (-5001i32).to_be_bytes()
+        );
+        let sql = "INSERT INTO customers (salary) VALUES (4.2e3)";
+        let e = literal_edit(sql, &lits(sql), 0, &t, false, true).unwrap();
+        assert_eq!(
+            t.cipher.decrypt(&stored_of(&t, &e.text)).unwrap(),
+            4200i32.to_be_bytes()
+        );
+        // Compared, a fraction is no integer (PostgreSQL would match nothing): refused, not rounded.
+        let sql = "SELECT 1 FROM customers WHERE salary = 2.5";
+        let e = literal_edit(sql, &lits(sql), 1, &t, false, false).unwrap_err();
+        assert_eq!(e.sqlstate(), "22P02");
+        // Out of range after rounding: the type's own error.
+        let sql = "UPDATE customers SET salary = 2147483647.5";
+        assert!(literal_edit(sql, &lits(sql), 0, &t, false, true).is_err());
     }
 
     #[test]
@@ -1388,23 +1516,23 @@ mod tests {
         let t_old = kit.target(&old, EMAIL, LogicalType::Text, Storage::Text);
         let old_ct = String::from_utf8(t_old.encrypt(b"a@b.c").unwrap()).unwrap();
         let sql = "SELECT id FROM customers WHERE email = 'a@b.c'";
-        let e = literal_edit(sql, &lits(sql), 0, &t, false).unwrap();
+        let e = literal_edit(sql, &lits(sql), 0, &t, false, false).unwrap();
         assert!(e.text.starts_with("= ANY (ARRAY['pgc1:"), "{}", e.text);
         assert!(e.text.contains(&old_ct));
         let sql = "SELECT id FROM customers WHERE email IN ('a@b.c', 'd@e.f')";
-        let e = literal_edit(sql, &lits(sql), 0, &t, false).unwrap();
+        let e = literal_edit(sql, &lits(sql), 0, &t, false, false).unwrap();
         assert_eq!(e.range, lits(sql)[0].span);
         assert_eq!(e.text.matches("pgc1:").count(), 2);
         // A write uses the active version only.
         let sql = "UPDATE customers SET email = 'a@b.c'";
-        let e = literal_edit(sql, &lits(sql), 0, &t, false).unwrap();
+        let e = literal_edit(sql, &lits(sql), 0, &t, false, false).unwrap();
         assert!(!e.text.contains(&old_ct) && e.text.starts_with("'pgc1:"));
         let sql = "INSERT INTO customers (email) VALUES ('a@b.c')";
-        let e = literal_edit(sql, &lits(sql), 0, &t, false).unwrap();
+        let e = literal_edit(sql, &lits(sql), 0, &t, false, false).unwrap();
         assert_eq!(e.text.matches("pgc1:").count(), 1);
         // Arrays carry the variants as elements.
         let sql = "SELECT 1 FROM customers WHERE email = ANY('{a@b.c,x@y.z}')";
-        let e = literal_edit(sql, &lits(sql), 1, &t, true).unwrap();
+        let e = literal_edit(sql, &lits(sql), 1, &t, true, false).unwrap();
         assert_eq!(e.text.matches("pgc1:").count(), 4);
         assert!(e.text.contains(&old_ct));
     }
@@ -1415,12 +1543,12 @@ mod tests {
         let kr = kit.keyring();
         let t = kit.target(&kr, NOTES, LogicalType::Text, Storage::Bytea);
         let sql = "SELECT CASE WHEN true THEN'x' END";
-        let e = literal_edit(sql, &lits(sql), 0, &t, false).unwrap();
+        let e = literal_edit(sql, &lits(sql), 0, &t, false, false).unwrap();
         assert!(e.text.starts_with(" E'\\\\x"), "{}", e.text);
         let out = apply_edits(sql, vec![e]).unwrap();
         assert!(out.contains("THEN E'"), "{out}");
         let sql = "WHERE notes = ANY('{\"a b\",NULL}')";
-        let e = literal_edit(sql, &lits(sql), 0, &t, true).unwrap();
+        let e = literal_edit(sql, &lits(sql), 0, &t, true, false).unwrap();
         assert!(e.text.starts_with("E'{\"\\\\\\\\x"), "{}", e.text);
         // Decoding the literal gives a bytea[] text whose elements decrypt.
         let arr = decode_literal(&e.text, &lits(&e.text)[0]).unwrap();
@@ -1461,7 +1589,7 @@ mod tests {
                 let v = vec!["'a'".to_string(), "'b'".to_string()];
                 let _ = rewrite_equality_literal(&sql, lit.span.clone(), &v, Storage::Text);
                 let _ = rewrite_in_list_literal(&sql, &l, lit.span.clone(), &v);
-                if let Ok(e) = literal_edit(&sql, &l, i, &t, false) {
+                if let Ok(e) = literal_edit(&sql, &l, i, &t, false, false) {
                     let _ = apply_edits(&sql, vec![e]);
                 }
             }

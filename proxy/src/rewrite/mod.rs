@@ -45,7 +45,7 @@
 //!
 //! ```text
 //! simple query:  for each plan.encryptions (ValueRef::Literal(i)):
-//!                    edits.push(literal_edit(sql, &lexed.literals, i, &target, enc.array)?);
+//!                    edits.push(literal_edit(sql, &lexed.literals, i, &target, enc.array, enc.assignment)?);
 //!                sql = apply_edits(sql, edits)?;
 //! Parse:         rewrite_parse_param_types(body, &[(n, storage_param_oid)])   (declared types only)
 //! Bind:          rewrite_bind(body, &[BindParam { index: n, target, array }])

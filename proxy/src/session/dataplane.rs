@@ -134,7 +134,10 @@ fn literal_edits<'a>(
                 continue;
             }
             let t = target(&keyring, data, enc)?;
-            edits.push(literal_edit(sql, &lexed.literals, i, &t, enc.array).map_err(refusal)?);
+            edits.push(
+                literal_edit(sql, &lexed.literals, i, &t, enc.array, enc.assignment)
+                    .map_err(refusal)?,
+            );
         }
     }
     Ok(edits)
