@@ -141,6 +141,20 @@ fn reads_through_views_follow_the_policy_of_the_columns_behind_them() {
         plan(&c, "SELECT mail FROM contact_view"),
         "allow out=D:email"
     );
+    // The audit trail sees the columns behind the view.
+    let p = policy();
+    let sql = "SELECT mail FROM contact_view";
+    let l = lex(sql);
+    let read = analyze(sql, &l, &c, &p, p.role_named("app").unwrap());
+    let cols: Vec<&str> = read.statements[0]
+        .columns
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(cols, ["public.customers.email"]);
+    assert!(read.statements[0]
+        .tables
+        .contains(&"public.customers".to_string()));
     // A literal of the statement compared with a view column is encrypted for the column behind it.
     assert_eq!(
         plan(
