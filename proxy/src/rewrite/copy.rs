@@ -219,9 +219,12 @@ impl Opts {
     }
 
     /// Writes a value as a field.
-    fn encode(&self, value: &[u8], out: &mut Vec<u8>) {
+    /// Writes `value` as a field; in CSV, `quote` quotes it even where nothing requires it (the server
+    /// quoted the field it replaces: `FORCE_QUOTE`).
+    fn encode(&self, value: &[u8], quote: bool, out: &mut Vec<u8>) {
         if self.csv {
-            let needs_quote = value == self.null.as_slice()
+            let needs_quote = quote
+                || value == self.null.as_slice()
                 || value == b"\\."
                 || value.iter().any(|&c| {
                     c == self.delim
@@ -602,7 +605,8 @@ impl CopyInRewriter {
                     }
                 })?;
             let stored = encrypt_for_storage(cipher, col.storage, &canonical)?;
-            self.opts.encode(&stored_text(col.storage, &stored), out);
+            self.opts
+                .encode(&stored_text(col.storage, &stored), false, out);
         }
         out.extend_from_slice(eol);
         self.line += 1;
@@ -709,7 +713,7 @@ impl CopyOutRewriter {
                     changed = true;
                 }
                 Presented::Value(v) => {
-                    self.opts.encode(&v, &mut out);
+                    self.opts.encode(&v, *quoted, &mut out);
                     changed = true;
                 }
             }
@@ -1161,6 +1165,44 @@ mod tests {
         assert_eq!(got, b"9\t\\N\t\\N\t\\N\n");
         assert_eq!(r.rows(), 3);
         assert!(r.rewrite(b"1\t2\n", &cx).is_err());
+    }
+
+    #[test]
+    fn copy_out_csv_keeps_the_servers_quoting() {
+        let kit = Kit::new();
+        let kr = kit.keyring();
+        let none = |_: &str| false;
+        let cx = ctx(&kr, &none);
+        let email = kit.target(&kr, EMAIL, LogicalType::Text, Storage::Text);
+        let e = String::from_utf8(email.encrypt(b"alice@example.com").unwrap()).unwrap();
+        let mut out_info = customers(CopyFormat::Csv);
+        out_info.direction = CopyDirection::To;
+        out_info.columns.truncate(2);
+        let cols = vec![
+            CopyOutColumn {
+                action: ColumnAction::PassThrough,
+                storage: None,
+            },
+            CopyOutColumn {
+                action: ColumnAction::Decrypt {
+                    column: EMAIL.into(),
+                    ty: LogicalType::Text,
+                },
+                storage: Some(Storage::Text),
+            },
+        ];
+        let mut r = CopyOutRewriter::new(&out_info, cols).unwrap();
+        // FORCE_QUOTE: the server quoted the ciphertext, so the plaintext is quoted too.
+        let got = r
+            .rewrite(format!("\"7\",\"{e}\"\n").as_bytes(), &cx)
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, b"\"7\",\"alice@example.com\"\n");
+        let got = r
+            .rewrite(format!("7,{e}\n").as_bytes(), &cx)
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, b"7,alice@example.com\n");
     }
 
     #[test]
