@@ -328,26 +328,7 @@ impl Analyzer<'_> {
     ) -> R<Rel> {
         let res = self.resolve_table(name)?;
         let mut rel = match res {
-            TableRes::Cte(n, outs) => {
-                let unknown = outs.iter().any(|o| o.unknown_width);
-                Rel {
-                    alias: n,
-                    table: None,
-                    cols: if unknown {
-                        None
-                    } else {
-                        Some(
-                            outs.into_iter()
-                                .map(|o| RelCol {
-                                    name: o.name,
-                                    lin: o.lin,
-                                })
-                                .collect(),
-                        )
-                    },
-                    protected: Vec::new(),
-                }
-            }
+            TableRes::Cte(n, outs) => Rel::of_outputs(n, None, &outs),
             TableRes::Base(s, t) => match self.catalog.view_definition(&s, &t) {
                 Some(def) => self.view_rel(&s, &t, def)?,
                 None => self.base_rel(&s, &t, t.clone()),
@@ -408,20 +389,12 @@ impl Analyzer<'_> {
         if outs.iter().any(|o| o.unknown_width) {
             return Err(unreadable("has `*` of a table pgcloak does not know"));
         }
-        Ok(Rel {
-            alias: name.to_string(),
-            // Kept so that writes naming the view are still recognised (and refused).
-            table: Some((schema.to_string(), name.to_string())),
-            cols: Some(
-                outs.into_iter()
-                    .map(|o| RelCol {
-                        name: o.name,
-                        lin: o.lin,
-                    })
-                    .collect(),
-            ),
-            protected: Vec::new(),
-        })
+        // The table is kept so that writes naming the view are still recognised (and refused).
+        Ok(Rel::of_outputs(
+            name.to_string(),
+            Some((schema.to_string(), name.to_string())),
+            &outs,
+        ))
     }
 
     fn apply_alias(&mut self, rel: &mut Rel, a: &TableAlias) -> R<()> {
@@ -592,25 +565,8 @@ impl Analyzer<'_> {
                 } else {
                     self.query(subquery, sc.parent)?
                 };
-                let unknown = outs.iter().any(|o| o.unknown_width);
-                let mut rel = Rel {
-                    alias: String::new(),
-                    table: None,
-                    cols: if unknown {
-                        None
-                    } else {
-                        Some(
-                            outs.iter()
-                                .map(|o| RelCol {
-                                    name: o.name.clone(),
-                                    lin: o.lin.clone(),
-                                })
-                                .collect(),
-                        )
-                    },
-                    protected: Vec::new(),
-                };
-                if unknown && outs.iter().any(|o| !matches!(o.lin, Lin::None)) {
+                let mut rel = Rel::of_outputs(String::new(), None, &outs);
+                if rel.cols.is_none() && outs.iter().any(|o| !matches!(o.lin, Lin::None)) {
                     return Err(Fail::Unsupported(
                         "a subquery in FROM mixes protected columns with `*` of an unknown table"
                             .into(),

@@ -25,6 +25,25 @@ pub(crate) struct Rel {
 }
 
 impl Rel {
+    /// The relation a query's outputs form (a CTE, a subquery in FROM, a view read as its query):
+    /// its columns carry the outputs' lineage; unknown when an output is `*` of an unknown table.
+    pub fn of_outputs(alias: String, table: Option<(String, String)>, outs: &[OutCol]) -> Rel {
+        let cols = (!outs.iter().any(|o| o.unknown_width)).then(|| {
+            outs.iter()
+                .map(|o| RelCol {
+                    name: o.name.clone(),
+                    lin: o.lin.clone(),
+                })
+                .collect()
+        });
+        Rel {
+            alias,
+            table,
+            cols,
+            protected: Vec::new(),
+        }
+    }
+
     /// Look a column up: `Some(Some(lin))` found, `Some(None)` may exist (unknown list), `None` absent.
     pub fn column(&self, name: &str) -> Option<Option<Lin>> {
         match &self.cols {
