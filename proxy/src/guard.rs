@@ -321,70 +321,18 @@ impl Guard {
             .catalog_version
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let client = self.client(state, database).await?;
-        let rows = client
-            .query(
-                "SELECT c.oid::int8, n.nspname::text, c.relname::text, \
-                        array_agg(a.attnum::int2 ORDER BY a.attnum), array_agg(a.attname::text ORDER BY a.attnum), \
-                        array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum) \
-                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
-                 WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') \
-                   AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' \
-                 GROUP BY 1, 2, 3",
-                &[],
-            )
-            .await;
-        let rows = match rows {
+        let (rows, views, definitions) = match read_catalog(client, &self.policy()).await {
             Ok(r) => r,
-            Err(e) => {
+            Err((what, e)) => {
                 state.client = None;
                 return Err(format!(
-                    "cannot read the catalog of database {database}: {}",
-                    crate::catalog::describe(&e)
-                ));
-            }
-        };
-        // Which views read which relations (one row per view and relation it names).
-        let edges = client
-            .query(
-                "SELECT DISTINCT vn.nspname::text, v.relname::text, tn.nspname::text, t.relname::text \
-                 FROM pg_depend d \
-                 JOIN pg_rewrite r ON r.oid = d.objid \
-                 JOIN pg_class v ON v.oid = r.ev_class AND v.relkind IN ('v', 'm') \
-                 JOIN pg_namespace vn ON vn.oid = v.relnamespace \
-                 JOIN pg_class t ON t.oid = d.refobjid AND t.oid <> v.oid \
-                 JOIN pg_namespace tn ON tn.oid = t.relnamespace \
-                 WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass",
-                &[],
-            )
-            .await;
-        let edges = match edges {
-            Ok(r) => r,
-            Err(e) => {
-                state.client = None;
-                return Err(format!(
-                    "cannot read the views of database {database}: {}",
+                    "cannot read {what} of database {database}: {}",
                     crate::catalog::describe(&e)
                 ));
             }
         };
         let mut catalog = Catalog::new();
         catalog.version = version;
-        let edges: Vec<[String; 4]> = edges
-            .iter()
-            .map(|r| [r.get(0), r.get(1), r.get(2), r.get(3)])
-            .collect();
-        let views = protected_views(&self.policy(), &edges);
-        let definitions = match view_definitions(client, &views).await {
-            Ok(d) => d,
-            Err(e) => {
-                state.client = None;
-                return Err(format!(
-                    "cannot read the view definitions of database {database}: {}",
-                    crate::catalog::describe(&e)
-                ));
-            }
-        };
         for (schema, name) in &views {
             let def = definitions.get(&(schema.clone(), name.clone()));
             catalog.add_protected_view(schema, name, def.map(String::as_str));
@@ -429,6 +377,59 @@ impl Guard {
         }
         Ok(snapshot)
     }
+}
+
+/// The catalog queries of [`Guard::catalog`]: every user relation with its columns, the views (and
+/// materialized views) that read a table of `policy`, and their definitions. The error names what
+/// could not be read.
+async fn read_catalog(
+    client: &tokio_postgres::Client,
+    policy: &Policy,
+) -> Result<
+    (
+        Vec<tokio_postgres::Row>,
+        HashSet<(String, String)>,
+        HashMap<(String, String), String>,
+    ),
+    (&'static str, tokio_postgres::Error),
+> {
+    let rows = client
+        .query(
+            "SELECT c.oid::int8, n.nspname::text, c.relname::text, \
+                    array_agg(a.attnum::int2 ORDER BY a.attnum), array_agg(a.attname::text ORDER BY a.attnum), \
+                    array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum) \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+             WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') \
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' \
+             GROUP BY 1, 2, 3",
+            &[],
+        )
+        .await
+        .map_err(|e| ("the catalog", e))?;
+    // Which views read which relations (one row per view and relation it names).
+    let edges: Vec<[String; 4]> = client
+        .query(
+            "SELECT DISTINCT vn.nspname::text, v.relname::text, tn.nspname::text, t.relname::text \
+             FROM pg_depend d \
+             JOIN pg_rewrite r ON r.oid = d.objid \
+             JOIN pg_class v ON v.oid = r.ev_class AND v.relkind IN ('v', 'm') \
+             JOIN pg_namespace vn ON vn.oid = v.relnamespace \
+             JOIN pg_class t ON t.oid = d.refobjid AND t.oid <> v.oid \
+             JOIN pg_namespace tn ON tn.oid = t.relnamespace \
+             WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass",
+            &[],
+        )
+        .await
+        .map_err(|e| ("the views", e))?
+        .iter()
+        .map(|r| [r.get(0), r.get(1), r.get(2), r.get(3)])
+        .collect();
+    let views = protected_views(policy, &edges);
+    let definitions = view_definitions(client, &views)
+        .await
+        .map_err(|e| ("the view definitions", e))?;
+    Ok((rows, views, definitions))
 }
 
 /// The views (schema, name) that read a table of the policy, directly or through other views, from
