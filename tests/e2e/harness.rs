@@ -552,6 +552,14 @@ pub fn venv_python() -> PathBuf {
     workspace_target().join("venv/bin/python")
 }
 
+/// Asserts a pgcloak refusal: SQLSTATE 42501 and a message containing `needle`.
+#[track_caller]
+pub fn assert_refused(err: &tokio_postgres::Error, needle: &str) {
+    let text = error_text(err);
+    assert_eq!(err.code().map(|c| c.code()), Some("42501"), "{text}");
+    assert!(text.contains(needle), "expected {needle:?} in: {text}");
+}
+
 /// The full text of a client error: the server's (or proxy's) message when there is one.
 pub fn error_text(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
