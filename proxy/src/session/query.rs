@@ -162,7 +162,8 @@ impl Frontend<'_> {
         Ok((lexed, Some(plan), Some(data)))
     }
 
-    /// Whether `lexed` names a view that reads a protected table (writes through one are refused).
+    /// Whether `lexed` names a view that reads a protected table (reads through one are analysed as
+    /// the view's query, writes are refused).
     /// The catalog snapshot is reloaded when stale; if that fails, the last one known is used.
     async fn names_protected_view(&self, lexed: &Lexed) -> bool {
         let guard = &self.shared.guard;
