@@ -874,6 +874,56 @@ async fn a_lost_catalog_login_fails_closed_without_retrying_per_statement() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_encoding_other_than_utf8_is_refused_on_protected_tables() {
+    let e = env("dp_encoding");
+    let app = connect(&e.url("app_user")).await;
+    app.batch_execute("INSERT INTO customers (id, email) VALUES (1, 'ann@example.com')")
+        .await
+        .unwrap();
+    let url = e.url("app_user");
+    let latin1 = format!("{url} client_encoding=LATIN1");
+    // A LATIN1 session: statements on protected tables are refused with the fix, others run.
+    let (ok, _, err) = psql(&latin1, &["-c", "SELECT email FROM customers"]);
+    assert!(!ok && err.contains("client_encoding UTF8"), "{err}");
+    let (ok, out, err) = psql(&latin1, &["-c", "SELECT 1"]);
+    assert!(ok && out == "1\n", "{err}");
+    // Switching in the same string as the statement: refused too (read before the server switches).
+    let (ok, _, err) = psql(
+        &url,
+        &[
+            "-c",
+            "SET client_encoding TO 'LATIN1'; INSERT INTO customers (id, email) VALUES (2, 'x@y.z')",
+        ],
+    );
+    assert!(!ok && err.contains("client_encoding UTF8"), "{err}");
+    // Back to UTF-8 (and a failed switch) leaves the session usable.
+    let (ok, out, err) = psql(
+        &latin1,
+        &[
+            "-c",
+            "SET client_encoding TO 'UTF8'",
+            "-c",
+            "SELECT email FROM customers WHERE id = 1",
+        ],
+    );
+    assert!(ok && out.ends_with("ann@example.com\n"), "{out} {err}");
+    let (ok, out, err) = psql(
+        &url,
+        &[
+            "-c",
+            "SET client_encoding TO 'NO_SUCH_ENCODING'",
+            "-c",
+            "SELECT email FROM customers WHERE id = 1",
+        ],
+    );
+    assert!(
+        err.contains("NO_SUCH_ENCODING") && out.ends_with("ann@example.com\n"),
+        "{out} {err}"
+    );
+    assert_eq!(e.direct("SELECT count(*) FROM customers"), "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ciphertext_copied_into_another_column_does_not_decrypt() {
     let e = env("dp_copycol");
     let app = connect(&e.url("app_user")).await;

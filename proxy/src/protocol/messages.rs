@@ -293,6 +293,13 @@ pub fn command_rows(body: &[u8]) -> Option<u64> {
     })
 }
 
+/// Name and value of a ParameterStatus message.
+pub fn parameter_status(body: &[u8]) -> Result<(&[u8], &[u8]), FrameError> {
+    let mut r = Reader::new(body, "ParameterStatus");
+    let name = r.cstr()?;
+    Ok((name, r.cstr()?))
+}
+
 /// The SQL text of a Query message.
 pub fn query_text(body: &[u8]) -> Result<&[u8], FrameError> {
     Reader::new(body, "Query").cstr()

@@ -59,6 +59,7 @@ pub fn server_read_err(e: ReadError) -> SessionError {
 pub async fn relay<'a, CR, CW, SR, SW>(
     shared: &'a Shared,
     binding: Binding,
+    encoding: &super::encoding::ClientEncoding,
     client: &mut FrameReader<CR>,
     client_out: &mut Outbox<CW>,
     server: &mut FrameReader<SR>,
@@ -156,6 +157,15 @@ where
                 });
             }
             b'Z' => return Ok((registration, frame)),
+            b'S' => {
+                if let Ok((name, value)) = messages::parameter_status(frame.body()) {
+                    encoding.reported(name, value);
+                }
+                client_out
+                    .send(&frame.bytes)
+                    .await
+                    .map_err(SessionError::ClientIo)?
+            }
             _ => client_out
                 .send(&frame.bytes)
                 .await

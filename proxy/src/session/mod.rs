@@ -9,6 +9,7 @@ pub mod auth;
 pub mod cancel;
 pub mod context;
 pub mod dataplane;
+pub mod encoding;
 pub mod io;
 pub mod names;
 pub mod query;
@@ -152,8 +153,9 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, id: u64, shared: Arc<Shared>)
     }
 
     let remaining = cfg.startup_timeout;
+    let encoding = encoding::ClientEncoding::new(true);
     let auth = tokio::select! {
-        r = shared.guard.timers.timeout(remaining, auth::relay(&shared, binding, &mut client_in, &mut client_out, &mut server_in, &mut server_out)) => match r {
+        r = shared.guard.timers.timeout(remaining, auth::relay(&shared, binding, &encoding, &mut client_in, &mut client_out, &mut server_in, &mut server_out)) => match r {
             Ok(r) => r,
             Err(_) => Err(SessionError::StartupTimeout(remaining)),
         },
@@ -213,6 +215,7 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, id: u64, shared: Arc<Shared>)
     let end = query::run(
         &shared,
         &info,
+        &encoding,
         &mut client_in,
         &mut client_out,
         &mut server_in,

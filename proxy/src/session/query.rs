@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 use super::auth::{client_read_err, server_read_err};
 use super::context::{raise_sql, PortalCtx, Refusal, StmtCtx};
 use super::dataplane::{self, DataCtx};
+use super::encoding::{self, ClientEncoding};
 use super::io::{FrameReader, Outbox, ReadError};
 use super::names::{NameMap, RecentParses};
 use super::track::{Action, Barrier, BarrierKind, Pending, Tracker};
@@ -66,6 +67,8 @@ struct Frontend<'a> {
     holding: Option<BarrierKind>,
     /// Signalled by the backend pump when it releases the barrier.
     released: &'a Notify,
+    /// Whether the client's text is UTF-8.
+    encoding: &'a ClientEncoding,
 }
 
 /// State of the server→client direction.
@@ -88,6 +91,8 @@ struct Backend<'a> {
     /// Outcomes taken from the tracker (a buffer kept between messages).
     done: Vec<super::track::Outcome>,
     released: &'a Notify,
+    /// Whether the client's text is UTF-8.
+    encoding: &'a ClientEncoding,
 }
 
 /// What the frontend does with one client message.
@@ -134,6 +139,11 @@ impl Frontend<'_> {
     ) -> Result<(Lexed, Option<Arc<Plan>>, Option<Arc<DataCtx>>), Refusal> {
         let guard = &self.shared.guard;
         let lexed = lex(sql);
+        // With nothing in flight the server's client_encoding is the truth (see encoding.rs).
+        if !self.encoding.is_utf8() && self.pending.is_empty() && lock(self.tracker).is_idle() {
+            self.encoding.settle();
+        }
+        self.encoding.sending(sql, &lexed);
         if policy.protected_table_names().is_empty() {
             return Ok((lexed, None, None));
         }
@@ -142,6 +152,12 @@ impl Frontend<'_> {
             && !self.names_protected_view(&lexed).await
         {
             return Ok((lexed, None, None));
+        }
+        if !self.encoding.is_utf8() {
+            return Err(Refusal {
+                sqlstate: "0A000",
+                message: encoding::NOT_UTF8.into(),
+            });
         }
         let fail = |what: String| Refusal {
             sqlstate: "42501",
@@ -490,7 +506,8 @@ impl Frontend<'_> {
                 Ok(Some(b)) => Forward::Replaced(b),
                 Err(r) => return Ok(self.refuse_extended(Self::refused_ctx(r, ctx.kind))),
             };
-        if matches!(out, Forward::Original) {
+        // A statement that may change client_encoding is looked at every time it is sent.
+        if matches!(out, Forward::Original) && !encoding::mentions(sql, &lexed) {
             self.recent.remember(generation, key, &ctx);
         }
         self.statements.insert(name, ctx);
@@ -509,6 +526,13 @@ impl Frontend<'_> {
         };
         // Result formats matter only for rows the proxy rewrites: only an analysed statement's Bind
         // is decoded whole.
+        if stmt.data.is_some() && !self.encoding.is_utf8() {
+            let r = Refusal {
+                sqlstate: "0A000",
+                message: encoding::NOT_UTF8.into(),
+            };
+            return Ok(self.refuse_extended(Self::refused_ctx(r, stmt.kind)));
+        }
         let result_formats = match &stmt.data {
             Some(_) => {
                 messages::parse_bind(frame.body())
@@ -883,6 +907,11 @@ impl Backend<'_> {
                     }
                 }
             }
+            b'S' => {
+                if let Ok((name, value)) = messages::parameter_status(frame.body()) {
+                    self.encoding.reported(name, value);
+                }
+            }
             b'c' | b'Z' => {
                 self.copy_out = None;
                 self.rows = None;
@@ -950,6 +979,7 @@ impl Backend<'_> {
 pub async fn run<CR, CW, SR, SW>(
     shared: &Shared,
     info: &SessionInfo,
+    encoding: &ClientEncoding,
     client_in: &mut FrameReader<CR>,
     client_out: &mut Outbox<CW>,
     server_in: &mut FrameReader<SR>,
@@ -975,6 +1005,7 @@ where
         pending: Vec::new(),
         holding: None,
         released: &released,
+        encoding,
     };
     let mut backend = Backend {
         shared,
@@ -988,6 +1019,7 @@ where
         max_rows_hit: false,
         done: Vec::new(),
         released: &released,
+        encoding,
     };
     let idle = shared
         .config
