@@ -907,7 +907,7 @@ async fn a_client_encoding_other_than_utf8_is_refused_on_protected_tables() {
         ],
     );
     assert!(ok && out.ends_with("ann@example.com\n"), "{out} {err}");
-    let (ok, out, err) = psql(
+    let (_, out, err) = psql(
         &url,
         &[
             "-c",
