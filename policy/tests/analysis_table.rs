@@ -768,3 +768,22 @@ fn trivial_plans_and_copy_info() {
     );
     assert_eq!(sp.tables, vec!["public.customers".to_string()]);
 }
+
+#[test]
+fn copy_force_quote_star_is_read() {
+    for sql in [
+        "COPY (SELECT id, email FROM customers) TO STDOUT WITH (FORMAT csv, FORCE_QUOTE *)",
+        "COPY (SELECT id, email FROM customers) TO STDOUT WITH (FORMAT csv, force_quote   *, HEADER)",
+        "COPY (SELECT id, email FROM customers) TO STDOUT CSV FORCE QUOTE *",
+    ] {
+        let s = common::summary("app", sql);
+        assert_eq!(s, "allow out=P,D:email", "{sql}");
+    }
+    // A `*` inside a literal is the literal's: the NULL string stays "*".
+    let p = common::plan_for(
+        "app",
+        "COPY (SELECT id, email FROM customers) TO STDOUT WITH (FORMAT csv, NULL '*', FORCE_QUOTE *)",
+    );
+    let c = p.statements[0].copy.as_ref().expect("copy info");
+    assert_eq!(c.null.as_deref(), Some("*"));
+}

@@ -540,6 +540,15 @@ async fn copy_in_encrypts_and_binary_copy_is_refused() {
     );
     assert!(ok, "{err}");
     assert_eq!(out, "\"1\",\"a@example.com\"\n");
+    let (ok, out, err) = psql(
+        &url,
+        &[
+            "-c",
+            "COPY (SELECT id, email FROM customers WHERE id = 1) TO STDOUT WITH (FORMAT csv, FORCE_QUOTE *)",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out, "\"1\",\"a@example.com\"\n");
     let (ok, _, err) = psql(
         &url,
         &["-c", "COPY customers FROM STDIN WITH (FORMAT binary)"],

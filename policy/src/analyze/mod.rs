@@ -454,6 +454,34 @@ fn deny_plan(plan: &mut StatementPlan, message: String) {
     };
 }
 
+/// `FORCE_QUOTE *` / `FORCE QUOTE *` of a COPY with the `*` written as a column `"*"`: sqlparser
+/// only reads a column list there, and the analysis does not use the option (the proxy keeps the server's
+/// quoting). A `*` inside a literal (`in_literal`, by byte offset) is left alone.
+fn quote_force_quote_star(text: &str, in_literal: impl Fn(usize) -> bool) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    let mut last = 0;
+    for (i, _) in text.match_indices('*') {
+        let lower = text[..i].to_ascii_lowercase();
+        let mut words = lower
+            .rsplit(|c: char| c.is_ascii_whitespace() || c == ',' || c == '(')
+            .filter(|w| !w.is_empty());
+        let (w1, w2) = (words.next(), words.next());
+        // `FORCE_QUOTE (cols)` in the option list, `FORCE QUOTE cols` in the old syntax.
+        let column = match (w1, w2) {
+            (Some("force_quote"), _) => "(\"*\")",
+            (Some("quote"), Some("force")) => "\"*\"",
+            _ => continue,
+        };
+        if !in_literal(i) {
+            out.push_str(&text[last..i]);
+            out.push_str(column);
+            last = i + 1;
+        }
+    }
+    out.push_str(&text[last..]);
+    out
+}
+
 fn analyze_one(
     sql: &str,
     lexed: &Lexed,
@@ -538,7 +566,14 @@ fn analyze_one(
     }
 
     let parse_text: Cow<'_, str> = if span.kind == StatementKind::Copy {
-        Cow::Owned(format!("{text};"))
+        let in_literal = |i: usize| {
+            let at = span.range.start + i;
+            lexed
+                .literals
+                .get(span.literals.clone())
+                .is_some_and(|ls| ls.iter().any(|l| l.span.contains(&at)))
+        };
+        Cow::Owned(format!("{};", quote_force_quote_star(text, in_literal)))
     } else {
         Cow::Borrowed(text)
     };
