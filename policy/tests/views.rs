@@ -199,6 +199,15 @@ fn views_that_cannot_be_read_are_refused() {
         s.starts_with("deny: ") && s.contains("is not a single query"),
         "{s}"
     );
+    // A view's query is held to the limits of a statement.
+    let mut deep = with_definitions().with_table("public", "deep", ["email"]);
+    deep.add_protected_view(
+        "public",
+        "deep",
+        Some(" SELECT ((((((((((customers.email)))))))))) AS email\n   FROM public.customers;"),
+    );
+    let s = plan(&deep, "SELECT * FROM deep");
+    assert!(s.starts_with("deny: ") && s.contains("nests"), "{s}");
     // Writes stay refused when the view's query is known.
     let s = plan(&c, "UPDATE customer_view SET note = 'x'");
     assert!(s.contains("write to the table itself"), "{s}");

@@ -549,7 +549,7 @@ fn analyze_one(
         );
         return (plan, false);
     }
-    if text.len() > MAX_STATEMENT_BYTES || operator_count(text) > MAX_OPERATORS {
+    if too_large(text) {
         if names_protected {
             refuse_unanalysable(&mut plan, "the statement is too large");
         }
@@ -702,6 +702,11 @@ fn analyze_one(
 }
 
 /// Rough count of operators and AND/OR keywords: long chains parse into very deep trees.
+/// Beyond what the analysis parses: too many bytes or operators.
+pub(crate) fn too_large(text: &str) -> bool {
+    text.len() > MAX_STATEMENT_BYTES || operator_count(text) > MAX_OPERATORS
+}
+
 fn operator_count(text: &str) -> usize {
     let ops = text
         .bytes()

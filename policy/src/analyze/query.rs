@@ -366,6 +366,21 @@ impl Analyzer<'_> {
                 "view {schema}.{name} reads a protected table and its query {why}"
             ))
         };
+        // The limits a statement is held to (sqlparser's time grows fast with nesting), whoever
+        // wrote the view.
+        if super::too_large(definition) {
+            return Err(unreadable("is too large"));
+        }
+        if crate::lexer::lex(definition)
+            .statements
+            .iter()
+            .any(|s| s.max_nesting > super::MAX_NESTING)
+        {
+            return Err(unreadable(&format!(
+                "nests parentheses/CASE more than {} deep",
+                super::MAX_NESTING
+            )));
+        }
         let dialect = sqlparser::dialect::PostgreSqlDialect {};
         let parsed = sqlparser::parser::Parser::new(&dialect)
             .with_recursion_limit(super::PARSER_RECURSION_LIMIT)
