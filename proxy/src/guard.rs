@@ -267,11 +267,27 @@ impl Guard {
         }
     }
 
-    /// Marks a database's catalog stale (after DDL through the proxy).
+    /// Marks a database's catalog stale (after DDL through the proxy). Sessions forget the Parses
+    /// they remember as needing no analysis, so the next one of each reloads the catalog and sees a
+    /// view made by the DDL.
     pub fn invalidate_catalog(&self, database: &str) {
         if let Some(c) = self.catalogs.get(database) {
             c.stale.store(true, Ordering::Release);
+            self.policy_generation.fetch_add(1, Ordering::Release);
         }
+    }
+
+    /// Every [`CATALOG_TTL`]: marks all catalog snapshots stale and makes sessions forget remembered
+    /// Parses, so that a view made directly on the server is seen within that time even by a session
+    /// that only re-sends statements it has sent before.
+    pub fn expire_catalogs(&self) {
+        if self.catalogs.is_empty() || !self.has_protected_tables() {
+            return;
+        }
+        for c in self.catalogs.iter() {
+            c.value().stale.store(true, Ordering::Release);
+        }
+        self.policy_generation.fetch_add(1, Ordering::Release);
     }
 
     /// The catalog snapshot of `database` if one was loaded, and whether it is still fresh; no waiting.
@@ -523,6 +539,7 @@ pub async fn watch_reloads(
     let mut last_policy = stamp(config.policy.as_deref());
     let mut last_keyring = stamp(keyring_file.as_deref());
     let mut last_pg_check = Instant::now();
+    let mut last_expiry = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         let forced = tokio::select! {
@@ -543,6 +560,10 @@ pub async fn watch_reloads(
                     Err(e) => warn!("policy reload failed, keeping the previous policy: {e}"),
                 }
             }
+        }
+        if last_expiry.elapsed() >= CATALOG_TTL {
+            last_expiry = Instant::now();
+            guard.expire_catalogs();
         }
         let now = stamp(keyring_file.as_deref());
         let due = match keyring_file {

@@ -933,6 +933,40 @@ async fn a_client_encoding_other_than_utf8_is_refused_on_protected_tables() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_made_by_another_session_is_seen_by_statements_already_sent() {
+    let e = env("dp_lateview");
+    e.direct("GRANT CREATE ON SCHEMA public TO PUBLIC");
+    let app = connect(&e.url("app_user")).await;
+    app.batch_execute("INSERT INTO customers (id, email) VALUES (1, 'ann@example.com')")
+        .await
+        .unwrap();
+    // Sent (and remembered as needing no analysis) before the view exists: the server refuses it.
+    let insert = "INSERT INTO later_view (id, email) VALUES ($1, $2)";
+    let err = app.execute(insert, &[&2i32, &"x@y.z"]).await.unwrap_err();
+    assert_eq!(
+        err.code().map(|c| c.code()),
+        Some("42P01"),
+        "{}",
+        error_text(&err)
+    );
+    // Transactions in between do not reload the catalog, nor make pgcloak forget anything.
+    app.batch_execute("BEGIN; COMMIT").await.unwrap();
+    // Another session makes the view through pgcloak.
+    let other = connect(&e.url("app_user")).await;
+    other
+        .batch_execute(
+            "CREATE VIEW later_view AS SELECT id, email FROM customers; \
+             GRANT ALL ON later_view TO PUBLIC",
+        )
+        .await
+        .unwrap();
+    // The same statement again: now refused, and nothing reached the table.
+    let err = app.execute(insert, &[&2i32, &"x@y.z"]).await.unwrap_err();
+    assert_refused(&err, "write to the table itself");
+    assert_eq!(e.direct("SELECT count(*) FROM customers"), "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ciphertext_copied_into_another_column_does_not_decrypt() {
     let e = env("dp_copycol");
     let app = connect(&e.url("app_user")).await;

@@ -953,8 +953,8 @@ impl Backend<'_> {
         let guard = &self.shared.guard;
         if outcome.sqlstate.is_none() {
             if let Some(s) = &outcome.stmt {
-                if matches!(s.kind, StatementKind::Ddl | StatementKind::Other) {
-                    // Tables, columns or role grants may have changed.
+                if may_change_catalog(s) {
+                    // Tables, views, columns or role grants may have changed.
                     guard.invalidate_catalog(&self.info.database);
                     guard.forget_memberships(&self.info.database);
                 }
@@ -974,6 +974,49 @@ impl Backend<'_> {
         }
     }
 }
+
+/// Whether a statement that ran may have changed tables, views, columns or role grants: DDL, and any
+/// other statement (`DO`, `CALL`, a function) except transaction and session control, which every
+/// transaction sends and which change none of them.
+fn may_change_catalog(s: &StmtCtx) -> bool {
+    match s.kind {
+        StatementKind::Ddl => true,
+        StatementKind::Other => {
+            let Some(first) = s.text.split_ascii_whitespace().next() else {
+                return false;
+            };
+            !CONTROL_VERBS.iter().any(|v| first.eq_ignore_ascii_case(v))
+        }
+        _ => false,
+    }
+}
+
+/// First words of statements that leave the catalog as it is.
+const CONTROL_VERBS: &[&str] = &[
+    "begin",
+    "start",
+    "commit",
+    "end",
+    "rollback",
+    "abort",
+    "savepoint",
+    "release",
+    "set",
+    "reset",
+    "show",
+    "discard",
+    "listen",
+    "unlisten",
+    "notify",
+    "deallocate",
+    "close",
+    "checkpoint",
+    "vacuum",
+    "analyze",
+    "lock",
+    "load",
+    "prepare",
+];
 
 /// Runs both pumps until either side ends the session.
 pub async fn run<CR, CW, SR, SW>(
@@ -1264,4 +1307,35 @@ pub async fn finish<CW, SW>(
     }
     client_out.shutdown().await;
     server_out.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalog_changes_only_after_statements_that_can_make_them() {
+        let ctx = |k, t: &str| StmtCtx::plain(k, t.to_string(), 0);
+        assert!(may_change_catalog(&ctx(
+            StatementKind::Ddl,
+            "CREATE VIEW v AS SELECT $1"
+        )));
+        assert!(may_change_catalog(&ctx(StatementKind::Other, "DO $1")));
+        assert!(may_change_catalog(&ctx(
+            StatementKind::Other,
+            "CALL make_view()"
+        )));
+        for t in [
+            "BEGIN",
+            "commit",
+            "END",
+            "SET search_path = $1",
+            "ROLLBACK TO SAVEPOINT a",
+            "DISCARD ALL",
+            "",
+        ] {
+            assert!(!may_change_catalog(&ctx(StatementKind::Other, t)), "{t}");
+        }
+        assert!(!may_change_catalog(&ctx(StatementKind::Select, "SELECT 1")));
+    }
 }
