@@ -531,24 +531,14 @@ async fn copy_in_encrypts_and_binary_copy_is_refused() {
         "1,a@example.com\n2,\"b,@example.com\"\n3,c@example.com\n"
     );
     // FORCE_QUOTE quotes the decrypted values as PostgreSQL quotes plaintext.
-    let (ok, out, err) = psql(
-        &url,
-        &[
-            "-c",
-            "COPY (SELECT id, email FROM customers WHERE id = 1) TO STDOUT WITH (FORMAT csv, FORCE_QUOTE (id, email))",
-        ],
-    );
-    assert!(ok, "{err}");
-    assert_eq!(out, "\"1\",\"a@example.com\"\n");
-    let (ok, out, err) = psql(
-        &url,
-        &[
-            "-c",
-            "COPY (SELECT id, email FROM customers WHERE id = 1) TO STDOUT WITH (FORMAT csv, FORCE_QUOTE *)",
-        ],
-    );
-    assert!(ok, "{err}");
-    assert_eq!(out, "\"1\",\"a@example.com\"\n");
+    for columns in ["(id, email)", "*"] {
+        let copy = format!(
+            "COPY (SELECT id, email FROM customers WHERE id = 1) TO STDOUT WITH (FORMAT csv, FORCE_QUOTE {columns})"
+        );
+        let (ok, out, err) = psql(&url, &["-c", &copy]);
+        assert!(ok, "{copy}: {err}");
+        assert_eq!(out, "\"1\",\"a@example.com\"\n", "{copy}");
+    }
     let (ok, _, err) = psql(
         &url,
         &["-c", "COPY customers FROM STDIN WITH (FORMAT binary)"],
