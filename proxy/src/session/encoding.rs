@@ -10,15 +10,23 @@
 //!   `SET client_encoding` / `SET NAMES` to UTF-8 keep it, anything else (another encoding, DEFAULT,
 //!   RESET, `set_config`, code that names `client_encoding`) clears it.
 //!
-//! Whenever nothing is in flight (ReadyForQuery with an idle tracker) pgcloak's view is set to the
-//! server's: a `SET` that failed or was rolled back does not leave the session refused.
+//! When the next statement comes and nothing is in flight (every statement sent has its
+//! ReadyForQuery, nothing is queued), pgcloak's view is set to the server's: a `SET` that failed or
+//! was rolled back does not leave the session refused.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use pgcloak_policy::Lexed;
 
-/// The message of the refusal, naming the fix.
-pub const NOT_UTF8: &str = "pgcloak: statements on protected tables need client_encoding UTF8 (pgcloak encrypts and decrypts text as UTF-8); run SET client_encoding TO 'UTF8' or connect with PGCLIENTENCODING=UTF8";
+use super::context::Refusal;
+
+/// The refusal of a statement on a protected table in a session that is not UTF-8, naming the fix.
+pub fn refusal() -> Refusal {
+    Refusal {
+        sqlstate: "0A000",
+        message: "pgcloak: statements on protected tables need client_encoding UTF8 (pgcloak encrypts and decrypts text as UTF-8); run SET client_encoding TO 'UTF8' or connect with PGCLIENTENCODING=UTF8".into(),
+    }
+}
 
 #[derive(Debug)]
 pub struct ClientEncoding {
@@ -27,7 +35,8 @@ pub struct ClientEncoding {
 }
 
 impl ClientEncoding {
-    /// Starts from the encoding the server reported during startup (UTF-8 when it reported none).
+    /// Starts as `utf8`; the server's ParameterStatus during startup ([`ClientEncoding::reported`])
+    /// then says what the session really is.
     pub fn new(utf8: bool) -> ClientEncoding {
         ClientEncoding {
             server: AtomicBool::new(utf8),

@@ -154,10 +154,7 @@ impl Frontend<'_> {
             return Ok((lexed, None, None));
         }
         if !self.encoding.is_utf8() {
-            return Err(Refusal {
-                sqlstate: "0A000",
-                message: encoding::NOT_UTF8.into(),
-            });
+            return Err(encoding::refusal());
         }
         let fail = |what: String| Refusal {
             sqlstate: "42501",
@@ -527,11 +524,7 @@ impl Frontend<'_> {
         // Result formats matter only for rows the proxy rewrites: only an analysed statement's Bind
         // is decoded whole.
         if stmt.data.is_some() && !self.encoding.is_utf8() {
-            let r = Refusal {
-                sqlstate: "0A000",
-                message: encoding::NOT_UTF8.into(),
-            };
-            return Ok(self.refuse_extended(Self::refused_ctx(r, stmt.kind)));
+            return Ok(self.refuse_extended(Self::refused_ctx(encoding::refusal(), stmt.kind)));
         }
         let result_formats = match &stmt.data {
             Some(_) => {
