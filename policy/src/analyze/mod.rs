@@ -455,13 +455,18 @@ fn deny_plan(plan: &mut StatementPlan, message: String) {
 }
 
 /// `FORCE_QUOTE *` / `FORCE QUOTE *` of a COPY with the `*` written as a column `"*"`: sqlparser
-/// only reads a column list there, and the analysis does not use the option (the proxy keeps the server's
-/// quoting). A `*` inside a literal (`in_literal`, by byte offset) is left alone.
+/// only reads a column list there, and the analysis does not use the option (the proxy keeps the
+/// server's quoting). A `*` inside a literal (`in_literal`, by byte offset) is left alone.
 fn quote_force_quote_star(text: &str, in_literal: impl Fn(usize) -> bool) -> String {
     let mut out = String::with_capacity(text.len() + 2);
     let mut last = 0;
     for (i, _) in text.match_indices('*') {
-        let lower = text[..i].to_ascii_lowercase();
+        // The two words before the `*`: a short window, so a statement full of `*` stays linear.
+        let mut from = i.saturating_sub(64);
+        while !text.is_char_boundary(from) {
+            from += 1;
+        }
+        let lower = text[from..i].to_ascii_lowercase();
         let mut words = lower
             .rsplit(|c: char| c.is_ascii_whitespace() || c == ',' || c == '(')
             .filter(|w| !w.is_empty());
