@@ -150,9 +150,7 @@ impl Guard {
         self.policy_generation.fetch_add(1, Ordering::Release);
         self.plans.clear();
         // Which views read protected tables depends on the policy.
-        for c in self.catalogs.iter() {
-            c.value().stale.store(true, Ordering::Release);
-        }
+        self.mark_catalogs_stale();
         for db in self.dbs.iter() {
             if let Ok(mut s) = db.value().try_lock() {
                 s.memberships.clear();
@@ -284,10 +282,14 @@ impl Guard {
         if self.catalogs.is_empty() || !self.has_protected_tables() {
             return;
         }
+        self.mark_catalogs_stale();
+        self.policy_generation.fetch_add(1, Ordering::Release);
+    }
+
+    fn mark_catalogs_stale(&self) {
         for c in self.catalogs.iter() {
             c.value().stale.store(true, Ordering::Release);
         }
-        self.policy_generation.fetch_add(1, Ordering::Release);
     }
 
     /// The catalog snapshot of `database` if one was loaded, and whether it is still fresh; no waiting.
