@@ -258,6 +258,32 @@ fn start_with_test_sink(
 }
 
 #[tokio::test]
+async fn a_burst_of_statements_reaches_the_sinks_in_few_writes() {
+    // Regression: the writer woke (and wrote to each sink) once per event, which cost a busy proxy a
+    // cross-thread wake-up per statement. Events arriving one by one, each giving the writer a
+    // chance to run, now reach the sink in a handful of batches.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let control = Control::default();
+    let (h, task) = start_with_test_sink(file_config(&path), &control)
+        .await
+        .unwrap();
+    for i in 0..200 {
+        h.record(ev(i)).unwrap();
+        tokio::task::yield_now().await;
+    }
+    wait_until("all 200 events in the sink", || {
+        control.lines.lock().unwrap().len() >= 201
+    })
+    .await;
+    let writes = control.writes.load(Ordering::SeqCst);
+    assert!(writes < 20, "200 events took {writes} sink writes");
+    h.shutdown().await.unwrap();
+    task.await.unwrap().unwrap();
+    assert_eq!(events(&path).len(), 202, "start, 200 statements, shutdown");
+}
+
+#[tokio::test]
 async fn block_mode_reports_unhealthy_while_a_sink_fails_and_recovers_without_loss() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.jsonl");

@@ -210,6 +210,8 @@ pub(crate) mod testing {
     pub(crate) struct Control {
         pub fail: Arc<AtomicBool>,
         pub lines: Arc<Mutex<Vec<String>>>,
+        /// Calls of `write`.
+        pub writes: Arc<std::sync::atomic::AtomicUsize>,
     }
 
     pub(crate) struct TestSink {
@@ -223,6 +225,7 @@ pub(crate) mod testing {
 
         fn write(&mut self, entries: Vec<Arc<Entry>>) -> BoxFuture<'_, Result<(), SinkFailure>> {
             Box::pin(async move {
+                self.control.writes.fetch_add(1, Ordering::SeqCst);
                 if self.control.fail.load(Ordering::SeqCst) {
                     return Err(SinkFailure::none_written("test sink told to fail"));
                 }
