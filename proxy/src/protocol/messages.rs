@@ -176,10 +176,7 @@ impl<'a> Reader<'a> {
     /// A NUL-terminated string (without the NUL).
     pub fn cstr(&mut self) -> Result<&'a [u8], FrameError> {
         let rest = &self.buf[self.pos..];
-        let end = rest
-            .iter()
-            .position(|&b| b == 0)
-            .ok_or_else(|| self.err("string not terminated"))?;
+        let end = memchr::memchr(0, rest).ok_or_else(|| self.err("string not terminated"))?;
         self.pos += end + 1;
         Ok(&rest[..end])
     }

@@ -1062,7 +1062,9 @@ where
         .idle_timeout
         .map(|d| (d, crate::timer::Activity::default()));
     let activity = idle.as_ref().map(|(_, a)| a);
+    // Biased: polled in this order, without drawing a random number on every wake-up.
     let end = tokio::select! {
+        biased;
         e = client_to_server(&mut frontend, client_in, server_out, idle.as_ref()) => e,
         e = server_to_client(&mut backend, server_in, client_out, activity) => e,
         _ = shared.kill.killed() => End::Error(SessionError::Shutdown),
