@@ -544,6 +544,28 @@ async fn copy_in_encrypts_and_binary_copy_is_refused() {
         &["-c", "COPY customers FROM STDIN WITH (FORMAT binary)"],
     );
     assert!(!ok && err.contains("pgcloak"), "{err}");
+    // COPY data in another encoding would be encrypted (or shown) as the wrong characters: refused,
+    // in both directions; UTF8 under any spelling is fine.
+    for copy in [
+        "COPY customers (id, email) FROM STDIN WITH (FORMAT csv, ENCODING 'LATIN1')",
+        "COPY (SELECT id, email FROM customers) TO STDOUT WITH (ENCODING 'LATIN1')",
+    ] {
+        let (ok, out, err) = psql(&url, &["-c", copy]);
+        assert!(
+            !ok && err.contains("ENCODING 'LATIN1' cannot carry encrypted column"),
+            "{copy}: {err}"
+        );
+        assert!(!out.contains("@example.com"), "{copy}: {out}");
+    }
+    let (ok, out, err) = psql(
+        &url,
+        &[
+            "-c",
+            "COPY (SELECT email FROM customers WHERE id = 1) TO STDOUT WITH (ENCODING 'utf-8')",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out, "a@example.com\n");
 }
 
 /// Ways to try to read a denied column. Each must fail or return no plaintext.

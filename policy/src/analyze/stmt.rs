@@ -668,6 +668,9 @@ impl Analyzer<'_> {
             escape: None,
         };
         let (mut force_null, mut force_not_null): (Vec<String>, Vec<String>) = Default::default();
+        // COPY's ENCODING names the data's encoding; pgcloak reads and writes protected values as
+        // UTF-8, so with another one they would be encrypted (or shown) as the wrong characters.
+        let mut foreign_encoding: Option<&str> = None;
         for o in options {
             match o {
                 CopyOption::Format(f) => {
@@ -685,9 +688,15 @@ impl Analyzer<'_> {
                 CopyOption::Escape(c) => info.escape = Some(*c),
                 CopyOption::ForceNull(cols) => force_null.extend(cols.iter().map(fold)),
                 CopyOption::ForceNotNull(cols) => force_not_null.extend(cols.iter().map(fold)),
+                CopyOption::Encoding(e) if !is_utf8_name(e) => foreign_encoding = Some(e),
                 _ => {}
             }
         }
+        let encoding_refusal = |column: &str, enc: &str| {
+            Fail::Deny(format!(
+                "pgcloak: COPY with ENCODING '{enc}' cannot carry encrypted column {column}: pgcloak reads and writes protected values as UTF-8; leave out ENCODING or use ENCODING 'UTF8'"
+            ))
+        };
         for o in legacy {
             match o {
                 CopyLegacyOption::Binary => info.format = CopyFormat::Binary,
@@ -739,6 +748,9 @@ impl Analyzer<'_> {
                                         "pgcloak: binary COPY into encrypted column {} is not supported; use FORMAT csv or text",
                                         cp.qualified_name()
                                     )));
+                                }
+                                if let Some(e) = foreign_encoding {
+                                    return Err(encoding_refusal(&cp.qualified_name(), e));
                                 }
                                 enc = Some(ColumnKey {
                                     column: cp.qualified_name(),
@@ -815,9 +827,29 @@ impl Analyzer<'_> {
                 "pgcloak: binary COPY TO of protected columns is not supported; use FORMAT csv or text".into(),
             ));
         }
+        if let Some(e) = foreign_encoding {
+            if let Some(o) = plan
+                .outputs
+                .iter()
+                .find(|o| o.action != OutputAction::PassThrough)
+            {
+                return Err(encoding_refusal(&o.name, e));
+            }
+        }
         plan.copy = Some(info);
         Ok(())
     }
+}
+
+/// Whether `name` is PostgreSQL's UTF8 encoding under one of the spellings it accepts (case and
+/// punctuation are ignored: `UTF8`, `utf-8`, `Unicode`).
+fn is_utf8_name(name: &str) -> bool {
+    let n: String = name
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    n == "utf8" || n == "unicode"
 }
 
 fn body_text(e: &Expr) -> String {
