@@ -176,7 +176,11 @@ impl<'a> Reader<'a> {
     /// A NUL-terminated string (without the NUL).
     pub fn cstr(&mut self) -> Result<&'a [u8], FrameError> {
         let rest = &self.buf[self.pos..];
-        let end = memchr::memchr(0, rest).ok_or_else(|| self.err("string not terminated"))?;
+        // Most names on the hot path are empty (the unnamed statement and portal): no search then.
+        let end = match rest.first() {
+            Some(0) => 0,
+            _ => memchr::memchr(0, rest).ok_or_else(|| self.err("string not terminated"))?,
+        };
         self.pos += end + 1;
         Ok(&rest[..end])
     }
