@@ -37,6 +37,9 @@ const MAX_BATCH: usize = 8192;
 /// pgbench transaction (deploy/bench/RESULTS.md). Records reach the sinks at most this much later;
 /// they are fsynced once a second regardless, so durability is unchanged.
 const GROUP_WINDOW: Duration = Duration::from_millis(2);
+/// A queue smaller than this skips the window: a burst could fill it while the writer waits (and in
+/// block mode a full queue refuses statements). 4096 events in 2 ms would be 2 M statements a second.
+const GROUP_MIN_QUEUE: usize = 4096;
 
 /// State shared by the handles and the writer.
 struct Common {
@@ -545,6 +548,7 @@ impl Writer {
         self.send(std::mem::take(&mut out));
 
         let mut buf: Vec<NewEvent> = Vec::with_capacity(MAX_BATCH);
+        let group_window = rx.max_capacity() >= GROUP_MIN_QUEUE;
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -555,7 +559,7 @@ impl Writer {
                 n = rx.recv_many(&mut buf, MAX_BATCH) => if n == 0 { stop = true },
                 _ = tick.tick() => {}
             }
-            if !stop && !buf.is_empty() && buf.len() < MAX_BATCH {
+            if !stop && !buf.is_empty() && buf.len() < MAX_BATCH && group_window {
                 // Group commit: let the rest of this burst arrive (see GROUP_WINDOW).
                 tokio::time::sleep(GROUP_WINDOW).await;
                 while buf.len() < MAX_BATCH {
