@@ -31,35 +31,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-psql -h "$host" -p "$port" -U "$user" -d postgres -qAtc "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1 \
-  || { psql -h "$host" -p "$port" -U "$user" -d postgres -qc "CREATE DATABASE $db"; \
-       pgbench -h "$host" -p "$port" -U "$user" -i -s 10 -q "$db" >/dev/null 2>&1; }
+. deploy/bench/pgbouncer.sh
+bench_db
 
 wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.1; done; }
 
-cat > "$work/pgbouncer.ini" <<INI
-[databases]
-$db = host=$host port=$port dbname=$db
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = 16453
-auth_type = trust
-auth_file = $work/users.txt
-pool_mode = session
-max_client_conn = 500
-default_pool_size = 50
-logfile = $work/pgbouncer.log
-pidfile = $work/pgbouncer.pid
-unix_socket_dir =
-INI
-echo "\"$user\" \"\"" > "$work/users.txt"
-chown -R postgres "$work" 2>/dev/null || true
-if [ "$(id -u)" = 0 ]; then
-  runuser -u postgres -- pgbouncer -q "$work/pgbouncer.ini" 2>/dev/null &
-else
-  pgbouncer -q "$work/pgbouncer.ini" 2>/dev/null &
-fi
-pids+=($!)
+start_pgbouncer 16453
+pids+=("$bouncer_pid")
 "$floor" tokio 127.0.0.1:16454 "$host:$port" & pids+=($!); tokio_pid=$!
 "$floor" mio 127.0.0.1:16455 "$host:$port" & pids+=($!); mio_pid=$!
 cat > "$work/pgcloak.toml" <<TOML

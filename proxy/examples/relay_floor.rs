@@ -32,7 +32,6 @@ fn main() -> io::Result<()> {
 
 /// One current-thread runtime with I/O only; per session one task polling both directions.
 fn tokio_relay(listen: SocketAddr, upstream: SocketAddr) -> io::Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()?;
@@ -48,34 +47,30 @@ fn tokio_relay(listen: SocketAddr, upstream: SocketAddr) -> io::Result<()> {
                 let _ = server.set_nodelay(true);
                 let (mut cr, mut cw) = client.into_split();
                 let (mut sr, mut sw) = server.into_split();
-                let up = async {
-                    let mut buf = vec![0u8; 8192];
-                    loop {
-                        let n = cr.read(&mut buf).await?;
-                        if n == 0 {
-                            return io::Result::Ok(());
-                        }
-                        sw.write_all(&buf[..n]).await?;
-                    }
-                };
-                let down = async {
-                    let mut buf = vec![0u8; 8192];
-                    loop {
-                        let n = sr.read(&mut buf).await?;
-                        if n == 0 {
-                            return io::Result::Ok(());
-                        }
-                        cw.write_all(&buf[..n]).await?;
-                    }
-                };
                 tokio::select! {
                     biased;
-                    _ = up => {}
-                    _ = down => {}
+                    _ = pump(&mut cr, &mut sw) => {}
+                    _ = pump(&mut sr, &mut cw) => {}
                 }
             });
         }
     })
+}
+
+/// Copies from `r` to `w` until `r` ends: one read, one write.
+async fn pump(
+    r: &mut tokio::net::tcp::OwnedReadHalf,
+    w: &mut tokio::net::tcp::OwnedWriteHalf,
+) -> io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 8192];
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        w.write_all(&buf[..n]).await?;
+    }
 }
 
 /// One side of a mio session: its socket and what could not be written to it yet.
