@@ -21,7 +21,6 @@ threads=${THREADS:-2}
 
 command -v pgbouncer >/dev/null || { echo "pgbouncer not found: apt-get install pgbouncer" >&2; exit 1; }
 [ "${SKIP_BUILD:-0}" = 1 ] || cargo build --release --quiet -p pgcloak
-bin=target/release/pgcloak
 
 work=$(mktemp -d)
 cleanup() {
@@ -31,33 +30,16 @@ cleanup() {
 }
 trap cleanup EXIT
 
-. deploy/bench/pgbouncer.sh
+. deploy/bench/common.sh
 bench_db
 
 bport=16433
 cport=16434
 start_pgbouncer $bport
 
-policy_line=""
-[ "${POLICY:-0}" = 1 ] && policy_line="policy = \"$PWD/deploy/examples/policy.toml\""
-cat > "$work/pgcloak.toml" <<TOML
-listen = "127.0.0.1:$cport"
-upstream = "$host:$port"
-$policy_line
-[upstream_tls]
-mode = "disable"
-[catalog]
-user = "$user"
-[keys]
-master_key_file = "$work/master.key"
-keyring = "$work/keyring.json"
-[audit]
-file = "${AUDIT_FILE:-}"
-TOML
-if "$bin" --help | grep -q '^  keys'; then
-  "$bin" keys init --config "$work/pgcloak.toml" >/dev/null
-fi
-RUST_LOG=warn "$bin" serve --config "$work/pgcloak.toml" 2>"$work/pgcloak.log" & cloak_pid=$!
+policy=""
+[ "${POLICY:-0}" = 1 ] && policy="$PWD/deploy/examples/policy.toml"
+start_pgcloak $cport "$policy"
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$cport) 2>/dev/null && break; sleep 0.1; done
 sleep 1
 

@@ -31,7 +31,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-. deploy/bench/pgbouncer.sh
+. deploy/bench/common.sh
 bench_db
 
 wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.1; done; }
@@ -40,21 +40,8 @@ start_pgbouncer 16453
 pids+=("$bouncer_pid")
 "$floor" tokio 127.0.0.1:16454 "$host:$port" & pids+=($!); tokio_pid=$!
 "$floor" mio 127.0.0.1:16455 "$host:$port" & pids+=($!); mio_pid=$!
-cat > "$work/pgcloak.toml" <<TOML
-listen = "127.0.0.1:16456"
-upstream = "$host:$port"
-[upstream_tls]
-mode = "disable"
-[catalog]
-user = "$user"
-[keys]
-master_key_file = "$work/master.key"
-keyring = "$work/keyring.json"
-[audit]
-file = "${AUDIT_FILE:-}"
-TOML
-target/release/pgcloak keys init --config "$work/pgcloak.toml" >/dev/null
-RUST_LOG=warn target/release/pgcloak serve --config "$work/pgcloak.toml" 2>"$work/pgcloak.log" & pids+=($!); cloak_pid=$!
+start_pgcloak 16456
+pids+=("$cloak_pid")
 for p in 16453 16454 16455 16456; do wait_port $p; done
 sleep 1
 bouncer_pid=$(pgrep -n -x pgbouncer)

@@ -1,4 +1,4 @@
-# Sourced by the benchmark scripts: the pgbench database and a PgBouncer in front of it.
+# Sourced by the benchmark scripts: the pgbench database, and PgBouncer and pgcloak in front of it.
 # Expects $host, $port, $user, $db and $work to be set.
 
 # Creates $db and loads it with `pgbench -i -s 10` (again when it exists: a fresh, vacuumed table).
@@ -34,4 +34,31 @@ INI
     pgbouncer -q "$work/pgbouncer.ini" 2>/dev/null &
   fi
   bouncer_pid=$!
+}
+
+# Starts target/release/pgcloak on 127.0.0.1:$1 in front of $host:$port in the background, with the
+# policy file $2 if given and the audit file sink only when AUDIT_FILE names one; sets cloak_pid.
+start_pgcloak() {
+  local bin=target/release/pgcloak policy_line=""
+  [ -n "${2:-}" ] && policy_line="policy = \"$2\""
+  cat > "$work/pgcloak.toml" <<TOML
+listen = "127.0.0.1:$1"
+upstream = "$host:$port"
+$policy_line
+[upstream_tls]
+mode = "disable"
+[catalog]
+user = "$user"
+[keys]
+master_key_file = "$work/master.key"
+keyring = "$work/keyring.json"
+[audit]
+file = "${AUDIT_FILE:-}"
+TOML
+  # Builds from before `keys` existed (benchmarks of old commits) need no key.
+  if "$bin" --help | grep -q '^  keys'; then
+    "$bin" keys init --config "$work/pgcloak.toml" >/dev/null
+  fi
+  RUST_LOG=warn "$bin" serve --config "$work/pgcloak.toml" 2>"$work/pgcloak.log" &
+  cloak_pid=$!
 }
