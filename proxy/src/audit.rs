@@ -1,7 +1,6 @@
 //! Wiring of the audit trail (crate pgcloak-audit): the `[audit]` config mapped onto the writer, the
 //! checkpoint signer from the master key, and the events a session records.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use pgcloak_audit::{
@@ -77,10 +76,10 @@ pub fn kind_of(k: StatementKind) -> Kind {
     }
 }
 
-fn base(info: &SessionInfo, client: SocketAddr, kind: Kind) -> NewEvent {
+fn base(info: &SessionInfo, kind: Kind) -> NewEvent {
     NewEvent {
-        session: info.session_name(),
-        client: client.to_string(),
+        session: info.audit_session.clone(),
+        client: info.audit_client.clone(),
         user: info.user.clone(),
         role: info.role.clone(),
         database: info.database.clone(),
@@ -96,7 +95,7 @@ pub fn session_event(
     sqlstate: Option<String>,
     reason: Option<String>,
 ) -> NewEvent {
-    let mut ev = base(info, info.client, kind);
+    let mut ev = base(info, kind);
     ev.decision = if sqlstate.is_some() {
         Decision::Deny
     } else {
@@ -122,11 +121,7 @@ fn fingerprint_hex(fp: u64) -> String {
 
 pub fn statement_event(info: &SessionInfo, outcome: &Outcome) -> NewEvent {
     let stmt: Option<&StmtCtx> = outcome.stmt.as_deref();
-    let mut ev = base(
-        info,
-        info.client,
-        stmt.map(|s| kind_of(s.kind)).unwrap_or(Kind::Other),
-    );
+    let mut ev = base(info, stmt.map(|s| kind_of(s.kind)).unwrap_or(Kind::Other));
     ev.ts = Some(time::OffsetDateTime::now_utc());
     ev.rows = outcome.rows;
     ev.duration_us = Some(outcome.started.elapsed().as_micros() as u64);

@@ -36,6 +36,10 @@ use startup::Opening;
 pub struct SessionInfo {
     pub id: u64,
     pub client: SocketAddr,
+    /// `id` and `client` as the audit trail writes them, formatted once (every audited statement
+    /// carries both).
+    pub audit_session: String,
+    pub audit_client: String,
     pub user: String,
     pub database: String,
     pub application: String,
@@ -43,13 +47,6 @@ pub struct SessionInfo {
     /// The policy role (first listed policy role the login user is a member of, else `default`);
     /// `None` until known. Statements re-resolve it, so revocation applies from the next statement.
     pub role: Option<String>,
-}
-
-impl SessionInfo {
-    /// The session's name in the audit trail.
-    pub fn session_name(&self) -> String {
-        self.id.to_string()
-    }
 }
 
 /// Runs one client connection to its end. Never panics the process; every failure is logged.
@@ -96,6 +93,8 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, id: u64, shared: Arc<Shared>)
     let info = SessionInfo {
         id,
         client: peer,
+        audit_session: id.to_string(),
+        audit_client: peer.to_string(),
         user: startup.user().to_string(),
         database: startup.database().to_string(),
         application: startup.param("application_name").unwrap_or("").to_string(),
