@@ -206,7 +206,7 @@ pub fn chain_hash(prev_hash: &str, canonical: &str) -> String {
 
 /// Lowercase hex of `bytes`. `hex::encode` collects chars one by one (~1,000 instructions for a
 /// SHA-256, once per audit event); this writes the bytes directly.
-fn lower_hex(bytes: &[u8]) -> String {
+pub fn lower_hex(bytes: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = Vec::with_capacity(bytes.len() * 2);
     for &b in bytes {

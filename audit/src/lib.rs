@@ -29,7 +29,7 @@ pub mod query;
 pub mod verify;
 
 pub use canonical::{
-    canonical, chain_hash, checkpoint_line, checkpoint_message, event_line, parse_line,
+    canonical, chain_hash, checkpoint_line, checkpoint_message, event_line, lower_hex, parse_line,
     record_line, Record, CHECKPOINT_DOMAIN, GENESIS,
 };
 pub use config::{AuditConfig, NatsConfig, OnFailure, PgSinkConfig};

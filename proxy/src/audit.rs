@@ -107,18 +107,6 @@ pub fn session_event(
 }
 
 /// One statement's event: normalised text, plan's tables and columns, the outcome.
-/// `format!("{:016x}", fp)` without the formatting machinery (~700 instructions, once per audited
-/// statement).
-fn fingerprint_hex(fp: u64) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = [0u8; 16];
-    for (i, d) in out.iter_mut().enumerate() {
-        *d = HEX[((fp >> ((15 - i) * 4)) & 0xf) as usize];
-    }
-    // Every byte is an ASCII hex digit.
-    String::from_utf8(out.to_vec()).unwrap_or_default()
-}
-
 pub fn statement_event(info: &SessionInfo, outcome: &Outcome) -> NewEvent {
     let stmt: Option<&StmtCtx> = outcome.stmt.as_deref();
     let mut ev = base(info, stmt.map(|s| kind_of(s.kind)).unwrap_or(Kind::Other));
@@ -129,7 +117,8 @@ pub fn statement_event(info: &SessionInfo, outcome: &Outcome) -> NewEvent {
     ev.decision = Decision::Allow;
     if let Some(s) = stmt {
         ev.statement = Some(s.text.clone());
-        ev.fingerprint = Some(fingerprint_hex(s.fingerprint));
+        // As `format!("{:016x}")` but without the formatter (~700 instructions per statement).
+        ev.fingerprint = Some(pgcloak_audit::lower_hex(&s.fingerprint.to_be_bytes()));
         if let Some(p) = s.statement_plan() {
             ev.tables = p.tables.clone();
             ev.columns = p
@@ -153,9 +142,12 @@ pub fn statement_event(info: &SessionInfo, outcome: &Outcome) -> NewEvent {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn fingerprint_hex_is_zero_padded_lowercase_hex() {
-        for fp in [0, 1, 0xab, 0x0123_4567_89ab_cdef, u64::MAX] {
-            assert_eq!(super::fingerprint_hex(fp), format!("{fp:016x}"));
+    fn fingerprint_is_zero_padded_lowercase_hex() {
+        for fp in [0u64, 1, 0xab, 0x0123_4567_89ab_cdef, u64::MAX] {
+            assert_eq!(
+                pgcloak_audit::lower_hex(&fp.to_be_bytes()),
+                format!("{fp:016x}")
+            );
         }
     }
 }
