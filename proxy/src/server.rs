@@ -22,7 +22,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn, Instrument};
+use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::error::ConfigError;
@@ -273,8 +273,11 @@ fn start_session(job: Job) {
     };
     let _ = stream.set_nodelay(true);
     let id = shared.next_session_id();
-    let span = tracing::info_span!("session", id, client = %peer);
-    tracker.spawn(session::run(stream, peer, id, shared).instrument(span));
+    let label = crate::logging::SessionLabel { id, client: peer };
+    tracker.spawn(crate::logging::Labelled::new(
+        label,
+        session::run(stream, peer, id, shared),
+    ));
 }
 
 #[cfg(test)]

@@ -113,6 +113,30 @@ async fn malformed_client_frames_end_only_that_session() {
     assert!(!p.log_text().contains("panicked"), "{}", p.log_text());
 }
 
+/// CONTRACT.md: session lines carry the session id and client address — also under a `warn`
+/// filter, where the lines that matter (a session closed for a bad frame) are the only ones left.
+#[tokio::test]
+async fn warn_lines_of_a_session_name_it_under_a_warn_filter() {
+    let p = Proxy::start_with(ProxyOptions {
+        env: vec![("RUST_LOG".into(), "warn".into())],
+        ..Default::default()
+    });
+    let mut s = logged_in(&p).await;
+    let local = s.local_addr().unwrap();
+    s.write_all(&[0x00, 0, 0, 0, 4]).await.unwrap();
+    let _ = read_to_close(&mut s).await;
+    let log = p.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("closing session: invalid message from client"))
+        .unwrap_or_else(|| panic!("no warning logged: {log}"));
+    assert!(
+        line.contains(" WARN session{id=") && line.contains(&format!("client={local}}}")),
+        "{line}"
+    );
+    assert!(!log.contains(" INFO "), "{log}");
+}
+
 #[tokio::test]
 async fn tiny_max_message_size_is_enforced_for_queries() {
     let p = Proxy::start_with(ProxyOptions {
