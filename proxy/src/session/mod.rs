@@ -13,6 +13,7 @@ pub mod encoding;
 pub mod io;
 pub mod names;
 pub mod query;
+mod race;
 pub mod startup;
 pub mod track;
 pub mod upstream;

@@ -1062,12 +1062,25 @@ where
         .idle_timeout
         .map(|d| (d, crate::timer::Activity::default()));
     let activity = idle.as_ref().map(|(_, a)| a);
-    // Biased: polled in this order, without drawing a random number on every wake-up.
-    let end = tokio::select! {
-        biased;
-        e = client_to_server(&mut frontend, client_in, server_out, idle.as_ref()) => e,
-        e = server_to_client(&mut backend, server_in, client_out, activity) => e,
-        _ = shared.kill.killed() => End::Error(SessionError::Shutdown),
+    // Each pump is polled only when its own socket (or barrier, or timer) woke it.
+    let end = {
+        let c2s = std::pin::pin!(client_to_server(
+            &mut frontend,
+            client_in,
+            server_out,
+            idle.as_ref()
+        ));
+        let s2c = std::pin::pin!(server_to_client(
+            &mut backend,
+            server_in,
+            client_out,
+            activity
+        ));
+        let killed = std::pin::pin!(async {
+            shared.kill.killed().await;
+            End::Error(SessionError::Shutdown)
+        });
+        super::race::race3(c2s, s2c, killed).await
     };
     info!(user = %info.user, statements = backend.statements, "session ended");
     end
