@@ -88,8 +88,6 @@ struct Backend<'a> {
     copy_out: Option<CopyOutRewriter>,
     /// The statement finishing now exceeded max_rows (its outcome is a refusal).
     max_rows_hit: bool,
-    /// Outcomes taken from the tracker (a buffer kept between messages).
-    done: Vec<super::track::Outcome>,
     released: &'a Notify,
     /// Whether the client's text is UTF-8.
     encoding: &'a ClientEncoding,
@@ -773,7 +771,9 @@ impl Backend<'_> {
                     .unwrap_or(false);
                 self.rows = None;
                 self.rows_known = false;
-                self.copy_out = None;
+                if self.copy_out.is_some() {
+                    self.copy_out = None;
+                }
                 // A refusal raised for a simple Query: drop the PL/pgSQL context of the DO block.
                 let refused = t.current_statement().is_some_and(|s| s.refusal.is_some());
                 if refused {
@@ -880,7 +880,9 @@ impl Backend<'_> {
                         }
                     }
                 }
-                self.copy_out = None;
+                if self.copy_out.is_some() {
+                    self.copy_out = None;
+                }
             }
             b'H' => {
                 let stmt = t.current_statement().cloned();
@@ -906,7 +908,9 @@ impl Backend<'_> {
                 }
             }
             b'c' | b'Z' => {
-                self.copy_out = None;
+                if self.copy_out.is_some() {
+                    self.copy_out = None;
+                }
                 self.rows = None;
                 self.rows_known = false;
             }
@@ -923,16 +927,13 @@ impl Backend<'_> {
             self.released.notify_one();
         }
         if !t.done.is_empty() {
-            // Swap buffers rather than collect: no allocation per finished statement.
-            let mut done = std::mem::take(&mut self.done);
-            std::mem::swap(&mut t.done, &mut done);
-            for mut outcome in done.drain(..) {
+            // Drained in place: the tracker's buffer keeps its allocation between statements.
+            for mut outcome in t.done.drain(..) {
                 if std::mem::take(&mut self.max_rows_hit) {
                     outcome.sqlstate = Some("42501".into());
                 }
                 self.statement_done(outcome);
             }
-            self.done = done;
         }
         Ok(match action {
             Action::Forward => replacement,
@@ -1053,7 +1054,6 @@ where
         rows_known: false,
         copy_out: None,
         max_rows_hit: false,
-        done: Vec::new(),
         released: &released,
         encoding,
     };
