@@ -755,6 +755,14 @@ impl Backend<'_> {
         }))
     }
 
+    /// Forgets the COPY TO rewriter, if any (checked first: dropping an empty one is an out-of-line
+    /// call on every CommandComplete and ReadyForQuery).
+    fn end_copy_out(&mut self) {
+        if self.copy_out.is_some() {
+            self.copy_out = None;
+        }
+    }
+
     /// Inspects one server message; returns what to send the client instead, if anything changes.
     /// `t` is the session's tracker, locked by the caller once for a run of messages.
     fn on_frame(
@@ -771,9 +779,7 @@ impl Backend<'_> {
                     .unwrap_or(false);
                 self.rows = None;
                 self.rows_known = false;
-                if self.copy_out.is_some() {
-                    self.copy_out = None;
-                }
+                self.end_copy_out();
                 // A refusal raised for a simple Query: drop the PL/pgSQL context of the DO block.
                 let refused = t.current_statement().is_some_and(|s| s.refusal.is_some());
                 if refused {
@@ -880,9 +886,7 @@ impl Backend<'_> {
                         }
                     }
                 }
-                if self.copy_out.is_some() {
-                    self.copy_out = None;
-                }
+                self.end_copy_out();
             }
             b'H' => {
                 let stmt = t.current_statement().cloned();
@@ -908,9 +912,7 @@ impl Backend<'_> {
                 }
             }
             b'c' | b'Z' => {
-                if self.copy_out.is_some() {
-                    self.copy_out = None;
-                }
+                self.end_copy_out();
                 self.rows = None;
                 self.rows_known = false;
             }
