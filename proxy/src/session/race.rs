@@ -21,6 +21,9 @@ struct Woken {
     task: AtomicWaker,
 }
 
+/// The bits of all three branches.
+const ALL: u8 = 1 | 2 | 4;
+
 /// The waker handed to one branch.
 struct BranchWaker {
     woken: Arc<Woken>,
@@ -53,10 +56,11 @@ where
             bit,
         }))
     };
+    // Every branch is due at the first poll.
+    woken.branches.store(ALL, Ordering::Relaxed);
     Race3 {
         wakers: [waker(1), waker(2), waker(4)],
         woken,
-        started: false,
         a,
         b,
         c,
@@ -66,7 +70,6 @@ where
 pub struct Race3<A, B, C> {
     woken: Arc<Woken>,
     wakers: [Waker; 3],
-    started: bool,
     a: A,
     b: B,
     c: C,
@@ -83,34 +86,24 @@ where
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
         let this = &mut *self;
         this.woken.task.register(cx.waker());
-        let mut due = this.woken.branches.swap(0, Ordering::AcqRel);
-        if !this.started {
-            this.started = true;
-            due = 7;
+        let due = this.woken.branches.swap(0, Ordering::AcqRel);
+        let [wa, wb, wc] = &this.wakers;
+        if let Poll::Ready(v) = poll_if(due & 1 != 0, &mut this.a, wa) {
+            return Poll::Ready(v);
         }
-        if due & 1 != 0 {
-            if let Poll::Ready(v) =
-                Pin::new(&mut this.a).poll(&mut Context::from_waker(&this.wakers[0]))
-            {
-                return Poll::Ready(v);
-            }
+        if let Poll::Ready(v) = poll_if(due & 2 != 0, &mut this.b, wb) {
+            return Poll::Ready(v);
         }
-        if due & 2 != 0 {
-            if let Poll::Ready(v) =
-                Pin::new(&mut this.b).poll(&mut Context::from_waker(&this.wakers[1]))
-            {
-                return Poll::Ready(v);
-            }
-        }
-        if due & 4 != 0 {
-            if let Poll::Ready(v) =
-                Pin::new(&mut this.c).poll(&mut Context::from_waker(&this.wakers[2]))
-            {
-                return Poll::Ready(v);
-            }
-        }
-        Poll::Pending
+        poll_if(due & 4 != 0, &mut this.c, wc)
     }
+}
+
+/// Polls `f` with its own waker when it is due.
+fn poll_if<F: Future + Unpin>(due: bool, f: &mut F, waker: &Waker) -> Poll<F::Output> {
+    if !due {
+        return Poll::Pending;
+    }
+    Pin::new(f).poll(&mut Context::from_waker(waker))
 }
 
 #[cfg(test)]
