@@ -4,6 +4,7 @@
 //! - [`config`]: the TOML config with `PGCLOAK_*` overrides, resolved and validated once.
 //! - [`protocol`]: wire-protocol framing and the few messages the proxy reads or builds; no I/O.
 //! - [`server`]: listener, per-connection tasks, connection limit, graceful shutdown, shared state.
+//! - [`event_loop`]: the session threads' executor and epoll reactor, and their sockets ([`event_loop::Conn`]).
 //! - [`session`]: one client session by phase: startup and TLS, upstream connect, auth relay, the query
 //!   phase pumps, cancel.
 //! - [`guard`]: policy (reloadable), plan cache, keyring, audit handle, catalog snapshots, memberships.
@@ -19,6 +20,7 @@ pub mod audit;
 pub mod catalog;
 pub mod config;
 pub mod error;
+pub mod event_loop;
 pub mod guard;
 pub mod keys;
 pub mod logging;

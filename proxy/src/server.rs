@@ -2,11 +2,13 @@
 //! `max_connections`, and shuts down gracefully (stop accepting, let sessions finish up to
 //! `shutdown_timeout`, then close them).
 //!
-//! Sessions run on `workers` threads, each a single-threaded tokio runtime (thread per core, as
-//! PgBouncer's `so_reuseport` processes): a session's two pumps and its sockets stay on one thread
-//! (its rare timers are armed on the main runtime, see crate::timer), so a message costs no cross-thread wake-up, no work-stealing bookkeeping and no atomic queue
-//! traffic. Measured on the 2-core bench machine, the multi-threaded scheduler cost ~3.5 µs of CPU per
-//! pgbench transaction more than this (deploy/bench/RESULTS.md). Connections are dealt out round-robin;
+//! Sessions run on `workers` threads, each an event loop of its own (crate::event_loop: a
+//! single-threaded executor over its own epoll; thread per core, as PgBouncer's `so_reuseport`
+//! processes): a session's two pumps and its sockets stay on one thread (its rare timers, catalog
+//! loads and side connections run on the main runtime, see crate::timer), so a message costs no
+//! cross-thread wake-up, no work-stealing bookkeeping and no atomic queue traffic. Measured on the
+//! 2-core bench machine, the multi-threaded scheduler cost ~3.5 µs of CPU per pgbench transaction
+//! more than one thread per loop (deploy/bench/RESULTS.md). Connections are dealt out round-robin;
 //! shared state (policy, keys, catalogs, audit queue) is the same `Arc<Shared>` on every thread.
 
 use std::future::Future;
@@ -17,7 +19,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use dashmap::DashMap;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_util::sync::CancellationToken;
@@ -163,42 +165,36 @@ struct Job {
 
 /// The session threads. Dropping this ends them (and any session still on them).
 pub struct Workers {
-    queues: Vec<tokio::sync::mpsc::UnboundedSender<Job>>,
+    loops: Vec<crate::event_loop::Handle>,
     next: std::sync::atomic::AtomicUsize,
 }
 
 impl Workers {
-    /// Starts `n` session threads (at least one).
+    /// Starts `n` session threads (at least one). Must be called inside the main tokio runtime: the
+    /// session threads run what sessions await besides their sockets (timers, catalog loads, side
+    /// connections) on it.
     pub fn start(n: usize) -> std::io::Result<Workers> {
-        let mut queues = Vec::with_capacity(n.max(1));
-        for i in 0..n.max(1) {
-            // I/O only: the time driver costs every park and wake (see crate::timer).
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_io()
-                .build()?;
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
-            std::thread::Builder::new()
-                .name(format!("pgcloak-worker-{i}"))
-                .spawn(move || {
-                    runtime.block_on(async move {
-                        while let Some(job) = rx.recv().await {
-                            start_session(job);
-                        }
-                    });
-                })?;
-            queues.push(tx);
-        }
+        let rt = tokio::runtime::Handle::current();
+        let loops = (0..n.max(1))
+            .map(|i| crate::event_loop::start(format!("pgcloak-worker-{i}"), rt.clone()))
+            .collect::<std::io::Result<Vec<_>>>()?;
         Ok(Workers {
-            queues,
+            loops,
             next: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
     /// Hands an accepted client to the next session thread.
     fn dispatch(&self, job: Job) {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.queues.len();
-        if self.queues[i].send(job).is_err() {
-            warn!(worker = i, "session thread is gone; connection dropped");
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.loops.len();
+        self.loops[i].submit(Box::new(move || start_session(job)));
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for l in &self.loops {
+            l.close();
         }
     }
 }
@@ -213,7 +209,7 @@ pub async fn run(
 ) {
     let tracker = TaskTracker::new();
     let addr = listener.local_addr().ok();
-    info!(listen = ?addr, upstream = %shared.config.upstream, workers = workers.queues.len(), "pgcloak accepting connections");
+    info!(listen = ?addr, upstream = %shared.config.upstream, workers = workers.loops.len(), "pgcloak accepting connections");
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -264,7 +260,7 @@ fn start_session(job: Job) {
         shared,
         tracker,
     } = job;
-    let stream = match TcpStream::from_std(stream) {
+    let stream = match crate::event_loop::Conn::new(stream) {
         Ok(s) => s,
         Err(e) => {
             warn!(error = %e, client = %peer, "cannot register the connection");
@@ -274,10 +270,13 @@ fn start_session(job: Job) {
     let _ = stream.set_nodelay(true);
     let id = shared.next_session_id();
     let label = crate::logging::SessionLabel { id, client: peer };
-    tracker.spawn(crate::logging::Labelled::new(
+    let session = tracker.track_future(crate::logging::Labelled::new(
         label,
         session::run(stream, peer, id, shared),
     ));
+    if let Err(e) = crate::event_loop::spawn(session) {
+        warn!(error = %e, client = %peer, "cannot start the session");
+    }
 }
 
 #[cfg(test)]

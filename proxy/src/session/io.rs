@@ -5,33 +5,33 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use crate::event_loop::{Conn, ConnRead, ConnWrite};
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
 
 use crate::error::FrameError;
 use crate::protocol::frame::{self, Direction, Frame, FrameRef};
 
 /// A connection to the client or the server, before it is split.
 pub enum Stream {
-    Plain(TcpStream),
-    ClientTls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
-    ServerTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Plain(Conn),
+    ClientTls(Box<tokio_rustls::server::TlsStream<Conn>>),
+    ServerTls(Box<tokio_rustls::client::TlsStream<Conn>>),
 }
 
 /// The reading half of a [`Stream`]. An enum rather than a boxed trait object: the plain-TCP read
 /// path, taken for every message, is then a direct call the compiler can inline.
 pub enum ReadHalf {
-    Plain(tokio::net::tcp::OwnedReadHalf),
-    ClientTls(tokio::io::ReadHalf<tokio_rustls::server::TlsStream<TcpStream>>),
-    ServerTls(tokio::io::ReadHalf<tokio_rustls::client::TlsStream<TcpStream>>),
+    Plain(ConnRead),
+    ClientTls(tokio::io::ReadHalf<tokio_rustls::server::TlsStream<Conn>>),
+    ServerTls(tokio::io::ReadHalf<tokio_rustls::client::TlsStream<Conn>>),
 }
 
 /// The writing half of a [`Stream`] (see [`ReadHalf`]).
 pub enum WriteHalf {
-    Plain(tokio::net::tcp::OwnedWriteHalf),
-    ClientTls(tokio::io::WriteHalf<tokio_rustls::server::TlsStream<TcpStream>>),
-    ServerTls(tokio::io::WriteHalf<tokio_rustls::client::TlsStream<TcpStream>>),
+    Plain(ConnWrite),
+    ClientTls(tokio::io::WriteHalf<tokio_rustls::server::TlsStream<Conn>>),
+    ServerTls(tokio::io::WriteHalf<tokio_rustls::client::TlsStream<Conn>>),
 }
 
 impl Stream {

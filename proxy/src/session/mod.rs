@@ -21,8 +21,8 @@ pub mod upstream;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::event_loop::Conn;
 use bytes::BytesMut;
-use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
 use crate::error::SessionError;
@@ -51,7 +51,7 @@ pub struct SessionInfo {
 }
 
 /// Runs one client connection to its end. Never panics the process; every failure is logged.
-pub async fn run(tcp: TcpStream, peer: SocketAddr, id: u64, shared: Arc<Shared>) {
+pub async fn run(tcp: Conn, peer: SocketAddr, id: u64, shared: Arc<Shared>) {
     let cfg = shared.config.clone();
     let opening = tokio::select! {
         r = shared.guard.timers.timeout(cfg.startup_timeout, startup::negotiate(tcp, &shared)) => match r {

@@ -1,9 +1,9 @@
 //! Startup phase, client side: SSLRequest (TLS termination), GSSENCRequest, direct TLS, CancelRequest
 //! dispatch, and the StartupMessage. Ends with a (possibly TLS) client stream and the message to relay.
 
+use crate::event_loop::Conn;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::io::Stream;
 use crate::config::ClientTlsMode;
@@ -61,7 +61,7 @@ pub async fn refuse(
 }
 
 /// Runs the startup negotiation on a freshly accepted connection.
-pub async fn negotiate(tcp: TcpStream, shared: &Shared) -> Result<Opening, SessionError> {
+pub async fn negotiate(tcp: Conn, shared: &Shared) -> Result<Opening, SessionError> {
     let mut stream = Stream::Plain(tcp);
     let mut buf = BytesMut::with_capacity(1024);
 

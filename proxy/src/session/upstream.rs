@@ -7,6 +7,7 @@ use tokio::net::TcpStream;
 use super::io::Stream;
 use crate::config::UpstreamTlsMode;
 use crate::error::SessionError;
+use crate::event_loop::Conn;
 use crate::protocol::startup::encode_ssl_request;
 use crate::server::Shared;
 
@@ -21,7 +22,7 @@ fn upstream_err(shared: &Shared, reason: impl Into<String>) -> SessionError {
 async fn connect_tcp(
     shared: &Shared,
     timed_out: impl FnOnce() -> String,
-) -> Result<TcpStream, SessionError> {
+) -> Result<Conn, SessionError> {
     let cfg = &shared.config;
     shared
         .guard
@@ -32,6 +33,8 @@ async fn connect_tcp(
         )
         .await
         .map_err(|_| upstream_err(shared, timed_out()))?
+        // Connected on the main runtime (which resolves the name); served by this session's loop.
+        .and_then(Conn::from_tokio)
         .map_err(|e| upstream_err(shared, e.to_string()))
 }
 
@@ -59,7 +62,7 @@ pub async fn connect_for_cancel(shared: &Shared) -> Result<Stream, SessionError>
 
 async fn negotiate_tls(
     shared: &Shared,
-    mut tcp: TcpStream,
+    mut tcp: Conn,
     mode: UpstreamTlsMode,
 ) -> Result<Stream, SessionError> {
     let Some(connector) = shared
