@@ -271,15 +271,26 @@ fn run(mut poll: mio::Poll, registry: mio::Registry, remote: Arc<Remote>) {
 }
 
 /// Moves tasks spawned since the last look into the task table, queued for their first poll.
+#[inline]
 fn adopt(
     local: &Local,
     remote: &Arc<Remote>,
     tasks: &mut Vec<Option<Task>>,
     free: &mut Vec<usize>,
 ) {
-    if local.spawned.borrow().is_empty() {
-        return;
+    // Checked after every poll; tasks are spawned once per connection.
+    if !local.spawned.borrow().is_empty() {
+        adopt_spawned(local, remote, tasks, free);
     }
+}
+
+#[inline(never)]
+fn adopt_spawned(
+    local: &Local,
+    remote: &Arc<Remote>,
+    tasks: &mut Vec<Option<Task>>,
+    free: &mut Vec<usize>,
+) {
     let spawned = std::mem::take(&mut *local.spawned.borrow_mut());
     for fut in spawned {
         let id = free.pop().unwrap_or_else(|| {

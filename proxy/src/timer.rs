@@ -1,12 +1,13 @@
 //! Timers for the session threads, served by the main runtime.
 //!
-//! The session threads run tokio event loops without a time driver: with one, every park and wake
-//! of the loop goes through the timer wheel (lock, expiry scan, clock read) whether or not a timer is
-//! armed — removing it cut the proxy's instructions for 4,000 pgbench `-S` transactions by 5.7 %
-//! (callgrind, deploy/bench/RESULTS.md). Sessions need timers only rarely (startup, connect, an idle deadline),
-//! so those are armed on the main runtime, which has the time driver, and the session awaits a
-//! handle to them. A `tokio::time` call on a session thread would panic; everything a session does
-//! with time goes through [`Timers`].
+//! The session threads' event loops (crate::event_loop) keep no timers: a timer wheel costs every
+//! park and wake of a loop (lock, expiry scan, clock read) whether or not a timer is armed — removing
+//! tokio's from the session threads cut the proxy's instructions for 4,000 pgbench `-S` transactions by
+//! 5.7 % (callgrind, deploy/bench/RESULTS.md). Sessions need timers only rarely (startup, connect, an
+//! idle deadline), so those are armed on the main runtime, which has the time driver, and the session
+//! awaits a handle to them; everything a session does with time goes through [`Timers`] (a bare
+//! `tokio::time` future would also be served by the main runtime, whose context the session threads
+//! enter, but armed from the wrong thread).
 
 use std::future::Future;
 use std::pin::Pin;

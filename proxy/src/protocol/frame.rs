@@ -114,13 +114,16 @@ pub fn check(buf: &[u8], direction: Direction, max: usize) -> Result<Option<usiz
             len,
         });
     }
-    let limit = limit_for(direction, tag, max);
-    if len as usize > limit {
-        return Err(FrameError::TooLarge {
-            tag: tag as char,
-            len: u64::from(len),
-            max: limit,
-        });
+    // Most frames are small: the per-type limit is looked up only for those that could exceed it.
+    if len as usize > SMALL_MESSAGE_MAX.min(max) {
+        let limit = limit_for(direction, tag, max);
+        if len as usize > limit {
+            return Err(FrameError::TooLarge {
+                tag: tag as char,
+                len: u64::from(len),
+                max: limit,
+            });
+        }
     }
     let total = len as usize + 1;
     if buf.len() < total {

@@ -61,7 +61,7 @@ struct Frontend<'a> {
     copy_in: VecDeque<Option<CopyInRewriter>>,
     /// Entries for the messages processed since the last write upstream: published to the tracker
     /// under one lock just before those messages reach the server (see [`Frontend::publish`]).
-    pending: Vec<Pending>,
+    pending: VecDeque<Pending>,
     /// The last message processed sets this barrier: forward nothing more until the server
     /// finished it. Installed by [`Frontend::publish`].
     holding: Option<BarrierKind>,
@@ -239,7 +239,7 @@ impl Frontend<'_> {
     /// Replaces a whole Query with a refusal.
     fn refuse_query(&mut self, started: Instant, r: Refusal, kind: StatementKind) -> Forward {
         let q = messages::query(&raise_sql(&r));
-        self.pending.push(Pending::Query {
+        self.pending.push_back(Pending::Query {
             started,
             stmts: vec![Self::refused_ctx(r, kind)],
             next: 0,
@@ -287,7 +287,7 @@ impl Frontend<'_> {
                 };
                 return Ok(self.refuse_query(started, r, StatementKind::Other));
             }
-            self.pending.push(Pending::Query {
+            self.pending.push_back(Pending::Query {
                 started,
                 stmts: Vec::new(),
                 next: 0,
@@ -353,7 +353,7 @@ impl Frontend<'_> {
         let limited = stmts
             .iter()
             .any(|s| s.statement_plan().is_some_and(|sp| sp.max_rows.is_some()));
-        self.pending.push(Pending::Query {
+        self.pending.push_back(Pending::Query {
             started,
             stmts,
             next: 0,
@@ -372,9 +372,7 @@ impl Frontend<'_> {
             return;
         }
         let mut t = lock(self.tracker);
-        for p in self.pending.drain(..) {
-            t.push(p);
-        }
+        t.append(&mut self.pending);
         // Installed by the first publish of the hold; a barrier already in the tracker is this
         // hold's own, possibly released by now (wait_barrier takes it out once released).
         if let Some(kind) = self.holding.filter(|_| t.barrier.is_none()) {
@@ -433,7 +431,7 @@ impl Frontend<'_> {
             sqlstate: "42501",
             message: "pgcloak: refused".into(),
         });
-        self.pending.push(Pending::Refusal {
+        self.pending.push_back(Pending::Refusal {
             started: Instant::now(),
             stmt,
         });
@@ -453,7 +451,7 @@ impl Frontend<'_> {
             .recent
             .get(self.shared.guard.policy_generation(), key)?;
         self.statements.insert(name, ctx);
-        self.pending.push(Pending::Parse);
+        self.pending.push_back(Pending::Parse);
         Some(Ok(Forward::Original))
     }
 
@@ -477,7 +475,7 @@ impl Frontend<'_> {
                 name,
                 Arc::new(StmtCtx::plain(StatementKind::Other, String::new(), 0)),
             );
-            self.pending.push(Pending::Parse);
+            self.pending.push_back(Pending::Parse);
             return Ok(Forward::Original);
         };
         let (lexed, plan, data) = match self.analyze(sql, &policy).await {
@@ -506,7 +504,7 @@ impl Frontend<'_> {
             self.recent.remember(generation, key, &ctx);
         }
         self.statements.insert(name, ctx);
-        self.pending.push(Pending::Parse);
+        self.pending.push_back(Pending::Parse);
         Ok(out)
     }
 
@@ -516,7 +514,7 @@ impl Frontend<'_> {
         let Some(stmt) = self.statements.get(statement).cloned() else {
             // Prepared before this session knew it (or not at all): the server decides.
             self.portals.remove(portal);
-            self.pending.push(Pending::Bind);
+            self.pending.push_back(Pending::Bind);
             return Ok(Forward::Original);
         };
         // Result formats matter only for rows the proxy rewrites: only an analysed statement's Bind
@@ -553,7 +551,7 @@ impl Frontend<'_> {
                 }),
             );
         }
-        self.pending.push(Pending::Bind);
+        self.pending.push_back(Pending::Bind);
         Ok(out)
     }
 
@@ -652,7 +650,7 @@ impl Frontend<'_> {
                     .as_ref()
                     .and_then(|s| s.statement_plan())
                     .is_some_and(|sp| sp.max_rows.is_some());
-                self.pending.push(Pending::Execute {
+                self.pending.push_back(Pending::Execute {
                     started: Instant::now(),
                     stmt,
                     // Only an analysed statement's rows are looked at.
@@ -673,7 +671,7 @@ impl Frontend<'_> {
                     let p = self.portals.get(name).filter(|p| p.stmt.data.is_some());
                     (None, p.cloned())
                 };
-                self.pending.push(Pending::Describe { stmt, portal });
+                self.pending.push_back(Pending::Describe { stmt, portal });
             }
             b'C' => {
                 let (kind, name) =
@@ -683,18 +681,18 @@ impl Frontend<'_> {
                 } else {
                     self.portals.remove(name);
                 }
-                self.pending.push(Pending::Close);
+                self.pending.push_back(Pending::Close);
             }
             b'S' => {
                 self.skip_until_sync = false;
-                self.pending.push(Pending::Sync);
+                self.pending.push_back(Pending::Sync);
             }
             b'F' => {
                 if let Some(r) = audit_refusal(self.shared) {
                     // A function call is not a statement the proxy can rewrite; answer as a refusal.
                     return Ok(self.refuse_query(Instant::now(), r, StatementKind::Other));
                 }
-                self.pending.push(Pending::FunctionCall {
+                self.pending.push_back(Pending::FunctionCall {
                     started: Instant::now(),
                 });
             }
@@ -766,6 +764,53 @@ impl Backend<'_> {
     /// Inspects one server message; returns what to send the client instead, if anything changes.
     /// `t` is the session's tracker, locked by the caller once for a run of messages.
     fn on_frame(
+        &mut self,
+        t: &mut Tracker,
+        frame: &FrameRef<'_>,
+    ) -> Result<Option<Option<Bytes>>, SessionError> {
+        // The messages every statement gets, when nothing of them is rewritten, without the call to
+        // `inspect` (whose frame is large): they only move the tracker on.
+        let mut replacement = match frame.tag {
+            b'1' | b'2' | b'3' | b'n' => None,
+            b'D' if self.rows.is_none() && self.rows_known => None,
+            b'Z' | b'c' => {
+                self.end_copy_out();
+                self.rows = None;
+                self.rows_known = false;
+                None
+            }
+            _ => self.inspect(t, frame)?,
+        };
+        let action = t.on_backend(frame.tag, frame.body());
+        if t.release_barrier(frame.tag, frame.body()) {
+            if t.barrier
+                .is_some_and(|b| b.abort && b.kind == BarrierKind::Query)
+            {
+                // The server is about to be made to fail the block: present it as failed now.
+                replacement = Some(Some(messages::frame(b'Z', b"E")));
+            }
+            self.released.notify_one();
+        }
+        if !t.done.is_empty() {
+            // Drained in place: the tracker's buffer keeps its allocation between statements.
+            for mut outcome in t.done.drain(..) {
+                if std::mem::take(&mut self.max_rows_hit) {
+                    outcome.sqlstate = Some("42501".into());
+                }
+                self.statement_done(outcome);
+            }
+        }
+        Ok(match action {
+            Action::Forward => replacement,
+            Action::Swallow => Some(None),
+            Action::ForwardRefusal => Some(Some(messages::without_context(frame.body()))),
+        })
+    }
+
+    /// Everything `on_frame` does not handle inline: descriptions, rows of analysed statements,
+    /// errors, command completions, COPY, parameter status.
+    #[inline(never)]
+    fn inspect(
         &mut self,
         t: &mut Tracker,
         frame: &FrameRef<'_>,
@@ -911,37 +956,9 @@ impl Backend<'_> {
                     self.encoding.reported(name, value);
                 }
             }
-            b'c' | b'Z' => {
-                self.end_copy_out();
-                self.rows = None;
-                self.rows_known = false;
-            }
             _ => {}
         }
-        let action = t.on_backend(frame.tag, frame.body());
-        if t.release_barrier(frame.tag, frame.body()) {
-            if t.barrier
-                .is_some_and(|b| b.abort && b.kind == BarrierKind::Query)
-            {
-                // The server is about to be made to fail the block: present it as failed now.
-                replacement = Some(Some(messages::frame(b'Z', b"E")));
-            }
-            self.released.notify_one();
-        }
-        if !t.done.is_empty() {
-            // Drained in place: the tracker's buffer keeps its allocation between statements.
-            for mut outcome in t.done.drain(..) {
-                if std::mem::take(&mut self.max_rows_hit) {
-                    outcome.sqlstate = Some("42501".into());
-                }
-                self.statement_done(outcome);
-            }
-        }
-        Ok(match action {
-            Action::Forward => replacement,
-            Action::Swallow => Some(None),
-            Action::ForwardRefusal => Some(Some(messages::without_context(frame.body()))),
-        })
+        Ok(replacement)
     }
 
     fn statement_done(&mut self, outcome: super::track::Outcome) {
@@ -1041,7 +1058,7 @@ where
         recent: RecentParses::default(),
         skip_until_sync: false,
         copy_in: VecDeque::new(),
-        pending: Vec::new(),
+        pending: VecDeque::new(),
         holding: None,
         released: &released,
         encoding,

@@ -143,6 +143,11 @@ impl Tracker {
         self.queue.push_back(p);
     }
 
+    /// Moves all of `ps` to the back of the queue, in order (a block copy, not one push per entry).
+    pub fn append(&mut self, ps: &mut VecDeque<Pending>) {
+        self.queue.append(ps);
+    }
+
     /// Whether nothing is waiting for the server.
     pub fn is_idle(&self) -> bool {
         self.queue.is_empty()
