@@ -626,6 +626,58 @@ mod tests {
     }
 
     #[test]
+    fn a_write_the_peer_cannot_take_yet_waits_for_it() {
+        // Far more than the socket buffers hold: the writer must wait for writable events.
+        const N: usize = 16 * 1024 * 1024;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let peer = std::thread::spawn(move || {
+            use std::io::Read;
+            let (mut s, _) = listener.accept().unwrap();
+            // Let the writer fill the buffers first.
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let mut all = Vec::new();
+            s.read_to_end(&mut all).unwrap();
+            all.len()
+        });
+        on_loop(move || async move {
+            let mut c = Conn::new(std::net::TcpStream::connect(addr).unwrap()).unwrap();
+            c.write_all(&vec![7u8; N]).await.unwrap();
+            c.shutdown().await.unwrap();
+        });
+        assert_eq!(peer.join().unwrap(), N);
+    }
+
+    #[test]
+    fn closing_the_loop_closes_its_sessions_sockets() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let lp = start("test-loop".into(), rt.handle().clone()).unwrap();
+        lp.submit(Box::new(move || {
+            spawn(async move {
+                let mut c = Conn::new(std::net::TcpStream::connect(addr).unwrap()).unwrap();
+                // Waits for ever: only closing the loop ends it.
+                let mut buf = [0u8; 1];
+                let _ = c.read(&mut buf).await;
+                std::future::pending::<()>().await;
+            })
+            .unwrap();
+        }));
+        let (mut s, _) = listener.accept().unwrap();
+        lp.close();
+        use std::io::Read;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let mut buf = [0u8; 1];
+        assert_eq!(s.read(&mut buf).unwrap(), 0, "the peer sees end of file");
+    }
+
+    #[test]
     fn a_task_woken_from_another_thread_runs() {
         let got = on_loop(|| async {
             // A oneshot completed on the main runtime wakes this task from that runtime's thread.
