@@ -21,7 +21,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
-use std::io::{self, Write};
+use std::io;
 use std::net::Shutdown;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -474,16 +474,28 @@ fn poll_recv(
 }
 
 /// `recv` into the unfilled part of `buf`, which may be uninitialised memory (a `BytesMut`'s spare
-/// capacity): zeroing it first would cost a memset of the whole read size per read.
+/// capacity): zeroing it first would cost a memset of the whole read size per read. The system call
+/// is made directly (rustix), not through libc's wrapper, which brackets every `recv` and `send` with
+/// thread-cancellation bookkeeping this process never uses.
 #[allow(unsafe_code)]
 fn recv_into(sock: &mio::net::TcpStream, buf: &mut ReadBuf<'_>) -> io::Result<usize> {
     // SAFETY: `recv` only writes into the slice; nothing here de-initialises bytes of it.
     let unfilled = unsafe { buf.unfilled_mut() };
-    let n = socket2::SockRef::from(sock).recv(unfilled)?;
-    // SAFETY: the kernel wrote the first `n` bytes of `unfilled`.
+    let ((filled, _), _) = rustix::net::recv(sock, unfilled, rustix::net::RecvFlags::empty())?;
+    let n = filled.len();
+    // SAFETY: the kernel wrote the first `n` bytes of the unfilled part.
     unsafe { buf.assume_init(n) };
     buf.advance(n);
     Ok(n)
+}
+
+/// `send` as [`recv_into`] receives; a peer that closed gets `EPIPE`, never a signal.
+fn send(sock: &mio::net::TcpStream, bytes: &[u8]) -> io::Result<usize> {
+    Ok(rustix::net::send(
+        sock,
+        bytes,
+        rustix::net::SendFlags::NOSIGNAL,
+    )?)
 }
 
 fn poll_send(inner: &ConnInner, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
@@ -495,7 +507,7 @@ fn poll_send(inner: &ConnInner, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::
             wait_on(&inner.state.write_waker, cx);
             return Poll::Pending;
         }
-        match (&inner.sock).write(bytes) {
+        match send(&inner.sock, bytes) {
             Ok(n) => return Poll::Ready(Ok(n)),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => inner.state.writable.set(false),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

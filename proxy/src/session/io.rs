@@ -271,10 +271,7 @@ impl<W: AsyncWrite + Unpin> Outbox<W> {
     /// straight from the caller's buffer (an unchanged batch of frames is never copied).
     pub async fn send_and_flush(&mut self, bytes: &[u8]) -> io::Result<()> {
         if self.buf.is_empty() {
-            if !bytes.is_empty() {
-                self.inner.write_all(bytes).await?;
-            }
-            return self.inner.flush().await;
+            return write_and_flush(&mut self.inner, bytes).await;
         }
         self.send(bytes).await?;
         self.flush().await
@@ -285,14 +282,12 @@ impl<W: AsyncWrite + Unpin> Outbox<W> {
     }
 
     pub async fn flush(&mut self) -> io::Result<()> {
-        if !self.buf.is_empty() {
-            self.inner.write_all(&self.buf).await?;
-            self.buf.clear();
-            if self.buf.capacity() > KEEP_CAPACITY {
-                self.buf = BytesMut::new();
-            }
+        write_and_flush(&mut self.inner, &self.buf).await?;
+        self.buf.clear();
+        if self.buf.capacity() > KEEP_CAPACITY {
+            self.buf = BytesMut::new();
         }
-        self.inner.flush().await
+        Ok(())
     }
 
     /// Writes `bytes` and flushes (for one-off messages such as errors).
@@ -305,4 +300,22 @@ impl<W: AsyncWrite + Unpin> Outbox<W> {
         let _ = self.flush().await;
         let _ = self.inner.shutdown().await;
     }
+}
+
+/// Writes all of `bytes` to `w`, then flushes it: one future for both (the pumps do this once per
+/// batch of messages; `write_all` and `flush` would be two nested ones).
+async fn write_and_flush<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> io::Result<()> {
+    let mut at = 0;
+    std::future::poll_fn(|cx| {
+        while at < bytes.len() {
+            match Pin::new(&mut *w).poll_write(cx, &bytes[at..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => at += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Pin::new(&mut *w).poll_flush(cx)
+    })
+    .await
 }
