@@ -252,15 +252,11 @@ fn run(mut poll: mio::Poll, registry: mio::Registry, remote: Arc<Remote>) {
             let Some(state) = state else { continue };
             if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                 state.readable.set(true);
-                if let Some(w) = state.read_waker.take() {
-                    w.wake();
-                }
+                state.reader.wake();
             }
             if ev.is_writable() || ev.is_write_closed() || ev.is_error() {
                 state.writable.set(true);
-                if let Some(w) = state.write_waker.take() {
-                    w.wake();
-                }
+                state.writer.wake();
             }
         }
     }
@@ -320,23 +316,47 @@ fn take_budget(local: &Local, cx: &Context<'_>) -> bool {
     true
 }
 
-/// Readiness of one socket as the last epoll events and operations left it, with the wakers of the
-/// task waiting to read and to write.
+/// Readiness of one socket as the last epoll events and operations left it, with the task waiting to
+/// read and the one waiting to write.
 #[derive(Default)]
 struct IoState {
     readable: Cell<bool>,
     writable: Cell<bool>,
-    read_waker: Cell<Option<Waker>>,
-    write_waker: Cell<Option<Waker>>,
+    reader: Waiter,
+    writer: Waiter,
 }
 
-/// Keeps `cx`'s waker in `slot` (cloned only when it changed).
-fn wait_on(slot: &Cell<Option<Waker>>, cx: &Context<'_>) {
-    let current = slot.take();
-    slot.set(match current {
-        Some(w) if w.will_wake(cx.waker()) => Some(w),
-        _ => Some(cx.waker().clone()),
-    });
+/// The waker of a task waiting for one kind of readiness. The waker stays stored after a wake-up (a
+/// task's waker rarely changes: storing it again is a comparison, not a clone and a drop of a
+/// reference-counted waker per message); `armed` says whether the task is still waiting.
+#[derive(Default)]
+struct Waiter {
+    waker: Cell<Option<Waker>>,
+    armed: Cell<bool>,
+}
+
+impl Waiter {
+    /// Keeps `cx`'s waker (cloned only when it changed) and waits.
+    fn wait(&self, cx: &Context<'_>) {
+        let current = self.waker.take();
+        self.waker.set(match current {
+            Some(w) if w.will_wake(cx.waker()) => Some(w),
+            _ => Some(cx.waker().clone()),
+        });
+        self.armed.set(true);
+    }
+
+    /// Wakes the waiting task, if one waits.
+    fn wake(&self) {
+        if !self.armed.replace(false) {
+            return;
+        }
+        let w = self.waker.take();
+        if let Some(w) = &w {
+            w.wake_by_ref();
+        }
+        self.waker.set(w);
+    }
 }
 
 /// A TCP connection registered with this thread's loop.
@@ -414,7 +434,7 @@ impl Conn {
             let inner = &self.inner;
             loop {
                 if !inner.state.readable.get() {
-                    wait_on(&inner.state.read_waker, cx);
+                    inner.state.reader.wait(cx);
                     return Poll::Pending;
                 }
                 match inner.sock.peek(buf) {
@@ -452,7 +472,7 @@ fn poll_recv(
     }
     loop {
         if !inner.state.readable.get() {
-            wait_on(&inner.state.read_waker, cx);
+            inner.state.reader.wait(cx);
             return Poll::Pending;
         }
         let want = buf.remaining();
@@ -504,7 +524,7 @@ fn poll_send(inner: &ConnInner, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::
     }
     loop {
         if !inner.state.writable.get() {
-            wait_on(&inner.state.write_waker, cx);
+            inner.state.writer.wait(cx);
             return Poll::Pending;
         }
         match send(&inner.sock, bytes) {

@@ -314,6 +314,11 @@ pub fn parse_text(body: &[u8]) -> Result<(&[u8], &[u8]), FrameError> {
     Ok((name, sql))
 }
 
+/// The statement name of a Parse message, without scanning its statement text.
+pub fn parse_name(body: &[u8]) -> Result<&[u8], FrameError> {
+    Reader::new(body, "Parse").cstr()
+}
+
 /// A decoded Parse message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseMsg<'a> {
@@ -652,6 +657,9 @@ mod tests {
     #[test]
     fn readers_reject_truncation() {
         assert!(parse_text(b"name\0select").is_err());
+        assert!(parse_name(b"name").is_err());
+        assert_eq!(parse_name(b"\0select").unwrap(), b"");
+        assert_eq!(parse_name(b"s1\0select\0\0\0").unwrap(), b"s1");
         assert!(bind_names(b"\0").is_err());
         assert!(target(b"X\0", "Describe").is_err());
         assert!(target(b"", "Describe").is_err());

@@ -442,8 +442,10 @@ impl Frontend<'_> {
     /// A Parse this session analysed recently (drivers re-parse the unnamed statement for every
     /// execution): handled without analysis. `None` when it must be analysed ([`Frontend::on_parse`]).
     fn parse_remembered(&mut self, frame: &FrameRef<'_>) -> Option<Result<Forward, SessionError>> {
-        let (name, _) = match messages::parse_text(frame.body()) {
-            Ok(p) => p,
+        // Only the name is read: a remembered key is byte for byte a Parse analysed (and so checked)
+        // before; anything else goes on to `on_parse`, which checks the whole message.
+        let name = match messages::parse_name(frame.body()) {
+            Ok(n) => n,
             Err(e) => return Some(Err(SessionError::Client(e))),
         };
         let key = &frame.body()[name.len() + 1..];
