@@ -69,6 +69,9 @@ struct Frontend<'a> {
     released: &'a Notify,
     /// Whether the client's text is UTF-8.
     encoding: &'a ClientEncoding,
+    /// What `on_frame` decided for the message it did not pass unchanged (see
+    /// [`Frontend::take_decision`]).
+    decision: Option<Result<Forward, SessionError>>,
 }
 
 /// State of the server→client direction.
@@ -88,9 +91,23 @@ struct Backend<'a> {
     copy_out: Option<CopyOutRewriter>,
     /// The statement finishing now exceeded max_rows (its outcome is a refusal).
     max_rows_hit: bool,
+    /// What replaces the message `on_frame` just declined to pass unchanged (see
+    /// [`Backend::take_change`]).
+    change: Option<Result<Option<Bytes>, SessionError>>,
     released: &'a Notify,
     /// Whether the client's text is UTF-8.
     encoding: &'a ClientEncoding,
+}
+
+/// How [`Frontend::on_frame`] answers for one client message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Forward it as it arrived.
+    Original,
+    /// A statement to analyse first.
+    Statement,
+    /// Something else: see [`Frontend::take_decision`].
+    Decided,
 }
 
 /// What the frontend does with one client message.
@@ -597,20 +614,39 @@ impl Frontend<'_> {
         }
     }
 
-    /// Inspects one client message before it is forwarded. `None` for a statement that must be
-    /// analysed first ([`Frontend::on_statement`]): everything else is decided without awaiting.
-    fn on_frame(&mut self, frame: &FrameRef<'_>) -> Option<Result<Forward, SessionError>> {
-        if self.skip_until_sync && frame.tag != b'S' {
-            return Some(Ok(match frame.tag {
+    /// Inspects one client message before it is forwarded: [`Step::Original`] when it goes to the
+    /// server as it arrived, [`Step::Statement`] for a statement that must be analysed first
+    /// ([`Frontend::on_statement`]), [`Step::Decided`] when [`Frontend::take_decision`] holds what to
+    /// do instead. Everything but a statement is decided without awaiting.
+    ///
+    /// Called for every client message: the common answer is a one-byte `Step`, not a `Forward` or
+    /// an error moved through the callers.
+    fn on_frame(&mut self, frame: &FrameRef<'_>) -> Step {
+        let decided = if self.skip_until_sync && frame.tag != b'S' {
+            Ok(match frame.tag {
                 b'X' => Forward::Last,
                 _ => Forward::Drop,
-            }));
+            })
+        } else {
+            match frame.tag {
+                b'Q' => return Step::Statement,
+                b'P' => match self.parse_remembered(frame) {
+                    Some(r) => r,
+                    None => return Step::Statement,
+                },
+                _ => self.on_message(frame),
+            }
+        };
+        if let Ok(Forward::Original) = decided {
+            return Step::Original;
         }
-        match frame.tag {
-            b'Q' => None,
-            b'P' => self.parse_remembered(frame),
-            _ => Some(self.on_message(frame)),
-        }
+        self.decision = Some(decided);
+        Step::Decided
+    }
+
+    /// What [`Frontend::on_frame`] decided for a message it did not pass unchanged.
+    fn take_decision(&mut self) -> Result<Forward, SessionError> {
+        self.decision.take().unwrap_or(Ok(Forward::Original))
     }
 
     /// Analyses a Query or Parse (the policy role and catalog may have to be fetched).
@@ -763,13 +799,13 @@ impl Backend<'_> {
         }
     }
 
-    /// Inspects one server message; returns what to send the client instead, if anything changes.
-    /// `t` is the session's tracker, locked by the caller once for a run of messages.
-    fn on_frame(
-        &mut self,
-        t: &mut Tracker,
-        frame: &FrameRef<'_>,
-    ) -> Result<Option<Option<Bytes>>, SessionError> {
+    /// Inspects one server message; says whether it goes to the client as it arrived. When not,
+    /// [`Backend::take_change`] says what replaces it (other bytes or nothing) or why the session
+    /// ends. `t` is the session's tracker, locked by the caller once for a run of messages.
+    ///
+    /// Called for every server message: the answer is a `bool` rather than the change itself, which
+    /// the hot path (every message unchanged) would otherwise build and move through the callers.
+    fn on_frame(&mut self, t: &mut Tracker, frame: &FrameRef<'_>) -> bool {
         // The messages every statement gets, when nothing of them is rewritten, without the call to
         // `inspect` (whose frame is large): they only move the tracker on.
         let mut replacement = match frame.tag {
@@ -781,7 +817,13 @@ impl Backend<'_> {
                 self.rows_known = false;
                 None
             }
-            _ => self.inspect(t, frame)?,
+            _ => match self.inspect(t, frame) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.change = Some(Err(e));
+                    return false;
+                }
+            },
         };
         let action = t.on_backend(frame.tag, frame.body());
         if t.release_barrier(frame.tag, frame.body()) {
@@ -794,19 +836,38 @@ impl Backend<'_> {
             self.released.notify_one();
         }
         if !t.done.is_empty() {
-            // Drained in place: the tracker's buffer keeps its allocation between statements.
-            for mut outcome in t.done.drain(..) {
-                if std::mem::take(&mut self.max_rows_hit) {
-                    outcome.sqlstate = Some("42501".into());
-                }
-                self.statement_done(outcome);
-            }
+            self.finish_statements(t);
         }
-        Ok(match action {
+        let replacement = match action {
             Action::Forward => replacement,
             Action::Swallow => Some(None),
             Action::ForwardRefusal => Some(Some(messages::without_context(frame.body()))),
-        })
+        };
+        match replacement {
+            None => true,
+            Some(r) => {
+                self.change = Some(Ok(r));
+                false
+            }
+        }
+    }
+
+    /// What replaces the message [`Backend::on_frame`] did not pass: other bytes, nothing, or the
+    /// error that ends the session.
+    fn take_change(&mut self) -> Result<Option<Bytes>, SessionError> {
+        self.change.take().unwrap_or(Ok(None))
+    }
+
+    /// Reports the statements the tracker saw finish (drained in place: its buffer keeps its
+    /// allocation between statements).
+    #[inline(never)]
+    fn finish_statements(&mut self, t: &mut Tracker) {
+        for mut outcome in t.done.drain(..) {
+            if std::mem::take(&mut self.max_rows_hit) {
+                outcome.sqlstate = Some("42501".into());
+            }
+            self.statement_done(outcome);
+        }
     }
 
     /// Everything `on_frame` does not handle inline: descriptions, rows of analysed statements,
@@ -1064,6 +1125,7 @@ where
         holding: None,
         released: &released,
         encoding,
+        decision: None,
     };
     let mut backend = Backend {
         shared,
@@ -1075,6 +1137,7 @@ where
         rows_known: false,
         copy_out: None,
         max_rows_hit: false,
+        change: None,
         released: &released,
         encoding,
     };
@@ -1130,8 +1193,9 @@ where
             };
             let len = frame.bytes.len();
             let forward = match fe.on_frame(&frame) {
-                Some(f) => f,
-                None => fe.on_statement(&frame).await,
+                Step::Original => Ok(Forward::Original),
+                Step::Statement => fe.on_statement(&frame).await,
+                Step::Decided => fe.take_decision(),
             };
             let forward = match forward {
                 Ok(f) => f,
@@ -1233,9 +1297,12 @@ where
                         Err(e) => return End::Error(SessionError::Server(e)),
                     };
                     let len = frame.bytes.len();
-                    match be.on_frame(&mut t, &frame) {
-                        Ok(None) => pos += len,
-                        Ok(Some(replacement)) => break Some((len, replacement)),
+                    if be.on_frame(&mut t, &frame) {
+                        pos += len;
+                        continue;
+                    }
+                    match be.take_change() {
+                        Ok(replacement) => break Some((len, replacement)),
                         Err(e) => return End::Error(e),
                     }
                 }
