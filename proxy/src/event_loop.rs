@@ -198,7 +198,8 @@ fn run(mut poll: mio::Poll, registry: mio::Registry, remote: Arc<Remote>) {
     let mut free_tasks: Vec<usize> = Vec::new();
     let mut events = Events::with_capacity(256);
     loop {
-        if remote.pending.swap(false, Ordering::AcqRel) {
+        // A load first: the swap is a locked instruction, and nothing is pending on most turns.
+        if remote.pending.load(Ordering::Acquire) && remote.pending.swap(false, Ordering::AcqRel) {
             let jobs = std::mem::take(&mut *remote.jobs.lock().unwrap_or_else(|p| p.into_inner()));
             for job in jobs {
                 job();
