@@ -460,6 +460,20 @@ impl Conn {
 /// The reading half of a [`Conn`].
 pub struct ConnRead(Rc<ConnInner>);
 
+impl ConnRead {
+    /// `Ready` when the last event or read left the socket readable; otherwise the task waits for
+    /// the next readable event.
+    #[inline]
+    pub fn poll_read_ready(&self, cx: &Context<'_>) -> Poll<()> {
+        let state = &self.0.state;
+        if state.readable.get() {
+            return Poll::Ready(());
+        }
+        state.reader.wait(cx);
+        Poll::Pending
+    }
+}
+
 /// The writing half of a [`Conn`].
 pub struct ConnWrite(Rc<ConnInner>);
 

@@ -5,7 +5,7 @@
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::cancel::Registration;
-use super::io::{FrameReader, Outbox, ReadError};
+use super::io::{FrameReader, Outbox, ReadError, ReadReady};
 use crate::error::{FrameError, SessionError};
 use crate::protocol::messages::{
     self, auth_code, backend_key_data, strip_channel_binding, Reader, AUTH_OK, AUTH_SASL,
@@ -66,9 +66,9 @@ pub async fn relay<'a, CR, CW, SR, SW>(
     server_out: &mut Outbox<SW>,
 ) -> Result<(Option<Registration<'a>>, crate::protocol::Frame), SessionError>
 where
-    CR: AsyncRead + Unpin,
+    CR: AsyncRead + ReadReady + Unpin,
     CW: AsyncWrite + Unpin,
-    SR: AsyncRead + Unpin,
+    SR: AsyncRead + ReadReady + Unpin,
     SW: AsyncWrite + Unpin,
 {
     let mut registration = None;

@@ -134,6 +134,24 @@ dispatch_write!(Stream);
 dispatch_read!(ReadHalf);
 dispatch_write!(WriteHalf);
 
+/// Whether a read could return anything, asked before a read is set up.
+pub trait ReadReady {
+    /// `Pending`, with the task registered for a wake-up, when a read would certainly find nothing;
+    /// `Ready` when it may return data (or an error, or end of file).
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<()>;
+}
+
+impl ReadReady for ReadHalf {
+    #[inline]
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match self {
+            ReadHalf::Plain(r) => r.poll_read_ready(cx),
+            // TLS may hold decrypted bytes the socket's readiness does not show.
+            ReadHalf::ClientTls(_) | ReadHalf::ServerTls(_) => Poll::Ready(()),
+        }
+    }
+}
+
 /// Why reading a frame failed.
 #[derive(Debug)]
 pub enum ReadError {
@@ -156,7 +174,7 @@ pub struct FrameReader<R> {
     max: usize,
 }
 
-impl<R: AsyncRead + Unpin> FrameReader<R> {
+impl<R: AsyncRead + ReadReady + Unpin> FrameReader<R> {
     pub fn new(inner: R, buf: BytesMut, direction: Direction, max: usize) -> Self {
         FrameReader {
             inner,
@@ -213,6 +231,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// Reads more bytes from the socket. Reserves the whole declared frame at once for large frames.
     pub async fn fill(&mut self) -> Result<(), ReadError> {
+        // Most calls come right after the socket was drained: wait for it before reserving
+        // buffer space and setting up a read.
+        std::future::poll_fn(|cx| self.inner.poll_read_ready(cx)).await;
         let want = frame::declared_len(&self.buf)
             .map(|n| n.saturating_sub(self.buf.len()))
             .unwrap_or(0)

@@ -22,7 +22,7 @@ use super::auth::{client_read_err, server_read_err};
 use super::context::{raise_sql, PortalCtx, Refusal, StmtCtx};
 use super::dataplane::{self, DataCtx};
 use super::encoding::{self, ClientEncoding};
-use super::io::{FrameReader, Outbox, ReadError};
+use super::io::{FrameReader, Outbox, ReadError, ReadReady};
 use super::names::{NameMap, RecentParses};
 use super::track::{Action, Barrier, BarrierKind, Pending, Tracker};
 use super::SessionInfo;
@@ -825,7 +825,39 @@ impl Backend<'_> {
         // `inspect` (whose frame is large): they only move the tracker on.
         let mut replacement = match frame.tag {
             b'1' | b'2' | b'3' | b'n' => None,
-            b'D' if self.rows.is_none() && self.rows_known => None,
+            // Rows of a result nobody rewrites: only an Execute of an analysed portal (or a simple
+            // Query's analysed statement, set up at its RowDescription) has rows to look at.
+            b'D' if self.rows.is_none()
+                && (self.rows_known
+                    || !matches!(
+                        t.front(),
+                        Some(Pending::Execute {
+                            portal: Some(_),
+                            ..
+                        })
+                    )) =>
+            {
+                self.rows_known = true;
+                None
+            }
+            // The description of a statement that was not analysed.
+            b'T' if matches!(
+                t.front(),
+                Some(Pending::Describe {
+                    stmt: None,
+                    portal: None
+                })
+            ) =>
+            {
+                self.rows_known = false;
+                None
+            }
+            // The end of a result whose rows were not looked at.
+            b'C' | b'I' | b's' if self.rows.is_none() => {
+                self.rows_known = false;
+                self.end_copy_out();
+                None
+            }
             b'Z' | b'c' => {
                 self.end_copy_out();
                 self.rows = None;
@@ -1125,9 +1157,9 @@ pub async fn run<CR, CW, SR, SW>(
     server_out: &mut Outbox<SW>,
 ) -> End
 where
-    CR: AsyncRead + Unpin,
+    CR: AsyncRead + ReadReady + Unpin,
     CW: AsyncWrite + Unpin,
-    SR: AsyncRead + Unpin,
+    SR: AsyncRead + ReadReady + Unpin,
     SW: AsyncWrite + Unpin,
 {
     let tracker = Mutex::new(Tracker::new());
@@ -1199,7 +1231,7 @@ async fn client_to_server<CR, SW>(
     idle: Option<&(std::time::Duration, crate::timer::Activity)>,
 ) -> End
 where
-    CR: AsyncRead + Unpin,
+    CR: AsyncRead + ReadReady + Unpin,
     SW: AsyncWrite + Unpin,
 {
     // One idle deadline, re-armed only when it fires (not per read): reads just record activity.
@@ -1301,7 +1333,7 @@ async fn server_to_client<SR, CW>(
     activity: Option<&crate::timer::Activity>,
 ) -> End
 where
-    SR: AsyncRead + Unpin,
+    SR: AsyncRead + ReadReady + Unpin,
     CW: AsyncWrite + Unpin,
 {
     loop {
