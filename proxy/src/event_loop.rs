@@ -559,63 +559,50 @@ fn shutdown_write(inner: &ConnInner) -> Poll<io::Result<()>> {
     }
 }
 
-impl AsyncRead for Conn {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        poll_recv(&self.inner, cx, buf)
-    }
+/// `AsyncRead` for a type whose field `$inner` is the `Rc<ConnInner>` of its connection.
+macro_rules! conn_read {
+    ($t:ty, $inner:tt) => {
+        impl AsyncRead for $t {
+            #[inline]
+            fn poll_read(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &mut ReadBuf<'_>,
+            ) -> Poll<io::Result<()>> {
+                poll_recv(&self.$inner, cx, buf)
+            }
+        }
+    };
 }
 
-impl AsyncRead for ConnRead {
-    #[inline]
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        poll_recv(&self.0, cx, buf)
-    }
+/// `AsyncWrite` as [`conn_read`] does `AsyncRead`. Writes are not buffered: flushing has nothing to do.
+macro_rules! conn_write {
+    ($t:ty, $inner:tt) => {
+        impl AsyncWrite for $t {
+            #[inline]
+            fn poll_write(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                poll_send(&self.$inner, cx, buf)
+            }
+
+            fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+
+            fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                shutdown_write(&self.$inner)
+            }
+        }
+    };
 }
 
-impl AsyncWrite for Conn {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        poll_send(&self.inner, cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        shutdown_write(&self.inner)
-    }
-}
-
-impl AsyncWrite for ConnWrite {
-    #[inline]
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        poll_send(&self.0, cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        shutdown_write(&self.0)
-    }
-}
+conn_read!(Conn, inner);
+conn_write!(Conn, inner);
+conn_read!(ConnRead, 0);
+conn_write!(ConnWrite, 0);
 
 #[cfg(test)]
 mod tests {

@@ -118,7 +118,8 @@ impl Activity {
 mod tests {
     use super::*;
 
-    /// A current-thread runtime without timers, as the session threads have, plus the timer runtime.
+    /// An executor without a time driver (the session threads' event loops have none either), plus
+    /// the timer runtime.
     fn session_thread() -> (tokio::runtime::Runtime, tokio::runtime::Runtime) {
         let timers = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)

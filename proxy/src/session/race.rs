@@ -2,9 +2,11 @@
 //!
 //! A session task runs its two pumps and the kill switch side by side. `tokio::select!` polls every
 //! branch on every wake-up, so each server answer also re-polls the idle client pump (and each client
-//! message the idle server pump): a socket readiness check and a waker registration under a mutex
-//! for nothing, twice per round trip. Here every branch gets a waker of its own that marks the branch
-//! and wakes the task; the task then polls only the marked branches.
+//! message the idle server pump): resuming its state machines down to a readiness check and a waker
+//! registration, for nothing, twice per round trip. Here every branch gets a waker of its own that
+//! marks the branch and wakes the task; the task then polls only the marked branches. (Measured again
+//! on the session threads' own event loop, where a readiness check is a plain flag: polling every
+//! branch cost 4 % more instructions per pgbench transaction than this.)
 
 use std::future::Future;
 use std::pin::Pin;
