@@ -431,22 +431,11 @@ impl Conn {
 
     /// Reads into `buf` without consuming the bytes.
     pub async fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let inner = &self.inner;
         std::future::poll_fn(|cx| {
-            let inner = &self.inner;
-            loop {
-                if !inner.state.readable.get() {
-                    inner.state.reader.wait(cx);
-                    return Poll::Pending;
-                }
-                match inner.sock.peek(buf) {
-                    Ok(n) => return Poll::Ready(Ok(n)),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        inner.state.readable.set(false)
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Poll::Ready(Err(e)),
-                }
-            }
+            poll_io(&inner.state.readable, &inner.state.reader, cx, || {
+                inner.sock.peek(buf)
+            })
         })
         .await
     }
@@ -477,6 +466,28 @@ impl ConnRead {
 /// The writing half of a [`Conn`].
 pub struct ConnWrite(Rc<ConnInner>);
 
+/// Runs the socket operation `op` while `ready` says the socket may take it: `WouldBlock` clears the
+/// flag and leaves the task waiting on `waiter` for the next event, `Interrupted` tries again.
+#[inline(always)]
+fn poll_io<T>(
+    ready: &Cell<bool>,
+    waiter: &Waiter,
+    cx: &Context<'_>,
+    mut op: impl FnMut() -> io::Result<T>,
+) -> Poll<io::Result<T>> {
+    loop {
+        if !ready.get() {
+            waiter.wait(cx);
+            return Poll::Pending;
+        }
+        match op() {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready.set(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            r => return Poll::Ready(r),
+        }
+    }
+}
+
 fn poll_recv(
     inner: &ConnInner,
     cx: &mut Context<'_>,
@@ -485,27 +496,18 @@ fn poll_recv(
     if !take_budget(&inner.local, cx) {
         return Poll::Pending;
     }
-    loop {
-        if !inner.state.readable.get() {
-            inner.state.reader.wait(cx);
-            return Poll::Pending;
+    let state = &inner.state;
+    let want = buf.remaining();
+    poll_io(&state.readable, &state.reader, cx, || {
+        recv_into(&inner.sock, buf)
+    })
+    .map_ok(|n| {
+        // A short read emptied the socket (as tokio assumes on Linux): the next read waits for an
+        // event instead of a system call that would say WouldBlock. End of file stays readable.
+        if n > 0 && n < want {
+            state.readable.set(false);
         }
-        let want = buf.remaining();
-        match recv_into(&inner.sock, buf) {
-            Ok(n) => {
-                // A short read emptied the socket (as tokio assumes on Linux): the next read waits for
-                // an event instead of a system call that would say WouldBlock. End of file stays
-                // readable.
-                if n > 0 && n < want {
-                    inner.state.readable.set(false);
-                }
-                return Poll::Ready(Ok(()));
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => inner.state.readable.set(false),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Poll::Ready(Err(e)),
-        }
-    }
+    })
 }
 
 /// `recv` into the unfilled part of `buf`, which may be uninitialised memory (a `BytesMut`'s spare
@@ -537,18 +539,10 @@ fn poll_send(inner: &ConnInner, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::
     if !take_budget(&inner.local, cx) {
         return Poll::Pending;
     }
-    loop {
-        if !inner.state.writable.get() {
-            inner.state.writer.wait(cx);
-            return Poll::Pending;
-        }
-        match send(&inner.sock, bytes) {
-            Ok(n) => return Poll::Ready(Ok(n)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => inner.state.writable.set(false),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Poll::Ready(Err(e)),
-        }
-    }
+    let state = &inner.state;
+    poll_io(&state.writable, &state.writer, cx, || {
+        send(&inner.sock, bytes)
+    })
 }
 
 fn shutdown_write(inner: &ConnInner) -> Poll<io::Result<()>> {
