@@ -251,6 +251,10 @@ fn run(mut poll: mio::Poll, registry: mio::Registry, remote: Arc<Remote>) {
                 .get(ev.token().0)
                 .and_then(Option::clone);
             let Some(state) = state else { continue };
+            if ev.is_read_closed() || ev.is_error() {
+                // Final: no later event will say so again (edge-triggered).
+                state.read_closed.set(true);
+            }
             if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                 state.readable.set(true);
                 state.reader.wake();
@@ -322,6 +326,9 @@ fn take_budget(local: &Local, cx: &Context<'_>) -> bool {
 #[derive(Default)]
 struct IoState {
     readable: Cell<bool>,
+    /// The peer's end of file (or an error) was reported: reads never wait again, since the event
+    /// that said so may have come together with the last data and will not come a second time.
+    read_closed: Cell<bool>,
     writable: Cell<bool>,
     reader: Waiter,
     writer: Waiter,
@@ -503,8 +510,9 @@ fn poll_recv(
     })
     .map_ok(|n| {
         // A short read emptied the socket (as tokio assumes on Linux): the next read waits for an
-        // event instead of a system call that would say WouldBlock. End of file stays readable.
-        if n > 0 && n < want {
+        // event instead of a system call that would say WouldBlock. End of file stays readable, also
+        // when it was reported by the event that brought this data.
+        if n > 0 && n < want && !state.read_closed.get() {
             state.readable.set(false);
         }
     })
@@ -645,6 +653,42 @@ mod tests {
             let conn = Conn::new(std::net::TcpStream::connect(addr).unwrap()).unwrap();
             let (mut r, mut w) = conn.into_split();
             w.write_all(b"hello").await.unwrap();
+            let mut out = Vec::new();
+            r.read_to_end(&mut out).await.unwrap();
+            out
+        });
+        peer.join().unwrap();
+        assert_eq!(got, b"hellohello");
+    }
+
+    #[test]
+    fn end_of_file_arriving_with_the_last_data_is_seen() {
+        // The peer answers and closes at once, so one edge-triggered event reports both the data and
+        // the end of file; the short read of the data must not make the reader wait for another.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let peer = std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 5];
+            s.read_exact(&mut buf).unwrap();
+            s.write_all(&buf.repeat(2)).unwrap();
+        });
+        let got = on_loop(move || async move {
+            let conn = Conn::new(std::net::TcpStream::connect(addr).unwrap()).unwrap();
+            let (mut r, mut w) = conn.into_split();
+            // Nothing to read before the peer is asked: the task waits for a readable event. While
+            // it still holds the thread, it asks and lets the answer and the end of file arrive, so
+            // the loop's next epoll wait reports them as one event.
+            std::future::poll_fn(|cx| {
+                let mut buf = [0u8; 64];
+                let mut rb = ReadBuf::new(&mut buf);
+                assert!(Pin::new(&mut r).poll_read(cx, &mut rb).is_pending());
+                assert!(Pin::new(&mut w).poll_write(cx, b"hello").is_ready());
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                Poll::Ready(())
+            })
+            .await;
             let mut out = Vec::new();
             r.read_to_end(&mut out).await.unwrap();
             out
