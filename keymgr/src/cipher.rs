@@ -305,14 +305,22 @@ impl ColumnCipher {
     /// Decrypts a raw envelope the caller owns (just dearmoured or decoded from hex) in place: the
     /// plaintext comes back in the same allocation, moved to its start.
     pub fn decrypt_owned(&self, mut raw: Vec<u8>) -> Result<Vec<u8>> {
-        let env = Envelope::parse(&raw)?;
+        self.decrypt_in_place(&mut raw, 0)?;
+        Ok(raw)
+    }
+
+    /// Decrypts the raw envelope at `buf[start..]` in place: on success `buf[start..]` is the
+    /// plaintext. On error `buf[start..]` holds unspecified bytes (no plaintext of a value that
+    /// failed authentication is ever released) and should be truncated away.
+    pub fn decrypt_in_place(&self, buf: &mut Vec<u8>, start: usize) -> Result<()> {
+        let env = Envelope::parse(&buf[start..])?;
         let vk = self.opening_key(&env)?;
         let nonce = env.nonce();
-        let start = HEADER_LEN + NONCE_LEN;
-        let len = self.open(vk, nonce, &mut raw[start..])?;
-        raw.copy_within(start..start + len, 0);
-        raw.truncate(len);
-        Ok(raw)
+        let sealed = start + HEADER_LEN + NONCE_LEN;
+        let len = self.open(vk, nonce, &mut buf[sealed..])?;
+        buf.copy_within(sealed..sealed + len, start);
+        buf.truncate(start + len);
+        Ok(())
     }
 
     /// The key version that opens `env`, after checking the envelope is this column's.
@@ -529,6 +537,28 @@ pub(crate) mod tests {
         }
         assert!(a.decrypt_owned(vec![0xc1, 0x0a, 1]).is_err());
         assert!(a.decrypt_owned(Vec::new()).is_err());
+    }
+
+    #[test]
+    fn decrypt_in_place_opens_a_value_after_other_bytes() {
+        let a = test_cipher(Mode::Deterministic, "s.t.a", 1);
+        for len in [0usize, 1, 16, 300] {
+            let plain: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let mut buf = b"prefix".to_vec();
+            buf.extend_from_slice(&a.encrypt(&plain).unwrap());
+            a.decrypt_in_place(&mut buf, 6).unwrap();
+            assert_eq!(&buf[..6], b"prefix");
+            assert_eq!(&buf[6..], &plain[..]);
+        }
+        let mut tampered = b"prefix".to_vec();
+        tampered.extend_from_slice(&a.encrypt(b"secret").unwrap());
+        *tampered.last_mut().unwrap() ^= 1;
+        assert!(matches!(
+            a.decrypt_in_place(&mut tampered, 6),
+            Err(KeyError::DecryptFailed { .. })
+        ));
+        assert_eq!(&tampered[..6], b"prefix");
+        assert!(a.decrypt_in_place(&mut b"prefix".to_vec(), 6).is_err());
     }
 
     #[test]

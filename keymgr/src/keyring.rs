@@ -446,11 +446,12 @@ impl KeyringDoc {
             .enumerate()
             .map(|(i, c)| (c.column().to_string(), i))
             .collect();
-        let by_id = ciphers
+        let mut by_id: Vec<(u32, usize)> = ciphers
             .iter()
             .enumerate()
             .map(|(i, c)| (c.key_id(), i))
             .collect();
+        by_id.sort_unstable();
         Ok(Keyring {
             ciphers,
             by_name,
@@ -484,7 +485,9 @@ fn column_info(c: &ColumnJson) -> ColumnInfo {
 pub struct Keyring {
     ciphers: Vec<ColumnCipher>,
     by_name: HashMap<String, usize>,
-    by_id: HashMap<u32, usize>,
+    /// Sorted by key id: looked up for every value read (a binary search over a few entries costs
+    /// less than hashing the id with SipHash).
+    by_id: Vec<(u32, usize)>,
     generation: u64,
     info: Vec<ColumnInfo>,
 }
@@ -518,7 +521,11 @@ impl Keyring {
 
     /// The cipher whose key id an envelope names.
     pub fn cipher_for_key_id(&self, key_id: u32) -> Option<&ColumnCipher> {
-        self.by_id.get(&key_id).map(|&i| &self.ciphers[i])
+        let at = self
+            .by_id
+            .binary_search_by_key(&key_id, |&(id, _)| id)
+            .ok()?;
+        Some(&self.ciphers[self.by_id[at].1])
     }
 
     /// The column (`schema.table.column`) a key id belongs to.

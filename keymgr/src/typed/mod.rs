@@ -105,19 +105,68 @@ pub fn canonical_from_binary(ty: LogicalType, bin: &[u8]) -> Result<Vec<u8>> {
 }
 
 /// [`to_text`], reusing `canonical`'s buffer where the two forms are the same bytes.
-pub fn into_text(ty: LogicalType, canonical: Vec<u8>) -> Result<Vec<u8>> {
+pub fn into_text(ty: LogicalType, mut canonical: Vec<u8>) -> Result<Vec<u8>> {
+    to_text_in_place(ty, &mut canonical, 0)?;
+    Ok(canonical)
+}
+
+/// Replaces the canonical value at `buf[start..]` by its text format, without a buffer of its own
+/// where the two are the same bytes or a number (a row being rewritten converts each value on its
+/// own end). On error `buf` is as it was.
+pub fn to_text_in_place(ty: LogicalType, buf: &mut Vec<u8>, start: usize) -> Result<()> {
+    // Digits written by hand: `write!` goes through the formatting machinery, several times the
+    // cost for a number read in every row.
+    let int = |buf: &mut Vec<u8>, v: i64| {
+        buf.truncate(start);
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        let mut n = v.unsigned_abs();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        if v < 0 {
+            buf.push(b'-');
+        }
+        buf.extend_from_slice(&digits[i..]);
+    };
     match ty {
-        LogicalType::Text | LogicalType::Jsonb => Ok(canonical),
-        _ => to_text(ty, &canonical),
+        LogicalType::Text | LogicalType::Jsonb => {}
+        LogicalType::Int4 => {
+            let v = i32::from_be_bytes(fixed::<4>(ty, "canonical", &buf[start..])?);
+            int(buf, v.into());
+        }
+        LogicalType::Int8 => {
+            let v = i64::from_be_bytes(fixed::<8>(ty, "canonical", &buf[start..])?);
+            int(buf, v);
+        }
+        _ => {
+            let text = to_text(ty, &buf[start..])?;
+            buf.truncate(start);
+            buf.extend_from_slice(&text);
+        }
     }
+    Ok(())
 }
 
 /// [`to_binary`], reusing `canonical`'s buffer where the two forms are the same bytes.
-pub fn into_binary(ty: LogicalType, canonical: Vec<u8>) -> Result<Vec<u8>> {
-    match ty {
-        LogicalType::Text | LogicalType::Bytea => Ok(canonical),
-        _ => to_binary(ty, &canonical),
+pub fn into_binary(ty: LogicalType, mut canonical: Vec<u8>) -> Result<Vec<u8>> {
+    to_binary_in_place(ty, &mut canonical, 0)?;
+    Ok(canonical)
+}
+
+/// [`to_text_in_place`] for the binary format.
+pub fn to_binary_in_place(ty: LogicalType, buf: &mut Vec<u8>, start: usize) -> Result<()> {
+    if !matches!(ty, LogicalType::Text | LogicalType::Bytea) {
+        let bin = to_binary(ty, &buf[start..])?;
+        buf.truncate(start);
+        buf.extend_from_slice(&bin);
     }
+    Ok(())
 }
 
 /// PostgreSQL's text format of a canonical value.
@@ -266,25 +315,45 @@ fn parse_bool(text: &[u8]) -> Result<bool> {
 
 /// `byteain`: `\x` hex (whitespace allowed between digit pairs) or the escape format.
 fn bytea_from_text(text: &[u8]) -> Result<Vec<u8>> {
-    let ty = LogicalType::Bytea;
+    let mut out = Vec::new();
+    bytea_from_text_into(text, &mut out)?;
+    Ok(out)
+}
+
+/// The bytes of a `bytea` value in text format (hex or escape), appended to `out`. On error `out` is
+/// as it was.
+pub fn bytea_from_text_into(text: &[u8], out: &mut Vec<u8>) -> Result<()> {
+    let start = out.len();
     if let Some(hex) = text.strip_prefix(b"\\x") {
         // What PostgreSQL itself prints (no whitespace): two digits at a time, no filtering. A
         // bytea-stored ciphertext is decoded this way for every value read.
         if hex.len() % 2 == 0 {
-            let mut out = Vec::with_capacity(hex.len() / 2);
-            for p in hex.chunks_exact(2) {
-                let (h, l) = (HEX_DIGIT[p[0] as usize], HEX_DIGIT[p[1] as usize]);
-                if (h | l) > 0xf {
-                    // Whitespace or a bad digit: the general path below decides.
-                    break;
-                }
-                out.push(h << 4 | l);
+            out.resize(start + hex.len() / 2, 0);
+            // OR of every pair: bit 8 says a byte was not a digit.
+            let mut seen = 0u16;
+            for (o, &[h, l]) in out[start..].iter_mut().zip(hex.as_chunks::<2>().0) {
+                let v = HEX_HIGH[usize::from(h)] | HEX_LOW[usize::from(l)];
+                seen |= v;
+                *o = v as u8;
             }
-            if out.len() == hex.len() / 2 {
-                return Ok(out);
+            if seen >> 8 == 0 {
+                return Ok(());
             }
+            // Whitespace or a bad digit: the general path below decides.
+            out.truncate(start);
         }
-        let mut out = Vec::with_capacity(hex.len() / 2);
+    }
+    let decoded = bytea_general(text, out);
+    if decoded.is_err() {
+        out.truncate(start);
+    }
+    decoded
+}
+
+/// Hex input with whitespace, and the escape format.
+fn bytea_general(text: &[u8], out: &mut Vec<u8>) -> Result<()> {
+    let ty = LogicalType::Bytea;
+    if let Some(hex) = text.strip_prefix(b"\\x") {
         let mut it = hex
             .iter()
             .copied()
@@ -297,9 +366,9 @@ fn bytea_from_text(text: &[u8]) -> Result<Vec<u8>> {
             let l = hex_val(lo).ok_or(invalid(ty, "text", "invalid hexadecimal digit"))?;
             out.push(h << 4 | l);
         }
-        return Ok(out);
+        return Ok(());
     }
-    let mut out = Vec::with_capacity(text.len());
+    out.reserve(text.len());
     let mut i = 0;
     while i < text.len() {
         if text[i] != b'\\' {
@@ -325,7 +394,23 @@ fn bytea_from_text(text: &[u8]) -> Result<Vec<u8>> {
             return Err(invalid(ty, "text", "invalid escape sequence"));
         }
     }
-    Ok(out)
+    Ok(())
+}
+
+/// [`HEX_DIGIT`] as the high and the low half of a byte; bit 8 set for a byte that is no digit.
+const HEX_HIGH: [u16; 256] = hex_halves(4);
+const HEX_LOW: [u16; 256] = hex_halves(0);
+
+const fn hex_halves(shift: u32) -> [u16; 256] {
+    let mut t = [0x100; 256];
+    let mut i = 0;
+    while i < 256 {
+        if HEX_DIGIT[i] <= 0xf {
+            t[i] = (HEX_DIGIT[i] as u16) << shift;
+        }
+        i += 1;
+    }
+    t
 }
 
 /// Value of each hexadecimal digit; 0xff for every other byte.

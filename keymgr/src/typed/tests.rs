@@ -442,3 +442,59 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn in_place_forms_match_the_allocating_ones_and_keep_what_precedes() {
+    let cases: &[(LogicalType, &str)] = &[
+        (Int4, "-2147483648"),
+        (Int4, "2147483647"),
+        (Int4, "42"),
+        (Int4, "0"),
+        (Int4, "-7"),
+        (Int8, "9223372036854775807"),
+        (Int8, "-9223372036854775808"),
+        (Int8, "-10"),
+        (Bool, "t"),
+        (Date, "2024-02-29"),
+        (Timestamptz, "2024-02-29 12:34:56.5+00"),
+        (Numeric, "-12.3400"),
+        (Text, "héllo"),
+        (Bytea, "\\x00ff10"),
+        (Jsonb, "{\"a\": 1}"),
+    ];
+    for &(ty, s) in cases {
+        let c = text(ty, s);
+        let mut buf = b"row".to_vec();
+        buf.extend_from_slice(&c);
+        to_text_in_place(ty, &mut buf, 3).unwrap();
+        assert_eq!(&buf[..3], b"row");
+        assert_eq!(buf[3..], to_text(ty, &c).unwrap()[..], "{ty:?}");
+        let mut buf = b"row".to_vec();
+        buf.extend_from_slice(&c);
+        to_binary_in_place(ty, &mut buf, 3).unwrap();
+        assert_eq!(buf[3..], to_binary(ty, &c).unwrap()[..], "{ty:?}");
+    }
+    // A canonical int4 of the wrong length is an error and leaves the buffer alone.
+    let mut buf = b"row\x01\x02".to_vec();
+    assert!(to_text_in_place(Int4, &mut buf, 3).is_err());
+    assert_eq!(buf, b"row\x01\x02");
+}
+
+#[test]
+fn bytea_from_text_into_appends_and_leaves_the_buffer_as_it_was_on_error() {
+    for (input, bytes) in [
+        (&b"\\x00ff10"[..], &b"\x00\xff\x10"[..]),
+        (b"\\x 00 ff\n10", b"\x00\xff\x10"),
+        (b"a\\\\b\\001", b"a\\b\x01"),
+        (b"", b""),
+    ] {
+        let mut buf = b"row".to_vec();
+        bytea_from_text_into(input, &mut buf).unwrap();
+        assert_eq!(&buf[3..], bytes, "{input:?}");
+    }
+    for bad in [&b"\\x0g"[..], b"\\x0", b"\\x00 f", b"ab\\9"] {
+        let mut buf = b"row".to_vec();
+        assert!(bytea_from_text_into(bad, &mut buf).is_err(), "{bad:?}");
+        assert_eq!(buf, b"row", "{bad:?}");
+    }
+}

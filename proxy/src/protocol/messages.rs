@@ -402,6 +402,41 @@ pub fn result_format(formats: &[i16], i: usize) -> i16 {
 }
 
 pub fn parse_bind(body: &[u8]) -> Result<BindMsg<'_>, FrameError> {
+    let mut params = Vec::new();
+    let walked = walk_bind(body, |count, p| {
+        params.reserve_exact(count - params.len());
+        params.push(p);
+    })?;
+    Ok(BindMsg {
+        portal: walked.portal,
+        statement: walked.statement,
+        param_formats: codes(walked.param_formats).collect(),
+        params,
+        result_formats: codes(walked.result_formats).collect(),
+    })
+}
+
+/// A Bind's result format codes, checked as [`parse_bind`] checks the whole message but without
+/// collecting its parameters (what a statement whose parameters need no rewriting needs of it).
+pub fn bind_result_formats(body: &[u8]) -> Result<impl Iterator<Item = i16> + '_, FrameError> {
+    Ok(codes(walk_bind(body, |_, _| {})?.result_formats))
+}
+
+/// The parts of a Bind message as [`walk_bind`] finds them.
+struct WalkedBind<'a> {
+    portal: &'a [u8],
+    statement: &'a [u8],
+    /// Two bytes per code.
+    param_formats: &'a [u8],
+    result_formats: &'a [u8],
+}
+
+/// Checks a Bind body's framing, handing each parameter value (`None`: NULL) with the number of
+/// parameters to `param`.
+fn walk_bind<'a>(
+    body: &'a [u8],
+    mut param: impl FnMut(usize, Option<&'a [u8]>),
+) -> Result<WalkedBind<'a>, FrameError> {
     let bad = |detail| FrameError::Malformed {
         what: "Bind",
         detail,
@@ -409,47 +444,38 @@ pub fn parse_bind(body: &[u8]) -> Result<BindMsg<'_>, FrameError> {
     let mut r = Reader::new(body, "Bind");
     let portal = r.cstr()?;
     let statement = r.cstr()?;
-    let nf = r.i16()?;
-    if nf < 0 {
-        return Err(bad("negative format count"));
-    }
-    let mut param_formats = Vec::with_capacity(nf as usize);
-    for _ in 0..nf {
-        param_formats.push(r.i16()?);
-    }
-    let np = r.i16()?;
-    if np < 0 {
-        return Err(bad("negative parameter count"));
-    }
-    let mut params = Vec::with_capacity(np as usize);
+    let nf = usize::try_from(r.i16()?).map_err(|_| bad("negative format count"))?;
+    let param_formats = r.bytes(nf * 2)?;
+    let np = usize::try_from(r.i16()?).map_err(|_| bad("negative parameter count"))?;
     for _ in 0..np {
         let len = r.i32()?;
         if len == -1 {
-            params.push(None);
+            param(np, None);
         } else if len < 0 {
             return Err(bad("negative parameter length"));
         } else {
-            params.push(Some(r.bytes(len as usize)?));
+            param(np, Some(r.bytes(len as usize)?));
         }
     }
-    let nr = r.i16()?;
-    if nr < 0 {
-        return Err(bad("negative result format count"));
-    }
-    let mut result_formats = Vec::with_capacity(nr as usize);
-    for _ in 0..nr {
-        result_formats.push(r.i16()?);
-    }
+    let nr = usize::try_from(r.i16()?).map_err(|_| bad("negative result format count"))?;
+    let result_formats = r.bytes(nr * 2)?;
     if !r.is_empty() {
         return Err(bad("trailing bytes"));
     }
-    Ok(BindMsg {
+    Ok(WalkedBind {
         portal,
         statement,
         param_formats,
-        params,
         result_formats,
     })
+}
+
+/// Big-endian 16-bit codes.
+fn codes(raw: &[u8]) -> impl Iterator<Item = i16> + '_ {
+    raw.as_chunks::<2>()
+        .0
+        .iter()
+        .map(|&c| i16::from_be_bytes(c))
 }
 
 /// Re-encodes a Bind with (some) parameter values replaced.
@@ -623,6 +649,18 @@ mod tests {
         let pos = 2 + 1 + 2 + 1 + 2 + 2;
         neg[pos..pos + 2].copy_from_slice(&(-2i16).to_be_bytes());
         assert!(parse_bind(&neg).is_err());
+        assert!(bind_result_formats(&neg).is_err());
+        // The result formats alone: the same codes, the same refusals of every truncation.
+        let codes: Vec<i16> = bind_result_formats(&out[5..]).unwrap().collect();
+        assert_eq!(codes, bind.result_formats);
+        for cut in 0..out.len() - 5 {
+            let body = &out[5..5 + cut];
+            assert!(parse_bind(body).is_err(), "{cut}");
+            assert!(bind_result_formats(body).is_err(), "{cut}");
+        }
+        let mut trailing = out[5..].to_vec();
+        trailing.push(0);
+        assert!(bind_result_formats(&trailing).is_err());
     }
 
     #[test]

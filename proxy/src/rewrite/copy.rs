@@ -634,6 +634,8 @@ pub struct CopyOutRewriter {
     header_pending: bool,
     passthrough: bool,
     rows: u64,
+    /// Where each rewritten value is presented before it is escaped into the row.
+    scratch: Vec<u8>,
 }
 
 impl CopyOutRewriter {
@@ -664,6 +666,7 @@ impl CopyOutRewriter {
             header_pending: info.header,
             passthrough,
             rows: 0,
+            scratch: Vec::new(),
         })
     }
 
@@ -706,17 +709,12 @@ impl CopyOutRewriter {
                 continue;
             }
             let value = self.opts.decode(raw);
-            match present(&value, col, ctx)? {
-                Presented::Same => out.extend_from_slice(raw),
-                Presented::Null => {
-                    out.extend_from_slice(&self.opts.null);
-                    changed = true;
-                }
-                Presented::Value(v) => {
-                    self.opts.encode(&v, *quoted, &mut out);
-                    changed = true;
-                }
+            self.scratch.clear();
+            match present(&value, col, ctx, &mut self.scratch)? {
+                Presented::Null => out.extend_from_slice(&self.opts.null),
+                Presented::Written => self.opts.encode(&self.scratch, *quoted, &mut out),
             }
+            changed = true;
         }
         out.extend_from_slice(eol);
         Ok(changed.then_some(out))

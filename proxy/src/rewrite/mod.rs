@@ -51,7 +51,7 @@
 //! Bind:          rewrite_bind(body, &[BindParam { index: n, target, array }])
 //! ParamDesc:     rewrite_parameter_description(body, &[(n, logical_type)])
 //! RowDesc:       let (frame, shape) = rewrite_row_description(body, &actions_for(&outputs, n)?)?;
-//! DataRow:       rewrite_data_row(body, &shape, &ctx)? -> None: forward the original frame
+//! DataRow:       rewrite_data_row(body, &shape, &ctx, &mut row)? -> false: forward the original frame
 //! COPY FROM:     CopyInRewriter::new(&copy_info, keyring, storage_of)?; push(data)? / finish()?
 //! COPY TO:       CopyOutRewriter::new(&copy_info, columns)?; rewrite(payload, &ctx)?
 //! ```

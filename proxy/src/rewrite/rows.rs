@@ -9,7 +9,7 @@
 //! the plaintext the reader may see), and NULL for `bytea` storage (raw bytes are no value of the
 //! logical type) or when the storage is unknown.
 
-use std::borrow::Cow;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use pgcloak_keymgr::{envelope, typed, Envelope, KeyError, Keyring, LogicalType};
@@ -208,9 +208,14 @@ pub(crate) struct ColSpec {
 }
 
 /// The columns of a result as the session keeps them between RowDescription and DataRows.
+///
+/// Shared: a prepared statement's shape is handed to every Execute of it (libpq describes the portal
+/// each time), so cloning is a reference count, not a copy of every column's action and name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RowShape {
-    cols: Vec<ColSpec>,
+    cols: Arc<Vec<ColSpec>>,
+    /// Every column passes through (DataRows need not be looked at).
+    passthrough: bool,
 }
 
 impl RowShape {
@@ -236,7 +241,15 @@ impl RowShape {
                 server_oid: Some(f.type_oid),
             });
         }
-        Ok(RowShape { cols })
+        Ok(RowShape::from_cols(cols))
+    }
+
+    fn from_cols(cols: Vec<ColSpec>) -> RowShape {
+        let passthrough = cols.iter().all(|c| c.action == ColumnAction::PassThrough);
+        RowShape {
+            cols: Arc::new(cols),
+            passthrough,
+        }
     }
 
     /// Number of columns.
@@ -250,10 +263,9 @@ impl RowShape {
     }
 
     /// Every column passes through: DataRows need not be looked at.
+    #[inline]
     pub fn is_passthrough(&self) -> bool {
-        self.cols
-            .iter()
-            .all(|c| c.action == ColumnAction::PassThrough)
+        self.passthrough
     }
 
     /// Sets the result formats from a Bind's result format codes (0 codes: all text; 1: all that
@@ -267,15 +279,22 @@ impl RowShape {
         if codes.len() > 1 && codes.len() != self.cols.len() {
             return Err(bad("its number of result format codes is neither 0, 1 nor the number of result columns"));
         }
-        for (i, c) in self.cols.iter_mut().enumerate() {
+        let format_of = |i: usize| {
             let code = match codes.len() {
                 0 => 0,
                 1 => codes[0],
                 _ => codes[i],
             };
-            c.format = Format::from_code(code).ok_or(bad(
+            Format::from_code(code).ok_or(bad(
                 "a result format code is neither 0 (text) nor 1 (binary)",
-            ))?;
+            ))
+        };
+        // Copied only when a format changes (most Binds ask for what the shape already says).
+        for i in 0..self.cols.len() {
+            let format = format_of(i)?;
+            if self.cols[i].format != format {
+                Arc::make_mut(&mut self.cols)[i].format = format;
+            }
         }
         Ok(())
     }
@@ -306,95 +325,95 @@ pub fn rewrite_row_description(body: &[u8], actions: &[ColumnAction]) -> Result<
     Ok((rd.to_frame()?, shape))
 }
 
-/// A value after its column's action.
+/// What a non-NULL value became under its column's action.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Presented {
-    /// Unchanged: forward the original bytes.
-    Same,
-    /// NULL.
+    /// NULL (nothing was written).
     Null,
-    /// New bytes.
-    Value(Vec<u8>),
+    /// Its new bytes were appended to the output.
+    Written,
 }
 
-/// The plaintext behind a stored value of an encrypted column, or NULL when it may not be shown.
-enum Opened {
-    Canonical(Vec<u8>, bool),
-    Null,
-}
-
-/// Opens a stored value of encrypted column `expected` (see the module docs for the rules). The
-/// bool of `Canonical` says whether it belongs to `expected` itself.
+/// Opens a stored value of encrypted column `expected` (see the module docs for the rules) onto the
+/// end of `buf`, where the envelope is decoded and then decrypted in place: `Some(own)` when the
+/// canonical plaintext is now `buf[start..]` (`own`: it belongs to `expected` itself), `None` when
+/// it may not be shown. On `None` and on error `buf` is as it was.
 fn open(
     value: &[u8],
-    format: Format,
-    storage: Option<Storage>,
+    col: &ColSpec,
     expected: &str,
     ty: LogicalType,
     ctx: &RowCtx<'_>,
-) -> Result<Opened> {
+    buf: &mut Vec<u8>,
+) -> Result<Option<bool>> {
+    let start = buf.len();
     let damaged = || RewriteError::DecryptFailed {
         column: expected.to_string(),
     };
-    let raw: Option<Cow<'_, [u8]>> = if value.starts_with(envelope::ARMOR_PREFIX) {
+    let decoded = if value.starts_with(envelope::ARMOR_PREFIX) {
         if envelope::looks_like_envelope(value) {
-            Some(Cow::Owned(envelope::dearmor(value).map_err(|_| damaged())?))
+            envelope::dearmor_into(value, buf).map_err(|_| damaged())?;
+            true
         } else {
-            None
+            false
         }
     } else {
-        match (format, storage) {
-            (Format::Binary, _) => Some(Cow::Borrowed(value)),
-            (Format::Text, Some(Storage::Bytea)) => {
-                typed::canonical_from_text(LogicalType::Bytea, value)
-                    .ok()
-                    .map(Cow::Owned)
+        match (col.format, col.storage) {
+            (Format::Binary, _) => {
+                buf.extend_from_slice(value);
+                true
             }
+            (Format::Text, Some(Storage::Bytea)) => typed::bytea_from_text_into(value, buf).is_ok(),
             (Format::Text, None) if value.starts_with(b"\\x") => {
-                typed::canonical_from_text(LogicalType::Bytea, value)
-                    .ok()
-                    .map(Cow::Owned)
+                typed::bytea_from_text_into(value, buf).is_ok()
             }
-            (Format::Text, _) => None,
+            (Format::Text, _) => false,
         }
     };
-    let key_id = match raw.as_deref() {
-        Some(r) if r.starts_with(&envelope::MAGIC) => {
-            Some(Envelope::parse(r).map_err(|_| damaged())?.key_id())
-        }
+    let key_id = match &buf[start..] {
+        raw if decoded && raw.starts_with(&envelope::MAGIC) => match Envelope::parse(raw) {
+            Ok(env) => Some(env.key_id()),
+            Err(_) => {
+                buf.truncate(start);
+                return Err(damaged());
+            }
+        },
         _ => None,
     };
-    let (Some(key_id), Some(raw)) = (key_id, raw) else {
+    let Some(key_id) = key_id else {
+        buf.truncate(start);
         // Not an envelope: legacy plaintext (text storage only), shown if it is a value of the type.
-        if storage == Some(Storage::Text) {
-            return Ok(match typed::canonical_from_text(ty, value) {
-                Ok(c) => Opened::Canonical(c, true),
-                Err(_) => Opened::Null,
-            });
+        if col.storage == Some(Storage::Text) {
+            if let Ok(c) = typed::canonical_from_text(ty, value) {
+                buf.extend_from_slice(&c);
+                return Ok(Some(true));
+            }
         }
-        return Ok(Opened::Null);
+        return Ok(None);
     };
     let Some(cipher) = ctx.keyring.cipher_for_key_id(key_id) else {
-        return Ok(Opened::Null);
+        buf.truncate(start);
+        return Ok(None);
     };
     let own = cipher.column() == expected;
     if !own && !(ctx.may_read_plaintext)(cipher.column()) {
-        return Ok(Opened::Null);
+        buf.truncate(start);
+        return Ok(None);
     }
-    // A value just dearmoured or decoded from hex is decrypted in its own buffer.
-    let opened = match raw {
-        Cow::Owned(r) => cipher.decrypt_owned(r),
-        Cow::Borrowed(r) => Envelope::parse(r).and_then(|env| cipher.decrypt_envelope(&env)),
-    };
-    match opened {
-        Ok(p) => Ok(Opened::Canonical(p, own)),
-        Err(KeyError::UnknownKeyVersion { version, .. }) => Err(RewriteError::StaleKeyring {
-            column: cipher.column().to_string(),
-            version,
-        }),
-        Err(_) => Err(RewriteError::DecryptFailed {
-            column: cipher.column().to_string(),
-        }),
+    match cipher.decrypt_in_place(buf, start) {
+        Ok(()) => Ok(Some(own)),
+        Err(e) => {
+            buf.truncate(start);
+            Err(match e {
+                KeyError::UnknownKeyVersion { version, .. } => RewriteError::StaleKeyring {
+                    column: cipher.column().to_string(),
+                    version,
+                },
+                _ => RewriteError::DecryptFailed {
+                    column: cipher.column().to_string(),
+                },
+            })
+        }
     }
 }
 
@@ -405,24 +424,39 @@ fn text_for_mask(ty: LogicalType, canonical: &[u8]) -> Option<String> {
         .map(|t| String::from_utf8_lossy(&t).into_owned())
 }
 
-/// Applies a column's action to one non-NULL value.
-pub(crate) fn present(value: &[u8], col: &ColSpec, ctx: &RowCtx<'_>) -> Result<Presented> {
+/// Applies a column's action to one non-NULL value, appending what it becomes to `out` (decrypted
+/// values are decoded, opened and converted there, with no buffer of their own). On `Null` and on
+/// error `out` is as it was.
+pub(crate) fn present(
+    value: &[u8],
+    col: &ColSpec,
+    ctx: &RowCtx<'_>,
+    out: &mut Vec<u8>,
+) -> Result<Presented> {
+    let start = out.len();
     match &col.action {
-        ColumnAction::PassThrough => Ok(Presented::Same),
+        ColumnAction::PassThrough => {
+            out.extend_from_slice(value);
+            Ok(Presented::Written)
+        }
         ColumnAction::Null => Ok(Presented::Null),
         ColumnAction::Decrypt { column, ty } => {
-            match open(value, col.format, col.storage, column, *ty, ctx)? {
-                Opened::Null => Ok(Presented::Null),
-                Opened::Canonical(c, own) => {
-                    let out = match col.format {
-                        Format::Text => typed::into_text(*ty, c),
-                        Format::Binary => typed::into_binary(*ty, c),
-                    };
-                    match out {
-                        Ok(v) => Ok(Presented::Value(v)),
+            let Some(own) = open(value, col, column, *ty, ctx, out)? else {
+                return Ok(Presented::Null);
+            };
+            let shown = match col.format {
+                Format::Text => typed::to_text_in_place(*ty, out, start),
+                Format::Binary => typed::to_binary_in_place(*ty, out, start),
+            };
+            match shown {
+                Ok(()) => Ok(Presented::Written),
+                Err(e) => {
+                    out.truncate(start);
+                    if own {
+                        Err(RewriteError::from_key(column, e))
+                    } else {
                         // Another column's value (alias) of a different type: not presentable.
-                        Err(_) if !own => Ok(Presented::Null),
-                        Err(e) => Err(RewriteError::from_key(column, e)),
+                        Ok(Presented::Null)
                     }
                 }
             }
@@ -434,10 +468,12 @@ pub(crate) fn present(value: &[u8], col: &ColSpec, ctx: &RowCtx<'_>) -> Result<P
             encrypted,
         } => {
             let text = if *encrypted {
-                match open(value, col.format, col.storage, column, *ty, ctx)? {
-                    Opened::Null => return Ok(Presented::Null),
-                    Opened::Canonical(c, _) => text_for_mask(*ty, &c),
+                if open(value, col, column, *ty, ctx, out)?.is_none() {
+                    return Ok(Presented::Null);
                 }
+                let text = text_for_mask(*ty, &out[start..]);
+                out.truncate(start);
+                text
             } else {
                 match col.format {
                     Format::Text => Some(String::from_utf8_lossy(value).into_owned()),
@@ -459,7 +495,10 @@ pub(crate) fn present(value: &[u8], col: &ColSpec, ctx: &RowCtx<'_>) -> Result<P
             };
             Ok(
                 match apply_mask(*mask, policy_type(*ty), &text, ctx.mask_hash_key) {
-                    MaskedValue::Text(t) => Presented::Value(t.into_bytes()),
+                    MaskedValue::Text(t) => {
+                        out.extend_from_slice(t.as_bytes());
+                        Presented::Written
+                    }
                     MaskedValue::Null => Presented::Null,
                 },
             )
@@ -467,14 +506,22 @@ pub(crate) fn present(value: &[u8], col: &ColSpec, ctx: &RowCtx<'_>) -> Result<P
     }
 }
 
-/// Rewrites a DataRow body (after tag and length) per the shape's actions. Returns the whole new frame,
-/// or `None` when nothing changed (forward the original bytes). The row is parsed and written in one
-/// pass: the new frame starts at the first value that changes (everything before it is copied as it
-/// is), so a row of hundreds of megabytes costs linear time and about its own size in memory, and a
-/// row whose protected values are all NULL allocates nothing.
-pub fn rewrite_data_row(body: &[u8], shape: &RowShape, ctx: &RowCtx<'_>) -> Result<Option<Bytes>> {
+/// Rewrites a DataRow body (after tag and length) per the shape's actions into `out` (the whole new
+/// frame; whatever `out` held is dropped). Returns `false` when nothing changed (forward the original
+/// bytes; `out` then holds nothing of use). The row is parsed and written in one pass: the new frame
+/// starts at the first value that changes (everything before it is copied as it is), so a row of
+/// hundreds of megabytes costs linear time and about its own size in memory. Each changed value is
+/// decoded, decrypted and converted in place at the end of the new frame, and the caller keeps `out`
+/// from row to row: a result's rows cost no allocation once the buffer has grown to a row's size.
+pub fn rewrite_data_row(
+    body: &[u8],
+    shape: &RowShape,
+    ctx: &RowCtx<'_>,
+    out: &mut Vec<u8>,
+) -> Result<bool> {
+    out.clear();
     if shape.is_passthrough() {
-        return Ok(None);
+        return Ok(false);
     }
     let mut c = Cursor {
         s: body,
@@ -490,8 +537,8 @@ pub fn rewrite_data_row(body: &[u8], shape: &RowShape, ctx: &RowCtx<'_>) -> Resu
         what: "DataRow",
         detail: "the decrypted row exceeds the protocol's 2 GiB message limit",
     };
-    let mut out: Option<Vec<u8>> = None;
-    for col in &shape.cols {
+    let mut started = false;
+    for col in shape.cols.iter() {
         let field = c.i;
         let len = c.i32()?;
         let start = c.i;
@@ -500,43 +547,37 @@ pub fn rewrite_data_row(body: &[u8], shape: &RowShape, ctx: &RowCtx<'_>) -> Resu
         } else if len != -1 {
             return Err(c.err("a value length is negative"));
         }
-        let r = if len < 0 || col.action == ColumnAction::PassThrough {
-            Presented::Same
-        } else {
-            present(&body[start..c.i], col, ctx)?
-        };
-        if matches!(r, Presented::Same) {
-            if let Some(o) = &mut out {
-                o.extend_from_slice(&body[field..c.i]);
+        if len < 0 || col.action == ColumnAction::PassThrough {
+            if started {
+                out.extend_from_slice(&body[field..c.i]);
             }
             continue;
         }
-        let o = out.get_or_insert_with(|| {
+        if !started {
+            started = true;
             // Decrypted values are shorter than their envelopes: the row rarely grows.
-            let mut o = Vec::with_capacity(body.len() + 5);
-            o.push(b'D');
-            o.extend_from_slice(&[0; 4]);
-            o.extend_from_slice(&body[..field]);
-            o
-        });
-        match r {
-            Presented::Value(v) => {
-                let vlen = i32::try_from(v.len()).map_err(|_| too_large())?;
-                o.extend_from_slice(&vlen.to_be_bytes());
-                o.extend_from_slice(&v);
-            }
-            Presented::Same | Presented::Null => o.extend_from_slice(&(-1i32).to_be_bytes()),
+            out.reserve(body.len() + 5);
+            out.push(b'D');
+            out.extend_from_slice(&[0; 4]);
+            out.extend_from_slice(&body[..field]);
         }
+        let at = out.len();
+        out.extend_from_slice(&[0; 4]);
+        let vlen = match present(&body[start..c.i], col, ctx, out)? {
+            Presented::Written => i32::try_from(out.len() - at - 4).map_err(|_| too_large())?,
+            Presented::Null => -1,
+        };
+        out[at..at + 4].copy_from_slice(&vlen.to_be_bytes());
     }
     if c.i != body.len() {
         return Err(c.err("it has bytes after its last column"));
     }
-    let Some(mut out) = out else {
-        return Ok(None);
-    };
+    if !started {
+        return Ok(false);
+    }
     let total = i32::try_from(out.len() - 1).map_err(|_| too_large())?;
     out[1..5].copy_from_slice(&total.to_be_bytes());
-    Ok(Some(Bytes::from(out)))
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -545,6 +586,13 @@ mod tests {
     use crate::rewrite::testkit::{self, ctx, Kit, Rng, EMAIL, NOTES, PHONE, SALARY, SECRET};
     use crate::rewrite::values::param_value;
     use pgcloak_policy::Source;
+
+    /// [`rewrite_data_row`] with a fresh buffer each time: the new frame, or `None` when unchanged.
+    /// (A used buffer is passed too, to show leftovers never leak into the next row.)
+    fn rewrite_row(body: &[u8], shape: &RowShape, ctx: &RowCtx<'_>) -> Result<Option<Bytes>> {
+        let mut out = b"leftover from an earlier row".to_vec();
+        Ok(rewrite_data_row(body, shape, ctx, &mut out)?.then(|| Bytes::from(out)))
+    }
 
     fn field(name: &str, oid: u32, format: i16) -> Field {
         Field {
@@ -735,7 +783,7 @@ mod tests {
                                 rewrite_row_description(&rd_body(&fields), &[decrypt(column, *ty)])
                                     .unwrap();
                             let row = data_row(&[Some(&server_value)]);
-                            let out = rewrite_data_row(&row, &shape, &cx).unwrap().unwrap();
+                            let out = rewrite_row(&row, &shape, &cx).unwrap().unwrap();
                             let got = values_of(&out).remove(0).unwrap();
                             let want = match out_format {
                                 Format::Text => text.as_bytes().to_vec(),
@@ -809,7 +857,7 @@ mod tests {
         ]);
         let readable = |c: &str| c == NOTES;
         let cx = ctx(&kr, &readable);
-        let out = rewrite_data_row(&row, &shape, &cx).unwrap().unwrap();
+        let out = rewrite_row(&row, &shape, &cx).unwrap().unwrap();
         let v = values_of(&out);
         assert_eq!(v[0].as_deref(), Some(&b"7"[..]));
         assert_eq!(v[1].as_deref(), Some(&b"5000"[..]));
@@ -821,7 +869,7 @@ mod tests {
         assert_eq!(v[7], None);
         // Without the backstop permission the readable one is NULL too.
         let none = |_: &str| false;
-        let out = rewrite_data_row(&row, &shape, &ctx(&kr, &none))
+        let out = rewrite_row(&row, &shape, &ctx(&kr, &none))
             .unwrap()
             .unwrap();
         assert_eq!(values_of(&out)[6], None);
@@ -830,11 +878,11 @@ mod tests {
         let mut only_decrypt = actions.clone();
         only_decrypt[4] = ColumnAction::PassThrough;
         let (_, shape2) = rewrite_row_description(&rd_body(&fields), &only_decrypt).unwrap();
-        assert_eq!(rewrite_data_row(&row, &shape2, &cx).unwrap(), None);
+        assert_eq!(rewrite_row(&row, &shape2, &cx).unwrap(), None);
         // All pass through: never parsed.
         let (_, pass) = rewrite_row_description(&rd_body(&fields), &[]).unwrap();
         assert!(pass.is_passthrough());
-        assert_eq!(rewrite_data_row(b"garbage", &pass, &cx).unwrap(), None);
+        assert_eq!(rewrite_row(b"garbage", &pass, &cx).unwrap(), None);
     }
 
     #[test]
@@ -849,7 +897,7 @@ mod tests {
                 .1
         };
         let one = |shape: &RowShape, v: &[u8]| {
-            rewrite_data_row(&data_row(&[Some(v)]), shape, &cx)
+            rewrite_row(&data_row(&[Some(v)]), shape, &cx)
                 .map(|o| o.map(|f| values_of(&f).remove(0)))
         };
         // Text storage, plaintext not yet encrypted: shown when it is a value of the type.
@@ -977,7 +1025,7 @@ mod tests {
                         RowDescription::parse(&rd[5..]).unwrap().fields[0].type_oid,
                         25
                     );
-                    let out = rewrite_data_row(&data_row(&[Some(&server_value)]), &shape, &cx)
+                    let out = rewrite_row(&data_row(&[Some(&server_value)]), &shape, &cx)
                         .unwrap()
                         .unwrap();
                     assert_eq!(
@@ -997,7 +1045,7 @@ mod tests {
             };
             let (_, shape) =
                 rewrite_row_description(&rd_body(&[field("v", ty.oid(), 1)]), &[action]).unwrap();
-            let out = rewrite_data_row(&data_row(&[Some(&bin)]), &shape, &cx)
+            let out = rewrite_row(&data_row(&[Some(&bin)]), &shape, &cx)
                 .unwrap()
                 .unwrap();
             assert_eq!(
@@ -1017,12 +1065,12 @@ mod tests {
             rewrite_row_description(&rd_body(&[field("v", 25, 0)]), &[action]).unwrap();
         let t = kit.target(&kr, EMAIL, LogicalType::Text, Storage::Text);
         let a = t.encrypt(b"alice").unwrap();
-        let out = rewrite_data_row(&data_row(&[Some(&a)]), &shape, &cx)
+        let out = rewrite_row(&data_row(&[Some(&a)]), &shape, &cx)
             .unwrap()
             .unwrap();
         let h = values_of(&out).remove(0).unwrap();
         assert!(h.starts_with(b"h:") && h.len() == 18);
-        let out2 = rewrite_data_row(&data_row(&[Some(&a)]), &shape, &cx)
+        let out2 = rewrite_row(&data_row(&[Some(&a)]), &shape, &cx)
             .unwrap()
             .unwrap();
         assert_eq!(values_of(&out2)[0].as_deref(), Some(&h[..]));
@@ -1061,7 +1109,7 @@ mod tests {
         .unwrap();
         let row = data_row(&[Some(&[0, 0, 0, 1]), Some(&stored)]);
         let start = std::time::Instant::now();
-        let out = rewrite_data_row(&row, &shape, &cx).unwrap().unwrap();
+        let out = rewrite_row(&row, &shape, &cx).unwrap().unwrap();
         let v = values_of(&out);
         assert_eq!(v[1].as_deref(), Some(&big[..]));
         // Generous bound for a debug build on a shared machine; quadratic copying would take minutes.
@@ -1105,13 +1153,13 @@ mod tests {
                 }
             }
             b.truncate(rng.below(b.len() + 1));
-            let _ = rewrite_data_row(&b, &shape, &cx);
+            let _ = rewrite_row(&b, &shape, &cx);
             let _ = RowDescription::parse(&b);
             let _ = rewrite_row_description(&b, &actions);
             // Random values in well-formed rows.
             let v1 = rng.bytes_from(b"pgc1:wQoB\\x0123456789abcdef", 80);
             let row = data_row(&[Some(&v1), Some(&v1), Some(&v1)]);
-            let _ = rewrite_data_row(&row, &shape, &cx);
+            let _ = rewrite_row(&row, &shape, &cx);
         }
     }
 }

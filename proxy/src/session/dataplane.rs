@@ -561,14 +561,21 @@ pub fn describe_rows(
 /// own column, as its associated data binds it to that column. Columns the analysis cannot place
 /// (views, expressions) keep their ciphertext.
 pub fn with_row_ctx<T>(guard: &Guard, f: impl FnOnce(&RowCtx<'_>) -> T) -> T {
-    let never = |_: &str| false;
     let keyring = guard.keyring();
-    let ctx = RowCtx {
-        keyring: &keyring,
+    f(&row_ctx(guard, &keyring))
+}
+
+/// The row context over a keyring the caller holds (a result's rows share one; see
+/// [`with_row_ctx`] for the rules).
+pub fn row_ctx<'a>(guard: &'a Guard, keyring: &'a pgcloak_keymgr::Keyring) -> RowCtx<'a> {
+    fn never(_: &str) -> bool {
+        false
+    }
+    RowCtx {
+        keyring,
         may_read_plaintext: &never,
         mask_hash_key: guard.mask_key(),
-    };
-    f(&ctx)
+    }
 }
 
 #[cfg(test)]

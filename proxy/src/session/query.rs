@@ -28,10 +28,12 @@ use super::track::{Action, Barrier, BarrierKind, Pending, Tracker};
 use super::SessionInfo;
 use crate::config::Config;
 use crate::error::SessionError;
+use crate::guard::Guard;
 use crate::protocol::messages::{self, error_response, terminate, Severity};
 use crate::protocol::FrameRef;
 use crate::rewrite::{CopyInRewriter, CopyOutRewriter, RowShape};
 use crate::server::Shared;
+use pgcloak_keymgr::Keyring;
 use pgcloak_policy::{CopyDirection, CopyEndpoint};
 
 /// How the query phase ended.
@@ -96,10 +98,30 @@ struct Backend<'a> {
     max_rows_hit: bool,
     /// What replaces the message `on_frame` just declined to pass unchanged (see
     /// [`Backend::take_change`]).
-    change: Option<Result<Option<Bytes>, SessionError>>,
+    change: Option<Result<Option<Replacement>, SessionError>>,
+    /// The last DataRow rewritten ([`Replacement::Row`]): one buffer for every row of the session,
+    /// so a decrypted row costs no allocation.
+    row: Vec<u8>,
     released: &'a Notify,
     /// Whether the client's text is UTF-8.
     encoding: &'a ClientEncoding,
+}
+
+/// The largest rewritten-row buffer a session keeps between rows.
+const ROW_BUFFER_KEPT: usize = 64 * 1024;
+
+/// What replaces a server message that does not go to the client as it arrived.
+enum Replacement {
+    /// Other bytes.
+    Bytes(Bytes),
+    /// The DataRow just rewritten into [`Backend::row`].
+    Row,
+}
+
+impl From<Bytes> for Replacement {
+    fn from(b: Bytes) -> Replacement {
+        Replacement::Bytes(b)
+    }
 }
 
 /// How [`Frontend::on_frame`] answers for one client message.
@@ -557,11 +579,9 @@ impl Frontend<'_> {
         }
         let result_formats = match &stmt.data {
             Some(_) => {
-                messages::parse_bind(frame.body())
-                    .map_err(SessionError::Client)?
-                    .result_formats
+                Some(messages::bind_result_formats(frame.body()).map_err(SessionError::Client)?)
             }
-            None => Vec::new(),
+            None => None,
         };
         let out = match dataplane::rewrite_bind(&self.shared.guard, frame.body(), &stmt) {
             Ok(None) => Forward::Original,
@@ -572,14 +592,15 @@ impl Frontend<'_> {
         if let Some(p) = self.portals.get_mut(portal).and_then(Arc::get_mut) {
             p.stmt = stmt;
             p.result_formats.clear();
-            p.result_formats.extend_from_slice(&result_formats);
+            p.result_formats
+                .extend(result_formats.into_iter().flatten());
             *p.described.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
         } else {
             self.portals.insert(
                 portal,
                 Arc::new(PortalCtx {
                     stmt,
-                    result_formats,
+                    result_formats: result_formats.into_iter().flatten().collect(),
                     described: std::sync::Mutex::new(None),
                 }),
             );
@@ -761,15 +782,33 @@ impl Frontend<'_> {
 struct RowState {
     shape: RowShape,
     stmt: Arc<StmtCtx>,
+    /// The keyring as the result started: taken once rather than per row (a lock and two atomic
+    /// reference counts shared by every session thread). A rotation or reload applies from the next
+    /// result, as a policy change applies from the next statement.
+    keyring: Arc<Keyring>,
     rows: u64,
     limit: Option<u64>,
     exceeded: bool,
+}
+
+impl RowState {
+    fn new(shape: RowShape, stmt: &Arc<StmtCtx>, guard: &Guard) -> RowState {
+        RowState {
+            limit: stmt.statement_plan().and_then(|sp| sp.max_rows),
+            shape,
+            stmt: stmt.clone(),
+            keyring: guard.keyring(),
+            rows: 0,
+            exceeded: false,
+        }
+    }
 }
 
 impl Backend<'_> {
     /// The row shape for the Execute at the front, from its portal's or statement's description.
     fn execute_rows(
         front: Option<&Pending>,
+        guard: &Guard,
     ) -> Option<Result<RowState, crate::rewrite::RewriteError>> {
         let Some(Pending::Execute {
             portal: Some(p), ..
@@ -797,13 +836,7 @@ impl Backend<'_> {
                 s.set_result_formats(&p.result_formats).map(|_| s)
             }
         };
-        Some(shape.map(|shape| RowState {
-            limit: p.stmt.statement_plan().and_then(|sp| sp.max_rows),
-            shape,
-            stmt: p.stmt.clone(),
-            rows: 0,
-            exceeded: false,
-        }))
+        Some(shape.map(|shape| RowState::new(shape, &p.stmt, guard)))
     }
 
     /// Forgets the COPY TO rewriter, if any (checked first: dropping an empty one is an out-of-line
@@ -878,7 +911,7 @@ impl Backend<'_> {
                 .is_some_and(|b| b.abort && b.kind == BarrierKind::Query)
             {
                 // The server is about to be made to fail the block: present it as failed now.
-                replacement = Some(Some(messages::frame(b'Z', b"E")));
+                replacement = Some(Some(messages::frame(b'Z', b"E").into()));
             }
             self.released.notify_one();
         }
@@ -888,7 +921,7 @@ impl Backend<'_> {
         let replacement = match action {
             Action::Forward => replacement,
             Action::Swallow => Some(None),
-            Action::ForwardRefusal => Some(Some(messages::without_context(frame.body()))),
+            Action::ForwardRefusal => Some(Some(messages::without_context(frame.body()).into())),
         };
         match replacement {
             None => true,
@@ -901,7 +934,7 @@ impl Backend<'_> {
 
     /// What replaces the message [`Backend::on_frame`] did not pass: other bytes, nothing, or the
     /// error that ends the session.
-    fn take_change(&mut self) -> Result<Option<Bytes>, SessionError> {
+    fn take_change(&mut self) -> Result<Option<Replacement>, SessionError> {
         self.change.take().unwrap_or(Ok(None))
     }
 
@@ -924,9 +957,9 @@ impl Backend<'_> {
         &mut self,
         t: &mut Tracker,
         frame: &FrameRef<'_>,
-    ) -> Result<Option<Option<Bytes>>, SessionError> {
+    ) -> Result<Option<Option<Replacement>>, SessionError> {
         let fail = |e: crate::rewrite::RewriteError| SessionError::Rewrite(e.to_string());
-        let mut replacement: Option<Option<Bytes>> = None;
+        let mut replacement: Option<Option<Replacement>> = None;
         match frame.tag {
             b'E' => {
                 self.saw_fatal = messages::error_fields(frame.body())
@@ -938,7 +971,7 @@ impl Backend<'_> {
                 // A refusal raised for a simple Query: drop the PL/pgSQL context of the DO block.
                 let refused = t.current_statement().is_some_and(|s| s.refusal.is_some());
                 if refused {
-                    replacement = Some(Some(messages::without_context(frame.body())));
+                    replacement = Some(Some(messages::without_context(frame.body()).into()));
                 }
             }
             b't' => {
@@ -946,7 +979,7 @@ impl Backend<'_> {
                     if let Some(b) =
                         dataplane::rewrite_parameter_description(frame.body(), s).map_err(fail)?
                     {
-                        replacement = Some(Some(b));
+                        replacement = Some(Some(b.into()));
                     }
                 }
             }
@@ -974,16 +1007,10 @@ impl Backend<'_> {
                         }
                         .map_err(fail)?;
                         if let Some(b) = frame_out {
-                            replacement = Some(Some(b));
+                            replacement = Some(Some(b.into()));
                         }
                         if is_query {
-                            self.rows = Some(RowState {
-                                limit: stmt.statement_plan().and_then(|sp| sp.max_rows),
-                                shape,
-                                stmt: stmt.clone(),
-                                rows: 0,
-                                exceeded: false,
-                            });
+                            self.rows = Some(RowState::new(shape, &stmt, &self.shared.guard));
                         } else if let Some(p) = portal {
                             *p.described.lock().unwrap_or_else(|e| e.into_inner()) = Some(shape);
                         } else {
@@ -996,7 +1023,7 @@ impl Backend<'_> {
                 if self.rows.is_none() && !self.rows_known {
                     // Once per result: a statement that was not analysed keeps `rows` empty.
                     self.rows_known = true;
-                    if let Some(r) = Self::execute_rows(t.front()) {
+                    if let Some(r) = Self::execute_rows(t.front(), &self.shared.guard) {
                         self.rows = Some(r.map_err(fail)?);
                     }
                 }
@@ -1006,12 +1033,16 @@ impl Backend<'_> {
                         rs.exceeded = true;
                         replacement = Some(None);
                     } else if !rs.shape.is_passthrough() {
-                        let out = dataplane::with_row_ctx(&self.shared.guard, |ctx| {
-                            crate::rewrite::rewrite_data_row(frame.body(), &rs.shape, ctx)
-                        })
+                        let ctx = dataplane::row_ctx(&self.shared.guard, &rs.keyring);
+                        let rewritten = crate::rewrite::rewrite_data_row(
+                            frame.body(),
+                            &rs.shape,
+                            &ctx,
+                            &mut self.row,
+                        )
                         .map_err(fail)?;
-                        if let Some(b) = out {
-                            replacement = Some(Some(b));
+                        if rewritten {
+                            replacement = Some(Some(Replacement::Row));
                         }
                     }
                 }
@@ -1027,14 +1058,14 @@ impl Backend<'_> {
                             .as_ref()
                             .map(|d| d.role.clone())
                             .unwrap_or_default();
-                        replacement = Some(Some(error_response(
+                        replacement = Some(Some(Replacement::Bytes(error_response(
                             Severity::Error,
                             "42501",
                             &format!(
                                 "pgcloak: the statement returned more than {limit} rows with classified values, the max_rows of policy role {role}; the first {limit} rows were delivered"
                             ),
                             Some("Narrow the query (WHERE, LIMIT) or use a role without max_rows."),
-                        )));
+                        ))));
                         self.max_rows_hit = true;
                         if let Some(b) = t.barrier.as_mut() {
                             b.exceeded = true;
@@ -1057,7 +1088,7 @@ impl Backend<'_> {
                     })
                     .map_err(fail)?;
                     if let Some(b) = out {
-                        replacement = Some(Some(messages::copy_data(&b)));
+                        replacement = Some(Some(messages::copy_data(&b).into()));
                     }
                 }
             }
@@ -1192,6 +1223,7 @@ where
         copy_out: None,
         max_rows_hit: false,
         change: None,
+        row: Vec::new(),
         released: &released,
         encoding,
     };
@@ -1366,7 +1398,18 @@ where
             };
             let mut sent = client_out.send(server_in.bytes(run..pos)).await;
             if let (Ok(()), Some(r)) = (&sent, replacement) {
-                sent = client_out.send(&r).await;
+                sent = match &r {
+                    Replacement::Bytes(b) => client_out.send(b).await,
+                    Replacement::Row => {
+                        let sent = client_out.send(&be.row).await;
+                        // Kept for the next row, unless a large one grew it: idle sessions hold
+                        // little memory.
+                        if be.row.capacity() > ROW_BUFFER_KEPT {
+                            be.row = Vec::new();
+                        }
+                        sent
+                    }
+                };
             }
             if let Err(e) = sent {
                 return End::Error(SessionError::ClientIo(e));
