@@ -4,7 +4,11 @@
 # policy. Prints TPS and the CPU time each proxy spends per transaction (steadier than TPS on a shared
 # machine; inserts are bound by the server's commit fsync, so their TPS is noisy).
 #
-# Usage: deploy/bench/encrypted-vs-plaintext.sh [ROUNDS] [SECONDS]
+# Usage: [DIRECT=1] deploy/bench/encrypted-vs-plaintext.sh [ROUNDS] [SECONDS]
+# DIRECT=1 adds, per round, the same point reads straight to PostgreSQL on both databases: the ratio
+# the stored ciphertext alone allows. Each round alternates which side goes first and starts every
+# measured run after a CHECKPOINT; the summary gives the ratio of the medians and the median of the
+# per-round ratios (this host's TPS moves by ±10 % from one run to the next).
 # Needs a PostgreSQL on $PGHOST:$PGPORT (default 127.0.0.1:5432) reachable as $PGUSER (default postgres)
 # without a password, and pgbench. Audit is off in both proxies so only encryption is compared; set
 # AUDIT_FILE=path to turn the file sink on in both.
@@ -78,24 +82,50 @@ run() { # port db script pid: prints "tps cpu_us_per_tx" (the proxy's user + sys
     -v n="$(echo "$out" | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p')" \
     'BEGIN {printf "%s %.2f\n", t, (n > 0 ? (b - a) / hz * 1e6 / n : 0)}'
 }
+# Fairness: the side that runs first alternates every round, and every measured run starts on a settled
+# server (CHECKPOINT): otherwise the run after an insert run pays for the WAL flushing, checkpoint and
+# autovacuum those inserts left behind, always the same side.
+settle() { psql -h "$host" -p "$port" -U "$user" -d postgres -qc CHECKPOINT >/dev/null; }
 declare -A tps
 declare -A cpu
+declare -A ratios
 for r in $(seq "$rounds"); do
+  if [ $((r % 2)) = 1 ]; then order="enc plain"; else order="plain enc"; fi
   for script in enc_read.sql enc_insert.sql; do
-    for side in enc plain; do
+    declare -A this
+    for side in $order; do
       if [ "$side" = enc ]; then p=16441; db=pgcloak_bench_enc; pid=${pids[0]}; else p=16442; db=pgcloak_bench_plain; pid=${pids[1]}; fi
+      settle
       read -r t us < <(run "$p" "$db" "$script" "$pid")
+      this[$side]=$t
       tps[$side-$script]="${tps[$side-$script]:-} $t"
       cpu[$side-$script]="${cpu[$side-$script]:-} $us"
       printf 'round %d %-15s %-6s tps=%s proxy_cpu_us_per_tx=%s\n' "$r" "$script" "$side" "$t" "$us"
     done
+    ratios[$script]="${ratios[$script]:-} $(awk -v e="${this[enc]}" -v p="${this[plain]}" 'BEGIN {printf "%.3f", e/p}')"
   done
+  if [ "${DIRECT:-0}" = 1 ]; then
+    # The same point reads straight to PostgreSQL: what storing ciphertext costs the server and the
+    # client by itself (wider rows, bytea output), the ceiling of the proxied ratio.
+    for side in $order; do
+      settle
+      t=$(pgbench -h "$host" -p "$port" -U "$user" -n -M prepared -c "$clients" -j "$threads" -T "$secs" \
+        -f deploy/bench/scripts/enc_read.sql "pgcloak_bench_$side" 2>&1 | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -n1)
+      this[$side]=$t
+      printf 'round %d %-15s %-6s tps=%s (direct to PostgreSQL, no proxy)\n' "$r" enc_read.sql "$side" "$t"
+    done
+    ratios[direct]="${ratios[direct]:-} $(awk -v e="${this[enc]}" -v p="${this[plain]}" 'BEGIN {printf "%.3f", e/p}')"
+  fi
 done
 median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo
 for script in enc_read.sql enc_insert.sql; do
   e=$(echo "${tps[enc-$script]}" | median); p=$(echo "${tps[plain-$script]}" | median)
   ec=$(echo "${cpu[enc-$script]}" | median); pc=$(echo "${cpu[plain-$script]}" | median)
-  awk -v e="$e" -v p="$p" -v s="$script" -v ec="$ec" -v pc="$pc" \
-    'BEGIN {printf "%-15s encrypted %9.0f tps, plaintext %9.0f tps, ratio %.3f; proxy CPU per transaction %s vs %s us\n", s, e, p, e/p, ec, pc}'
+  rr=$(echo "${ratios[$script]}" | median)
+  awk -v e="$e" -v p="$p" -v s="$script" -v ec="$ec" -v pc="$pc" -v rr="$rr" -v all="${ratios[$script]}" \
+    'BEGIN {printf "%-15s encrypted %9.0f tps, plaintext %9.0f tps, ratio %.3f (per round:%s, median %s); proxy CPU per transaction %s vs %s us\n", s, e, p, e/p, all, rr, ec, pc}'
 done
+if [ -n "${ratios[direct]:-}" ]; then
+  echo "enc_read.sql    direct to PostgreSQL, no proxy: per round:${ratios[direct]}, median $(echo "${ratios[direct]}" | median)"
+fi
