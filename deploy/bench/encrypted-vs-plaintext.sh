@@ -8,7 +8,8 @@
 # DIRECT=1 adds, per round, the same point reads straight to PostgreSQL on both databases: the ratio
 # the stored ciphertext alone allows. Each round alternates which side goes first and starts every
 # measured run after a CHECKPOINT; the summary gives the ratio of the medians and the median of the
-# per-round ratios (this host's TPS moves by ±10 % from one run to the next).
+# per-round ratios (this host's TPS moves by ±10 % from one run to the next). CONCURRENT=1 runs the
+# two sides at the same time with half the clients each, so that both meet the same host conditions.
 # Needs a PostgreSQL on $PGHOST:$PGPORT (default 127.0.0.1:5432) reachable as $PGUSER (default postgres)
 # without a password, and pgbench. Audit is off in both proxies so only encryption is compared; set
 # AUDIT_FILE=path to turn the file sink on in both.
@@ -89,14 +90,30 @@ settle() { psql -h "$host" -p "$port" -U "$user" -d postgres -qc CHECKPOINT >/de
 declare -A tps
 declare -A cpu
 declare -A ratios
+measure() { # side script: prints "tps cpu_us_per_tx" for that side
+  if [ "$1" = enc ]; then run 16441 pgcloak_bench_enc "$2" "${pids[0]}"; else run 16442 pgcloak_bench_plain "$2" "${pids[1]}"; fi
+}
 for r in $(seq "$rounds"); do
   if [ $((r % 2)) = 1 ]; then order="enc plain"; else order="plain enc"; fi
   for script in enc_read.sql enc_insert.sql; do
     declare -A this
-    for side in $order; do
-      if [ "$side" = enc ]; then p=16441; db=pgcloak_bench_enc; pid=${pids[0]}; else p=16442; db=pgcloak_bench_plain; pid=${pids[1]}; fi
+    if [ "${CONCURRENT:-0}" = 1 ]; then
+      # Both sides at once, half the clients each: they share whatever the host does meanwhile.
       settle
-      read -r t us < <(run "$p" "$db" "$script" "$pid")
+      both=()
+      for side in enc plain; do
+        (clients=$((clients / 2)); threads=$(((threads + 1) / 2)); measure "$side" "$script") >"$work/$side.run" &
+        both+=($!)
+      done
+      wait "${both[@]}"
+    fi
+    for side in $order; do
+      if [ "${CONCURRENT:-0}" = 1 ]; then
+        read -r t us <"$work/$side.run"
+      else
+        settle
+        read -r t us < <(measure "$side" "$script")
+      fi
       this[$side]=$t
       tps[$side-$script]="${tps[$side-$script]:-} $t"
       cpu[$side-$script]="${cpu[$side-$script]:-} $us"
