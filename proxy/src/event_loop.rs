@@ -637,8 +637,8 @@ mod tests {
         out
     }
 
-    #[test]
-    fn relays_bytes_both_ways_and_sees_end_of_file() {
+    /// A peer that reads five bytes, answers them twice and closes (which ends the stream).
+    fn doubling_peer() -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let peer = std::thread::spawn(move || {
@@ -647,8 +647,13 @@ mod tests {
             let mut buf = [0u8; 5];
             s.read_exact(&mut buf).unwrap();
             s.write_all(&buf.repeat(2)).unwrap();
-            // Closing ends the stream.
         });
+        (addr, peer)
+    }
+
+    #[test]
+    fn relays_bytes_both_ways_and_sees_end_of_file() {
+        let (addr, peer) = doubling_peer();
         let got = on_loop(move || async move {
             let conn = Conn::new(std::net::TcpStream::connect(addr).unwrap()).unwrap();
             let (mut r, mut w) = conn.into_split();
@@ -665,15 +670,7 @@ mod tests {
     fn end_of_file_arriving_with_the_last_data_is_seen() {
         // The peer answers and closes at once, so one edge-triggered event reports both the data and
         // the end of file; the short read of the data must not make the reader wait for another.
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let peer = std::thread::spawn(move || {
-            use std::io::{Read, Write};
-            let (mut s, _) = listener.accept().unwrap();
-            let mut buf = [0u8; 5];
-            s.read_exact(&mut buf).unwrap();
-            s.write_all(&buf.repeat(2)).unwrap();
-        });
+        let (addr, peer) = doubling_peer();
         let got = on_loop(move || async move {
             let conn = Conn::new(std::net::TcpStream::connect(addr).unwrap()).unwrap();
             let (mut r, mut w) = conn.into_split();
