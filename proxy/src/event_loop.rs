@@ -651,47 +651,46 @@ mod tests {
         (addr, peer)
     }
 
-    #[test]
-    fn relays_bytes_both_ways_and_sees_end_of_file() {
+    /// Sends "hello" to a [`doubling_peer`] from a loop task and reads to end of file. With
+    /// `answer_and_close_together`, the task first waits for a readable event and, while it still
+    /// holds the thread, asks and lets the answer and the end of file arrive, so the loop's next epoll
+    /// wait reports them as one event.
+    fn hello_doubled(answer_and_close_together: bool) -> Vec<u8> {
         let (addr, peer) = doubling_peer();
         let got = on_loop(move || async move {
             let conn = Conn::new(std::net::TcpStream::connect(addr).unwrap()).unwrap();
             let (mut r, mut w) = conn.into_split();
-            w.write_all(b"hello").await.unwrap();
+            if answer_and_close_together {
+                std::future::poll_fn(|cx| {
+                    let mut buf = [0u8; 64];
+                    let mut rb = ReadBuf::new(&mut buf);
+                    assert!(Pin::new(&mut r).poll_read(cx, &mut rb).is_pending());
+                    assert!(Pin::new(&mut w).poll_write(cx, b"hello").is_ready());
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                    Poll::Ready(())
+                })
+                .await;
+            } else {
+                w.write_all(b"hello").await.unwrap();
+            }
             let mut out = Vec::new();
             r.read_to_end(&mut out).await.unwrap();
             out
         });
         peer.join().unwrap();
-        assert_eq!(got, b"hellohello");
+        got
+    }
+
+    #[test]
+    fn relays_bytes_both_ways_and_sees_end_of_file() {
+        assert_eq!(hello_doubled(false), b"hellohello");
     }
 
     #[test]
     fn end_of_file_arriving_with_the_last_data_is_seen() {
-        // The peer answers and closes at once, so one edge-triggered event reports both the data and
-        // the end of file; the short read of the data must not make the reader wait for another.
-        let (addr, peer) = doubling_peer();
-        let got = on_loop(move || async move {
-            let conn = Conn::new(std::net::TcpStream::connect(addr).unwrap()).unwrap();
-            let (mut r, mut w) = conn.into_split();
-            // Nothing to read before the peer is asked: the task waits for a readable event. While
-            // it still holds the thread, it asks and lets the answer and the end of file arrive, so
-            // the loop's next epoll wait reports them as one event.
-            std::future::poll_fn(|cx| {
-                let mut buf = [0u8; 64];
-                let mut rb = ReadBuf::new(&mut buf);
-                assert!(Pin::new(&mut r).poll_read(cx, &mut rb).is_pending());
-                assert!(Pin::new(&mut w).poll_write(cx, b"hello").is_ready());
-                std::thread::sleep(std::time::Duration::from_millis(200));
-                Poll::Ready(())
-            })
-            .await;
-            let mut out = Vec::new();
-            r.read_to_end(&mut out).await.unwrap();
-            out
-        });
-        peer.join().unwrap();
-        assert_eq!(got, b"hellohello");
+        // One edge-triggered event reports both the data and the end of file; the short read of the
+        // data must not make the reader wait for another.
+        assert_eq!(hello_doubled(true), b"hellohello");
     }
 
     #[test]
