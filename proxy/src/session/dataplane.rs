@@ -554,19 +554,13 @@ pub fn describe_rows(
     Ok((Some(frame), shape))
 }
 
-/// Runs `f` with the row context for rewriting rows.
+/// The row context for rewriting rows, over a keyring the caller took once for a whole result or
+/// COPY (a reload applies from the next one).
 ///
 /// A value is only ever decrypted with the key of the column it is read from: a ciphertext found in
 /// another column (copied there around the proxy) stays closed even for a role that could read its
 /// own column, as its associated data binds it to that column. Columns the analysis cannot place
 /// (views, expressions) keep their ciphertext.
-pub fn with_row_ctx<T>(guard: &Guard, f: impl FnOnce(&RowCtx<'_>) -> T) -> T {
-    let keyring = guard.keyring();
-    f(&row_ctx(guard, &keyring))
-}
-
-/// The row context over a keyring the caller holds (a result's rows share one; see
-/// [`with_row_ctx`] for the rules).
 pub fn row_ctx<'a>(guard: &'a Guard, keyring: &'a pgcloak_keymgr::Keyring) -> RowCtx<'a> {
     fn never(_: &str) -> bool {
         false

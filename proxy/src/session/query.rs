@@ -93,7 +93,7 @@ struct Backend<'a> {
     /// through unchanged), so a large plain result costs no lookup per row.
     rows_known: bool,
     /// The COPY TO STDOUT data streaming now, when it must be rewritten.
-    copy_out: Option<CopyOutRewriter>,
+    copy_out: Option<CopyOut>,
     /// The statement finishing now exceeded max_rows (its outcome is a refusal).
     max_rows_hit: bool,
     /// What replaces the message `on_frame` just declined to pass unchanged (see
@@ -105,6 +105,12 @@ struct Backend<'a> {
     released: &'a Notify,
     /// Whether the client's text is UTF-8.
     encoding: &'a ClientEncoding,
+}
+
+/// The COPY TO STDOUT data streaming now, with the keyring taken as it started (not per row).
+struct CopyOut {
+    rewriter: CopyOutRewriter,
+    keyring: Arc<Keyring>,
 }
 
 /// The largest rewritten-row buffer a session keeps between rows.
@@ -1077,16 +1083,18 @@ impl Backend<'_> {
             b'H' => {
                 let stmt = t.current_statement().cloned();
                 if let Some(stmt) = stmt {
-                    self.copy_out =
-                        dataplane::copy_out_rewriter(&stmt, frame.body()).map_err(fail)?;
+                    self.copy_out = dataplane::copy_out_rewriter(&stmt, frame.body())
+                        .map_err(fail)?
+                        .map(|rewriter| CopyOut {
+                            rewriter,
+                            keyring: self.shared.guard.keyring(),
+                        });
                 }
             }
             b'd' => {
-                if let Some(rw) = self.copy_out.as_mut() {
-                    let out = dataplane::with_row_ctx(&self.shared.guard, |ctx| {
-                        rw.rewrite(frame.body(), ctx)
-                    })
-                    .map_err(fail)?;
+                if let Some(c) = self.copy_out.as_mut() {
+                    let ctx = dataplane::row_ctx(&self.shared.guard, &c.keyring);
+                    let out = c.rewriter.rewrite(frame.body(), &ctx).map_err(fail)?;
                     if let Some(b) = out {
                         replacement = Some(Some(messages::copy_data(&b).into()));
                     }
