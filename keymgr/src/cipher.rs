@@ -187,11 +187,9 @@ impl ColumnCipher {
 
     /// Encrypts under the active version in the given storage encoding.
     pub fn encrypt_as(&self, plaintext: &[u8], encoding: Encoding) -> Result<Vec<u8>> {
-        let raw = self.encrypt(plaintext)?;
-        Ok(match encoding {
-            Encoding::Raw => raw,
-            Encoding::Armored => envelope::armor(&raw).into_bytes(),
-        })
+        let mut out = Vec::new();
+        self.encrypt_into(plaintext, encoding, &mut out)?;
+        Ok(out)
     }
 
     /// Encrypts under a given live version (e.g. to reproduce an older deterministic ciphertext).
@@ -254,10 +252,15 @@ impl ColumnCipher {
     }
 
     fn seal(&self, vk: &VersionKey, plaintext: &[u8]) -> Result<Vec<u8>> {
-        let nonce = match &vk.mac {
+        seal_with_nonce(vk, self.nonce(vk, plaintext), plaintext)
+    }
+
+    /// The nonce of a new envelope: the next of the sequence (randomized), or
+    /// HMAC-SHA256(k_mac, AD ‖ plaintext)[..12] (deterministic; AD is already in the state).
+    fn nonce(&self, vk: &VersionKey, plaintext: &[u8]) -> [u8; NONCE_LEN] {
+        match &vk.mac {
             None => self.nonces.next(),
             Some(mac) => {
-                // nonce = HMAC-SHA256(k_mac, AD ‖ plaintext)[..12]; AD is already in `mac`.
                 let mut ctx = mac.clone();
                 ctx.update(plaintext);
                 let tag = ctx.sign();
@@ -265,8 +268,42 @@ impl ColumnCipher {
                 n.copy_from_slice(&tag.as_ref()[..NONCE_LEN]);
                 n
             }
+        }
+    }
+
+    /// [`ColumnCipher::encrypt_as`], appending the stored value to `out` with no buffer of its own:
+    /// the envelope is sealed in place, and armoured in place from where it was sealed (a Bind or
+    /// COPY row being rewritten encrypts each value onto its own end). On error `out` is as it was.
+    pub fn encrypt_into(
+        &self,
+        plaintext: &[u8],
+        encoding: Encoding,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        let vk = &self.versions[self.active];
+        let nonce = self.nonce(vk, plaintext);
+        let start = out.len();
+        let raw_len = MIN_RAW_LEN + plaintext.len();
+        let sealed = match encoding {
+            Encoding::Raw => {
+                out.resize(start + raw_len, 0);
+                seal_with_nonce_at(vk, nonce, plaintext, out, start)
+            }
+            Encoding::Armored => {
+                // The envelope is sealed at the end of the armour's room and encoded forward from
+                // its start: each group of 3 raw bytes is read before its 4 digits are written, and
+                // the writer never passes bytes not yet read (see envelope::armor_in_place).
+                let armored_len = envelope::armored_len(raw_len);
+                out.resize(start + armored_len, 0);
+                let at = start + armored_len - raw_len;
+                seal_with_nonce_at(vk, nonce, plaintext, out, at)
+                    .map(|()| envelope::armor_in_place(&mut out[start..]))
+            }
         };
-        seal_with_nonce(vk, nonce, plaintext)
+        if sealed.is_err() {
+            out.truncate(start);
+        }
+        sealed
     }
 
     /// Seals with an explicit nonce; only for known-answer tests.
@@ -363,29 +400,46 @@ impl ColumnCipher {
 }
 
 fn seal_with_nonce(vk: &VersionKey, nonce: [u8; NONCE_LEN], plaintext: &[u8]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    seal_with_nonce_at(vk, nonce, plaintext, &mut out, 0)?;
+    Ok(out)
+}
+
+/// Writes the raw envelope of `plaintext` into `out[at..at + MIN_RAW_LEN + plaintext.len()]` (which
+/// must exist) and seals it there. On error the region holds unspecified bytes (never plaintext
+/// beyond what the caller passed in).
+fn seal_with_nonce_at(
+    vk: &VersionKey,
+    nonce: [u8; NONCE_LEN],
+    plaintext: &[u8],
+    out: &mut Vec<u8>,
+    at: usize,
+) -> Result<()> {
+    let too_large = || KeyError::ValueTooLarge {
+        len: plaintext.len(),
+        max: MAX_PLAINTEXT_LEN,
+    };
     if plaintext.len() > MAX_PLAINTEXT_LEN {
-        return Err(KeyError::ValueTooLarge {
-            len: plaintext.len(),
-            max: MAX_PLAINTEXT_LEN,
-        });
+        return Err(too_large());
     }
-    let mut out = Vec::with_capacity(MIN_RAW_LEN + plaintext.len());
-    out.extend_from_slice(&vk.header);
-    out.extend_from_slice(&nonce);
-    out.extend_from_slice(plaintext);
+    let sealed = at + HEADER_LEN + NONCE_LEN;
+    let end = sealed + plaintext.len();
+    if out.len() < end + envelope::TAG_LEN {
+        out.resize(end + envelope::TAG_LEN, 0);
+    }
+    out[at..at + HEADER_LEN].copy_from_slice(&vk.header);
+    out[at + HEADER_LEN..sealed].copy_from_slice(&nonce);
+    out[sealed..end].copy_from_slice(plaintext);
     let tag = vk
         .aead
         .seal_in_place_separate_tag(
             Nonce::assume_unique_for_key(nonce),
             Aad::from(&vk.ad[..]),
-            &mut out[HEADER_LEN + NONCE_LEN..],
+            &mut out[sealed..end],
         )
-        .map_err(|_| KeyError::ValueTooLarge {
-            len: plaintext.len(),
-            max: MAX_PLAINTEXT_LEN,
-        })?;
-    out.extend_from_slice(tag.as_ref());
-    Ok(out)
+        .map_err(|_| too_large())?;
+    out[end..end + envelope::TAG_LEN].copy_from_slice(tag.as_ref());
+    Ok(())
 }
 
 #[cfg(test)]
@@ -559,6 +613,31 @@ pub(crate) mod tests {
         ));
         assert_eq!(&tampered[..6], b"prefix");
         assert!(a.decrypt_in_place(&mut b"prefix".to_vec(), 6).is_err());
+    }
+
+    #[test]
+    fn encrypt_into_appends_the_stored_value_after_other_bytes() {
+        let det = test_cipher(Mode::Deterministic, "s.t.a", 1);
+        let rnd = test_cipher(Mode::Randomized, "s.t.b", 2);
+        for len in [0usize, 1, 2, 3, 4, 16, 300] {
+            let plain: Vec<u8> = (0..len).map(|i| (i * 13) as u8).collect();
+            for encoding in [Encoding::Raw, Encoding::Armored] {
+                for c in [&det, &rnd] {
+                    let mut buf = b"prefix".to_vec();
+                    c.encrypt_into(&plain, encoding, &mut buf).unwrap();
+                    assert_eq!(&buf[..6], b"prefix");
+                    assert_eq!(
+                        buf[6..].starts_with(b"pgc1:"),
+                        encoding == Encoding::Armored
+                    );
+                    assert_eq!(c.decrypt(&buf[6..]).unwrap(), plain, "{len} {encoding:?}");
+                }
+                // Deterministic: byte for byte what the allocating form gives.
+                let mut buf = b"prefix".to_vec();
+                det.encrypt_into(&plain, encoding, &mut buf).unwrap();
+                assert_eq!(&buf[6..], &det.encrypt_as(&plain, encoding).unwrap()[..]);
+            }
+        }
     }
 
     #[test]

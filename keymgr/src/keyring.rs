@@ -1,7 +1,7 @@
 //! The keyring: per-column data keys with versions, wrapped under the master key, serialised as JSON;
 //! the editable document, the unlocked data-path view, and the compare-and-swap store protocol.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use base64::Engine as _;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
@@ -441,11 +441,12 @@ impl KeyringDoc {
                 &self.rng,
             )?);
         }
-        let by_name = ciphers
+        let mut by_name: Vec<(String, usize)> = ciphers
             .iter()
             .enumerate()
             .map(|(i, c)| (c.column().to_string(), i))
             .collect();
+        by_name.sort_unstable();
         let mut by_id: Vec<(u32, usize)> = ciphers
             .iter()
             .enumerate()
@@ -484,7 +485,8 @@ fn column_info(c: &ColumnJson) -> ColumnInfo {
 /// swap the `Arc` to reload.
 pub struct Keyring {
     ciphers: Vec<ColumnCipher>,
-    by_name: HashMap<String, usize>,
+    /// Sorted by column name: looked up for every value written (see `by_id`).
+    by_name: Vec<(String, usize)>,
     /// Sorted by key id: looked up for every value read (a binary search over a few entries costs
     /// less than hashing the id with SipHash).
     by_id: Vec<(u32, usize)>,
@@ -509,7 +511,11 @@ impl Keyring {
 
     /// The cipher of a column, if the keyring has a key for it.
     pub fn cipher(&self, column: &str) -> Option<&ColumnCipher> {
-        self.by_name.get(column).map(|&i| &self.ciphers[i])
+        let at = self
+            .by_name
+            .binary_search_by(|(name, _)| name.as_str().cmp(column))
+            .ok()?;
+        Some(&self.ciphers[self.by_name[at].1])
     }
 
     /// The cipher of a column, or [`KeyError::UnknownColumn`].

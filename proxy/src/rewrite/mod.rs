@@ -99,18 +99,26 @@ impl Storage {
     /// `character varying(n)`, `varchar`, `varchar(n)` (case-insensitive, `pg_catalog.` allowed).
     /// Anything else (`character(n)` pads values, other types cannot hold an envelope) is `None`.
     pub fn from_type_name(name: &str) -> Option<Storage> {
-        let lower = name.trim().to_ascii_lowercase();
-        let lower = lower.strip_prefix("pg_catalog.").unwrap_or(&lower);
-        // A type modifier (`(20)`) does not change the storage; strip it.
-        let base = match lower.find('(') {
-            Some(p) if lower.ends_with(')') => lower[..p].trim_end(),
-            Some(_) => return None,
-            None => lower,
+        // Case-insensitive without lower-casing into a new String: this runs for every encrypted
+        // parameter of every Bind.
+        let name = name.trim();
+        let name = match name.get(..11) {
+            Some(p) if p.eq_ignore_ascii_case("pg_catalog.") => &name[11..],
+            _ => name,
         };
-        match base {
-            "bytea" => Some(Storage::Bytea),
-            "text" | "character varying" | "varchar" => Some(Storage::Text),
-            _ => None,
+        // A type modifier (`(20)`) does not change the storage; strip it.
+        let base = match name.find('(') {
+            Some(p) if name.ends_with(')') => name[..p].trim_end(),
+            Some(_) => return None,
+            None => name,
+        };
+        let is = |n: &str| base.eq_ignore_ascii_case(n);
+        if is("bytea") {
+            Some(Storage::Bytea)
+        } else if is("text") || is("character varying") || is("varchar") {
+            Some(Storage::Text)
+        } else {
+            None
         }
     }
 

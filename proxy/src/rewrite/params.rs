@@ -15,7 +15,7 @@ use pgcloak_keymgr::LogicalType;
 
 use super::array::{encrypt_binary_array, encrypt_text_array};
 use super::error::{Result, RewriteError};
-use super::values::param_value;
+use super::values::param_value_into;
 use super::{array_oid, ColumnTarget, Format, Storage};
 
 /// A Bind parameter to encrypt.
@@ -127,103 +127,92 @@ pub fn rewrite_bind(body: &[u8], params: &[BindParam<'_>]) -> Result<Option<Byte
     c.cstr()?; // portal
     c.cstr()?; // statement
     let nfmt = c.count()?;
-    let mut formats = Vec::with_capacity(nfmt);
-    for _ in 0..nfmt {
-        formats.push(c.i16()?);
-    }
-    let values_start = c.i;
+    let formats_at = c.i;
+    c.take(nfmt * 2)?;
     let nparams = c.count()?;
     if nfmt > 1 && nfmt != nparams {
         return Err(c.err(
             "its number of parameter format codes is neither 0, 1 nor the number of parameters",
         ));
     }
-    let mut values: Vec<Option<(usize, usize)>> = Vec::with_capacity(nparams);
-    for _ in 0..nparams {
+    if params
+        .iter()
+        .any(|p| p.index == 0 || p.index as usize > nparams)
+    {
+        return Err(RewriteError::MalformedClientMessage {
+            what: "Bind",
+            detail: "it carries fewer parameters than the statement uses",
+        });
+    }
+    let code = |idx: usize| {
+        let at = formats_at + 2 * if nfmt == 1 { 0 } else { idx };
+        if nfmt == 0 {
+            0
+        } else {
+            i16::from_be_bytes([body[at], body[at + 1]])
+        }
+    };
+    // One pass: each value is copied, or encrypted straight onto the end of the new frame (no
+    // buffer per value); the frame's length is filled in at the end.
+    let mut out = Vec::with_capacity(body.len() + 5 + params.len() * 96);
+    out.push(b'B');
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&body[..c.i]);
+    let mut changed = false;
+    for idx in 0..nparams {
+        let field = c.i;
         let len = c.i32()?;
         if len == -1 {
-            values.push(None);
+            out.extend_from_slice(&body[field..c.i]);
             continue;
         }
         let len = usize::try_from(len).map_err(|_| c.err("a parameter length is negative"))?;
         let start = c.i;
         c.take(len)?;
-        values.push(Some((start, len)));
-    }
-    let values_end = c.i;
-    let nres = c.count()?;
-    for _ in 0..nres {
-        c.i16()?;
-    }
-    c.done()?;
-
-    let mut replaced: Vec<Option<Vec<u8>>> = vec![None; nparams];
-    let mut changed = false;
-    for p in params {
-        let idx = usize::try_from(p.index)
-            .ok()
-            .and_then(|n| n.checked_sub(1))
-            .filter(|i| *i < nparams)
-            .ok_or(RewriteError::MalformedClientMessage {
-                what: "Bind",
-                detail: "it carries fewer parameters than the statement uses",
-            })?;
-        if replaced[idx].is_some() {
+        let value = &body[start..c.i];
+        // The first listed parameter naming `$idx + 1` decides (a parameter is encrypted once).
+        let Some(p) = params.iter().find(|p| p.index as usize == idx + 1) else {
+            out.extend_from_slice(&body[field..c.i]);
             continue;
-        }
-        let Some((start, len)) = values[idx] else {
-            continue; // NULL stays NULL
         };
-        let code = match nfmt {
-            0 => 0,
-            1 => formats[0],
-            _ => formats[idx],
-        };
-        let format = Format::from_code(code).ok_or(RewriteError::MalformedClientMessage {
+        let format = Format::from_code(code(idx)).ok_or(RewriteError::MalformedClientMessage {
             what: "Bind",
             detail: "a parameter format code is neither 0 (text) nor 1 (binary)",
         })?;
-        let value = &body[start..start + len];
-        let new = match (p.array, format) {
-            (false, _) => param_value(&p.target, value, format)?,
-            (true, Format::Text) => encrypt_text_array(&p.target, value, true)?,
-            (true, Format::Binary) => encrypt_binary_array(&p.target, value, true)?,
-        };
-        replaced[idx] = Some(new);
+        let at = out.len();
+        out.extend_from_slice(&[0; 4]);
+        match (p.array, format) {
+            (false, _) => param_value_into(&p.target, value, format, &mut out)?,
+            (true, Format::Text) => {
+                out.extend_from_slice(&encrypt_text_array(&p.target, value, true)?);
+            }
+            (true, Format::Binary) => {
+                out.extend_from_slice(&encrypt_binary_array(&p.target, value, true)?);
+            }
+        }
+        let new_len = out.len() - at - 4;
+        let new_len = i32::try_from(new_len).map_err(|_| RewriteError::ValueTooLarge {
+            column: p.target.column().to_string(),
+            len: new_len,
+            max: i32::MAX as usize,
+        })?;
+        out[at..at + 4].copy_from_slice(&new_len.to_be_bytes());
         changed = true;
     }
+    let values_end = c.i;
+    let nres = c.count()?;
+    c.take(nres * 2)?;
+    c.done()?;
     if !changed {
         return Ok(None);
     }
-    let extra: usize = replaced.iter().flatten().map(Vec::len).sum();
-    let mut out = Vec::with_capacity(body.len() + extra);
-    out.extend_from_slice(&body[..values_start]);
-    out.extend_from_slice(&(nparams as i16).to_be_bytes());
-    for (i, v) in values.iter().enumerate() {
-        let bytes: Option<&[u8]> = match (&replaced[i], v) {
-            (Some(new), _) => Some(new),
-            (None, Some((s, l))) => Some(&body[*s..*s + *l]),
-            (None, None) => None,
-        };
-        match bytes {
-            None => out.extend_from_slice(&(-1i32).to_be_bytes()),
-            Some(b) => {
-                let len = i32::try_from(b.len()).map_err(|_| RewriteError::ValueTooLarge {
-                    column: params
-                        .iter()
-                        .find(|p| p.index as usize == i + 1)
-                        .map(|p| p.target.column().to_string())
-                        .unwrap_or_default(),
-                    len: b.len(),
-                    max: i32::MAX as usize,
-                })?;
-                out.extend_from_slice(&len.to_be_bytes());
-                out.extend_from_slice(b);
-            }
-        }
-    }
     out.extend_from_slice(&body[values_end..]);
-    frame(b'B', &out).map(Some)
+    let total = i32::try_from(out.len() - 1).map_err(|_| RewriteError::Internal {
+        column: "(message)".to_string(),
+        detail: "a rewritten message exceeds the protocol's 2 GiB limit".to_string(),
+    })?;
+    out[1..5].copy_from_slice(&total.to_be_bytes());
+    Ok(Some(Bytes::from(out)))
 }
 
 /// The oid a Parse should declare for an encrypted parameter: the storage type, or its array type.
@@ -471,6 +460,35 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.sqlstate(), "22P02");
         assert!(e.to_string().contains(SALARY));
+    }
+
+    #[test]
+    fn bind_rewrite_keeps_other_fields_and_refuses_every_truncation() {
+        let kit = Kit::new();
+        let kr = kit.keyring();
+        let email = kit.target(&kr, EMAIL, LogicalType::Text, Storage::Text);
+        let p = |index| BindParam {
+            index,
+            target: email,
+            array: false,
+        };
+        let body = bind(&[0], &[Some(b"keep"), None, Some(b"a@b.c")], &[0, 1, 1]);
+        // `$3` listed twice: encrypted once, by the first entry.
+        let out = rewrite_bind(&body, &[p(3), p(3)]).unwrap().unwrap();
+        let (f, v, r) = unbind(&out);
+        assert_eq!((f, r), (vec![0], vec![0, 1, 1]));
+        assert_eq!(v[0].as_deref(), Some(&b"keep"[..]));
+        assert_eq!(v[1], None);
+        assert_eq!(
+            email.cipher.decrypt(v[2].as_ref().unwrap()).unwrap(),
+            b"a@b.c"
+        );
+        for cut in 0..body.len() {
+            assert!(rewrite_bind(&body[..cut], &[p(3)]).is_err(), "cut at {cut}");
+        }
+        let mut longer = body.clone();
+        longer.push(0);
+        assert!(rewrite_bind(&longer, &[p(3)]).is_err());
     }
 
     #[test]

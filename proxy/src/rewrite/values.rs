@@ -90,9 +90,44 @@ pub fn sql_literal_variants(target: &ColumnTarget<'_>, canonical: &[u8]) -> Resu
 /// armour; binary: the raw envelope (bytea) or the armour's bytes (text). The Bind's format code for
 /// the parameter therefore stays as it is.
 pub fn param_value(target: &ColumnTarget<'_>, value: &[u8], format: Format) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    param_value_into(target, value, format, &mut out)?;
+    Ok(out)
+}
+
+/// [`param_value`], appending the new value to `out` (the Bind being rewritten): the envelope is
+/// sealed, armoured or hex-encoded in place there, with no buffer of its own. On error `out` is as it
+/// was.
+pub fn param_value_into(
+    target: &ColumnTarget<'_>,
+    value: &[u8],
+    format: Format,
+    out: &mut Vec<u8>,
+) -> Result<()> {
     let canonical = target.canonical_from_wire(value, format)?;
-    let stored = target.encrypt(&canonical)?;
-    Ok(stored_wire(target.storage, &stored, format))
+    let start = out.len();
+    target
+        .cipher
+        .encrypt_into(&canonical, target.storage.encoding(), out)
+        .map_err(|e| RewriteError::from_key(target.column(), e))?;
+    if (target.storage, format) == (Storage::Bytea, Format::Text) {
+        hex_in_place(out, start);
+    }
+    Ok(())
+}
+
+/// Turns the bytes `buf[start..]` into bytea's text form `\x<hex>` in place. Written back to front:
+/// byte `i` is read before its two digits go to `2 + 2i` and `3 + 2i`, which only ever overwrite bytes
+/// already read.
+fn hex_in_place(buf: &mut Vec<u8>, start: usize) {
+    let n = buf.len() - start;
+    buf.resize(start + 2 + 2 * n, 0);
+    for i in (0..n).rev() {
+        let b = buf[start + i];
+        buf[start + 2 + 2 * i] = HEX[usize::from(b >> 4)];
+        buf[start + 3 + 2 * i] = HEX[usize::from(b & 0x0f)];
+    }
+    buf[start..start + 2].copy_from_slice(b"\\x");
 }
 
 impl ColumnTarget<'_> {
@@ -135,8 +170,10 @@ impl ColumnTarget<'_> {
     }
 }
 
+/// Lower-case hex digits, in value order.
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
 pub(crate) fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     out.reserve(bytes.len() * 2);
     for b in bytes {
         out.push(HEX[usize::from(b >> 4)]);
@@ -207,6 +244,37 @@ mod tests {
             assert_eq!(e.sqlstate(), "22P02");
             assert!(param_value(&t, &[0, 1], Format::Binary).is_err());
         }
+    }
+
+    #[test]
+    fn param_value_into_appends_what_the_allocating_forms_give() {
+        let kit = Kit::new();
+        let kr = kit.keyring();
+        // A deterministic column gives the same ciphertext each time, so the in-place form can be
+        // compared byte for byte with encrypt + stored_wire (text: `\x` hex or armour; binary: raw
+        // envelope or armour).
+        for storage in [Storage::Bytea, Storage::Text] {
+            let t = kit.target(&kr, testkit::EMAIL, LogicalType::Text, storage);
+            for value in [&b""[..], b"a", b"ab", b"abc", b"a@b.c", &[b'x'; 300]] {
+                for format in [Format::Text, Format::Binary] {
+                    let want = stored_wire(storage, &t.encrypt(value).unwrap(), format);
+                    let mut buf = b"before".to_vec();
+                    param_value_into(&t, value, format, &mut buf).unwrap();
+                    assert_eq!(&buf[..6], b"before");
+                    assert_eq!(
+                        &buf[6..],
+                        &want[..],
+                        "{storage:?} {format:?} {}",
+                        value.len()
+                    );
+                }
+            }
+        }
+        // On error the buffer is as it was.
+        let t = kit.target(&kr, testkit::SALARY, LogicalType::Int4, Storage::Bytea);
+        let mut buf = b"before".to_vec();
+        assert!(param_value_into(&t, b"12x45", Format::Text, &mut buf).is_err());
+        assert_eq!(buf, b"before");
     }
 
     #[test]

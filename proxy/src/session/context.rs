@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use pgcloak_policy::{Plan, StatementKind, StatementPlan};
 
 use super::dataplane::DataCtx;
-use crate::rewrite::RowShape;
+use crate::rewrite::{RowShape, Storage};
 
 /// A refusal the proxy makes the server raise (so transaction state follows PostgreSQL's rules).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +39,10 @@ pub struct StmtCtx {
     /// Parameters compared with a rotated deterministic column, rewritten from `col = $n` to
     /// `col = ANY($n)`: the client's scalar becomes an array of its ciphertext under every key version.
     pub any_params: std::sync::OnceLock<Vec<u32>>,
+    /// The storage of each encrypted parameter's column, in the plan's order, looked up in the
+    /// catalog at the first Bind: the plan and catalog of a statement never change, and a prepared
+    /// statement is bound once per execution.
+    pub param_storage: std::sync::OnceLock<Vec<Option<Storage>>>,
     /// The last RowDescription seen for this statement and what it was rewritten to: libpq describes
     /// the portal on every execution of a prepared statement, with the same bytes each time.
     pub last_description: Mutex<Option<Described>>,
@@ -76,6 +80,7 @@ impl StmtCtx {
             described: Mutex::new(None),
             param_types: std::sync::OnceLock::new(),
             any_params: std::sync::OnceLock::new(),
+            param_storage: std::sync::OnceLock::new(),
             last_description: Mutex::new(None),
         }
     }

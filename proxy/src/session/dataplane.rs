@@ -54,7 +54,16 @@ fn target<'k>(
     data: &DataCtx,
     enc: &pgcloak_policy::Encrypt,
 ) -> Result<ColumnTarget<'k>, Refusal> {
-    let storage = data.storage(&enc.column).ok_or_else(|| Refusal {
+    target_stored(keyring, enc, data.storage(&enc.column))
+}
+
+/// [`target`] with the column's storage already looked up (`None`: it cannot hold ciphertext).
+fn target_stored<'k>(
+    keyring: &'k pgcloak_keymgr::Keyring,
+    enc: &pgcloak_policy::Encrypt,
+    storage: Option<Storage>,
+) -> Result<ColumnTarget<'k>, Refusal> {
+    let storage = storage.ok_or_else(|| Refusal {
         sqlstate: "42804",
         message: format!(
             "pgcloak: column {} is not stored as bytea, text or varchar (or does not exist), so it cannot hold ciphertext; run `pgcloak check`",
@@ -227,11 +236,16 @@ pub fn rewrite_bind(guard: &Guard, body: &[u8], stmt: &StmtCtx) -> Result<Option
     };
     let any = stmt.any_params.get().map(Vec::as_slice).unwrap_or(&[]);
     let keyring = guard.keyring();
-    let mut params = Vec::new();
-    for (n, enc) in param_encryptions(sp) {
+    let storage = stmt.param_storage.get_or_init(|| {
+        param_encryptions(sp)
+            .map(|(_, enc)| data.storage(&enc.column))
+            .collect()
+    });
+    let mut params = Vec::with_capacity(storage.len());
+    for ((n, enc), &storage) in param_encryptions(sp).zip(storage) {
         params.push(BindParam {
             index: n,
-            target: target(&keyring, data, enc)?,
+            target: target_stored(&keyring, enc, storage)?,
             array: enc.array,
         });
     }
