@@ -27,7 +27,7 @@ pub const ARMOR_PREFIX: &[u8] = b"pgc1:";
 /// (`C1 0A 01` encodes to `wQoB`).
 const ARMOR_LEAD: &[u8] = b"pgc1:wQoB";
 /// Shortest possible armoured envelope.
-pub const MIN_ARMORED_LEN: usize = ARMOR_PREFIX.len() + (MIN_RAW_LEN * 4).div_ceil(3);
+pub const MIN_ARMORED_LEN: usize = armored_len(MIN_RAW_LEN);
 /// Largest plaintext the crate encrypts (PostgreSQL's own limit for one field is 1 GiB).
 pub const MAX_PLAINTEXT_LEN: usize = 1 << 30;
 
@@ -69,7 +69,7 @@ pub fn armor(raw: &[u8]) -> String {
 }
 
 /// Length of the armour of a raw envelope of `raw_len` bytes.
-pub fn armored_len(raw_len: usize) -> usize {
+pub const fn armored_len(raw_len: usize) -> usize {
     ARMOR_PREFIX.len() + (raw_len * 4).div_ceil(3)
 }
 

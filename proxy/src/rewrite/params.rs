@@ -341,6 +341,15 @@ mod tests {
         b
     }
 
+    /// A parameter encrypted for `target` as a scalar.
+    fn scalar(index: u32, target: ColumnTarget<'_>) -> BindParam<'_> {
+        BindParam {
+            index,
+            target,
+            array: false,
+        }
+    }
+
     /// (formats, values, results) of a Bind frame.
     #[allow(clippy::type_complexity)]
     fn unbind(frame: &[u8]) -> (Vec<i16>, Vec<Option<Vec<u8>>>, Vec<i16>) {
@@ -381,18 +390,7 @@ mod tests {
             &[Some(b"a@b.c"), Some(&[0, 0, 0x13, 0x88]), Some(b"plain")],
             &[1],
         );
-        let params = [
-            BindParam {
-                index: 1,
-                target: email,
-                array: false,
-            },
-            BindParam {
-                index: 2,
-                target: salary,
-                array: false,
-            },
-        ];
+        let params = [scalar(1, email), scalar(2, salary)];
         let out = rewrite_bind(&body, &params).unwrap().unwrap();
         let (f, v, r) = unbind(&out);
         assert_eq!(f, vec![0, 1, 1]);
@@ -406,16 +404,7 @@ mod tests {
         assert_eq!(v[2].as_deref(), Some(&b"plain"[..]));
         // Text format for bytea storage: `\x` hex.
         let body = bind(&[], &[Some(b"5000")], &[]);
-        let out = rewrite_bind(
-            &body,
-            &[BindParam {
-                index: 1,
-                target: salary,
-                array: false,
-            }],
-        )
-        .unwrap()
-        .unwrap();
+        let out = rewrite_bind(&body, &[scalar(1, salary)]).unwrap().unwrap();
         let (_, v, _) = unbind(&out);
         let raw = typed::canonical_from_text(LogicalType::Bytea, v[0].as_ref().unwrap()).unwrap();
         assert_eq!(salary.cipher.decrypt(&raw).unwrap(), 5000i32.to_be_bytes());
@@ -426,11 +415,7 @@ mod tests {
         let kit = Kit::new();
         let kr = kit.keyring();
         let t = kit.target(&kr, NOTES, LogicalType::Text, Storage::Text);
-        let p = |index| BindParam {
-            index,
-            target: t,
-            array: false,
-        };
+        let p = |index| scalar(index, t);
         let body = bind(&[], &[None, Some(b"x")], &[]);
         assert_eq!(
             rewrite_bind(&body, &[p(1)]).unwrap(),
@@ -449,15 +434,7 @@ mod tests {
         assert!(rewrite_bind(&body, &[p(1)]).is_err(), "format code 2");
         let i4 = kit.target(&kr, SALARY, LogicalType::Int4, Storage::Text);
         let body = bind(&[1], &[Some(b"xyz")], &[]);
-        let e = rewrite_bind(
-            &body,
-            &[BindParam {
-                index: 1,
-                target: i4,
-                array: false,
-            }],
-        )
-        .unwrap_err();
+        let e = rewrite_bind(&body, &[scalar(1, i4)]).unwrap_err();
         assert_eq!(e.sqlstate(), "22P02");
         assert!(e.to_string().contains(SALARY));
     }
@@ -467,11 +444,7 @@ mod tests {
         let kit = Kit::new();
         let kr = kit.keyring();
         let email = kit.target(&kr, EMAIL, LogicalType::Text, Storage::Text);
-        let p = |index| BindParam {
-            index,
-            target: email,
-            array: false,
-        };
+        let p = |index| scalar(index, email);
         let body = bind(&[0], &[Some(b"keep"), None, Some(b"a@b.c")], &[0, 1, 1]);
         // `$3` listed twice: encrypted once, by the first entry.
         let out = rewrite_bind(&body, &[p(3), p(3)]).unwrap().unwrap();

@@ -25,8 +25,8 @@ pub fn stored_text(storage: Storage, stored: &[u8]) -> Vec<u8> {
     match storage {
         Storage::Bytea => {
             let mut out = Vec::with_capacity(2 + stored.len() * 2);
-            out.extend_from_slice(b"\\x");
-            push_hex(&mut out, stored);
+            out.extend_from_slice(stored);
+            hex_in_place(&mut out, 0);
             out
         }
         Storage::Text => stored.to_vec(),
@@ -173,14 +173,6 @@ impl ColumnTarget<'_> {
 /// Lower-case hex digits, in value order.
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-pub(crate) fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
-    out.reserve(bytes.len() * 2);
-    for b in bytes {
-        out.push(HEX[usize::from(b >> 4)]);
-        out.push(HEX[usize::from(b & 0x0f)]);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,6 +259,11 @@ mod tests {
                         "{storage:?} {format:?} {}",
                         value.len()
                     );
+                    if (storage, format) == (Storage::Bytea, Format::Text) {
+                        // `\x` hex, read back the way PostgreSQL reads it.
+                        let raw = typed::canonical_from_text(LogicalType::Bytea, &buf[6..]);
+                        assert_eq!(raw.unwrap(), t.encrypt(value).unwrap());
+                    }
                 }
             }
         }
