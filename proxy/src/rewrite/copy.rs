@@ -19,7 +19,7 @@ use pgcloak_policy::{CopyFormat, CopyInfo};
 
 use super::error::{Result, RewriteError};
 use super::rows::{present, ColSpec, ColumnAction, Presented, RowCtx};
-use super::values::{encrypt_for_storage, stored_text};
+use super::values::encrypt_wire_into;
 use super::{logical_type, Format, Storage};
 
 /// How COPY data is written: format and options, resolved to bytes.
@@ -312,6 +312,9 @@ pub struct CopyInRewriter {
     /// Lines completed so far (for error messages).
     line: u64,
     done: bool,
+    /// Where each encrypted field is sealed and encoded before COPY escaping (kept from field to
+    /// field: no buffer per value).
+    scratch: Vec<u8>,
 }
 
 impl CopyInRewriter {
@@ -378,6 +381,7 @@ impl CopyInRewriter {
             eol: None,
             line: 0,
             done: false,
+            scratch: Vec::new(),
         })
     }
 
@@ -604,9 +608,15 @@ impl CopyInRewriter {
                         other => other,
                     }
                 })?;
-            let stored = encrypt_for_storage(cipher, col.storage, &canonical)?;
-            self.opts
-                .encode(&stored_text(col.storage, &stored), false, out);
+            self.scratch.clear();
+            encrypt_wire_into(
+                cipher,
+                col.storage,
+                &canonical,
+                Format::Text,
+                &mut self.scratch,
+            )?;
+            self.opts.encode(&self.scratch, false, out);
         }
         out.extend_from_slice(eol);
         self.line += 1;
@@ -735,6 +745,7 @@ impl CopyOutRewriter {
 mod tests {
     use super::*;
     use crate::rewrite::testkit::{ctx, Kit, Rng, EMAIL, NOTES, PHONE, SALARY};
+    use crate::rewrite::values::stored_text;
     use pgcloak_policy::{ColumnKey, CopyColumn, CopyDirection, CopyEndpoint, EncryptMode, Mask};
 
     fn copy_info(

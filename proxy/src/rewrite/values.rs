@@ -105,12 +105,24 @@ pub fn param_value_into(
     out: &mut Vec<u8>,
 ) -> Result<()> {
     let canonical = target.canonical_from_wire(value, format)?;
+    encrypt_wire_into(target.cipher, target.storage, &canonical, format, out)
+}
+
+/// Encrypts a canonical plaintext under the column's active key version and appends the stored
+/// value in a wire format ([`stored_wire`]) to `out`, sealed and encoded in place there. On error
+/// `out` is as it was.
+pub fn encrypt_wire_into(
+    cipher: &ColumnCipher,
+    storage: Storage,
+    canonical: &[u8],
+    format: Format,
+    out: &mut Vec<u8>,
+) -> Result<()> {
     let start = out.len();
-    target
-        .cipher
-        .encrypt_into(&canonical, target.storage.encoding(), out)
-        .map_err(|e| RewriteError::from_key(target.column(), e))?;
-    if (target.storage, format) == (Storage::Bytea, Format::Text) {
+    cipher
+        .encrypt_into(canonical, storage.encoding(), out)
+        .map_err(|e| RewriteError::from_key(cipher.column(), e))?;
+    if (storage, format) == (Storage::Bytea, Format::Text) {
         hex_in_place(out, start);
     }
     Ok(())
