@@ -46,7 +46,7 @@ pub struct Shared {
     /// DER of the certificate presented to clients.
     pub tls_cert: Option<Vec<u8>>,
     pub upstream_tls: Option<TlsConnector>,
-    /// Our process id (as handed to clients) -> the server's key.
+    /// The server process id (as handed to clients, with our own secret) -> the server's key.
     pub cancel: DashMap<u32, CancelTarget>,
     /// Permits for `max_connections` client sessions.
     pub limit: Arc<Semaphore>,

@@ -218,6 +218,9 @@ fn start_cluster() -> Cluster {
     for (user, _, method) in USERS {
         hba.push_str(&format!("host all {user} 127.0.0.1/32 {method}\n"));
     }
+    // A member of policy role `app` that needs no password: the raw wire-protocol tests log in as
+    // it (they send message sequences no driver library lets a test choose).
+    hba.push_str("host all trust_app 127.0.0.1/32 trust\n");
     hba.push_str("host all all 127.0.0.1/32 scram-sha-256\nhost all all ::1/128 scram-sha-256\n");
     std::fs::write(data.join("pg_hba.conf"), hba).unwrap();
     let conf = format!(
@@ -265,7 +268,8 @@ fn start_cluster() -> Cluster {
         "CREATE ROLE app; CREATE ROLE support;\n\
          CREATE ROLE app_user LOGIN PASSWORD 'app-pw' IN ROLE app;\n\
          CREATE ROLE support_user LOGIN PASSWORD 'support-pw' IN ROLE support;\n\
-         CREATE ROLE plain_user LOGIN PASSWORD 'plain-pw';\n",
+         CREATE ROLE plain_user LOGIN PASSWORD 'plain-pw';\n\
+         CREATE ROLE trust_app LOGIN IN ROLE app;\n",
     );
     c.psql_direct("postgres", &sql);
     c

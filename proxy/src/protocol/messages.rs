@@ -83,15 +83,24 @@ pub fn query(sql: &str) -> Bytes {
     finish(b)
 }
 
-/// A message of type `tag` with `body`.
 /// A Flush message (the server sends what it has buffered; no answer of its own).
 pub fn flush() -> Bytes {
     frame(b'H', &[])
 }
 
+/// A message of type `tag` with `body`.
 pub fn frame(tag: u8, body: &[u8]) -> Bytes {
     let mut b = begin(tag, body.len());
     b.put_slice(body);
+    finish(b)
+}
+
+/// A Describe of the statement (`kind` `S`) or portal (`P`) called `name`.
+pub fn describe(kind: u8, name: &[u8]) -> Bytes {
+    let mut b = begin(b'D', name.len() + 2);
+    b.put_u8(kind);
+    b.put_slice(name);
+    b.put_u8(0);
     finish(b)
 }
 

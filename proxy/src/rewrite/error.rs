@@ -96,6 +96,11 @@ pub enum RewriteError {
         detail: &'static str,
     },
 
+    /// Rows of an analysed statement arrived without a description of their columns (none was sent
+    /// and the one pgcloak asked for never came): they cannot be decrypted, masked or nulled.
+    #[error("pgcloak: rows of a statement on protected tables arrived without a description of their columns; the session is closed rather than pass them on unprocessed")]
+    UnknownRowShape,
+
     // ---- stored data cannot be opened ----------------------------------------------------------------
     /// A stored ciphertext failed authentication or is damaged.
     #[error("pgcloak: a stored value of column {column} failed to decrypt (it was altered, truncated or damaged); restore the row from a backup or rewrite the value")]
@@ -158,7 +163,7 @@ impl RewriteError {
             RewriteError::StaleKeyring { .. } | RewriteError::NoKey { .. } => "55000",
             RewriteError::WrongColumnKey { .. } => "42501",
             RewriteError::UnknownStorage { .. } => "42804",
-            RewriteError::Internal { .. } => "XX000",
+            RewriteError::Internal { .. } | RewriteError::UnknownRowShape => "XX000",
         }
     }
 

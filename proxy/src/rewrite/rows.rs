@@ -244,6 +244,11 @@ impl RowShape {
         Ok(RowShape::from_cols(cols))
     }
 
+    /// The shape of a statement that returns no rows (NoData).
+    pub fn empty() -> RowShape {
+        RowShape::from_cols(Vec::new())
+    }
+
     fn from_cols(cols: Vec<ColSpec>) -> RowShape {
         let passthrough = cols.iter().all(|c| c.action == ColumnAction::PassThrough);
         RowShape {

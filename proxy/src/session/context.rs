@@ -1,9 +1,8 @@
 //! What the proxy knows about one statement on its way through: normalised text and fingerprint (for
 //! the audit trail), its plan (for rewriting), and whether the proxy refused it.
 
-use std::sync::Arc;
-
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use pgcloak_policy::{Plan, StatementKind, StatementPlan};
 
@@ -31,9 +30,13 @@ pub struct StmtCtx {
     pub refusal: Option<Refusal>,
     /// Policy, role and catalog the plan was made with (present with a plan).
     pub data: Option<Arc<DataCtx>>,
-    /// The result columns as described by the server (Describe of the prepared statement), with
-    /// their actions; a portal adds its result formats.
+    /// The result columns as described by the server (Describe of the prepared statement, or of any
+    /// portal bound to it), with their actions; each portal applies its own result formats. An empty
+    /// shape: the statement returns no rows (NoData).
     pub described: Mutex<Option<RowShape>>,
+    /// A Describe of this statement was forwarded: its answer sets `described` before any rows of
+    /// a later Execute arrive, so the frontend need not ask for one itself.
+    pub describe_sent: AtomicBool,
     /// Parameter types the client declared in Parse (what it encodes its values as).
     pub param_types: std::sync::OnceLock<Vec<u32>>,
     /// Parameters compared with a rotated deterministic column, rewritten from `col = $n` to
@@ -64,6 +67,35 @@ pub struct PortalCtx {
     pub result_formats: Vec<i16>,
     /// Set when the portal itself was described.
     pub described: Mutex<Option<RowShape>>,
+    /// A Describe of this portal was forwarded since its Bind (its answer comes before its rows).
+    pub describe_sent: AtomicBool,
+}
+
+impl PortalCtx {
+    pub fn new(stmt: Arc<StmtCtx>, result_formats: Vec<i16>) -> PortalCtx {
+        PortalCtx {
+            stmt,
+            result_formats,
+            described: Mutex::new(None),
+            describe_sent: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the shape of this portal's rows is known, or will be by the time its rows arrive (a
+    /// Describe of it or of its statement is on its way). When not, an Execute must ask the server
+    /// for it first: drivers that cache prepared statements (pgJDBC, asyncpg, Npgsql, pgx) send
+    /// only Bind and Execute, and rows whose shape is unknown cannot be decrypted.
+    pub fn shape_known(&self) -> bool {
+        self.describe_sent.load(Ordering::Relaxed)
+            || self.stmt.describe_sent.load(Ordering::Relaxed)
+            || lock_shape(&self.described).is_some()
+            || lock_shape(&self.stmt.described).is_some()
+    }
+}
+
+/// Locks a remembered row shape (a poisoned lock still holds a valid shape).
+pub fn lock_shape(m: &Mutex<Option<RowShape>>) -> std::sync::MutexGuard<'_, Option<RowShape>> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl StmtCtx {
@@ -78,6 +110,7 @@ impl StmtCtx {
             refusal: None,
             data: None,
             described: Mutex::new(None),
+            describe_sent: AtomicBool::new(false),
             param_types: std::sync::OnceLock::new(),
             any_params: std::sync::OnceLock::new(),
             param_storage: std::sync::OnceLock::new(),

@@ -8,6 +8,7 @@
 //! failing statement, and the error arrives in its place in a pipelined stream.
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -19,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info, warn};
 
 use super::auth::{client_read_err, server_read_err};
-use super::context::{raise_sql, PortalCtx, Refusal, StmtCtx};
+use super::context::{lock_shape, raise_sql, PortalCtx, Refusal, StmtCtx};
 use super::dataplane::{self, DataCtx};
 use super::encoding::{self, ClientEncoding};
 use super::io::{FrameReader, Outbox, ReadError, ReadReady};
@@ -601,14 +602,14 @@ impl Frontend<'_> {
             p.result_formats
                 .extend(result_formats.into_iter().flatten());
             *p.described.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
+            *p.describe_sent.get_mut() = false;
         } else {
             self.portals.insert(
                 portal,
-                Arc::new(PortalCtx {
+                Arc::new(PortalCtx::new(
                     stmt,
-                    result_formats: result_formats.into_iter().flatten().collect(),
-                    described: std::sync::Mutex::new(None),
-                }),
+                    result_formats.into_iter().flatten().collect(),
+                )),
             );
         }
         self.pending.push_back(Pending::Bind);
@@ -698,15 +699,38 @@ impl Frontend<'_> {
         }
     }
 
+    /// An Execute of `portal`, whose row shape nobody described, preceded by a Describe of the
+    /// portal that the proxy asks for itself (its answer is swallowed; it sets the shape of this and
+    /// every later execution of the statement). Drivers that cache prepared statements send only
+    /// Bind and Execute; their rows must be decrypted all the same.
+    fn describe_first(
+        &mut self,
+        portal: &Arc<PortalCtx>,
+        name: &[u8],
+        execute: &FrameRef<'_>,
+    ) -> Forward {
+        portal.describe_sent.store(true, Ordering::Relaxed);
+        portal.stmt.describe_sent.store(true, Ordering::Relaxed);
+        self.pending.push_back(Pending::Describe {
+            stmt: None,
+            portal: Some(portal.clone()),
+            injected: true,
+        });
+        let describe = messages::describe(b'P', name);
+        let mut out = bytes::BytesMut::with_capacity(describe.len() + execute.bytes.len());
+        out.extend_from_slice(&describe);
+        out.extend_from_slice(execute.bytes);
+        Forward::Replaced(out.freeze())
+    }
+
     /// Any client message other than Query and Parse.
     fn on_message(&mut self, frame: &FrameRef<'_>) -> Result<Forward, SessionError> {
         match frame.tag {
             b'B' => return self.on_bind(frame),
             b'd' | b'c' | b'f' => return self.on_copy_data(frame),
             b'E' => {
-                let portal =
-                    messages::execute_portal(frame.body()).map_err(SessionError::Client)?;
-                let portal = self.portals.get(portal).cloned();
+                let name = messages::execute_portal(frame.body()).map_err(SessionError::Client)?;
+                let portal = self.portals.get(name).cloned();
                 let stmt = portal.as_ref().map(|p| p.stmt.clone());
                 if let Some(r) = audit_refusal(self.shared) {
                     let kind = stmt
@@ -730,14 +754,22 @@ impl Frontend<'_> {
                     .as_ref()
                     .and_then(|s| s.statement_plan())
                     .is_some_and(|sp| sp.max_rows.is_some());
+                // Only an analysed statement's rows are looked at.
+                let portal = portal.filter(|p| p.stmt.data.is_some());
+                let describe = portal
+                    .as_ref()
+                    .filter(|p| !p.shape_known())
+                    .map(|p| self.describe_first(p, name, frame));
                 self.pending.push_back(Pending::Execute {
                     started: self.now(),
                     stmt,
-                    // Only an analysed statement's rows are looked at.
-                    portal: portal.filter(|p| p.stmt.data.is_some()),
+                    portal,
                 });
                 if limited {
                     self.holding = Some(BarrierKind::Execute);
+                }
+                if let Some(replaced) = describe {
+                    return Ok(replaced);
                 }
             }
             b'D' => {
@@ -751,7 +783,17 @@ impl Frontend<'_> {
                     let p = self.portals.get(name).filter(|p| p.stmt.data.is_some());
                     (None, p.cloned())
                 };
-                self.pending.push_back(Pending::Describe { stmt, portal });
+                if let Some(s) = &stmt {
+                    s.describe_sent.store(true, Ordering::Relaxed);
+                }
+                if let Some(p) = &portal {
+                    p.describe_sent.store(true, Ordering::Relaxed);
+                }
+                self.pending.push_back(Pending::Describe {
+                    stmt,
+                    portal,
+                    injected: false,
+                });
             }
             b'C' => {
                 let (kind, name) =
@@ -824,23 +866,17 @@ impl Backend<'_> {
         };
         // Not analysed: its rows pass through (nothing was described for it).
         p.stmt.data.as_ref()?;
-        let described = p
-            .described
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let described = lock_shape(&p.described).clone();
         let shape = match described {
             Some(s) => Ok(s),
-            None => {
-                let s = p
-                    .stmt
-                    .described
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone()?;
-                let mut s = s;
-                s.set_result_formats(&p.result_formats).map(|_| s)
-            }
+            // Bound again after a Describe of the statement or of an earlier portal: the same
+            // columns, in this Bind's formats.
+            None => match lock_shape(&p.stmt.described).clone() {
+                Some(mut s) => s.set_result_formats(&p.result_formats).map(|_| s),
+                // Never forwarded unprocessed: the frontend asks for a Describe whenever none is
+                // on its way, so this is a server that skipped it.
+                None => Err(crate::rewrite::RewriteError::UnknownRowShape),
+            },
         };
         Some(shape.map(|shape| RowState::new(shape, &p.stmt, guard)))
     }
@@ -863,7 +899,11 @@ impl Backend<'_> {
         // The messages every statement gets, when nothing of them is rewritten, without the call to
         // `inspect` (whose frame is large): they only move the tracker on.
         let mut replacement = match frame.tag {
-            b'1' | b'2' | b'3' | b'n' => None,
+            b'1' | b'2' | b'3' => None,
+            b'n' => {
+                no_data(t.front());
+                None
+            }
             // Rows of a result nobody rewrites: only an Execute of an analysed portal (or a simple
             // Query's analysed statement, set up at its RowDescription) has rows to look at.
             b'D' if self.rows.is_none()
@@ -884,7 +924,8 @@ impl Backend<'_> {
                 t.front(),
                 Some(Pending::Describe {
                     stmt: None,
-                    portal: None
+                    portal: None,
+                    ..
                 })
             ) =>
             {
@@ -1017,10 +1058,8 @@ impl Backend<'_> {
                         }
                         if is_query {
                             self.rows = Some(RowState::new(shape, &stmt, &self.shared.guard));
-                        } else if let Some(p) = portal {
-                            *p.described.lock().unwrap_or_else(|e| e.into_inner()) = Some(shape);
                         } else {
-                            *stmt.described.lock().unwrap_or_else(|e| e.into_inner()) = Some(shape);
+                            remember_shape(&stmt, portal.as_deref(), shape);
                         }
                     }
                 }
@@ -1134,6 +1173,36 @@ impl Backend<'_> {
                 warn!("audit event not stored: {e}");
             }
         }
+    }
+}
+
+/// Remembers the row shape a RowDescription gave: on the portal described, and on its statement,
+/// whose later portals have the same columns (in their own formats). A drivers that describes a
+/// portal once and then sends only Bind and Execute (pgJDBC) gets its rows decrypted all the same.
+fn remember_shape(stmt: &StmtCtx, portal: Option<&PortalCtx>, shape: RowShape) {
+    if let Some(p) = portal {
+        let mut s = lock_shape(&stmt.described);
+        if s.is_none() {
+            *s = Some(shape.clone());
+        }
+        drop(s);
+        *lock_shape(&p.described) = Some(shape);
+    } else {
+        *lock_shape(&stmt.described) = Some(shape);
+    }
+}
+
+/// NoData answering a Describe of an analysed statement or portal: it returns no rows, which is a
+/// shape too (so its Executes need no Describe of their own).
+fn no_data(front: Option<&Pending>) {
+    let Some(Pending::Describe { stmt, portal, .. }) = front else {
+        return;
+    };
+    if let Some(stmt) = stmt
+        .as_deref()
+        .or(portal.as_deref().map(|p| p.stmt.as_ref()))
+    {
+        remember_shape(stmt, portal.as_deref(), RowShape::empty());
     }
 }
 

@@ -21,10 +21,12 @@ pub enum Pending {
     Parse,
     Bind,
     /// Describe of a prepared statement (`stmt`) or a portal (`portal`), when known and analysed
-    /// (only those descriptions are rewritten).
+    /// (only those descriptions are rewritten). `injected`: the proxy asked for it (the client sent
+    /// an Execute of a portal whose row shape nobody described); its answer is swallowed.
     Describe {
         stmt: Option<Arc<StmtCtx>>,
         portal: Option<Arc<PortalCtx>>,
+        injected: bool,
     },
     Close,
     Execute {
@@ -184,14 +186,21 @@ impl Tracker {
         }
         let idx = self.queue.iter().position(matches)?;
         for skipped in self.queue.drain(..idx) {
-            if let Pending::Refusal { started, stmt } = skipped {
-                // Never reached the server's attention, but the client's statement was still refused.
-                self.done.push(Outcome {
-                    started,
-                    rows: None,
-                    sqlstate: stmt.refusal.as_ref().map(|r| r.sqlstate.to_string()),
-                    stmt: Some(stmt),
-                });
+            match skipped {
+                Pending::Refusal { started, stmt } => {
+                    // Never reached the server's attention, but the client's statement was still
+                    // refused.
+                    self.done.push(Outcome {
+                        started,
+                        rows: None,
+                        sqlstate: stmt.refusal.as_ref().map(|r| r.sqlstate.to_string()),
+                        stmt: Some(stmt),
+                    });
+                }
+                Pending::Describe { stmt, portal, .. } => {
+                    forget_describe(stmt.as_deref(), portal.as_deref())
+                }
+                _ => {}
             }
         }
         self.queue.pop_front()
@@ -263,12 +272,18 @@ impl Tracker {
                 self.pop_through(|p| matches!(p, Pending::Close));
                 Action::Forward
             }
-            b'n' | b'T' => {
-                if matches!(self.queue.front(), Some(Pending::Describe { .. })) {
+            b'n' | b'T' => match self.queue.front() {
+                Some(Pending::Describe { injected, .. }) => {
+                    let injected = *injected;
                     self.queue.pop_front();
+                    if injected {
+                        Action::Swallow
+                    } else {
+                        Action::Forward
+                    }
                 }
-                Action::Forward
-            }
+                _ => Action::Forward,
+            },
             b'C' | b'I' | b's' => {
                 let rows = if tag == b'C' {
                     crate::protocol::messages::command_rows(body)
@@ -365,6 +380,10 @@ impl Tracker {
                                 {
                                     failed = Some((started, stmt));
                                 }
+                                Some(Pending::Describe { stmt, portal, .. }) => {
+                                    // Never answered: a later Execute must ask again.
+                                    forget_describe(stmt.as_deref(), portal.as_deref());
+                                }
                                 Some(Pending::Refusal { started, stmt }) => {
                                     self.done.push(Outcome {
                                         started,
@@ -406,6 +425,17 @@ impl Tracker {
             }
             _ => Action::Forward,
         }
+    }
+}
+
+/// A Describe the server skipped (after an error) will not set the row shape it was sent for.
+fn forget_describe(stmt: Option<&StmtCtx>, portal: Option<&PortalCtx>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    if let Some(s) = stmt {
+        s.describe_sent.store(false, Relaxed);
+    }
+    if let Some(p) = portal {
+        p.describe_sent.store(false, Relaxed);
     }
 }
 
@@ -472,6 +502,7 @@ mod tests {
             Pending::Describe {
                 stmt: None,
                 portal: None,
+                injected: false,
             },
             Pending::Execute {
                 started: s,

@@ -1,0 +1,230 @@
+//! Drivers and ORMs as they really talk: cached server-side prepared statements executed with only
+//! Bind and Execute (pgJDBC after `prepareThreshold`, asyncpg, Npgsql, pgx, postgres.js), the real
+//! process id behind `pg_backend_pid()`, and the driver matrix.
+
+use crate::dataplane::env;
+use crate::harness::connect;
+use crate::wire::{self, bind, data_rows, describe, execute, parse, query, sync, tags, Wire};
+
+const SELECT: &str = "SELECT email, salary FROM customers WHERE id = $1";
+
+async fn seeded(name: &str) -> crate::dataplane::Env {
+    let e = env(name);
+    let app = connect(&e.url("app_user")).await;
+    app.batch_execute(
+        "INSERT INTO customers (id, email, phone, ssn, salary) VALUES \
+         (1, 'ann@example.com', '+1 555 0100', '111-22-3333', 5000)",
+    )
+    .await
+    .unwrap();
+    e
+}
+
+fn text(v: &Option<Vec<u8>>) -> &str {
+    std::str::from_utf8(v.as_deref().expect("NULL")).unwrap()
+}
+
+/// pgJDBC's pattern: the first execution describes the portal, later ones send Bind + Execute only.
+/// The rows of those later executions used to pass through as stored (`pgc1:...`, a raw envelope).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_of_a_prepared_statement_executed_without_describe_are_decrypted() {
+    let e = seeded("drv_nodescribe").await;
+    let mut w = Wire::connect(e.proxy.port, "trust_app", &e.db).await;
+
+    // First execution: Parse, Bind, Describe portal, Execute.
+    let first = w
+        .roundtrip(&[
+            parse("S_1", SELECT, &[23]),
+            bind("", "S_1", &[Some("1")], &[]),
+            describe(b'P', ""),
+            execute(""),
+            sync(),
+        ])
+        .await;
+    assert_eq!(tags(&first), "12TDCZ", "{first:?}");
+    let rows = data_rows(&first);
+    assert_eq!(text(&rows[0][0]), "ann@example.com");
+    assert_eq!(text(&rows[0][1]), "5000");
+
+    // Later executions: Bind + Execute only, in text and in binary result format.
+    for _ in 0..3 {
+        let again = w
+            .roundtrip(&[bind("", "S_1", &[Some("1")], &[]), execute(""), sync()])
+            .await;
+        assert_eq!(tags(&again), "2DCZ", "{again:?}");
+        let rows = data_rows(&again);
+        assert_eq!(text(&rows[0][0]), "ann@example.com");
+        assert_eq!(text(&rows[0][1]), "5000");
+    }
+    let binary = w
+        .roundtrip(&[bind("", "S_1", &[Some("1")], &[1]), execute(""), sync()])
+        .await;
+    let rows = data_rows(&binary);
+    assert_eq!(rows[0][0].as_deref(), Some(&b"ann@example.com"[..]));
+    assert_eq!(rows[0][1].as_deref(), Some(&5000i32.to_be_bytes()[..]));
+}
+
+/// A statement nobody ever described: pgcloak asks the server itself, and the client sees only the
+/// answers to what it sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_of_a_statement_never_described_are_decrypted_and_the_injected_describe_is_invisible()
+{
+    let e = seeded("drv_neverdescribed").await;
+    let mut w = Wire::connect(e.proxy.port, "trust_app", &e.db).await;
+    for round in 0..3 {
+        let msgs = w
+            .roundtrip(&[
+                parse("", SELECT, &[23]),
+                bind("", "", &[Some("1")], &[0, 1]),
+                execute(""),
+                sync(),
+            ])
+            .await;
+        assert_eq!(tags(&msgs), "12DCZ", "round {round}: {msgs:?}");
+        let rows = data_rows(&msgs);
+        assert_eq!(text(&rows[0][0]), "ann@example.com");
+        assert_eq!(rows[0][1].as_deref(), Some(&5000i32.to_be_bytes()[..]));
+    }
+    // Named, pipelined with writes that return no rows (NoData is swallowed too).
+    let msgs = w
+        .roundtrip(&[
+            parse(
+                "ins",
+                "INSERT INTO customers (id, email, salary) VALUES ($1, $2, $3)",
+                &[],
+            ),
+            bind(
+                "",
+                "ins",
+                &[Some("2"), Some("bo@example.com"), Some("6100")],
+                &[],
+            ),
+            execute(""),
+            bind(
+                "",
+                "ins",
+                &[Some("3"), Some("cy@example.com"), Some("7200")],
+                &[],
+            ),
+            execute(""),
+            parse(
+                "sel",
+                "SELECT id, email, salary FROM customers ORDER BY id",
+                &[],
+            ),
+            bind("", "sel", &[], &[]),
+            execute(""),
+            sync(),
+        ])
+        .await;
+    assert_eq!(tags(&msgs), "12C2C12DDDCZ", "{msgs:?}");
+    let rows = data_rows(&msgs);
+    let got: Vec<(&str, &str)> = rows.iter().map(|r| (text(&r[1]), text(&r[2]))).collect();
+    assert_eq!(
+        got,
+        [
+            ("ann@example.com", "5000"),
+            ("bo@example.com", "6100"),
+            ("cy@example.com", "7200")
+        ]
+    );
+    let at_rest = e.direct("SELECT email FROM customers WHERE id = 3");
+    assert!(at_rest.starts_with("pgc1:"), "{at_rest}");
+}
+
+/// A Describe the server skips (an earlier message failed) sets no row shape; the next execution
+/// asks again instead of passing rows through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_describe_skipped_after_an_error_is_asked_for_again() {
+    let e = seeded("drv_skipped").await;
+    let mut w = Wire::connect(e.proxy.port, "trust_app", &e.db).await;
+    let prep = w.roundtrip(&[parse("s", SELECT, &[23]), sync()]).await;
+    assert_eq!(tags(&prep), "1Z");
+    // The Bind fails (not an integer): Describe and Execute are skipped by the server.
+    let failed = w
+        .roundtrip(&[
+            bind("", "s", &[Some("not a number")], &[]),
+            describe(b'P', ""),
+            execute(""),
+            sync(),
+        ])
+        .await;
+    assert_eq!(tags(&failed), "EZ", "{failed:?}");
+    let ok = w
+        .roundtrip(&[bind("", "s", &[Some("1")], &[]), execute(""), sync()])
+        .await;
+    assert_eq!(tags(&ok), "2DCZ", "{ok:?}");
+    assert_eq!(text(&data_rows(&ok)[0][0]), "ann@example.com");
+    assert!(
+        wire::error(&failed).is_some_and(|m| m.contains("integer")),
+        "{failed:?}"
+    );
+}
+
+/// The process id a client gets is the server's: `pg_backend_pid()`, `pg_stat_activity` and a
+/// notification's sender match the connection, and `pg_terminate_backend` of it ends that session.
+/// The secret stays pgcloak's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_see_the_servers_process_id_with_a_secret_of_pgcloaks_own() {
+    let e = seeded("drv_pid").await;
+    let mut w = Wire::connect(e.proxy.port, "trust_app", &e.db).await;
+    let (pid, secret) = w.key.clone();
+    let msgs = w.roundtrip(&[query("SELECT pg_backend_pid()")]).await;
+    assert_eq!(text(&data_rows(&msgs)[0][0]), pid.to_string());
+    let activity = e.direct(&format!(
+        "SELECT usename FROM pg_stat_activity WHERE pid = {pid}"
+    ));
+    assert_eq!(activity.trim(), "trust_app");
+
+    // A notification names the sending backend: the listener recognises its own.
+    let msgs = w
+        .roundtrip(&[query("LISTEN chan; NOTIFY chan, 'hi'")])
+        .await;
+    let (_, note) = msgs.iter().find(|m| m.0 == b'A').expect("no notification");
+    assert_eq!(u32::from_be_bytes(note[..4].try_into().unwrap()), pid);
+
+    // The server's secret is never handed out: a cancel with pgcloak's secret straight to the
+    // server is ignored, the same key through pgcloak cancels.
+    assert_eq!(secret.len(), 4);
+    let cancel = |port: u16| {
+        let secret = secret.clone();
+        async move {
+            use tokio::io::AsyncWriteExt;
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            let mut pkt = 16u32.to_be_bytes().to_vec();
+            pkt.extend_from_slice(&80877102u32.to_be_bytes());
+            pkt.extend_from_slice(&pid.to_be_bytes());
+            pkt.extend_from_slice(&secret);
+            s.write_all(&pkt).await.unwrap();
+        }
+    };
+    w.send(&[query("SELECT pg_sleep(2)")]).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    cancel(crate::harness::cluster().port).await;
+    let slept = w.until_ready().await;
+    assert!(
+        wire::error(&slept).is_none(),
+        "the server took pgcloak's secret: {slept:?}"
+    );
+    w.send(&[query("SELECT pg_sleep(30)")]).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    cancel(e.proxy.port).await;
+    let cancelled = w.until_ready().await;
+    assert!(
+        wire::error(&cancelled).is_some_and(|m| m.contains("cancel")),
+        "{cancelled:?}"
+    );
+
+    // pg_terminate_backend(<the pid the client saw>) ends that session.
+    let killed = e.direct(&format!("SELECT pg_terminate_backend({pid})"));
+    assert_eq!(killed.trim(), "t");
+    let (tag, body) = w.recv().await;
+    assert_eq!(tag, b'E');
+    assert!(
+        String::from_utf8_lossy(&body).contains("57P01"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+}
