@@ -228,3 +228,150 @@ async fn clients_see_the_servers_process_id_with_a_secret_of_pgcloaks_own() {
         String::from_utf8_lossy(&body)
     );
 }
+
+/// Every equality form a driver or ORM sends keeps matching rows written under an older key version
+/// after `keys rotate`, including statements prepared before the rotation and executed after it
+/// (drivers cache them for the life of the connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_equality_form_matches_rows_of_older_key_versions_after_rotation() {
+    let e = env("drv_rotation");
+    let app = connect(&e.url("app_user")).await;
+    app.batch_execute(
+        "INSERT INTO customers (id, email, phone) VALUES \
+         (1, 'a@example.com', '+1 555 0001'), (2, 'b@example.com', '+1 555 0002')",
+    )
+    .await
+    .unwrap();
+    // Prepared (and executed once) before the rotation, executed again after it.
+    let cached_eq = app
+        .prepare("SELECT count(*) FROM customers WHERE phone = $1")
+        .await
+        .unwrap();
+    let cached_in = app
+        .prepare("SELECT count(*) FROM customers WHERE phone IN ($1, $2)")
+        .await
+        .unwrap();
+    let count = |r: tokio_postgres::Row| r.get::<_, i64>(0);
+    assert_eq!(
+        count(app.query_one(&cached_eq, &[&"+1 555 0001"]).await.unwrap()),
+        1
+    );
+    assert_eq!(
+        count(
+            app.query_one(&cached_in, &[&"+1 555 0001", &"+1 555 0002"])
+                .await
+                .unwrap()
+        ),
+        2
+    );
+
+    let (ok, _, err) = e.proxy.cli(&["keys", "rotate", "public.customers.phone"]);
+    assert!(ok, "{err}");
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    app.batch_execute(
+        "INSERT INTO customers (id, email, phone) VALUES (3, 'c@example.com', '+1 555 0003')",
+    )
+    .await
+    .unwrap();
+
+    let (old1, old2, new3) = ("+1 555 0001", "+1 555 0002", "+1 555 0003");
+    let checks: Vec<(&str, i64)> = vec![
+        (
+            "cached `= $1`",
+            count(app.query_one(&cached_eq, &[&old1]).await.unwrap()),
+        ),
+        (
+            "cached `IN ($1, $2)`",
+            count(app.query_one(&cached_in, &[&old1, &new3]).await.unwrap()),
+        ),
+        (
+            "`= $1`",
+            count(
+                app.query_one("SELECT count(*) FROM customers WHERE phone = $1", &[&old2])
+                    .await
+                    .unwrap(),
+            ),
+        ),
+        (
+            "`IN ($1, $2)`",
+            count(
+                app.query_one(
+                    "SELECT count(*) FROM customers WHERE phone IN ($1, $2)",
+                    &[&old1, &old2],
+                )
+                .await
+                .unwrap(),
+            ),
+        ),
+        (
+            "`IN ($1, 'literal', $2)`",
+            count(
+                app.query_one(
+                    &format!("SELECT count(*) FROM customers WHERE phone IN ($1, '{old2}', $2)"),
+                    &[&old1, &new3],
+                )
+                .await
+                .unwrap(),
+            ),
+        ),
+        (
+            "`NOT IN ($1, $2)`",
+            count(
+                app.query_one(
+                    "SELECT count(*) FROM customers WHERE phone NOT IN ($1, $2)",
+                    &[&old1, &old2],
+                )
+                .await
+                .unwrap(),
+            ),
+        ),
+        (
+            "`= ANY($1)` with an array",
+            count(
+                app.query_one(
+                    "SELECT count(*) FROM customers WHERE phone = ANY($1)",
+                    &[&vec![old1, old2, new3]],
+                )
+                .await
+                .unwrap(),
+            ),
+        ),
+        (
+            "literal `IN`",
+            count(
+                app.query_one(
+                    &format!("SELECT count(*) FROM customers WHERE phone IN ('{old1}', '{old2}')"),
+                    &[],
+                )
+                .await
+                .unwrap(),
+            ),
+        ),
+        (
+            "`<> $1`",
+            count(
+                app.query_one("SELECT count(*) FROM customers WHERE phone <> $1", &[&old1])
+                    .await
+                    .unwrap(),
+            ),
+        ),
+    ];
+    let expected = [1, 2, 1, 2, 3, 1, 3, 2, 2];
+    let got: Vec<i64> = checks.iter().map(|c| c.1).collect();
+    assert_eq!(got, expected, "{checks:?}");
+
+    // Writes that find their row by an old-version value.
+    let n = app
+        .execute(
+            "UPDATE customers SET email = $2 WHERE phone = $1",
+            &[&old1, &"a2@example.com"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1, "UPDATE ... WHERE col = $1");
+    let n = app
+        .execute("DELETE FROM customers WHERE phone = $1", &[&old2])
+        .await
+        .unwrap();
+    assert_eq!(n, 1, "DELETE ... WHERE col = $1");
+}

@@ -929,6 +929,131 @@ pub fn rewrite_in_list_literal(
     None
 }
 
+/// One element of an `IN (...)` list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InElement {
+    /// Index into the statement's literals.
+    Literal(usize),
+    /// `$n`.
+    Param(u32),
+    Null,
+}
+
+/// `[NOT] IN (e1, ..., ek)` whose elements are literals, parameters and NULLs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InList {
+    /// From `NOT` (or `IN`) through the closing parenthesis.
+    pub range: Range<usize>,
+    pub negated: bool,
+    pub elements: Vec<InElement>,
+}
+
+/// The element ending at `e` (exclusive) and where it starts: a literal of `literals`, `$n` or NULL.
+fn in_element_before(b: &[u8], literals: &[Literal], e: usize) -> Option<(usize, InElement)> {
+    if let Some(i) = literals.iter().position(|l| l.span.end == e) {
+        return literals
+            .get(i)
+            .map(|l| (l.span.start, InElement::Literal(i)));
+    }
+    if word_before_is(b, e, b"null") {
+        return Some((e - 4, InElement::Null));
+    }
+    let mut s = e;
+    while s > 0 && b.get(s - 1).is_some_and(u8::is_ascii_digit) {
+        s -= 1;
+    }
+    if s < e && s > 0 && b.get(s - 1) == Some(&b'$') {
+        let n = std::str::from_utf8(b.get(s..e)?).ok()?.parse().ok()?;
+        return Some((s - 1, InElement::Param(n)));
+    }
+    None
+}
+
+/// The element starting at `s` and where it ends.
+fn in_element_at(b: &[u8], literals: &[Literal], s: usize) -> Option<(usize, InElement)> {
+    if let Some(i) = literals.iter().position(|l| l.span.start == s) {
+        return literals.get(i).map(|l| (l.span.end, InElement::Literal(i)));
+    }
+    let word_end = |from: usize| {
+        let mut e = from;
+        while b.get(e).copied().is_some_and(is_ident_char) {
+            e += 1;
+        }
+        e
+    };
+    if b.get(s..s + 4)
+        .is_some_and(|w| w.eq_ignore_ascii_case(b"null"))
+        && word_end(s) == s + 4
+    {
+        return Some((s + 4, InElement::Null));
+    }
+    if b.get(s) == Some(&b'$') {
+        let mut e = s + 1;
+        while b.get(e).is_some_and(u8::is_ascii_digit) {
+            e += 1;
+        }
+        if e > s + 1 && word_end(e) == e {
+            let n = std::str::from_utf8(b.get(s + 1..e)?).ok()?.parse().ok()?;
+            return Some((e, InElement::Param(n)));
+        }
+    }
+    None
+}
+
+/// The `IN (...)` list that the element spanning `element` belongs to, when every element of it is
+/// a literal, a parameter or NULL; `None` otherwise (a `VALUES (...)` row, a function's arguments,
+/// an element with an expression or a cast).
+pub fn in_list_around(sql: &str, literals: &[Literal], element: Range<usize>) -> Option<InList> {
+    let b = sql.as_bytes();
+    let mut before = Vec::new();
+    let mut pos = element.start;
+    let open = loop {
+        let p = skip_ws_back(b, pos);
+        match b.get(p.checked_sub(1)?)? {
+            b'(' => break p - 1,
+            b',' => {
+                let (s, el) = in_element_before(b, literals, skip_ws_back(b, p - 1))?;
+                before.push(el);
+                pos = s;
+            }
+            _ => return None,
+        }
+        if before.len() > literals.len() + 100_000 {
+            return None;
+        }
+    };
+    if !word_before_is(b, open, b"in") {
+        return None;
+    }
+    let in_start = skip_ws_back(b, open) - 2;
+    let (mut end, first) = in_element_at(b, literals, element.start)?;
+    let mut elements: Vec<InElement> = before.into_iter().rev().collect();
+    elements.push(first);
+    let close = loop {
+        let p = skip_ws(b, end);
+        match b.get(p)? {
+            b')' => break p,
+            b',' => {
+                let (e, el) = in_element_at(b, literals, skip_ws(b, p + 1))?;
+                elements.push(el);
+                end = e;
+            }
+            _ => return None,
+        }
+    };
+    let negated = word_before_is(b, in_start, b"not");
+    let start = if negated {
+        skip_ws_back(b, in_start) - 3
+    } else {
+        in_start
+    };
+    Some(InList {
+        range: start..close + 1,
+        negated,
+        elements,
+    })
+}
+
 /// One replacement in a SQL string.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Edit {
@@ -1505,6 +1630,47 @@ mod tests {
         // Out of range after rounding: the type's own error.
         let sql = "UPDATE customers SET salary = 2147483647.5";
         assert!(literal_edit(sql, &lits(sql), 0, &t, false, true).is_err());
+    }
+
+    #[test]
+    fn in_lists_are_found_from_any_element() {
+        let sql = "SELECT 1 FROM t WHERE a NOT IN ($1, 'x', NULL, $2) AND f(b, $3) AND c IN ($4)";
+        let l = lits(sql);
+        let at = |needle: &str| {
+            let s = sql.find(needle).unwrap();
+            s..s + needle.len()
+        };
+        let want = InList {
+            range: at("NOT IN ($1, 'x', NULL, $2)"),
+            negated: true,
+            elements: vec![
+                InElement::Param(1),
+                // Literal 0 is the `1` of `SELECT 1`.
+                InElement::Literal(1),
+                InElement::Null,
+                InElement::Param(2),
+            ],
+        };
+        assert_eq!(in_list_around(sql, &l, at("$1")), Some(want.clone()));
+        assert_eq!(in_list_around(sql, &l, at("$2")), Some(want));
+        assert_eq!(
+            in_list_around(sql, &l, at("$3")),
+            None,
+            "function arguments"
+        );
+        let one = in_list_around(sql, &l, at("$4")).unwrap();
+        assert_eq!((one.range, one.negated), (at("IN ($4)"), false));
+        for sql in [
+            "INSERT INTO t VALUES ($1, $2)",
+            "SELECT 1 WHERE a IN ($1::text, $2)",
+            "SELECT 1 WHERE a IN ($1 + 1)",
+            "SELECT 1 WHERE a IN (SELECT $1)",
+            "SELECT 1 WHERE a IN ($10",
+        ] {
+            let l = lits(sql);
+            let s = sql.find("$1").unwrap();
+            assert_eq!(in_list_around(sql, &l, s..s + 2), None, "{sql}");
+        }
     }
 
     #[test]

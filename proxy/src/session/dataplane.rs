@@ -5,15 +5,15 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use pgcloak_policy::{Access, Lexed, Policy, RolePolicy, StatementPlan, ValueRef};
+use pgcloak_policy::{Access, EncryptMode, Lexed, Policy, RolePolicy, StatementPlan, ValueRef};
 
 use super::context::{Refusal, StmtCtx};
 use crate::guard::{DbCatalog, Guard};
 use crate::protocol::messages;
 use crate::rewrite::{
     self, apply_edits, literal_edit, logical_type, params::param_oid, rows::RowDescription,
-    BindParam, ColumnAction, ColumnTarget, CopyOutColumn, CopyOutRewriter, RowCtx, RowShape,
-    Storage,
+    BindParam, ColumnAction, ColumnTarget, CopyOutColumn, CopyOutRewriter, Edit, InElement, RowCtx,
+    RowShape, Storage,
 };
 
 /// What rewriting needs besides the plan: the policy and role it was made for, and the database's
@@ -182,12 +182,32 @@ pub fn rewrite_parse(
     let mut types = msg.param_types.clone();
     let mut types_changed = false;
     let mut any_params = Vec::new();
+    let mut lists: Vec<Edit> = Vec::new();
+    let encrypted: Vec<u32> = param_encryptions(sp).map(|(n, _)| n).collect();
     for (n, enc) in param_encryptions(sp) {
         let t = target(&keyring, data, enc)?;
-        // After a rotation, `col = $n` must match every key version's ciphertext.
+        // `col = $n`, `col IN ($n, ...)`: matched against every key version's ciphertext — always,
+        // not only once the column was rotated, since drivers keep a prepared statement for the life
+        // of the connection and the key may be rotated while it lives.
         let mut as_array = enc.array;
-        if !enc.array && t.has_variants() {
+        if !enc.array && !enc.assignment && enc.mode == EncryptMode::Deterministic {
             for span in param_spans(sql, lexed, n) {
+                if let Some(list) = rewrite::in_list_around(sql, &lexed.literals, span.clone()) {
+                    if !lists.iter().any(|l| l.range == list.range) {
+                        match in_list_edit(
+                            &list,
+                            &lexed.literals,
+                            &mut edits,
+                            &encrypted,
+                            t.storage,
+                        ) {
+                            Some(edit) => lists.push(edit),
+                            None => continue,
+                        }
+                    }
+                    as_array = true;
+                    continue;
+                }
                 let probe = ["a".to_string(), "b".to_string()];
                 if let Some((range, text)) =
                     rewrite::rewrite_equality_literal(sql, span, &probe, t.storage)
@@ -197,7 +217,7 @@ pub fn rewrite_parse(
                     } else {
                         "= ANY"
                     };
-                    edits.push(rewrite::Edit {
+                    edits.push(Edit {
                         range,
                         text: format!("{op} (${n})"),
                     });
@@ -216,6 +236,7 @@ pub fn rewrite_parse(
             }
         }
     }
+    edits.extend(lists);
     let _ = stmt.any_params.set(any_params);
     let new_sql = if edits.is_empty() {
         None
@@ -227,6 +248,56 @@ pub fn rewrite_parse(
     }
     let text = new_sql.as_deref().unwrap_or(sql);
     Ok(Some(messages::encode_parse(msg.name, text, &types)))
+}
+
+/// `[NOT] IN (e1, ..., ek)` with an encrypted parameter among its elements, as `= ANY (x1 || ... ||
+/// xk)` (`<> ALL` for NOT IN; NULL elements keep their meaning): each parameter becomes an array of
+/// its ciphertexts under every key version (`$n::T[]`), each literal the array of its own (its edit,
+/// taken out of `edits`, is folded in). `None` when an element is not one pgcloak encrypts: the list
+/// is then left as it is.
+fn in_list_edit(
+    list: &rewrite::InList,
+    literals: &[pgcloak_policy::Literal],
+    edits: &mut Vec<Edit>,
+    encrypted: &[u32],
+    storage: Storage,
+) -> Option<Edit> {
+    let ty = match storage {
+        Storage::Bytea => "bytea[]",
+        Storage::Text => "text[]",
+    };
+    let mut pieces = Vec::with_capacity(list.elements.len());
+    let mut folded = Vec::new();
+    for el in &list.elements {
+        pieces.push(match el {
+            InElement::Param(m) if encrypted.contains(m) => format!("${m}::{ty}"),
+            InElement::Param(_) => return None,
+            InElement::Null => format!("ARRAY[NULL]::{ty}"),
+            InElement::Literal(l) => {
+                // The literal's own edit (its range is the literal's, inside the list).
+                let span = &literals.get(*l)?.span;
+                let i = edits.iter().position(|e| {
+                    e.range.start <= span.start
+                        && span.end <= e.range.end
+                        && list.range.start <= e.range.start
+                        && e.range.end <= list.range.end
+                })?;
+                let text = format!("ARRAY[{}]::{ty}", edits[i].text);
+                folded.push(i);
+                text
+            }
+        });
+    }
+    folded.sort_unstable();
+    folded.dedup();
+    for i in folded.into_iter().rev() {
+        edits.remove(i);
+    }
+    let op = if list.negated { "<> ALL" } else { "= ANY" };
+    Some(Edit {
+        range: list.range.clone(),
+        text: format!("{op} ({})", pieces.join(" || ")),
+    })
 }
 
 /// Encrypts the Bind parameters the statement's plan asks for.
