@@ -375,3 +375,75 @@ async fn every_equality_form_matches_rows_of_older_key_versions_after_rotation()
         .unwrap();
     assert_eq!(n, 1, "DELETE ... WHERE col = $1");
 }
+
+/// ORMs cast every parameter (SQLAlchemy 2: `%(salary)s::INTEGER`): a cast to the column's logical
+/// type on a value bound for an encrypted column is understood — the value is encrypted and the cast
+/// removed, so the server stores the ciphertext — in INSERT, UPDATE SET and WHERE, as `$n::T` and
+/// `CAST($n AS T)`, with literals too. A cast to another type is refused with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn casts_on_values_bound_for_encrypted_columns_are_understood() {
+    let e = env("drv_casts");
+    let app = connect(&e.url("app_user")).await;
+    app.execute(
+        "INSERT INTO customers (id, email, phone, salary) VALUES ($1::INTEGER, $2::VARCHAR, CAST($3 AS TEXT), $4::INTEGER)",
+        &[&1i32, &"ann@example.com", &"+1 555 0100", &5000i32],
+    )
+    .await
+    .unwrap();
+    app.batch_execute(
+        "INSERT INTO customers (id, email, salary) VALUES (2::INTEGER, 'bo@example.com'::VARCHAR, 6100::INTEGER)",
+    )
+    .await
+    .unwrap();
+    let n = app
+        .execute(
+            "UPDATE customers SET salary=$1::INTEGER WHERE customers.id = $2::INTEGER",
+            &[&7000i32, &1i32],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let at_rest = e.direct("SELECT email, encode(salary, 'hex') FROM customers WHERE id = 1");
+    assert!(at_rest.starts_with("pgc1:"), "{at_rest}");
+    let rows = app
+        .query(
+            "SELECT customers.id, customers.salary FROM customers WHERE customers.email = $1::VARCHAR ORDER BY customers.id",
+            &[&"ann@example.com"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].get::<_, i32>(1), 7000);
+    let n: i64 = app
+        .query_one(
+            "SELECT count(*) FROM customers WHERE email = CAST($1 AS TEXT) OR email = 'bo@example.com'::text",
+            &[&"ann@example.com"],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+    // SQLAlchemy's expanding IN with a cast per element.
+    let n: i64 = app
+        .query_one(
+            "SELECT count(*) FROM customers WHERE customers.email IN ($1::VARCHAR, $2::VARCHAR)",
+            &[&"ann@example.com", &"bo@example.com"],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+    let err = app
+        .execute(
+            "UPDATE customers SET salary = $1::TEXT WHERE id = 1",
+            &[&"7000"],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("0A000"), "{err:?}");
+    let text = crate::harness::error_text(&err);
+    assert!(
+        text.contains("parameter $1") && text.contains("public.customers.salary"),
+        "{text}"
+    );
+}

@@ -670,10 +670,36 @@ pub fn replace_range(
         }
     }
     // `::type` casts after the literal.
+    end = casts_after(b, end, ty, array)?;
+    // A typed literal: `DATE '...'`, `timestamp with time zone '...'`.
+    if let Some((s, t)) = type_name_before(b, start) {
+        check_type(Some(t), false, ty, array)?;
+        start = s;
+    }
+    cast_call_around(b, start..end, ty, array)
+}
+
+/// The range a `$n` parameter at `span` stands for with the casts around it — `$n::type` (any
+/// number), `CAST($n AS type)` — whose type must be the column's logical type: the server gets the
+/// ciphertext (bytea or text) in their place, never a cast of it. ORMs cast every parameter
+/// (SQLAlchemy `%(salary)s::INTEGER`). Another type is refused ([`LiteralError::Unsupported`]).
+pub fn param_range(
+    sql: &str,
+    span: Range<usize>,
+    ty: LogicalType,
+    array: bool,
+) -> LResult<Range<usize>> {
+    let b = sql.as_bytes();
+    let end = casts_after(b, span.end.min(b.len()), ty, array)?;
+    cast_call_around(b, span.start..end, ty, array)
+}
+
+/// The end of the `::type` casts following `end` (each checked against `ty`).
+fn casts_after(b: &[u8], mut end: usize, ty: LogicalType, array: bool) -> LResult<usize> {
     loop {
         let i = skip_ws(b, end);
         if b.get(i..i + 2) != Some(b"::") {
-            break;
+            return Ok(end);
         }
         let k = skip_ws(b, i + 2);
         match parse_type_at(b, k)? {
@@ -688,11 +714,16 @@ pub fn replace_range(
             }
         }
     }
-    // A typed literal: `DATE '...'`, `timestamp with time zone '...'`.
-    if let Some((s, t)) = type_name_before(b, start) {
-        check_type(Some(t), false, ty, array)?;
-        start = s;
-    }
+}
+
+/// `range` widened to `CAST( <range> AS type )` when it is the whole operand of such a call.
+fn cast_call_around(
+    b: &[u8],
+    range: Range<usize>,
+    ty: LogicalType,
+    array: bool,
+) -> LResult<Range<usize>> {
+    let (mut start, mut end) = (range.start, range.end);
     // CAST( <literal> AS type )
     let open = skip_ws_back(b, start);
     if open > 0 && b.get(open - 1) == Some(&b'(') {
@@ -948,8 +979,44 @@ pub struct InList {
     pub elements: Vec<InElement>,
 }
 
+/// `e` moved back over `::type` casts ending there (one-word type names, `[]` allowed): ORMs cast
+/// every element (`IN ($1::VARCHAR, $2::VARCHAR)`). The types are checked where the element's value
+/// is rewritten ([`param_range`], [`replace_range`]).
+fn casts_before(b: &[u8], mut e: usize) -> usize {
+    loop {
+        let mut s = e;
+        while s >= 2 && b.get(s - 2..s) == Some(b"[]") {
+            s -= 2;
+        }
+        let word_end = s;
+        while s > 0 && b.get(s - 1).copied().is_some_and(is_ident_char) {
+            s -= 1;
+        }
+        let colons = skip_ws_back(b, s);
+        if s == word_end || colons < 2 || b.get(colons - 2..colons) != Some(b"::") {
+            return e;
+        }
+        e = skip_ws_back(b, colons - 2);
+    }
+}
+
+/// `e` moved forward over `::type` casts starting there.
+fn casts_after_unchecked(b: &[u8], mut e: usize) -> usize {
+    loop {
+        let i = skip_ws(b, e);
+        if b.get(i..i + 2) != Some(b"::") {
+            return e;
+        }
+        match parse_type_at(b, skip_ws(b, i + 2)) {
+            Ok(Some((end, _, _))) => e = end,
+            _ => return e,
+        }
+    }
+}
+
 /// The element ending at `e` (exclusive) and where it starts: a literal of `literals`, `$n` or NULL.
 fn in_element_before(b: &[u8], literals: &[Literal], e: usize) -> Option<(usize, InElement)> {
+    let e = casts_before(b, e);
     if let Some(i) = literals.iter().position(|l| l.span.end == e) {
         return literals
             .get(i)
@@ -969,8 +1036,13 @@ fn in_element_before(b: &[u8], literals: &[Literal], e: usize) -> Option<(usize,
     None
 }
 
-/// The element starting at `s` and where it ends.
+/// The element starting at `s` and where it ends (after its casts).
 fn in_element_at(b: &[u8], literals: &[Literal], s: usize) -> Option<(usize, InElement)> {
+    let (e, el) = in_element_bare_at(b, literals, s)?;
+    Some((casts_after_unchecked(b, e), el))
+}
+
+fn in_element_bare_at(b: &[u8], literals: &[Literal], s: usize) -> Option<(usize, InElement)> {
     if let Some(i) = literals.iter().position(|l| l.span.start == s) {
         return literals.get(i).map(|l| (l.span.end, InElement::Literal(i)));
     }
@@ -1632,6 +1704,31 @@ mod tests {
         assert!(literal_edit(sql, &lits(sql), 0, &t, false, true).is_err());
     }
 
+    fn at_in(sql: &str, needle: &str) -> Range<usize> {
+        let s = sql.find(needle).unwrap();
+        s..s + needle.len()
+    }
+
+    #[test]
+    fn parameter_casts_to_the_logical_type_are_covered_and_others_refused() {
+        let sql = "UPDATE t SET a = $1::INTEGER, b = CAST($2 AS int4), c = $3 WHERE d = $4::text";
+        let r = |n: &str, ty| param_range(sql, at_in(sql, n), ty, false);
+        assert_eq!(r("$1", LogicalType::Int4), Ok(at_in(sql, "$1::INTEGER")));
+        assert_eq!(
+            r("$2", LogicalType::Int4),
+            Ok(at_in(sql, "CAST($2 AS int4)"))
+        );
+        assert_eq!(r("$3", LogicalType::Text), Ok(at_in(sql, "$3")));
+        assert_eq!(r("$4", LogicalType::Text), Ok(at_in(sql, "$4::text")));
+        assert!(r("$4", LogicalType::Int4).is_err());
+        assert!(r("$1", LogicalType::Text).is_err());
+        let arr = "SELECT 1 WHERE a = ANY($1::text[])";
+        assert_eq!(
+            param_range(arr, at_in(arr, "$1"), LogicalType::Text, true),
+            Ok(at_in(arr, "$1::text[]"))
+        );
+    }
+
     #[test]
     fn in_lists_are_found_from_any_element() {
         let sql = "SELECT 1 FROM t WHERE a NOT IN ($1, 'x', NULL, $2) AND f(b, $3) AND c IN ($4)";
@@ -1660,9 +1757,18 @@ mod tests {
         );
         let one = in_list_around(sql, &l, at("$4")).unwrap();
         assert_eq!((one.range, one.negated), (at("IN ($4)"), false));
+        // ORMs cast each element.
+        let sql = "SELECT 1 WHERE a IN ($1::VARCHAR, 'x'::text[], $2::VARCHAR)";
+        let l = lits(sql);
+        let list = in_list_around(sql, &l, at_in(sql, "$2")).unwrap();
+        assert_eq!(
+            list.range,
+            at_in(sql, "IN ($1::VARCHAR, 'x'::text[], $2::VARCHAR)")
+        );
+        assert_eq!(list.elements.len(), 3);
+        assert_eq!(in_list_around(sql, &l, at_in(sql, "$1")), Some(list));
         for sql in [
             "INSERT INTO t VALUES ($1, $2)",
-            "SELECT 1 WHERE a IN ($1::text, $2)",
             "SELECT 1 WHERE a IN ($1 + 1)",
             "SELECT 1 WHERE a IN (SELECT $1)",
             "SELECT 1 WHERE a IN ($10",

@@ -73,7 +73,7 @@ use pgcloak_keymgr::{ColumnCipher, Encoding, Keyring, LogicalType};
 pub use copy::{CopyInRewriter, CopyOutColumn, CopyOutRewriter};
 pub use error::{Result, RewriteError};
 pub use literal::{
-    apply_edits, decode_literal, in_list_around, literal_edit, replace_range,
+    apply_edits, decode_literal, in_list_around, literal_edit, param_range, replace_range,
     rewrite_equality_literal, rewrite_in_list_literal, Edit, InElement, InList, LiteralError,
 };
 pub use params::{

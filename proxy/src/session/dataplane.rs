@@ -190,8 +190,13 @@ pub fn rewrite_parse(
         // not only once the column was rotated, since drivers keep a prepared statement for the life
         // of the connection and the key may be rotated while it lives.
         let mut as_array = enc.array;
-        if !enc.array && !enc.assignment && enc.mode == EncryptMode::Deterministic {
-            for span in param_spans(sql, lexed, n) {
+        let compared = !enc.array && !enc.assignment && enc.mode == EncryptMode::Deterministic;
+        for span in param_spans(sql, lexed, n) {
+            // `$n::T`, `CAST($n AS T)`: the server gets the ciphertext, so the cast goes (T must be
+            // the column's logical type).
+            let range = rewrite::param_range(sql, span.clone(), t.ty, enc.array)
+                .map_err(|e| cast_refusal(n, enc, e))?;
+            if compared {
                 if let Some(list) = rewrite::in_list_around(sql, &lexed.literals, span.clone()) {
                     if !lists.iter().any(|l| l.range == list.range) {
                         match in_list_edit(
@@ -210,7 +215,7 @@ pub fn rewrite_parse(
                 }
                 let probe = ["a".to_string(), "b".to_string()];
                 if let Some((range, text)) =
-                    rewrite::rewrite_equality_literal(sql, span, &probe, t.storage)
+                    rewrite::rewrite_equality_literal(sql, range.clone(), &probe, t.storage)
                 {
                     let op = if text.starts_with("<>") {
                         "<> ALL"
@@ -222,11 +227,18 @@ pub fn rewrite_parse(
                         text: format!("{op} (${n})"),
                     });
                     as_array = true;
+                    continue;
                 }
             }
-            if as_array {
-                any_params.push(n);
+            if range != span {
+                edits.push(Edit {
+                    range,
+                    text: format!("${n}"),
+                });
             }
+        }
+        if as_array && !enc.array {
+            any_params.push(n);
         }
         let idx = n as usize - 1;
         if let Some(declared) = types.get_mut(idx) {
@@ -248,6 +260,23 @@ pub fn rewrite_parse(
     }
     let text = new_sql.as_deref().unwrap_or(sql);
     Ok(Some(messages::encode_parse(msg.name, text, &types)))
+}
+
+/// The refusal of a parameter for an encrypted column cast to a type that is not the column's.
+fn cast_refusal(n: u32, enc: &pgcloak_policy::Encrypt, e: rewrite::LiteralError) -> Refusal {
+    let ty = logical_type(enc.logical_type).name();
+    let what = match e {
+        rewrite::LiteralError::Unsupported(what) => what,
+        _ => "a cast pgcloak cannot read",
+    };
+    let what = what.replace("a literal", "a parameter");
+    Refusal {
+        sqlstate: "0A000",
+        message: format!(
+            "pgcloak: parameter ${n} for encrypted column {} is {what}; cast it to {ty} (the column's logical type) or drop the cast",
+            enc.column
+        ),
+    }
 }
 
 /// `[NOT] IN (e1, ..., ek)` with an encrypted parameter among its elements, as `= ANY (x1 || ... ||
