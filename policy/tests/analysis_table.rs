@@ -4,6 +4,39 @@ mod common;
 
 use common::run_table;
 
+/// Django 5's bulk_create: one array per column, unnested into rows.
+#[test]
+fn bulk_insert_from_unnest_encrypts_each_array_for_its_column() {
+    run_table(&[
+        (
+            "app",
+            r#"INSERT INTO "customers" ("id", "email", "salary") SELECT * FROM UNNEST(($1)::integer[], ($2)::varchar[], ($3)::integer[]) RETURNING "customers"."id""#,
+            "allow enc=$2:email[],$3:salary[]",
+        ),
+        (
+            "app",
+            "INSERT INTO customers (id, email) SELECT * FROM unnest($1::int[], $2::text[]) AS t(a, b)",
+            "allow enc=$2:email[]",
+        ),
+        (
+            "support",
+            "INSERT INTO customers (id, email) SELECT * FROM UNNEST($1::int[], $2::text[])",
+            "deny~may not write column public.customers.email",
+        ),
+        // Anything but the plain shape is not a column-by-column source.
+        (
+            "app",
+            "INSERT INTO customers (id, email) SELECT * FROM UNNEST($1::int[], $2::text[]) WHERE true",
+            "deny~could not be analysed",
+        ),
+        (
+            "app",
+            "INSERT INTO customers (id, email) SELECT * FROM UNNEST($1::int[], ARRAY[lower($2)])",
+            "deny~must be a literal or a parameter",
+        ),
+    ]);
+}
+
 /// Django (psycopg renders `%s` as `$n` through the extended protocol).
 #[test]
 fn django_style() {

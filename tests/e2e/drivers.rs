@@ -447,3 +447,132 @@ async fn casts_on_values_bound_for_encrypted_columns_are_understood() {
         "{text}"
     );
 }
+
+/// The bulk shapes drivers and ORMs use: Django 5's `bulk_create` (`INSERT ... SELECT * FROM
+/// UNNEST($1::integer[], ...)`, arrays in binary and in text format, also after a rotation), a
+/// 1,000-row multi-row VALUES with 5 parameters a row, and a pipelined `executemany`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_inserts_from_unnest_long_values_and_pipelines_are_encrypted() {
+    let e = env("drv_bulk");
+    let app = connect(&e.url("app_user")).await;
+    let (ok, _, err) = e.proxy.cli(&["keys", "rotate", "public.customers.email"]);
+    assert!(ok, "{err}");
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+
+    // Binary arrays (tokio-postgres), Django's parenthesised casts.
+    let ids: Vec<i32> = (1..=50).collect();
+    let emails: Vec<String> = ids.iter().map(|i| format!("u{i}@example.com")).collect();
+    let salaries: Vec<i32> = ids.iter().map(|i| i * 100).collect();
+    let n = app
+        .execute(
+            r#"INSERT INTO "customers" ("id", "email", "salary") SELECT * FROM UNNEST(($1)::integer[], ($2)::varchar[], ($3)::integer[])"#,
+            &[&ids, &emails, &salaries],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 50, "one row per element, not one per key version");
+    // Text-format arrays (psycopg sends lists as text), through the raw protocol.
+    let mut w = Wire::connect(e.proxy.port, "trust_app", &e.db).await;
+    let msgs = w
+        .roundtrip(&[
+            parse(
+                "",
+                "INSERT INTO customers (id, email, salary) SELECT * FROM UNNEST($1::int[], $2::text[], $3::int[])",
+                &[],
+            ),
+            bind(
+                "",
+                "",
+                &[
+                    Some("{51,52}"),
+                    Some(r#"{"x@example.com","y \"q\"@example.com"}"#),
+                    Some("{5100,NULL}"),
+                ],
+                &[],
+            ),
+            execute(""),
+            sync(),
+        ])
+        .await;
+    assert_eq!(tags(&msgs), "12CZ", "{msgs:?}");
+    let at_rest = e.direct("SELECT count(*) FROM customers WHERE email LIKE 'pgc1:%' AND id <= 52");
+    assert_eq!(at_rest.trim(), "52");
+    let rows = app
+        .query(
+            "SELECT id, email, salary FROM customers WHERE email = ANY($1) ORDER BY id",
+            &[&vec!["u7@example.com", "y \"q\"@example.com"]],
+        )
+        .await
+        .unwrap();
+    let got: Vec<(i32, String, Option<i32>)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (7, "u7@example.com".to_string(), Some(700)),
+            (52, "y \"q\"@example.com".to_string(), None)
+        ]
+    );
+
+    // 1,000 rows x 5 parameters in one statement.
+    let mut sql = String::from("INSERT INTO customers (id, email, phone, ssn, salary) VALUES ");
+    let mut params: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> = Vec::new();
+    for r in 0..1000i32 {
+        let b = r * 5;
+        if r > 0 {
+            sql.push(',');
+        }
+        sql.push_str(&format!(
+            "(${}, ${}, ${}, ${}, ${})",
+            b + 1,
+            b + 2,
+            b + 3,
+            b + 4,
+            b + 5
+        ));
+        let id = 1000 + r;
+        params.push(Box::new(id));
+        params.push(Box::new(format!("m{id}@example.com")));
+        params.push(Box::new(format!("+1 555 {id}")));
+        params.push(Box::new(format!("{id}-00-0000")));
+        params.push(Box::new(id));
+    }
+    let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+        params.iter().map(|p| p.as_ref() as _).collect();
+    assert_eq!(app.execute(sql.as_str(), &refs).await.unwrap(), 1000);
+
+    // executemany as a pipeline: many Bind/Execute of one statement in flight at once.
+    let ins = app
+        .prepare("INSERT INTO customers (id, email, salary) VALUES ($1, $2, $3)")
+        .await
+        .unwrap();
+    let batch = (3000..3200).map(|i: i32| {
+        let app = &app;
+        let ins = &ins;
+        async move {
+            app.execute(ins, &[&i, &format!("p{i}@example.com"), &i])
+                .await
+        }
+    });
+    for r in futures_util::future::join_all(batch).await {
+        assert_eq!(r.unwrap(), 1);
+    }
+    let total =
+        e.direct("SELECT count(*), count(*) FILTER (WHERE email LIKE 'pgc1:%') FROM customers");
+    assert_eq!(total.trim(), "1252|1252");
+    let s: i64 = app
+        .query_one(
+            "SELECT count(*) FROM customers WHERE email IN ($1, $2, $3)",
+            &[
+                &"m1500@example.com",
+                &"p3100@example.com",
+                &"u1@example.com",
+            ],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(s, 3);
+}

@@ -441,6 +441,21 @@ impl Analyzer<'_> {
         }
         let target_at = |i: usize| targets.get(i).and_then(|(_, id)| *id);
         if let Some(src) = &ins.source {
+            if let Some(arrays) = unnest_source(src) {
+                // `INSERT INTO t (a, b) SELECT * FROM UNNEST($1::int[], $2::text[])` (Django's
+                // bulk_create): array i holds the values of target column i, each element encrypted.
+                let sc = Scope::new(None);
+                for (i, e) in arrays.iter().enumerate() {
+                    let v = self.eval(e, &sc)?;
+                    match (target_at(i), v) {
+                        (Some(t), Val::Lit(r)) if self.encrypted(t) => {
+                            self.add_encrypt(r, t, true, true)?
+                        }
+                        (t, v) => self.store_value(t, v)?,
+                    }
+                }
+                return self.insert_rest(ins, &rel, plan);
+            }
             match (&*src.body, &src.with) {
                 (SetExpr::Values(values), None) => {
                     let sc = Scope::new(None);
@@ -472,9 +487,15 @@ impl Analyzer<'_> {
                 }
             }
         }
+        self.insert_rest(ins, &rel, plan)
+    }
+
+    /// What follows an INSERT's source: ON CONFLICT and RETURNING.
+    fn insert_rest(&mut self, ins: &Insert, rel: &Rel, plan: &mut StatementPlan) -> R<()> {
         if !ins.assignments.is_empty() || ins.insert_alias.is_some() {
             return Err(Fail::Unsupported("INSERT ... SET".into()));
         }
+        let rel = rel.clone();
         let mut sc = Scope::new(None);
         sc.rels.push(rel.clone());
         sc.stars.push(rel.cols.clone());
@@ -869,5 +890,38 @@ fn expr_label(e: &Expr) -> String {
         Expr::Identifier(id) => fold(id),
         Expr::CompoundIdentifier(ids) => ids.last().map(fold).unwrap_or_else(|| "?column?".into()),
         _ => "?column?".into(),
+    }
+}
+
+/// The arrays of an INSERT source that is exactly `SELECT * FROM UNNEST(a1, ..., ak)` (an alias
+/// allowed, nothing else: no WHERE, join, ordering, ORDINALITY): column i of its rows is the
+/// elements of `ai`, in order.
+fn unnest_source(q: &sqlparser::ast::Query) -> Option<&[Expr]> {
+    use sqlparser::ast::{GroupByExpr, TableFactor};
+    if q.with.is_some() || q.order_by.is_some() || q.limit_clause.is_some() || q.fetch.is_some() {
+        return None;
+    }
+    let SetExpr::Select(s) = &*q.body else {
+        return None;
+    };
+    let plain = s.selection.is_none()
+        && s.having.is_none()
+        && s.distinct.is_none()
+        && s.into.is_none()
+        && matches!(&s.group_by, GroupByExpr::Expressions(e, m) if e.is_empty() && m.is_empty())
+        && matches!(s.projection.as_slice(), [SelectItem::Wildcard(_)])
+        && s.from.len() == 1
+        && s.from.first().is_some_and(|f| f.joins.is_empty());
+    if !plain {
+        return None;
+    }
+    match &s.from.first()?.relation {
+        TableFactor::UNNEST {
+            array_exprs,
+            with_offset: false,
+            with_ordinality: false,
+            ..
+        } => Some(array_exprs),
+        _ => None,
     }
 }

@@ -690,8 +690,34 @@ pub fn param_range(
     array: bool,
 ) -> LResult<Range<usize>> {
     let b = sql.as_bytes();
-    let end = casts_after(b, span.end.min(b.len()), ty, array)?;
-    cast_call_around(b, span.start..end, ty, array)
+    let (mut start, mut end) = (
+        span.start,
+        casts_after(b, span.end.min(b.len()), ty, array)?,
+    );
+    // `($n)::T` (Django writes `UNNEST(($1)::integer[], ...)`): the parentheses go with the cast.
+    loop {
+        let open = skip_ws_back(b, start);
+        let close = skip_ws(b, end);
+        let cast_follows = b
+            .get(skip_ws(b, close + 1)..)
+            .is_some_and(|r| r.starts_with(b"::"));
+        // After a name, the parentheses are a call's (`f($1)::text` casts what f returns).
+        let call = open > 1
+            && b.get(skip_ws_back(b, open - 1).wrapping_sub(1))
+                .copied()
+                .is_some_and(is_ident_char);
+        if open == 0
+            || b.get(open - 1) != Some(&b'(')
+            || b.get(close) != Some(&b')')
+            || !cast_follows
+            || call
+        {
+            break;
+        }
+        start = open - 1;
+        end = casts_after(b, close + 1, ty, array)?;
+    }
+    cast_call_around(b, start..end, ty, array)
 }
 
 /// The end of the `::type` casts following `end` (each checked against `ty`).
@@ -1179,7 +1205,8 @@ pub fn literal_edit(
         }
     }
     let (range, text) = if array {
-        let arr = encrypt_text_array(target, value.as_bytes(), true)?;
+        // A stored array holds one ciphertext per element; a compared one every version's.
+        let arr = encrypt_text_array(target, value.as_bytes(), !assignment)?;
         (range, quote_sql(&String::from_utf8_lossy(&arr)))
     } else {
         let canonical = target.canonical_from_text(value.as_bytes())?;
@@ -1722,6 +1749,21 @@ mod tests {
         assert_eq!(r("$4", LogicalType::Text), Ok(at_in(sql, "$4::text")));
         assert!(r("$4", LogicalType::Int4).is_err());
         assert!(r("$1", LogicalType::Text).is_err());
+        let dj = "SELECT * FROM UNNEST(($1)::integer[], ( $2 )::varchar[]::text[], f($3)::text)";
+        assert_eq!(
+            param_range(dj, at_in(dj, "$1"), LogicalType::Int4, true),
+            Ok(at_in(dj, "($1)::integer[]"))
+        );
+        assert_eq!(
+            param_range(dj, at_in(dj, "$2"), LogicalType::Text, true),
+            Ok(at_in(dj, "( $2 )::varchar[]::text[]"))
+        );
+        assert!(param_range(dj, at_in(dj, "$1"), LogicalType::Int4, false).is_err());
+        assert_eq!(
+            param_range(dj, at_in(dj, "$3"), LogicalType::Text, false),
+            Ok(at_in(dj, "$3")),
+            "a function's parentheses stay"
+        );
         let arr = "SELECT 1 WHERE a = ANY($1::text[])";
         assert_eq!(
             param_range(arr, at_in(arr, "$1"), LogicalType::Text, true),

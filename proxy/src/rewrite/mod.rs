@@ -48,7 +48,7 @@
 //!                    edits.push(literal_edit(sql, &lexed.literals, i, &target, enc.array, enc.assignment)?);
 //!                sql = apply_edits(sql, edits)?;
 //! Parse:         rewrite_parse_param_types(body, &[(n, storage_param_oid)])   (declared types only)
-//! Bind:          rewrite_bind(body, &[BindParam { index: n, target, array }])
+//! Bind:          rewrite_bind(body, &[BindParam { index: n, target, array, assignment }])
 //! ParamDesc:     rewrite_parameter_description(body, &[(n, logical_type)])
 //! RowDesc:       let (frame, shape) = rewrite_row_description(body, &actions_for(&outputs, n)?)?;
 //! DataRow:       rewrite_data_row(body, &shape, &ctx, &mut row)? -> false: forward the original frame

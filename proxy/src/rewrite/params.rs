@@ -25,9 +25,12 @@ pub struct BindParam<'k> {
     pub index: u32,
     /// The column it is encrypted for.
     pub target: ColumnTarget<'k>,
-    /// The parameter is an array whose elements are encrypted (`col = ANY($n)`); for a rotated
-    /// deterministic column the array then carries every key version's ciphertext.
+    /// The parameter is an array whose elements are encrypted (`col = ANY($n)`, `UNNEST($n)`); for
+    /// a rotated deterministic column a compared array then carries every key version's ciphertext.
     pub array: bool,
+    /// The value is stored (INSERT, UPDATE SET), not compared: an array keeps one ciphertext per
+    /// element, under the active version.
+    pub assignment: bool,
 }
 
 pub(crate) struct Cursor<'a> {
@@ -184,10 +187,10 @@ pub fn rewrite_bind(body: &[u8], params: &[BindParam<'_>]) -> Result<Option<Byte
         match (p.array, format) {
             (false, _) => param_value_into(&p.target, value, format, &mut out)?,
             (true, Format::Text) => {
-                out.extend_from_slice(&encrypt_text_array(&p.target, value, true)?);
+                out.extend_from_slice(&encrypt_text_array(&p.target, value, !p.assignment)?);
             }
             (true, Format::Binary) => {
-                out.extend_from_slice(&encrypt_binary_array(&p.target, value, true)?);
+                out.extend_from_slice(&encrypt_binary_array(&p.target, value, !p.assignment)?);
             }
         }
         let new_len = out.len() - at - 4;
@@ -347,6 +350,7 @@ mod tests {
             index,
             target,
             array: false,
+            assignment: false,
         }
     }
 
@@ -476,6 +480,7 @@ mod tests {
                 index: 1,
                 target: t,
                 array: true,
+                assignment: false,
             }],
         )
         .unwrap()
@@ -570,6 +575,7 @@ mod tests {
                 index: 1 + rng.below(3) as u32,
                 target: t,
                 array: rng.below(2) == 0,
+                assignment: rng.below(2) == 0,
             }];
             let _ = rewrite_bind(&b, &ps);
             let _ = rewrite_parse_param_types(&b, &[(1, 17)]);

@@ -231,9 +231,11 @@ pub fn rewrite_parse(
                 }
             }
             if range != span {
+                // The cast retargeted to the storage type: what the server stores (and what it
+                // needs to type `UNNEST($n)`).
                 edits.push(Edit {
                     range,
-                    text: format!("${n}"),
+                    text: format!("${n}::{}", storage_type(t.storage, enc.array)),
                 });
             }
         }
@@ -260,6 +262,16 @@ pub fn rewrite_parse(
     }
     let text = new_sql.as_deref().unwrap_or(sql);
     Ok(Some(messages::encode_parse(msg.name, text, &types)))
+}
+
+/// The SQL type of a column's stored values (or of an array of them).
+fn storage_type(storage: Storage, array: bool) -> &'static str {
+    match (storage, array) {
+        (Storage::Bytea, false) => "bytea",
+        (Storage::Bytea, true) => "bytea[]",
+        (Storage::Text, false) => "text",
+        (Storage::Text, true) => "text[]",
+    }
 }
 
 /// The refusal of a parameter for an encrypted column cast to a type that is not the column's.
@@ -291,10 +303,7 @@ fn in_list_edit(
     encrypted: &[u32],
     storage: Storage,
 ) -> Option<Edit> {
-    let ty = match storage {
-        Storage::Bytea => "bytea[]",
-        Storage::Text => "text[]",
-    };
+    let ty = storage_type(storage, true);
     let mut pieces = Vec::with_capacity(list.elements.len());
     let mut folded = Vec::new();
     for el in &list.elements {
@@ -347,6 +356,7 @@ pub fn rewrite_bind(guard: &Guard, body: &[u8], stmt: &StmtCtx) -> Result<Option
             index: n,
             target: target_stored(&keyring, enc, storage)?,
             array: enc.array,
+            assignment: enc.assignment,
         });
     }
     if params.is_empty() {
@@ -499,8 +509,8 @@ pub fn rewrite_parameter_description(
         return Ok(None);
     };
     // Parameters rewritten to `= ANY($n)` are arrays to the server and scalars to the client.
+    // Array parameters (`= ANY($n)`, `UNNEST($n)`) are presented as arrays of the logical type.
     let params: Vec<(u32, pgcloak_keymgr::LogicalType)> = param_encryptions(sp)
-        .filter(|(_, e)| !e.array)
         .map(|(n, e)| (n, logical_type(e.logical_type)))
         .collect();
     if params.is_empty() {
