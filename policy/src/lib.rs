@@ -45,7 +45,7 @@
 //! column of the row. Writes need the class in the role's `write` list (unclassified, `public` and
 //! `internal` columns are writable by every role); values for encrypted columns must be literals or
 //! parameters. `COPY ... TO` of sensitive/confidential columns needs `copy_out` (default true); COPY
-//! to/from server files touching protected columns, and binary COPY of encrypted columns, are refused.
+//! to/from server files touching protected columns, and binary COPY *out* of protected columns, are refused.
 //! A statement that names a protected table but cannot be fully analysed is refused (fail closed).
 //!
 //! Known limits (the proxy's per-ciphertext key check is the backstop): views and functions over

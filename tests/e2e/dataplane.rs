@@ -447,7 +447,7 @@ async fn max_rows_delivers_the_allowed_rows_then_refuses() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn copy_in_encrypts_and_binary_copy_is_refused() {
+async fn copy_in_encrypts_and_binary_copy_out_is_refused() {
     let e = env("dp_copy");
     let url = e.url("app_user");
     let csv = e.proxy.dir.path().join("in.csv");
@@ -541,9 +541,9 @@ async fn copy_in_encrypts_and_binary_copy_is_refused() {
     }
     let (ok, _, err) = psql(
         &url,
-        &["-c", "COPY customers FROM STDIN WITH (FORMAT binary)"],
+        &["-c", "COPY customers TO STDOUT WITH (FORMAT binary)"],
     );
-    assert!(!ok && err.contains("pgcloak"), "{err}");
+    assert!(!ok && err.contains("binary COPY TO"), "{err}");
     // COPY data in another encoding would be encrypted (or shown) as the wrong characters: refused,
     // in both directions; UTF8 under any spelling is fine.
     for copy in [

@@ -40,10 +40,21 @@ pub(crate) fn invalid(ty: LogicalType, format: &'static str, reason: &'static st
     }
 }
 
+/// A `text` value as PostgreSQL accepts one (UTF-8, no NUL): the server cannot check it once it is
+/// encrypted, so pgcloak does.
+fn valid_text(v: &[u8], format: &'static str) -> Result<Vec<u8>> {
+    if v.contains(&0) {
+        return Err(invalid(LogicalType::Text, format, "it contains a NUL byte"));
+    }
+    std::str::from_utf8(v)
+        .map_err(|_| invalid(LogicalType::Text, format, "it is not valid UTF-8"))?;
+    Ok(v.to_vec())
+}
+
 /// Canonical bytes of a value in PostgreSQL's text format.
 pub fn canonical_from_text(ty: LogicalType, text: &[u8]) -> Result<Vec<u8>> {
     match ty {
-        LogicalType::Text => Ok(text.to_vec()),
+        LogicalType::Text => valid_text(text, "text"),
         LogicalType::Bytea => bytea_from_text(text),
         LogicalType::Int4 => {
             let v = parse_int(ty, text, i32::MIN as i64, i32::MAX as i64)?;
@@ -68,7 +79,8 @@ pub fn canonical_from_text(ty: LogicalType, text: &[u8]) -> Result<Vec<u8>> {
 /// Canonical bytes of a value in PostgreSQL's binary format (what `*_recv` accepts).
 pub fn canonical_from_binary(ty: LogicalType, bin: &[u8]) -> Result<Vec<u8>> {
     match ty {
-        LogicalType::Text | LogicalType::Bytea => Ok(bin.to_vec()),
+        LogicalType::Text => valid_text(bin, "binary"),
+        LogicalType::Bytea => Ok(bin.to_vec()),
         LogicalType::Int4 => fixed::<4>(ty, "binary", bin).map(|b| b.to_vec()),
         LogicalType::Int8 => fixed::<8>(ty, "binary", bin).map(|b| b.to_vec()),
         LogicalType::Bool => {

@@ -328,7 +328,8 @@ fn matches_real_postgresql_encodings() {
 /// Valid canonical values per type.
 pub(crate) fn canonical_value(ty: LogicalType) -> BoxedStrategy<Vec<u8>> {
     match ty {
-        Text => proptest::collection::vec(any::<u8>(), 0..64).boxed(),
+        // What PostgreSQL accepts as text: UTF-8 without NUL.
+        Text => "[^\\x00]{0,32}".prop_map(String::into_bytes).boxed(),
         Bytea => proptest::collection::vec(any::<u8>(), 0..64).boxed(),
         Int4 => any::<i32>().prop_map(|v| v.to_be_bytes().to_vec()).boxed(),
         Int8 => any::<i64>().prop_map(|v| v.to_be_bytes().to_vec()).boxed(),
@@ -496,5 +497,17 @@ fn bytea_from_text_into_appends_and_leaves_the_buffer_as_it_was_on_error() {
         let mut buf = b"row".to_vec();
         assert!(bytea_from_text_into(bad, &mut buf).is_err(), "{bad:?}");
         assert_eq!(buf, b"row", "{bad:?}");
+    }
+}
+
+/// The server cannot check an encrypted text value, so pgcloak refuses what PostgreSQL would.
+#[test]
+fn text_values_must_be_utf8_without_nul() {
+    for canon in [canonical_from_text, canonical_from_binary] {
+        assert_eq!(canon(Text, "ünï €".as_bytes()).unwrap(), "ünï €".as_bytes());
+        let e = canon(Text, b"a\0b").unwrap_err().to_string();
+        assert!(e.contains("NUL"), "{e}");
+        let e = canon(Text, b"\xff\xfe").unwrap_err().to_string();
+        assert!(e.contains("UTF-8"), "{e}");
     }
 }

@@ -764,12 +764,6 @@ impl Analyzer<'_> {
                                         cp.qualified_name()
                                     )));
                                 }
-                                if info.format == CopyFormat::Binary {
-                                    return Err(Fail::Deny(format!(
-                                        "pgcloak: binary COPY into encrypted column {} is not supported; use FORMAT csv or text",
-                                        cp.qualified_name()
-                                    )));
-                                }
                                 if let Some(e) = foreign_encoding {
                                     return Err(encoding_refusal(&cp.qualified_name(), e));
                                 }

@@ -8,8 +8,12 @@
 //! string is an empty string), quoted fields may hold delimiters and newlines. Line endings are
 //! detected from the first line like PostgreSQL does (`\n`, `\r\n` or `\r`). A HEADER line passes
 //! through untouched; data after the end marker is dropped (PostgreSQL ignores it; it never reaches
-//! the server). Binary COPY of encrypted columns is refused: its fields carry no type the proxy could
-//! check, and rewriting them would need the whole binary format.
+//! the server). Binary format (asyncpg's `copy_records_to_table` always writes it): the header is
+//! checked and forwarded, each tuple is parsed by its field lengths (tuples span CopyData messages
+//! freely), and an encrypted column's field — the binary form of its logical type, as the client
+//! learned it from pgcloak's RowDescription — is replaced by the binary form of its storage (the raw
+//! envelope for `bytea`, the armoured text for `text`). Binary COPY *out* of protected columns is
+//! refused.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -304,6 +308,8 @@ pub struct CopyInRewriter {
     encrypting: bool,
     header_pending: bool,
     buf: Vec<u8>,
+    /// Binary format: the header has been read and forwarded.
+    binary: Option<bool>,
     /// Bytes of `buf` already scanned for the end of the current line.
     scan: usize,
     in_quote: bool,
@@ -319,9 +325,7 @@ pub struct CopyInRewriter {
 
 impl CopyInRewriter {
     /// A rewriter for the plan's COPY info. `storage_of` gives each encrypted column's storage type
-    /// (from the catalog); a column without a known storage or without a key in `keyring` is an error,
-    /// and so is binary COPY into a table with an encrypted column
-    /// (`pgcloak: binary COPY into public.customers cannot be encrypted; use text or CSV format`).
+    /// (from the catalog); a column without a known storage or without a key in `keyring` is an error.
     pub fn new(
         info: &CopyInfo,
         keyring: Arc<Keyring>,
@@ -329,9 +333,6 @@ impl CopyInRewriter {
     ) -> Result<CopyInRewriter> {
         let table = info.table.clone().unwrap_or_else(|| "(query)".to_string());
         let encrypting = info.columns.iter().any(|c| c.encrypt.is_some());
-        if encrypting && info.format == CopyFormat::Binary {
-            return Err(RewriteError::BinaryCopy { table });
-        }
         let mut cols = Vec::with_capacity(info.columns.len());
         for c in &info.columns {
             cols.push(match &c.encrypt {
@@ -374,6 +375,7 @@ impl CopyInRewriter {
             cols,
             encrypting,
             header_pending: info.header,
+            binary: (info.format == CopyFormat::Binary).then_some(false),
             buf: Vec::new(),
             scan: 0,
             in_quote: false,
@@ -403,6 +405,11 @@ impl CopyInRewriter {
         }
         self.buf.extend_from_slice(data);
         let mut out = Vec::with_capacity(self.buf.len() * 3);
+        if self.binary.is_some() {
+            let used = self.binary_tuples(&mut out)?;
+            self.buf.drain(..used);
+            return Ok(out);
+        }
         let mut start = 0;
         while !self.done {
             match self.next_line_end(start, false)? {
@@ -431,6 +438,14 @@ impl CopyInRewriter {
             self.done = true;
             return Ok(Vec::new());
         }
+        if self.binary.is_some() {
+            // PostgreSQL requires the trailer; data that stops inside the header or a tuple is cut.
+            if !self.buf.is_empty() {
+                return Err(self.err("the binary COPY data ends inside a tuple"));
+            }
+            self.done = true;
+            return Ok(Vec::new());
+        }
         let mut out = Vec::new();
         let mut start = 0;
         while !self.done && start < self.buf.len() {
@@ -456,6 +471,117 @@ impl CopyInRewriter {
         self.scan = 0;
         self.done = true;
         Ok(out)
+    }
+
+    /// Binary format: forwards the header, rewrites every complete tuple in `buf` into `out`, and
+    /// returns how many bytes of `buf` were used (a partial tuple waits for more data).
+    fn binary_tuples(&mut self, out: &mut Vec<u8>) -> Result<usize> {
+        const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
+        let be32 = |b: &[u8], at: usize| -> Option<i32> {
+            Some(i32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
+        };
+        let mut at = 0;
+        if self.binary == Some(false) {
+            let Some(ext) = be32(&self.buf, 15) else {
+                return Ok(0);
+            };
+            if !self.buf.starts_with(SIGNATURE) {
+                return Err(
+                    self.err("it is not binary COPY data (the PGCOPY signature is missing)")
+                );
+            }
+            let flags = be32(&self.buf, 11).unwrap_or(0);
+            if flags & (1 << 16) != 0 {
+                return Err(self.err("binary COPY data WITH OIDS is not supported"));
+            }
+            let Ok(ext) = usize::try_from(ext) else {
+                return Err(self.err("the binary COPY header extension length is negative"));
+            };
+            let end = 19 + ext;
+            if self.buf.len() < end {
+                return Ok(0);
+            }
+            out.extend_from_slice(&self.buf[..end]);
+            self.binary = Some(true);
+            at = end;
+        }
+        while !self.done {
+            let Some(count) = self.buf.get(at..at + 2) else {
+                break;
+            };
+            let count = i16::from_be_bytes([count[0], count[1]]);
+            if count == -1 {
+                out.extend_from_slice(&[0xff, 0xff]);
+                self.done = true;
+                return Ok(self.buf.len());
+            }
+            if usize::try_from(count).ok() != Some(self.cols.len()) {
+                return Err(self.err(if i32::from(count) > self.cols.len() as i32 {
+                    "it has more fields than the COPY has columns"
+                } else {
+                    "it has fewer fields than the COPY has columns"
+                }));
+            }
+            // The whole tuple must be here before any of it is written.
+            let mut fields = Vec::with_capacity(self.cols.len());
+            let mut p = at + 2;
+            for _ in 0..self.cols.len() {
+                let Some(len) = be32(&self.buf, p) else {
+                    return Ok(at);
+                };
+                p += 4;
+                if len == -1 {
+                    fields.push(None);
+                    continue;
+                }
+                let Ok(len) = usize::try_from(len) else {
+                    return Err(self.err("a binary COPY field has a negative length"));
+                };
+                if self.buf.len() < p + len {
+                    return Ok(at);
+                }
+                fields.push(Some(p..p + len));
+                p += len;
+            }
+            out.extend_from_slice(&self.buf[at..at + 2]);
+            for (field, col) in fields.into_iter().zip(&self.cols) {
+                let (range, col) = match (field, col) {
+                    (Some(range), Some(col)) => (range, col),
+                    (None, _) => {
+                        out.extend_from_slice(&(-1i32).to_be_bytes());
+                        continue;
+                    }
+                    (Some(r), None) => {
+                        out.extend_from_slice(&self.buf[r.start - 4..r.end]);
+                        continue;
+                    }
+                };
+                let cipher =
+                    self.keyring
+                        .cipher(&col.column)
+                        .ok_or_else(|| RewriteError::NoKey {
+                            column: col.column.clone(),
+                        })?;
+                let canonical =
+                    pgcloak_keymgr::typed::canonical_from_binary(col.ty, &self.buf[range])
+                        .map_err(|e| copy_value_error(&col.column, e))?;
+                self.scratch.clear();
+                encrypt_wire_into(
+                    cipher,
+                    col.storage,
+                    &canonical,
+                    Format::Binary,
+                    &mut self.scratch,
+                )?;
+                let len = i32::try_from(self.scratch.len())
+                    .map_err(|_| self.err("an encrypted binary COPY field is too long"))?;
+                out.extend_from_slice(&len.to_be_bytes());
+                out.extend_from_slice(&self.scratch);
+            }
+            self.line += 1;
+            at = p;
+        }
+        Ok(at)
     }
 
     /// Finds the end of the line starting at `start`: (end of its content, start of the next line).
@@ -594,20 +720,8 @@ impl CopyInRewriter {
                 .ok_or_else(|| RewriteError::NoKey {
                     column: col.column.clone(),
                 })?;
-            let canonical =
-                pgcloak_keymgr::typed::canonical_from_text(col.ty, &value).map_err(|e| {
-                    match RewriteError::from_key(&col.column, e) {
-                        RewriteError::InvalidValue {
-                            column, ty, reason, ..
-                        } => RewriteError::InvalidValue {
-                            column,
-                            ty,
-                            format: "COPY",
-                            reason,
-                        },
-                        other => other,
-                    }
-                })?;
+            let canonical = pgcloak_keymgr::typed::canonical_from_text(col.ty, &value)
+                .map_err(|e| copy_value_error(&col.column, e))?;
             self.scratch.clear();
             encrypt_wire_into(
                 cipher,
@@ -621,6 +735,21 @@ impl CopyInRewriter {
         out.extend_from_slice(eol);
         self.line += 1;
         Ok(())
+    }
+}
+
+/// A COPY field that is no value of its column's type, named by column, never by value.
+fn copy_value_error(column: &str, e: pgcloak_keymgr::KeyError) -> RewriteError {
+    match RewriteError::from_key(column, e) {
+        RewriteError::InvalidValue {
+            column, ty, reason, ..
+        } => RewriteError::InvalidValue {
+            column,
+            ty,
+            format: "COPY",
+            reason,
+        },
+        other => other,
     }
 }
 
@@ -1033,26 +1162,159 @@ mod tests {
         );
     }
 
+    fn binary_copy(tuples: &[Vec<Option<&[u8]>>]) -> Vec<u8> {
+        let mut d = b"PGCOPY\n\xff\r\n\0".to_vec();
+        d.extend_from_slice(&0i32.to_be_bytes());
+        d.extend_from_slice(&3i32.to_be_bytes());
+        d.extend_from_slice(b"ext");
+        for t in tuples {
+            d.extend_from_slice(&(t.len() as i16).to_be_bytes());
+            for f in t {
+                match f {
+                    None => d.extend_from_slice(&(-1i32).to_be_bytes()),
+                    Some(v) => {
+                        d.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                        d.extend_from_slice(v);
+                    }
+                }
+            }
+        }
+        d.extend_from_slice(&(-1i16).to_be_bytes());
+        d
+    }
+
+    /// The tuples of binary COPY data (after a header without extension bytes beyond `ext`).
+    fn binary_fields(data: &[u8]) -> Vec<Vec<Option<Vec<u8>>>> {
+        let mut at = 22;
+        let mut out = Vec::new();
+        loop {
+            let n = i16::from_be_bytes([data[at], data[at + 1]]);
+            at += 2;
+            if n == -1 {
+                assert_eq!(at, data.len());
+                return out;
+            }
+            let mut t = Vec::new();
+            for _ in 0..n {
+                let len = i32::from_be_bytes(data[at..at + 4].try_into().unwrap());
+                at += 4;
+                if len < 0 {
+                    t.push(None);
+                } else {
+                    t.push(Some(data[at..at + len as usize].to_vec()));
+                    at += len as usize;
+                }
+            }
+            out.push(t);
+        }
+    }
+
+    /// asyncpg's `copy_records_to_table` writes binary COPY: each encrypted field is replaced by its
+    /// storage's binary form, whatever the chunking; malformed data is an error naming the tuple.
     #[test]
-    fn binary_copy_into_protected_table_is_refused() {
+    fn binary_copy_in_encrypts_fields_of_encrypted_columns() {
         let kit = Kit::new();
-        let e = CopyInRewriter::new(
-            &customers(CopyFormat::Binary),
-            Arc::new(kit.keyring()),
-            &storage_map,
-        )
-        .unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "pgcloak: binary COPY into public.customers cannot be encrypted; use text or CSV format"
+        let kr = kit.keyring();
+        let info = copy_info(
+            CopyFormat::Binary,
+            &[
+                ("id", None),
+                ("email", Some((EMAIL, P::Text))),
+                ("salary", Some((SALARY, P::Int4))),
+            ],
         );
-        // Binary COPY of unprotected columns passes through.
+        let data = binary_copy(&[
+            vec![
+                Some(&7i32.to_be_bytes()),
+                Some(b"a@example.com"),
+                Some(&5000i32.to_be_bytes()),
+            ],
+            vec![
+                Some(&8i32.to_be_bytes()),
+                None,
+                Some(&(-1i32).to_be_bytes()),
+            ],
+        ]);
+        let out = run(&kit, &info, &[&data]).unwrap();
+        assert_eq!(&out[..22], &data[..22], "the header passes through");
+        let t = binary_fields(&out);
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[0][0].as_deref(), Some(&7i32.to_be_bytes()[..]));
+        let email = t[0][1].as_deref().unwrap();
+        assert!(
+            email.starts_with(b"pgc1:"),
+            "text storage holds the armoured envelope"
+        );
+        assert_eq!(
+            kr.cipher(EMAIL).unwrap().decrypt(email).unwrap(),
+            b"a@example.com"
+        );
+        let salary = t[0][2].as_deref().unwrap();
+        assert_eq!(
+            kr.cipher(SALARY).unwrap().decrypt(salary).unwrap(),
+            5000i32.to_be_bytes(),
+            "bytea storage holds the raw envelope"
+        );
+        assert_eq!(t[1][1], None, "NULL stays NULL");
+        assert_eq!(
+            kr.cipher(SALARY)
+                .unwrap()
+                .decrypt(t[1][2].as_deref().unwrap())
+                .unwrap(),
+            (-1i32).to_be_bytes()
+        );
+        // salary is randomized in the test keyring: compare what the fields decrypt to.
+        let plain = |out: &[u8]| -> Vec<Vec<Option<Vec<u8>>>> {
+            binary_fields(out)
+                .into_iter()
+                .map(|t| {
+                    t.into_iter()
+                        .zip([None, Some(EMAIL), Some(SALARY)])
+                        .map(|(f, col)| match (f, col) {
+                            (Some(v), Some(c)) => Some(kr.cipher(c).unwrap().decrypt(&v).unwrap()),
+                            (f, _) => f,
+                        })
+                        .collect()
+                })
+                .collect()
+        };
+        let whole = plain(&out);
+        for k in 0..=data.len() {
+            let (a, b) = data.split_at(k);
+            assert_eq!(
+                plain(&run(&kit, &info, &[a, b]).unwrap()),
+                whole,
+                "split at {k}"
+            );
+        }
+        let bytes: Vec<&[u8]> = data.chunks(1).collect();
+        assert_eq!(plain(&run(&kit, &info, &bytes).unwrap()), whole);
+
+        let err = |d: &[u8]| run(&kit, &info, &[d]).unwrap_err().to_string();
+        let two = |a: Option<&[u8]>| binary_copy(&[vec![Some(&1i32.to_be_bytes()), a]]);
+        assert!(err(&two(Some(b"x"))).contains("fewer fields"));
+        let short_int = binary_copy(&[vec![Some(&1i32.to_be_bytes()), Some(b"x"), Some(b"12")]]);
+        let m = err(&short_int);
+        assert!(m.contains(SALARY) && !m.contains("12"), "{m}");
+        let bad_utf8 = binary_copy(&[vec![None, Some(b"\xff\xfe"), None]]);
+        assert!(err(&bad_utf8).contains("UTF-8"), "{}", err(&bad_utf8));
+        assert!(err(b"PGCOPX\n\xff\r\n\0\0\0\0\0\0\0\0\0").contains("signature"));
+        let mut oids = data.clone();
+        oids[12] = 1; // flag bit 16
+        assert!(err(&oids).contains("OIDS"));
+        let mut negative = data.clone();
+        negative[24..28].copy_from_slice(&(-5i32).to_be_bytes());
+        assert!(err(&negative).contains("negative length"));
+        assert!(err(&data[..data.len() - 3]).contains("ends inside a tuple"));
+        // Without encrypted columns the data is not parsed at all.
         let plain = copy_info(CopyFormat::Binary, &[("id", None)]);
         let mut r = CopyInRewriter::new(&plain, Arc::new(kit.keyring()), &storage_map).unwrap();
-        assert_eq!(
-            r.push(b"PGCOPY\n\xff\r\n\0").unwrap(),
-            b"PGCOPY\n\xff\r\n\0"
-        );
+        assert_eq!(r.push(b"anything").unwrap(), b"anything");
+    }
+
+    #[test]
+    fn copy_in_needs_storage_and_key_and_binary_copy_out_is_refused() {
+        let kit = Kit::new();
         // Unknown storage / missing key are refused up front.
         let odd = copy_info(CopyFormat::Text, &[("n", Some((NOTES, P::Text)))]);
         assert!(matches!(
@@ -1262,6 +1524,17 @@ mod tests {
                 .collect();
             let mut w = CopyOutRewriter::new(&o, cols).unwrap();
             let _ = w.rewrite(&rng.bytes_from(alphabet, 60), &cx);
+        }
+        // Binary: a valid header, then random tuples.
+        let header = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+        for _ in 0..1500 {
+            let mut r = rewriter(&kit, &customers(CopyFormat::Binary));
+            let mut data = header.to_vec();
+            data.extend(rng.bytes_from(b"\0\x04\xff\x01x", 60));
+            let cut = rng.below(data.len());
+            if r.push(&data[..cut]).is_ok() && r.push(&data[cut..]).is_ok() {
+                let _ = r.finish();
+            }
         }
     }
 }

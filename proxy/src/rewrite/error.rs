@@ -70,13 +70,6 @@ pub enum RewriteError {
         /// What is wrong.
         detail: &'static str,
     },
-    /// Binary COPY into a table with encrypted columns.
-    #[error("pgcloak: binary COPY into {table} cannot be encrypted; use text or CSV format")]
-    BinaryCopy {
-        /// `schema.table`.
-        table: String,
-    },
-
     /// Binary COPY out of a table whose columns must be decrypted, masked or nulled.
     #[error(
         "pgcloak: binary COPY from {table} cannot be decrypted or masked; use text or CSV format"
@@ -158,7 +151,7 @@ impl RewriteError {
             RewriteError::MalformedClientMessage { .. }
             | RewriteError::MalformedServerMessage { .. } => "08P01",
             RewriteError::MalformedCopy { .. } => "22P04",
-            RewriteError::BinaryCopy { .. } | RewriteError::BinaryCopyOut { .. } => "0A000",
+            RewriteError::BinaryCopyOut { .. } => "0A000",
             RewriteError::DecryptFailed { .. } => "XX001",
             RewriteError::StaleKeyring { .. } | RewriteError::NoKey { .. } => "55000",
             RewriteError::WrongColumnKey { .. } => "42501",

@@ -676,6 +676,7 @@ pub fn replace_range(
         check_type(Some(t), false, ty, array)?;
         start = s;
     }
+    let (start, end) = parenthesised_casts(b, start, end, ty, array)?;
     cast_call_around(b, start..end, ty, array)
 }
 
@@ -690,11 +691,24 @@ pub fn param_range(
     array: bool,
 ) -> LResult<Range<usize>> {
     let b = sql.as_bytes();
-    let (mut start, mut end) = (
+    let (start, end) = (
         span.start,
         casts_after(b, span.end.min(b.len()), ty, array)?,
     );
-    // `($n)::T` (Django writes `UNNEST(($1)::integer[], ...)`): the parentheses go with the cast.
+    let (start, end) = parenthesised_casts(b, start, end, ty, array)?;
+    cast_call_around(b, start..end, ty, array)
+}
+
+/// `start..end` widened over parentheses that a cast follows, with those casts: `($n)::T`,
+/// `('{...}'::int4[])::integer[]` (Django writes `UNNEST(($1)::integer[], ...)`, and psycopg's
+/// client-side binding adds its own cast inside).
+fn parenthesised_casts(
+    b: &[u8],
+    mut start: usize,
+    mut end: usize,
+    ty: LogicalType,
+    array: bool,
+) -> LResult<(usize, usize)> {
     loop {
         let open = skip_ws_back(b, start);
         let close = skip_ws(b, end);
@@ -717,7 +731,7 @@ pub fn param_range(
         start = open - 1;
         end = casts_after(b, close + 1, ty, array)?;
     }
-    cast_call_around(b, start..end, ty, array)
+    Ok((start, end))
 }
 
 /// The end of the `::type` casts following `end` (each checked against `ty`).
@@ -1206,8 +1220,10 @@ pub fn literal_edit(
     }
     let (range, text) = if array {
         // A stored array holds one ciphertext per element; a compared one every version's.
+        // Typed, since the context may not type it (`UNNEST('{...}')` is ambiguous).
         let arr = encrypt_text_array(target, value.as_bytes(), !assignment)?;
-        (range, quote_sql(&String::from_utf8_lossy(&arr)))
+        let text = quote_sql(&String::from_utf8_lossy(&arr));
+        (range, format!("{text}::{}", target.storage.array_name()))
     } else {
         let canonical = target.canonical_from_text(value.as_bytes())?;
         if target.has_variants() {
@@ -1451,6 +1467,15 @@ mod tests {
                 "U&'\\0041' UESCAPE '!'",
             ),
             ("WHERE t.date = 'x'", L::Text, false, "'x'"),
+            // Django's bulk_create through psycopg's client-side binding.
+            (
+                "SELECT * FROM UNNEST(('{0,1}'::int4[])::integer[], ('{a}')::text[])",
+                L::Int4,
+                true,
+                "('{0,1}'::int4[])::integer[]",
+            ),
+            // Parentheses of a call stay.
+            ("WHERE c = lower('x')::text", L::Text, false, "'x'"),
         ];
         for (sql, ty, array, want) in ok {
             assert_eq!(range_of(sql, *ty, *array).as_deref(), Ok(*want), "{sql}");
@@ -1867,6 +1892,7 @@ mod tests {
         // Decoding the literal gives a bytea[] text whose elements decrypt.
         let arr = decode_literal(&e.text, &lits(&e.text)[0]).unwrap();
         assert!(arr.ends_with(",NULL}"), "{arr}");
+        assert!(e.text.ends_with("'::bytea[]"), "{}", e.text);
     }
 
     #[test]

@@ -148,6 +148,14 @@ impl Storage {
         }
     }
 
+    /// The SQL name of an array of this storage, for casts (`bytea[]`, `text[]`).
+    pub fn array_name(self) -> &'static str {
+        match self {
+            Storage::Bytea => "bytea[]",
+            Storage::Text => "text[]",
+        }
+    }
+
     /// The envelope encoding this storage holds.
     pub fn encoding(self) -> Encoding {
         match self {
@@ -368,9 +376,6 @@ mod tests {
                 line: 3,
                 detail: "d",
             },
-            RewriteError::BinaryCopy {
-                table: "public.customers".into(),
-            },
             RewriteError::BinaryCopyOut {
                 table: "public.customers".into(),
             },
@@ -397,11 +402,11 @@ mod tests {
             assert_eq!(e.sqlstate().len(), 5);
         }
         assert_eq!(
-            RewriteError::BinaryCopy {
+            RewriteError::BinaryCopyOut {
                 table: "public.customers".into()
             }
             .to_string(),
-            "pgcloak: binary COPY into public.customers cannot be encrypted; use text or CSV format"
+            "pgcloak: binary COPY from public.customers cannot be decrypted or masked; use text or CSV format"
         );
     }
 }

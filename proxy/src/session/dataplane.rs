@@ -520,13 +520,21 @@ pub fn rewrite_parameter_description(
     let (scalars_as_arrays, rest): (Vec<_>, Vec<_>) =
         params.into_iter().partition(|(n, _)| any.contains(n));
     let out = rewrite::rewrite_parameter_description(body, &rest)?;
-    if scalars_as_arrays.is_empty() {
+    let declared = stmt.param_types.get().map(Vec::as_slice).unwrap_or(&[]);
+    if scalars_as_arrays.is_empty() && declared.iter().all(|&t| t == 0) {
         return Ok(Some(out));
     }
     let mut oids = rewrite::parse_parameter_description(&out[5..])?;
     for (n, ty) in scalars_as_arrays {
         if let Some(slot) = oids.get_mut(n as usize - 1) {
             *slot = ty.oid();
+        }
+    }
+    // As PostgreSQL does, a parameter whose type the client declared in Parse is described with that
+    // type (pgJDBC declares varchar for strings and refuses a description that changes it).
+    for (slot, &t) in oids.iter_mut().zip(declared) {
+        if t != 0 {
+            *slot = t;
         }
     }
     let mut body = Vec::with_capacity(2 + 4 * oids.len());
