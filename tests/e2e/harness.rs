@@ -29,7 +29,7 @@ pub struct Cluster {
 
 static CLUSTER: OnceLock<Cluster> = OnceLock::new();
 
-fn workspace_target() -> PathBuf {
+pub fn workspace_target() -> PathBuf {
     // CARGO_MANIFEST_DIR is proxy/; the shared target dir sits at the workspace root.
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

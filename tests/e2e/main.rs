@@ -10,6 +10,7 @@ mod clients;
 mod dataplane;
 mod drivers;
 mod lifecycle;
+mod matrix;
 mod migrate;
 mod robustness;
 mod tls;
