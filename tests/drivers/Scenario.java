@@ -2,7 +2,7 @@
 // file: java -cp postgresql.jar Scenario.java MODE HOST PORT DB BASE APP_USER:PW SUPPORT_USER:PW PLAIN_USER:PW [OLD_BASE]
 // (OLD_BASE: the base of a run before `keys rotate`, for the "rotated" check).
 // MODE: default (prepareThreshold 5), threshold1 (server-prepared from the first execution), binary
-// (threshold 1 and binaryTransfer). Prints one JSON object {check: "ok" | "n/a" | "<what went wrong>"}.
+// (threshold 1 and binaryTransfer), rewrite (reWriteBatchedInserts: executeBatch as multi-row VALUES). Prints one JSON object {check: "ok" | "n/a" | "<what went wrong>"}.
 // pgJDBC sends later executions of a server-prepared statement as Bind + Execute only.
 
 import java.sql.*;
@@ -26,6 +26,7 @@ public class Scenario {
             p.setProperty("sslmode", "disable");
             if (!mode.equals("default")) p.setProperty("prepareThreshold", "1");
             p.setProperty("binaryTransfer", mode.equals("binary") ? "true" : "false");
+            if (mode.equals("rewrite")) p.setProperty("reWriteBatchedInserts", "true");
             conns.put(role, DriverManager.getConnection("jdbc:postgresql://" + host + ":" + port + "/" + db, p));
         }
         return conns.get(role);

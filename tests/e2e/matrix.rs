@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use crate::dataplane::{env, Env};
-use crate::harness::{connect, error_text, venv_python, workspace_target};
+use crate::harness::{connect, error_text, psql, venv_python, workspace_target};
 
 const CHECKS: &[&str] = &[
     "write", "read", "lookup", "update", "masked", "refusal", "repeat10", "batch", "copy",
@@ -359,6 +359,463 @@ async fn tokio_postgres_row(e: &Env, base: u32, old_base: Option<u32>) -> Result
     out
 }
 
+/// sqlx (runtime `query`/`query_as`, no macros): every query is prepared once per connection and then
+/// executed as Bind + Execute; bulk inserts through `QueryBuilder::push_values`.
+async fn sqlx_row(e: &Env, base: u32, old_base: Option<u32>) -> Results {
+    use sqlx::postgres::{PgConnectOptions, PgConnection, PgSslMode};
+    use sqlx::Connection;
+    let connect = |user: &'static str, pw: &'static str| {
+        let opts = PgConnectOptions::new()
+            .host("127.0.0.1")
+            .port(e.proxy.port)
+            .username(user)
+            .password(pw)
+            .database(&e.db)
+            .ssl_mode(PgSslMode::Disable);
+        async move { PgConnection::connect_with(&opts).await }
+    };
+    let err = |e: sqlx::Error| match e.as_database_error() {
+        Some(db) => format!("{}: {}", db.code().unwrap_or_default(), db.message()),
+        None => e.to_string(),
+    };
+    let expect = |ok: bool, what: String| if ok { Ok(()) } else { Err(what) };
+    let mut out = Results::new();
+    let mut put = |name: &str, r: Result<(), String>| {
+        out.insert(name.into(), r.err().unwrap_or_else(|| "ok".into()));
+    };
+    let (mut app, mut support, mut plain) = match (
+        connect("app_user", "app-pw").await,
+        connect("support_user", "support-pw").await,
+        connect("plain_user", "plain-pw").await,
+    ) {
+        (Ok(a), Ok(s), Ok(p)) => (a, s, p),
+        (a, s, p) => {
+            let why = [a.err(), s.err(), p.err()]
+                .into_iter()
+                .flatten()
+                .map(err)
+                .collect::<Vec<_>>()
+                .join("; ");
+            return CHECKS
+                .iter()
+                .map(|c| (c.to_string(), why.clone()))
+                .collect();
+        }
+    };
+    let id = base as i32 + 1;
+    let email = format!("w{base}@example.com");
+    let phone = format!("+1 555 {base:06}");
+    let ssn = format!("{base}-11-1111");
+    let write = sqlx::query(
+        "INSERT INTO customers (id, email, phone, ssn, salary) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(id)
+    .bind(&email)
+    .bind(&phone)
+    .bind(&ssn)
+    .bind(5000i32)
+    .execute(&mut app)
+    .await;
+    put("write", write.map(drop).map_err(err));
+    let read: Result<Vec<(String, String, String, i32)>, _> =
+        sqlx::query_as("SELECT email, phone, ssn, salary FROM customers WHERE id = $1")
+            .bind(id)
+            .fetch_all(&mut app)
+            .await;
+    put(
+        "read",
+        read.map_err(err).and_then(|got| {
+            let want = vec![(email.clone(), phone.clone(), ssn.clone(), 5000)];
+            expect(got == want, format!("{got:?}"))
+        }),
+    );
+    let lookup: Result<Vec<(i32,)>, _> =
+        sqlx::query_as("SELECT id FROM customers WHERE email = $1")
+            .bind(&email)
+            .fetch_all(&mut app)
+            .await;
+    put(
+        "lookup",
+        lookup
+            .map_err(err)
+            .and_then(|got| expect(got == [(id,)], format!("{got:?}"))),
+    );
+    let update = async {
+        sqlx::query("UPDATE customers SET salary = $1 WHERE email = $2")
+            .bind(6000i32)
+            .bind(&email)
+            .execute(&mut app)
+            .await
+            .map_err(err)?;
+        let (got,): (i32,) = sqlx::query_as("SELECT salary FROM customers WHERE id = $1")
+            .bind(id)
+            .fetch_one(&mut app)
+            .await
+            .map_err(err)?;
+        expect(got == 6000, format!("salary after update: {got}"))
+    }
+    .await;
+    put("update", update);
+    let masked: Result<Vec<(String,)>, _> =
+        sqlx::query_as("SELECT phone FROM customers WHERE id = $1")
+            .bind(id)
+            .fetch_all(&mut support)
+            .await;
+    put(
+        "masked",
+        masked.map_err(err).and_then(|got| {
+            let ok = got.len() == 1
+                && got[0].0 != phone
+                && got[0].0.ends_with(&phone[phone.len() - 4..]);
+            expect(ok, format!("support read {got:?}"))
+        }),
+    );
+    let refusal = sqlx::query("SELECT email FROM customers WHERE id = $1")
+        .bind(id)
+        .fetch_all(&mut plain)
+        .await;
+    put(
+        "refusal",
+        match refusal {
+            Ok(rows) => Err(format!("not refused: {} rows", rows.len())),
+            Err(e) => {
+                let text = err(e);
+                expect(text.starts_with("42501") && text.contains("pgcloak:"), text)
+            }
+        },
+    );
+    let repeat = async {
+        for i in 0..10 {
+            let got: Vec<(String, i32)> =
+                sqlx::query_as("SELECT email, salary FROM customers WHERE email = $1")
+                    .bind(&email)
+                    .fetch_all(&mut app)
+                    .await
+                    .map_err(err)?;
+            if got != [(email.clone(), 6000)] {
+                return Err(format!("execution {}: {got:?}", i + 1));
+            }
+        }
+        Ok(())
+    }
+    .await;
+    put("repeat10", repeat);
+    let batch = async {
+        let mut qb = sqlx::QueryBuilder::new("INSERT INTO customers (id, email, salary) ");
+        qb.push_values(0..20i32, |mut b, i| {
+            b.push_bind(base as i32 + 100 + i)
+                .push_bind(format!("b{}@example.com", base as i32 + i))
+                .push_bind(100 * i);
+        });
+        qb.build().execute(&mut app).await.map_err(err)?;
+        let got: Vec<(i32, i32)> =
+            sqlx::query_as("SELECT id, salary FROM customers WHERE email = $1")
+                .bind(format!("b{}@example.com", base + 7))
+                .fetch_all(&mut app)
+                .await
+                .map_err(err)?;
+        expect(got == [(base as i32 + 107, 700)], format!("{got:?}"))
+    }
+    .await;
+    put("batch", batch);
+    let copy = async {
+        let mut cp = app
+            .copy_in_raw("COPY customers (id, email, salary) FROM STDIN")
+            .await
+            .map_err(err)?;
+        let data: String = (0..5)
+            .map(|i| {
+                format!(
+                    "{}\tc{}@example.com\t{}\n",
+                    base + 200 + i,
+                    base + i,
+                    10 * i
+                )
+            })
+            .collect();
+        cp.send(data.as_bytes()).await.map_err(err)?;
+        let n = cp.finish().await.map_err(err)?;
+        let got: Vec<(String, i32)> =
+            sqlx::query_as("SELECT email, salary FROM customers WHERE id = $1")
+                .bind(base as i32 + 203)
+                .fetch_all(&mut app)
+                .await
+                .map_err(err)?;
+        expect(
+            n == 5 && got == [(format!("c{}@example.com", base + 3), 30)],
+            format!("{n} {got:?}"),
+        )
+    }
+    .await;
+    put("copy", copy);
+    // sqlx has no API to cancel a running query.
+    put("cancel", Err("n/a".into()));
+    let rotated = async {
+        let Some(ob) = old_base else {
+            return Err("n/a".to_string());
+        };
+        let (old_id, old_email) = (ob as i32 + 1, format!("w{ob}@example.com"));
+        for i in 0..3 {
+            let got: Vec<(i32, String)> =
+                sqlx::query_as("SELECT id, email FROM customers WHERE email = $1")
+                    .bind(&old_email)
+                    .fetch_all(&mut app)
+                    .await
+                    .map_err(err)?;
+            if got != [(old_id, old_email.clone())] {
+                return Err(format!(
+                    "lookup {} of a row of the older key version: {got:?}",
+                    i + 1
+                ));
+            }
+        }
+        let got: Vec<(i32,)> = sqlx::query_as("SELECT id FROM customers WHERE phone = $1")
+            .bind(format!("+1 555 {ob:06}"))
+            .fetch_all(&mut app)
+            .await
+            .map_err(err)?;
+        expect(got == [(old_id,)], format!("phone lookup: {got:?}"))
+    }
+    .await;
+    put("rotated", rotated);
+    out
+}
+
+/// libpq through its two everyday tools: psql (simple protocol, literals, `\copy`, cancel on SIGINT)
+/// and pgbench (`-M prepared`: Parse once, then Bind + Describe + Execute per execution).
+fn libpq_row(e: &Env, base: u32, old_base: Option<u32>) -> Results {
+    let (id, email) = (base + 1, format!("w{base}@example.com"));
+    let (phone, ssn) = (format!("+1 555 {base:06}"), format!("{base}-11-1111"));
+    let sql = |user: &str, sql: &str| -> Result<String, String> {
+        let (ok, out, err) = psql(&e.url(user), &["-v", "VERBOSITY=verbose", "-c", sql]);
+        if ok {
+            Ok(out.trim_end().to_string())
+        } else {
+            Err(err.trim().to_string())
+        }
+    };
+    let expect = |got: Result<String, String>, want: &str| match got {
+        Ok(g) if g == want => Ok(()),
+        Ok(g) => Err(format!("got {g:?}, want {want:?}")),
+        Err(e) => Err(e),
+    };
+    let mut out = Results::new();
+    let mut put = |name: &str, r: Result<(), String>| {
+        out.insert(name.into(), r.err().unwrap_or_else(|| "ok".into()));
+    };
+    put(
+        "write",
+        sql(
+            "app_user",
+            &format!(
+                "INSERT INTO customers (id, email, phone, ssn, salary) \
+                 VALUES ({id}, '{email}', '{phone}', '{ssn}', 5000)"
+            ),
+        )
+        .map(drop),
+    );
+    put(
+        "read",
+        expect(
+            sql(
+                "app_user",
+                &format!("SELECT email, phone, ssn, salary FROM customers WHERE id = {id}"),
+            ),
+            &format!("{email}|{phone}|{ssn}|5000"),
+        ),
+    );
+    let lookup = format!("SELECT id FROM customers WHERE email = '{email}'");
+    put("lookup", expect(sql("app_user", &lookup), &id.to_string()));
+    let update = sql(
+        "app_user",
+        &format!("UPDATE customers SET salary = 6000 WHERE email = '{email}'"),
+    )
+    .and_then(|_| {
+        expect(
+            sql(
+                "app_user",
+                &format!("SELECT salary FROM customers WHERE id = {id}"),
+            ),
+            "6000",
+        )
+    });
+    put("update", update);
+    let masked = sql(
+        "support_user",
+        &format!("SELECT phone FROM customers WHERE id = {id}"),
+    )
+    .and_then(|v| {
+        if v != phone && v.ends_with(&phone[phone.len() - 4..]) {
+            Ok(())
+        } else {
+            Err(format!("support read {v:?}"))
+        }
+    });
+    put("masked", masked);
+    let refusal = match sql(
+        "plain_user",
+        &format!("SELECT email FROM customers WHERE id = {id}"),
+    ) {
+        Ok(v) => Err(format!("not refused: {v:?}")),
+        Err(e) if e.contains("42501") && e.contains("pgcloak:") => Ok(()),
+        Err(e) => Err(e),
+    };
+    put("refusal", refusal);
+
+    // pgbench -M prepared: ten executions of one prepared statement, each checked by the script.
+    let script = e.proxy.dir.path().join(format!("repeat-{base}.sql"));
+    std::fs::write(
+        &script,
+        "SELECT salary AS s FROM customers WHERE email = :email \\gset\n\
+         \\if :s != 6000\nSELECT 1/0;\n\\endif\n",
+    )
+    .unwrap();
+    let pgbench = |email: &str| -> Result<(), String> {
+        let out = Command::new("pgbench")
+            .args(["-h", "127.0.0.1", "-p", &e.proxy.port.to_string()])
+            .args(["-U", "app_user", "-n", "-M", "prepared", "-t", "10", "-D"])
+            .arg(format!("email={email}"))
+            .arg("-f")
+            .arg(&script)
+            .arg(&e.db)
+            .env("PGPASSWORD", "app-pw")
+            .output()
+            .map_err(|e| format!("pgbench: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        if out.status.success() && text.contains("actually processed: 10/10") {
+            Ok(())
+        } else {
+            Err(text
+                .lines()
+                .filter(|l| !l.is_empty())
+                .take(6)
+                .collect::<Vec<_>>()
+                .join(" / "))
+        }
+    };
+    put("repeat10", pgbench(&email));
+    let values: Vec<String> = (0..20)
+        .map(|i| {
+            format!(
+                "({}, 'b{}@example.com', {})",
+                base + 100 + i,
+                base + i,
+                100 * i
+            )
+        })
+        .collect();
+    let batch = sql(
+        "app_user",
+        &format!(
+            "INSERT INTO customers (id, email, salary) VALUES {}",
+            values.join(", ")
+        ),
+    )
+    .and_then(|_| {
+        expect(
+            sql(
+                "app_user",
+                &format!(
+                    "SELECT id, salary FROM customers WHERE email = 'b{}@example.com'",
+                    base + 7
+                ),
+            ),
+            &format!("{}|700", base + 107),
+        )
+    });
+    put("batch", batch);
+    let copy = (|| {
+        let mut child = Command::new("psql")
+            .arg(e.url("app_user"))
+            .args([
+                "-X",
+                "-c",
+                "\\copy customers (id, email, salary) FROM STDIN",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let data: String = (0..5)
+            .map(|i| {
+                format!(
+                    "{}\tc{}@example.com\t{}\n",
+                    base + 200 + i,
+                    base + i,
+                    10 * i
+                )
+            })
+            .collect();
+        std::io::Write::write_all(child.stdin.as_mut().unwrap(), data.as_bytes())
+            .map_err(|e| e.to_string())?;
+        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).to_string());
+        }
+        expect(
+            sql(
+                "app_user",
+                &format!(
+                    "SELECT email, salary FROM customers WHERE id = {}",
+                    base + 203
+                ),
+            ),
+            &format!("c{}@example.com|30", base + 3),
+        )
+    })();
+    put("copy", copy);
+    // psql sends a CancelRequest on SIGINT.
+    let cancel = (|| {
+        let child = Command::new("psql")
+            .arg(e.url("app_user"))
+            .args(["-X", "-v", "VERBOSITY=verbose", "-c", "SELECT pg_sleep(10)"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .map_err(|e| e.to_string())?;
+        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        if err.contains("57014") {
+            Ok(())
+        } else {
+            Err(format!("not cancelled: {err}"))
+        }
+    })();
+    put("cancel", cancel);
+    let rotated = match old_base {
+        None => Err("n/a".to_string()),
+        Some(ob) => {
+            let (old_email, old_phone) = (format!("w{ob}@example.com"), format!("+1 555 {ob:06}"));
+            expect(
+                sql(
+                    "app_user",
+                    &format!("SELECT id FROM customers WHERE email = '{old_email}'"),
+                ),
+                &(ob + 1).to_string(),
+            )
+            .and_then(|_| {
+                expect(
+                    sql(
+                        "app_user",
+                        &format!("SELECT id FROM customers WHERE phone IN ('{old_phone}', 'x')"),
+                    ),
+                    &(ob + 1).to_string(),
+                )
+            })
+            .and_then(|_| pgbench(&old_email).map_err(|e| format!("old row, prepared: {e}")))
+        }
+    };
+    put("rotated", rotated);
+    out
+}
+
 fn table(rows: &[(String, Results)]) -> String {
     let width = rows.iter().map(|(n, _)| n.len()).max().unwrap_or(6).max(6);
     let mut s = format!("{:width$}", "driver");
@@ -397,8 +854,9 @@ const PYTHON: &[&str] = &[
     "django",
 ];
 const NODE: &[&str] = &["pg", "postgres"];
-const JDBC: &[&str] = &["default", "threshold1", "binary"];
-const DRIVERS: usize = PYTHON.len() + NODE.len() + JDBC.len() + 1;
+const JDBC: &[&str] = &["default", "threshold1", "binary", "rewrite"];
+/// The external drivers above, then libpq, tokio-postgres and sqlx, which run in this process.
+const DRIVERS: usize = PYTHON.len() + NODE.len() + JDBC.len() + 3;
 
 /// The base of driver `i`'s rows in pass `pass` (each driver writes ids in [base, base + 1000)).
 fn base(pass: u32, i: usize) -> u32 {
@@ -422,7 +880,9 @@ async fn pass(e: &Env, pass_no: u32) -> Vec<(String, Results)> {
         let (b, o) = bases.next().unwrap();
         runs.push(jdbc(mode, e, b, o));
     }
+    let (libpq_base, libpq_old) = bases.next().unwrap();
     let (rust_base, rust_old) = bases.next().unwrap();
+    let (sqlx_base, sqlx_old) = bases.next().unwrap();
 
     // Three scenarios at a time: the cancel checks need the query to have reached the server before
     // the cancel request does (one second later), which a machine of two cores keeps true at this load.
@@ -452,9 +912,14 @@ async fn pass(e: &Env, pass_no: u32) -> Vec<(String, Results)> {
         rows.extend(done.await.unwrap());
     }
     rows.push((
+        "libpq psql+pgbench".into(),
+        tokio::task::block_in_place(|| libpq_row(e, libpq_base, libpq_old)),
+    ));
+    rows.push((
         "rust tokio-postgres".into(),
         tokio_postgres_row(e, rust_base, rust_old).await,
     ));
+    rows.push(("rust sqlx".into(), sqlx_row(e, sqlx_base, sqlx_old).await));
     rows
 }
 
