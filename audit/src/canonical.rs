@@ -385,12 +385,12 @@ mod tests {
             tables in prop::collection::vec(any_text(), 0..4),
             cols in prop::collection::vec((any_text(), any_text(), any_text()), 0..4),
             nums in (prop::option::of(any::<u64>()), prop::option::of(any::<u64>())),
-            kind in 0usize..13,
+            kind in 0usize..14,
             deny in any::<bool>(),
         ) -> AuditEvent {
             let kinds = [Kind::Connect, Kind::Disconnect, Kind::AuthFailed, Kind::Select, Kind::Insert,
                 Kind::Update, Kind::Delete, Kind::Copy, Kind::Ddl, Kind::Other, Kind::Gap, Kind::Start,
-                Kind::Shutdown];
+                Kind::Shutdown, Kind::Error];
             AuditEvent {
                 seq,
                 ts: texts[0].clone(),

@@ -26,6 +26,9 @@ pub enum Kind {
     Start,
     /// Extension: the audit writer is shutting down cleanly (followed by a final checkpoint).
     Shutdown,
+    /// Extension: pgcloak ended a session because of an internal error (a panic in its code);
+    /// `sqlstate` is `XX000`, `reason` says what failed. Only that session was ended.
+    Error,
 }
 
 impl Kind {
@@ -45,6 +48,7 @@ impl Kind {
             Kind::Gap => "gap",
             Kind::Start => "start",
             Kind::Shutdown => "shutdown",
+            Kind::Error => "error",
         }
     }
 
@@ -64,6 +68,7 @@ impl Kind {
             "gap" => Kind::Gap,
             "start" => Kind::Start,
             "shutdown" => Kind::Shutdown,
+            "error" => Kind::Error,
             _ => return None,
         })
     }
@@ -279,6 +284,7 @@ mod tests {
             Kind::Gap,
             Kind::Start,
             Kind::Shutdown,
+            Kind::Error,
         ] {
             assert_eq!(Kind::parse(k.as_str()), Some(k));
             assert_eq!(

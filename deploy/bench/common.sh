@@ -39,7 +39,7 @@ INI
 # Starts target/release/pgcloak on 127.0.0.1:$1 in front of $host:$port in the background, with the
 # policy file $2 if given and the audit file sink only when AUDIT_FILE names one; sets cloak_pid.
 start_pgcloak() {
-  local bin=${PGCLOAK_BIN:-target/release/pgcloak} policy_line=""
+  local bin=${PROXY_BIN:-target/release/pgcloak} policy_line=""
   [ -n "${2:-}" ] && policy_line="policy = \"$2\""
   cat > "$work/pgcloak.toml" <<TOML
 listen = "127.0.0.1:$1"

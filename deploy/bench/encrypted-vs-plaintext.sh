@@ -28,7 +28,7 @@ clients=${CLIENTS:-8}
 threads=${THREADS:-2}
 scripts=${SCRIPTS:-enc_read.sql enc_insert.sql}
 [ "${SKIP_BUILD:-0}" = 1 ] || cargo build --release --quiet -p pgcloak
-bin=${PGCLOAK_BIN:-target/release/pgcloak}
+bin=${PROXY_BIN:-target/release/pgcloak}
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }

@@ -8,7 +8,8 @@
 # Needs: a PostgreSQL on $PGHOST:$PGPORT (default 127.0.0.1:5432) that $PGUSER (default postgres) can
 # reach without a password (trust), pgbench, pgbouncer (Debian package), python3 with asyncpg for the
 # idle-connection measurement (target/venv from scripts/test). Set POLICY=1 to load the example policy,
-# AUDIT_FILE=path to turn the file audit sink on, PGCLOAK_BIN=path to measure another pgcloak build.
+# AUDIT_FILE=path to turn the file audit sink on, PROXY_BIN=path to measure another pgcloak build
+# (not PGCLOAK_*: pgcloak reads those as config keys).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 rounds=${1:-3}

@@ -14,6 +14,10 @@
 //! those futures work unchanged and wake session tasks from other threads through the loop's remote
 //! queue and an eventfd ([`mio::Waker`]).
 //!
+//! A panic in a task ends that task only: the poll runs under `catch_unwind`, the task is dropped (its
+//! sockets close), the task's [`OnPanic`] handler is told, and the loop goes on serving the others and
+//! new clients. Jobs handed in from other threads are contained the same way.
+//!
 //! Only the session sockets ([`Conn`]) are registered here. A task that finds data on every read
 //! would never yield; as tokio does, each task poll gets a budget of socket operations, after which
 //! the task is re-queued behind the others.
@@ -39,6 +43,13 @@ const BUDGET: u32 = 128;
 
 /// Work handed to a loop from another thread (a new session), run on the loop's thread.
 pub type Job = Box<dyn FnOnce() + Send>;
+
+/// A task's future, boxed.
+type TaskFuture = Pin<Box<dyn Future<Output = ()>>>;
+
+/// Called on the loop's thread when a task panicked, after the task was dropped, with the panic's
+/// message: the task's owner ends what the task served (a session answers its client and audits it).
+pub type OnPanic = Box<dyn FnOnce(&str)>;
 
 /// What other threads can do to a loop: queue a job, wake a task, close it.
 struct Remote {
@@ -116,7 +127,7 @@ struct Local {
     sources: RefCell<Vec<Option<Rc<IoState>>>>,
     free_sources: RefCell<Vec<usize>>,
     /// Tasks spawned since the loop last looked.
-    spawned: RefCell<Vec<Pin<Box<dyn Future<Output = ()>>>>>,
+    spawned: RefCell<Vec<(TaskFuture, Option<OnPanic>)>>,
     /// Socket operations left to the task being polled.
     budget: Cell<u32>,
 }
@@ -131,20 +142,47 @@ fn local() -> Option<Rc<Local>> {
 
 /// Runs `fut` as a task of the loop on this thread. Fails when this thread runs no loop.
 pub fn spawn<F: Future<Output = ()> + 'static>(fut: F) -> io::Result<()> {
+    spawn_inner(Box::pin(fut), None)
+}
+
+/// As [`spawn`], with `on_panic` told if the task panics (the task is dropped, the loop goes on).
+pub fn spawn_guarded<F: Future<Output = ()> + 'static>(
+    fut: F,
+    on_panic: OnPanic,
+) -> io::Result<()> {
+    spawn_inner(Box::pin(fut), Some(on_panic))
+}
+
+fn spawn_inner(fut: TaskFuture, on_panic: Option<OnPanic>) -> io::Result<()> {
     let local = local().ok_or_else(not_a_loop_thread)?;
-    local.spawned.borrow_mut().push(Box::pin(fut));
+    local.spawned.borrow_mut().push((fut, on_panic));
     Ok(())
+}
+
+/// The message of a caught panic (`panic!("...")` payloads are `&str` or `String`).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string())
+}
+
+/// Runs `f`; a panic in it is caught and returned as its message.
+fn contained<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| panic_message(&*p))
 }
 
 fn not_a_loop_thread() -> io::Error {
     io::Error::other("not on a session thread (no event loop runs on this thread)")
 }
 
-/// One task: its future and the waker that queues it.
+/// One task: its future, the waker that queues it and who to tell if it panics.
 struct Task {
-    fut: Pin<Box<dyn Future<Output = ()>>>,
+    fut: TaskFuture,
     wake: Arc<TaskWaker>,
     waker: Waker,
+    on_panic: Option<OnPanic>,
 }
 
 struct TaskWaker {
@@ -202,7 +240,11 @@ fn run(mut poll: mio::Poll, registry: mio::Registry, remote: Arc<Remote>) {
         if remote.pending.load(Ordering::Acquire) && remote.pending.swap(false, Ordering::AcqRel) {
             let jobs = std::mem::take(&mut *remote.jobs.lock().unwrap_or_else(|p| p.into_inner()));
             for job in jobs {
-                job();
+                if let Err(msg) = contained(job) {
+                    tracing::error!(
+                        "a job on this session thread panicked (a bug in pgcloak): {msg}; the thread goes on"
+                    );
+                }
             }
             let woken =
                 std::mem::take(&mut *remote.woken.lock().unwrap_or_else(|p| p.into_inner()));
@@ -225,10 +267,32 @@ fn run(mut poll: mio::Poll, registry: mio::Registry, remote: Arc<Remote>) {
             task.wake.queued.store(false, Ordering::Release);
             local.budget.set(BUDGET);
             let mut cx = Context::from_waker(&task.waker);
-            if task.fut.as_mut().poll(&mut cx).is_ready() {
-                // Dropped here: its sockets deregister (they borrow `sources`, free now).
-                tasks[id] = None;
-                free_tasks.push(id);
+            match contained(|| task.fut.as_mut().poll(&mut cx)) {
+                Ok(Poll::Pending) => {}
+                Ok(Poll::Ready(())) => {
+                    // Dropped here: its sockets deregister (they borrow `sources`, free now).
+                    tasks[id] = None;
+                    free_tasks.push(id);
+                }
+                Err(msg) => {
+                    let on_panic = task.on_panic.take();
+                    // Dropping a task whose state a panic left half-changed may panic again.
+                    let task = tasks[id].take();
+                    free_tasks.push(id);
+                    if let Err(again) = contained(|| drop(task)) {
+                        tracing::error!("dropping a task that panicked panicked too: {again}");
+                    }
+                    match on_panic {
+                        Some(f) => {
+                            if let Err(again) = contained(|| f(&msg)) {
+                                tracing::error!("the panic handler of a task panicked: {again}");
+                            }
+                        }
+                        None => tracing::error!(
+                            "a task on this session thread panicked (a bug in pgcloak): {msg}; only it was ended"
+                        ),
+                    }
+                }
             }
             adopt(&local, &remote, &mut tasks, &mut free_tasks);
         }
@@ -293,7 +357,7 @@ fn adopt_spawned(
     free: &mut Vec<usize>,
 ) {
     let spawned = std::mem::take(&mut *local.spawned.borrow_mut());
-    for fut in spawned {
+    for (fut, on_panic) in spawned {
         let id = free.pop().unwrap_or_else(|| {
             tasks.push(None);
             tasks.len() - 1
@@ -304,7 +368,12 @@ fn adopt_spawned(
             remote: remote.clone(),
         });
         let waker = Waker::from(wake.clone());
-        tasks[id] = Some(Task { fut, wake, waker });
+        tasks[id] = Some(Task {
+            fut,
+            wake,
+            waker,
+            on_panic,
+        });
         local.run_queue.borrow_mut().push_back(id);
     }
 }
@@ -635,6 +704,70 @@ mod tests {
             .expect("the task finishes");
         lp.close();
         out
+    }
+
+    /// A task that panics is dropped and its handler told; the loop goes on polling the other tasks
+    /// and serving new ones, and a panicking job does not end it either.
+    #[test]
+    fn a_panicking_task_ends_alone_and_the_loop_keeps_serving() {
+        use std::sync::mpsc;
+        use std::time::Duration;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let lp = start("panic-loop".into(), rt.handle().clone()).unwrap();
+        let (events, seen) = mpsc::channel::<String>();
+        let (go_b, b_waits) = tokio::sync::oneshot::channel::<()>();
+        let (go_a, a_waits) = tokio::sync::oneshot::channel::<()>();
+        let ev = events.clone();
+        lp.submit(Box::new(move || {
+            // A: waits, then panics; its guard proves it was dropped.
+            struct Dropped(mpsc::Sender<String>);
+            impl Drop for Dropped {
+                fn drop(&mut self) {
+                    let _ = self.0.send("a dropped".into());
+                }
+            }
+            let guard = Dropped(ev.clone());
+            let told = ev.clone();
+            spawn_guarded(
+                async move {
+                    let _guard = guard;
+                    let _ = a_waits.await;
+                    panic!("on purpose");
+                },
+                Box::new(move |msg| {
+                    let _ = told.send(format!("a panicked: {msg}"));
+                }),
+            )
+            .unwrap();
+            // B: waits across A's panic, then reports.
+            let ev = ev.clone();
+            spawn(async move {
+                let _ = b_waits.await;
+                let _ = ev.send("b done".into());
+            })
+            .unwrap();
+        }));
+        let next = || seen.recv_timeout(Duration::from_secs(10)).unwrap();
+        go_a.send(()).unwrap();
+        assert_eq!(next(), "a dropped");
+        assert_eq!(next(), "a panicked: on purpose");
+        go_b.send(()).unwrap();
+        assert_eq!(next(), "b done");
+        // A job that panics, then a new task: still served.
+        lp.submit(Box::new(|| panic!("job on purpose")));
+        let ev = events.clone();
+        lp.submit(Box::new(move || {
+            spawn(async move {
+                let _ = ev.send("c done".into());
+            })
+            .unwrap();
+        }));
+        assert_eq!(next(), "c done");
+        lp.close();
     }
 
     /// A peer that reads five bytes, answers them twice and closes (which ends the stream).

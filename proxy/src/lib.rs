@@ -29,5 +29,7 @@ pub mod protocol;
 pub mod rewrite;
 pub mod server;
 pub mod session;
+#[cfg(debug_assertions)]
+pub mod testhook;
 pub mod timer;
 pub mod tls;

@@ -260,6 +260,8 @@ fn start_session(job: Job) {
         shared,
         tracker,
     } = job;
+    // A second handle on the client's socket, for the answer if the session's task panics.
+    let reply = stream.try_clone().ok();
     let stream = match crate::event_loop::Conn::new(stream) {
         Ok(s) => s,
         Err(e) => {
@@ -270,11 +272,16 @@ fn start_session(job: Job) {
     let _ = stream.set_nodelay(true);
     let id = shared.next_session_id();
     let label = crate::logging::SessionLabel { id, client: peer };
+    let witness = std::rc::Rc::new(session::Witness::default());
+    let on_panic: crate::event_loop::OnPanic = {
+        let (shared, witness) = (shared.clone(), witness.clone());
+        Box::new(move |msg| session::panicked(&shared, id, peer, &witness, reply, msg))
+    };
     let session = tracker.track_future(crate::logging::Labelled::new(
         label,
-        session::run(stream, peer, id, shared),
+        session::run(stream, peer, id, shared, witness),
     ));
-    if let Err(e) = crate::event_loop::spawn(session) {
+    if let Err(e) = crate::event_loop::spawn_guarded(session, on_panic) {
         warn!(error = %e, client = %peer, "cannot start the session");
     }
 }

@@ -211,3 +211,89 @@ async fn malformed_server_frames_end_the_session_with_an_error() {
         assert!(!p.log_text().contains("panicked"));
     }
 }
+
+/// A panic in one session's task (made on purpose by the debug build's test hook) ends that session
+/// alone: its client gets `XX000` and a closed socket, the log and the audit trail record it, another
+/// session on the same session thread (`workers = 1`) carries on mid-transaction, and new clients
+/// are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_session_ends_alone_and_the_thread_keeps_serving() {
+    const BOOM: &str = "SELECT 'pgcloak test hook: panic'";
+    let c = crate::harness::cluster();
+    let db = c.fresh_db("panic_isolation");
+    c.psql_direct(&db, "CREATE TABLE t (n int); GRANT ALL ON t TO PUBLIC");
+    let p = Proxy::start_with(ProxyOptions {
+        extra: "workers = 1\n".into(),
+        env: vec![("CLOAK_TEST_PANIC_ON".into(), BOOM.into())],
+        ..Default::default()
+    });
+    let bystander = connect(&p.alice(&db)).await;
+    bystander
+        .batch_execute("BEGIN; INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    // The victim: psql, which shows the FATAL error it receives before the socket closes.
+    let (ok, out, err) = crate::harness::psql(
+        &p.alice(&db),
+        &[
+            "-v",
+            "VERBOSITY=verbose",
+            "-c",
+            "SELECT pg_backend_pid()",
+            "-c",
+            BOOM,
+        ],
+    );
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("FATAL:  XX000: pgcloak: internal error; this session was ended"),
+        "{err}\n{}",
+        p.log_text()
+    );
+    let victim_pid: i32 = out.trim().parse().unwrap();
+    // The bystander's transaction is intact and goes on.
+    bystander
+        .batch_execute("INSERT INTO t VALUES (2); COMMIT")
+        .await
+        .unwrap();
+    let n: i64 = bystander
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+    // New clients, on the same (only) session thread, are served.
+    for _ in 0..3 {
+        let fresh = connect(&p.alice(&db)).await;
+        let one: i32 = fresh.query_one("SELECT 1", &[]).await.unwrap().get(0);
+        assert_eq!(one, 1);
+    }
+    // The victim's server process ended with it.
+    let mut gone = false;
+    for _ in 0..50 {
+        let left = c.psql_direct(
+            "postgres",
+            &format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {victim_pid}"),
+        );
+        if left == "0" {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "server process {victim_pid} still there");
+    let log = p.log_text();
+    assert!(
+        log.contains("session ended by an internal error") && log.contains("panics on purpose"),
+        "{log}"
+    );
+    let audit = std::fs::read_to_string(p.dir.path().join("audit.jsonl")).unwrap_or_default();
+    let event = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["kind"] == "error")
+        .unwrap_or_else(|| panic!("no audit error event in:\n{audit}"));
+    assert_eq!(event["sqlstate"], "XX000");
+    assert_eq!(event["user"], "alice");
+    assert!(event["reason"].as_str().unwrap().contains("internal error"));
+}

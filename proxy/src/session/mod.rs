@@ -50,8 +50,87 @@ pub struct SessionInfo {
     pub role: Option<String>,
 }
 
-/// Runs one client connection to its end. Never panics the process; every failure is logged.
-pub async fn run(tcp: Conn, peer: SocketAddr, id: u64, shared: Arc<Shared>) {
+/// What a session has told about itself so far, for ending it from outside: the panic handler of its
+/// task ([`panicked`]) reads it, on the session's own thread, to audit the end and answer the client.
+#[derive(Debug, Default)]
+pub struct Witness {
+    info: std::cell::RefCell<Option<SessionInfo>>,
+}
+
+impl Witness {
+    fn record(&self, info: &SessionInfo) {
+        *self.info.borrow_mut() = Some(info.clone());
+    }
+
+    /// The session as last recorded (`None` before its startup message arrived).
+    pub fn info(&self) -> Option<SessionInfo> {
+        self.info.borrow().clone()
+    }
+}
+
+/// Ends a session whose task panicked. The task is already dropped (its sockets closed, so the server
+/// backend ends too); `reply` is a second handle on the client's socket. Logs the panic with the
+/// session id, records an audit `error` event, tells a plaintext client `XX000` (over TLS the session's
+/// TLS state went with its task, so the socket is only closed) and closes the socket.
+pub fn panicked(
+    shared: &Shared,
+    id: u64,
+    peer: SocketAddr,
+    witness: &Witness,
+    reply: Option<std::net::TcpStream>,
+    msg: &str,
+) {
+    tracing::error!(session = id, client = %peer, "session ended by an internal error (a bug in pgcloak; please report it with this log): {msg}; other sessions are unaffected");
+    let info = witness.info();
+    if let Some(audit) = &shared.guard.audit {
+        let reason: String = format!("internal error, session ended: {msg}")
+            .chars()
+            .take(300)
+            .collect();
+        let ev = match &info {
+            Some(i) => crate::audit::session_event(
+                i,
+                pgcloak_audit::Kind::Error,
+                Some("XX000".into()),
+                Some(reason),
+            ),
+            None => pgcloak_audit::NewEvent {
+                session: id.to_string(),
+                client: peer.to_string(),
+                sqlstate: Some("XX000".into()),
+                decision: pgcloak_audit::Decision::Deny,
+                reason: Some(reason),
+                ..pgcloak_audit::NewEvent::new(pgcloak_audit::Kind::Error)
+            },
+        };
+        let _ = audit.record(ev);
+    }
+    if let Some(mut sock) = reply {
+        if info.as_ref().is_some_and(|i| !i.tls) {
+            let frame = error_response(
+                Severity::Fatal,
+                "XX000",
+                "pgcloak: internal error; this session was ended (other sessions are unaffected; the pgcloak log has the details)",
+                None,
+            );
+            // Non-blocking, like the session's socket: a full send buffer loses the frame, not the loop.
+            if let Err(e) = std::io::Write::write_all(&mut sock, &frame) {
+                debug!(session = id, "cannot tell the client: {e}");
+            }
+        }
+        let _ = sock.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// Runs one client connection to its end. Never panics the process; every failure is logged (and a
+/// panic in pgcloak's code ends only this session: see [`panicked`]).
+pub async fn run(
+    tcp: Conn,
+    peer: SocketAddr,
+    id: u64,
+    shared: Arc<Shared>,
+    witness: std::rc::Rc<Witness>,
+) {
     let cfg = shared.config.clone();
     let opening = tokio::select! {
         r = shared.guard.timers.timeout(cfg.startup_timeout, startup::negotiate(tcp, &shared)) => match r {
@@ -102,6 +181,7 @@ pub async fn run(tcp: Conn, peer: SocketAddr, id: u64, shared: Arc<Shared>) {
         tls: client.is_tls(),
         role: None,
     };
+    witness.record(&info);
     debug!(user = %info.user, database = %info.database, tls = info.tls, "client startup");
 
     let server = tokio::select! {
@@ -205,6 +285,7 @@ pub async fn run(tcp: Conn, peer: SocketAddr, id: u64, shared: Arc<Shared>) {
             .await;
         return;
     }
+    witness.record(&info);
     if let Err(e) = client_out.send_now(&ready.bytes).await {
         log_end(&SessionError::ClientIo(e));
         return;

@@ -337,6 +337,8 @@ impl Frontend<'_> {
         // A new Query ends any COPY the server refused before data flowed.
         self.copy_in.clear();
         let sql_bytes = messages::query_text(frame.body()).map_err(SessionError::Client)?;
+        #[cfg(debug_assertions)]
+        crate::testhook::panic_on_query(sql_bytes);
         let protected = self.shared.guard.has_protected_tables();
         let Ok(sql) = std::str::from_utf8(sql_bytes) else {
             if protected {
