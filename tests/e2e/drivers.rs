@@ -374,6 +374,37 @@ async fn every_equality_form_matches_rows_of_older_key_versions_after_rotation()
         .await
         .unwrap();
     assert_eq!(n, 1, "DELETE ... WHERE col = $1");
+
+    // Comparisons the server makes between two stored values (joins, `IN (subquery)`, unique
+    // indexes) see each key version's ciphertext as another value, until `pgcloak reencrypt`
+    // moves the old rows to the active version (README: Equality).
+    app.execute(
+        "INSERT INTO customers (id, email, phone) VALUES (5, 'e@example.com', $1)",
+        &[&old1],
+    )
+    .await
+    .unwrap();
+    let self_join =
+        "SELECT count(*) FROM customers a JOIN customers b ON a.phone = b.phone WHERE a.id < b.id";
+    let in_subquery = "SELECT count(*) FROM customers WHERE id = 1 AND phone IN (SELECT phone FROM customers WHERE id = 5)";
+    for sql in [self_join, in_subquery] {
+        let n = count(app.query_one(sql, &[]).await.unwrap());
+        assert_eq!(n, 0, "across key versions before reencrypt: {sql}");
+    }
+    // (reencrypt refuses a length-limited column, naming this fix.)
+    e.direct("ALTER TABLE customers ALTER COLUMN phone TYPE text");
+    let (ok, out, err) = e.proxy.cli(&[
+        "reencrypt",
+        "public.customers.phone",
+        "--database",
+        &e.db,
+        "-q",
+    ]);
+    assert!(ok, "{out}{err}");
+    for sql in [self_join, in_subquery] {
+        let n = count(app.query_one(sql, &[]).await.unwrap());
+        assert_eq!(n, 1, "after reencrypt: {sql}");
+    }
 }
 
 /// ORMs cast every parameter (SQLAlchemy 2: `%(salary)s::INTEGER`): a cast to the column's logical
