@@ -94,18 +94,12 @@ pub enum MaskedValue {
     Null,
 }
 
-/// Mask the text form of one decrypted (or plaintext) value of a column of `logical_type`.
+/// Mask the text form of one decrypted (or plaintext) value, whatever the column's type.
 ///
 /// Every mask works on the PostgreSQL text form of the value (`12345`, `2024-01-31`, `\x00ff`), character
 /// by character (never splitting UTF-8). `hash_key` keys the `hash` mask; the proxy passes one key per
 /// deployment (or per column, if pseudonyms must not be joinable across columns).
-pub fn apply_mask(
-    mask: Mask,
-    logical_type: crate::model::LogicalType,
-    plaintext: &str,
-    hash_key: &[u8],
-) -> MaskedValue {
-    let _ = logical_type; // every mask applies to the text form; the type only matters to the caller
+pub fn apply_mask(mask: Mask, plaintext: &str, hash_key: &[u8]) -> MaskedValue {
     let text = match mask {
         Mask::Redact => STARS.to_string(),
         Mask::Last4 => {
@@ -147,10 +141,9 @@ pub fn apply_mask(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::LogicalType;
 
     fn m(mask: Mask, s: &str) -> String {
-        match apply_mask(mask, LogicalType::Text, s, b"k") {
+        match apply_mask(mask, s, b"k") {
             MaskedValue::Text(t) => t,
             MaskedValue::Null => "NULL".into(),
         }
@@ -180,10 +173,10 @@ mod tests {
 
     #[test]
     fn hash_is_keyed_and_consistent() {
-        let a = apply_mask(Mask::Hash, LogicalType::Text, "alice", b"key1");
-        let b = apply_mask(Mask::Hash, LogicalType::Text, "alice", b"key1");
-        let c = apply_mask(Mask::Hash, LogicalType::Text, "alice", b"key2");
-        let d = apply_mask(Mask::Hash, LogicalType::Text, "bob", b"key1");
+        let a = apply_mask(Mask::Hash, "alice", b"key1");
+        let b = apply_mask(Mask::Hash, "alice", b"key1");
+        let c = apply_mask(Mask::Hash, "alice", b"key2");
+        let d = apply_mask(Mask::Hash, "bob", b"key1");
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_ne!(a, d);
@@ -199,9 +192,9 @@ mod tests {
 
     #[test]
     fn non_text_types_mask_their_text_form() {
-        let v = apply_mask(Mask::Last4, LogicalType::Int4, "123456789", b"");
+        let v = apply_mask(Mask::Last4, "123456789", b"");
         assert_eq!(v, MaskedValue::Text("****6789".into()));
-        let v = apply_mask(Mask::Redact, LogicalType::Bool, "t", b"");
+        let v = apply_mask(Mask::Redact, "t", b"");
         assert_eq!(v, MaskedValue::Text("****".into()));
     }
 

@@ -29,6 +29,7 @@ pub mod protocol;
 pub mod rewrite;
 pub mod server;
 pub mod session;
+pub mod state;
 #[cfg(debug_assertions)]
 pub mod testhook;
 pub mod timer;

@@ -222,7 +222,7 @@ fn serve(path: &std::path::Path) -> Result<ExitCode> {
             mask_key,
             pgcloak::timer::Timers::new(tokio::runtime::Handle::current()),
         ));
-        let shared = pgcloak::server::Shared::new(config.clone(), guard.clone())?;
+        let shared = pgcloak::state::Shared::new(config.clone(), guard.clone())?;
         let listener = pgcloak::server::bind(&config)
             .await
             .with_context(|| format!("cannot listen on {} (config key `listen`)", config.listen))?;

@@ -17,7 +17,7 @@ use pgcloak_policy::{apply_mask, Mask, MaskedValue, Output, OutputAction};
 
 use super::error::{Result, RewriteError};
 use super::params::{frame, Cursor};
-use super::{logical_type, policy_type, type_len, Format, Storage};
+use super::{logical_type, type_len, Format, Storage};
 
 /// What to do with each value of one result column.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -498,15 +498,13 @@ pub(crate) fn present(
             let Some(text) = text else {
                 return Ok(Presented::Null);
             };
-            Ok(
-                match apply_mask(*mask, policy_type(*ty), &text, ctx.mask_hash_key) {
-                    MaskedValue::Text(t) => {
-                        out.extend_from_slice(t.as_bytes());
-                        Presented::Written
-                    }
-                    MaskedValue::Null => Presented::Null,
-                },
-            )
+            Ok(match apply_mask(*mask, &text, ctx.mask_hash_key) {
+                MaskedValue::Text(t) => {
+                    out.extend_from_slice(t.as_bytes());
+                    Presented::Written
+                }
+                MaskedValue::Null => Presented::Null,
+            })
         }
     }
 }

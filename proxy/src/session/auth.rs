@@ -10,7 +10,7 @@ use crate::error::{FrameError, SessionError};
 use crate::protocol::messages::{
     self, auth_code, backend_key_data, strip_channel_binding, Reader, AUTH_OK, AUTH_SASL,
 };
-use crate::server::Shared;
+use crate::state::Shared;
 
 /// What the two TLS legs allow for SCRAM channel binding.
 #[derive(Debug, Clone, Copy)]

@@ -15,7 +15,7 @@ use tracing::{debug, info};
 
 use super::upstream;
 use crate::protocol::startup::encode_cancel;
-use crate::server::{CancelTarget, Shared};
+use crate::state::{CancelTarget, Shared};
 
 /// Registers a session's server key under the client-facing key; removes it on drop.
 pub struct Registration<'a> {

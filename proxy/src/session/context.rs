@@ -6,8 +6,35 @@ use std::sync::{Arc, Mutex};
 
 use pgcloak_policy::{Plan, StatementKind, StatementPlan};
 
-use super::dataplane::DataCtx;
+use pgcloak_policy::{Policy, RolePolicy};
+
+use crate::guard::DbCatalog;
 use crate::rewrite::{RowShape, Storage};
+
+/// What rewriting needs besides the plan: the policy and role it was made for, and the database's
+/// catalog (storage types, table oids).
+#[derive(Debug)]
+pub struct DataCtx {
+    pub policy: Arc<Policy>,
+    pub role: String,
+    pub catalog: Arc<DbCatalog>,
+}
+
+impl DataCtx {
+    pub fn role(&self) -> &RolePolicy {
+        self.policy
+            .role_named(&self.role)
+            .unwrap_or_else(|| self.policy.default_role())
+    }
+
+    /// Storage of an encrypted column, from the catalog.
+    pub fn storage(&self, column: &str) -> Option<Storage> {
+        self.catalog
+            .storage
+            .get(column)
+            .and_then(|t| Storage::from_type_name(t))
+    }
+}
 
 /// A refusal the proxy makes the server raise (so transaction state follows PostgreSQL's rules).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,44 +2,17 @@
 //! [`crate::rewrite`] functions. Frontend side: literals, Parse parameter types, Bind parameters,
 //! COPY FROM data. Backend side: ParameterDescription, RowDescription and DataRow, COPY TO data.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
-use pgcloak_policy::{Access, EncryptMode, Lexed, Policy, RolePolicy, StatementPlan, ValueRef};
+use pgcloak_policy::{Access, EncryptMode, Lexed, StatementPlan, ValueRef};
 
-use super::context::{Refusal, StmtCtx};
-use crate::guard::{DbCatalog, Guard};
+use super::context::{DataCtx, Refusal, StmtCtx};
+use crate::guard::Guard;
 use crate::protocol::messages;
 use crate::rewrite::{
     self, apply_edits, literal_edit, logical_type, params::param_oid, rows::RowDescription,
     BindParam, ColumnAction, ColumnTarget, CopyOutColumn, CopyOutRewriter, Edit, InElement, RowCtx,
     RowShape, Storage,
 };
-
-/// What rewriting needs besides the plan: the policy and role it was made for, and the database's
-/// catalog (storage types, table oids).
-#[derive(Debug)]
-pub struct DataCtx {
-    pub policy: Arc<Policy>,
-    pub role: String,
-    pub catalog: Arc<DbCatalog>,
-}
-
-impl DataCtx {
-    pub fn role(&self) -> &RolePolicy {
-        self.policy
-            .role_named(&self.role)
-            .unwrap_or_else(|| self.policy.default_role())
-    }
-
-    /// Storage of an encrypted column, from the catalog.
-    pub fn storage(&self, column: &str) -> Option<Storage> {
-        self.catalog
-            .storage
-            .get(column)
-            .and_then(|t| Storage::from_type_name(t))
-    }
-}
 
 /// A failed rewrite as the refusal the client gets (its SQLSTATE and `pgcloak:` message).
 pub fn refusal(e: rewrite::RewriteError) -> Refusal {

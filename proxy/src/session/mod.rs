@@ -10,6 +10,7 @@ pub mod cancel;
 pub mod context;
 pub mod dataplane;
 pub mod encoding;
+pub mod events;
 pub mod io;
 pub mod names;
 pub mod query;
@@ -28,7 +29,7 @@ use tracing::{debug, info, warn};
 use crate::error::SessionError;
 use crate::protocol::frame::Direction;
 use crate::protocol::messages::{error_response, Severity};
-use crate::server::Shared;
+use crate::state::Shared;
 use io::{FrameReader, Outbox};
 use startup::Opening;
 
@@ -88,7 +89,7 @@ pub fn panicked(
             .take(300)
             .collect();
         let ev = match &info {
-            Some(i) => crate::audit::session_event(
+            Some(i) => events::session_event(
                 i,
                 pgcloak_audit::Kind::Error,
                 Some("XX000".into()),
@@ -253,7 +254,7 @@ pub async fn run(
                         } else {
                             pgcloak_audit::Kind::Connect
                         };
-                        let _ = audit.record(crate::audit::session_event(
+                        let _ = audit.record(events::session_event(
                             &info,
                             kind,
                             Some(code.clone()),
@@ -305,8 +306,7 @@ pub async fn run(
     .await;
     query::finish(&cfg, end, &mut client_out, &mut server_out).await;
     if let Some(audit) = &shared.guard.audit {
-        let mut ev =
-            crate::audit::session_event(&info, pgcloak_audit::Kind::Disconnect, None, None);
+        let mut ev = events::session_event(&info, pgcloak_audit::Kind::Disconnect, None, None);
         ev.duration_us = Some(started.elapsed().as_micros() as u64);
         let _ = audit.record(ev);
     }
@@ -337,7 +337,7 @@ async fn admit(shared: &Shared, info: &mut SessionInfo) -> Result<(), (&'static 
         }
     }
     if let Some(audit) = &guard.audit {
-        let ev = crate::audit::session_event(info, pgcloak_audit::Kind::Connect, None, None);
+        let ev = events::session_event(info, pgcloak_audit::Kind::Connect, None, None);
         if let Err(e) = audit.record(ev) {
             if shared.config.audit.on_failure == crate::config::OnFailure::Block {
                 return Err((

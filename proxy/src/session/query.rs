@@ -20,8 +20,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info, warn};
 
 use super::auth::{client_read_err, server_read_err};
+use super::context::DataCtx;
 use super::context::{lock_shape, raise_sql, PortalCtx, Refusal, StmtCtx};
-use super::dataplane::{self, DataCtx};
+use super::dataplane;
 use super::encoding::{self, ClientEncoding};
 use super::io::{FrameReader, Outbox, ReadError, ReadReady};
 use super::names::{NameMap, RecentParses};
@@ -33,7 +34,7 @@ use crate::guard::Guard;
 use crate::protocol::messages::{self, error_response, terminate, Severity};
 use crate::protocol::FrameRef;
 use crate::rewrite::{CopyInRewriter, CopyOutRewriter, RowShape};
-use crate::server::Shared;
+use crate::state::Shared;
 use pgcloak_keymgr::Keyring;
 use pgcloak_policy::{CopyDirection, CopyEndpoint};
 
@@ -1170,7 +1171,7 @@ impl Backend<'_> {
             "statement finished"
         );
         if let Some(audit) = &guard.audit {
-            let ev = crate::audit::statement_event(self.info, &outcome);
+            let ev = super::events::statement_event(self.info, &outcome);
             if let Err(e) = audit.record(ev) {
                 warn!("audit event not stored: {e}");
             }

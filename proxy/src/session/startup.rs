@@ -10,7 +10,7 @@ use crate::config::ClientTlsMode;
 use crate::error::{FrameError, SessionError};
 use crate::protocol::messages::{error_response, Severity};
 use crate::protocol::startup::{self, StartupMessage, StartupPacket};
-use crate::server::Shared;
+use crate::state::Shared;
 
 /// What the first packets asked for.
 pub enum Opening {

@@ -9,7 +9,7 @@ use crate::config::UpstreamTlsMode;
 use crate::error::SessionError;
 use crate::event_loop::Conn;
 use crate::protocol::startup::encode_ssl_request;
-use crate::server::Shared;
+use crate::state::Shared;
 
 fn upstream_err(shared: &Shared, reason: impl Into<String>) -> SessionError {
     SessionError::Upstream {
