@@ -55,6 +55,18 @@
 //! [`analyze::MAX_NESTING`] (sqlparser backtracks exponentially on some nested forms) or larger than
 //! 256 KiB. `DO` blocks and function bodies are checked only for the protected table names they
 //! contain; dynamic SQL inside them is not analysed.
+
+// Parses untrusted SQL: no unwrap, expect, panic or unchecked indexing outside tests (the linter
+// holds the "no panic on any input" claim; the fuzz targets in fuzz/ check it at run time).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
 #![forbid(unsafe_code)]
 
 pub mod analyze;
