@@ -123,7 +123,10 @@
 #![forbid(unsafe_code)]
 // Parsers of untrusted input: no unwrap, expect or panic outside tests (the linter holds the "no panic
 // on any input" claim; the fuzz targets in fuzz/ check it at run time).
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 #![warn(missing_docs)]
 
 pub mod cipher;
