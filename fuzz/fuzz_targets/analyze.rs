@@ -49,7 +49,11 @@ fn fixture() -> &'static (Policy, Catalog) {
     F.get_or_init(|| {
         let p = Policy::parse(POLICY, "policy.toml").expect("fixture policy");
         let c = Catalog::new()
-            .with_table("public", "customers", ["id", "email", "phone", "ssn", "salary", "notes"])
+            .with_table(
+                "public",
+                "customers",
+                ["id", "email", "phone", "ssn", "salary", "notes"],
+            )
             .with_table("public", "orders", ["id", "customer_id", "total"]);
         (p, c)
     })
@@ -60,9 +64,13 @@ fuzz_target!(|data: &[u8]| {
     let (policy, catalog) = fixture();
     let lexed = lex(&sql);
     let _ = names_any(&lexed, policy.protected_table_names());
-    for role in [policy.role_named("app"), policy.role_named("support"), Some(policy.default_role())]
-        .into_iter()
-        .flatten()
+    for role in [
+        policy.role_named("app"),
+        policy.role_named("support"),
+        Some(policy.default_role()),
+    ]
+    .into_iter()
+    .flatten()
     {
         let plan = analyze(&sql, &lexed, catalog, policy, role);
         assert_eq!(plan.statements.len(), lexed.statements.len());
@@ -72,7 +80,13 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
-    for mask in [Mask::Last4, Mask::Email, Mask::Redact, Mask::Hash, Mask::Partial { front: 2, back: 3 }] {
+    for mask in [
+        Mask::Last4,
+        Mask::Email,
+        Mask::Redact,
+        Mask::Hash,
+        Mask::Partial { front: 2, back: 3 },
+    ] {
         let _ = apply_mask(mask, &sql, b"k");
     }
 });

@@ -8,17 +8,20 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use pgcloak_keymgr::{
-    decode_any, dearmor, looks_like_envelope, Encoding, Envelope, Keyring, KeyringDoc, MasterKey,
+    dearmor, decode_any, looks_like_envelope, Encoding, Envelope, Keyring, KeyringDoc, MasterKey,
     Mode,
 };
 
 fn keyring() -> &'static Keyring {
     static K: OnceLock<Keyring> = OnceLock::new();
     K.get_or_init(|| {
-        let master = MasterKey::from_base64("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=").unwrap();
+        let master =
+            MasterKey::from_base64("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=").unwrap();
         let mut doc = KeyringDoc::new(&master).unwrap();
-        doc.ensure_column("public.t.rnd", Mode::Randomized, "fuzz").unwrap();
-        doc.ensure_column("public.t.det", Mode::Deterministic, "fuzz").unwrap();
+        doc.ensure_column("public.t.rnd", Mode::Randomized, "fuzz")
+            .unwrap();
+        doc.ensure_column("public.t.det", Mode::Deterministic, "fuzz")
+            .unwrap();
         doc.rotate("public.t.det", "fuzz").unwrap();
         Keyring::unlock(&doc.to_json_bytes().unwrap(), &master).unwrap()
     })
@@ -30,7 +33,13 @@ fuzz_target!(|data: &[u8]| {
     let _ = looks_like_envelope(data);
     let _ = dearmor(data);
     if let Ok(env) = Envelope::parse(data) {
-        let _ = (env.key_id(), env.version(), env.mode(), env.nonce(), env.plaintext_len());
+        let _ = (
+            env.key_id(),
+            env.version(),
+            env.mode(),
+            env.nonce(),
+            env.plaintext_len(),
+        );
     }
     if let Ok(raw) = decode_any(data) {
         assert!(Envelope::parse(&raw).is_ok());
@@ -51,7 +60,10 @@ fuzz_target!(|data: &[u8]| {
             let bit = (flip * 131 + data.len()) % (bad.len() * 8);
             bad[bit / 8] ^= 1 << (bit % 8);
             assert!(kr.decrypt_any(&bad).is_err(), "bit flip accepted");
-            assert!(kr.decrypt_any(&ct[..ct.len() - 1]).is_err(), "truncation accepted");
+            assert!(
+                kr.decrypt_any(&ct[..ct.len() - 1]).is_err(),
+                "truncation accepted"
+            );
         }
     }
 });

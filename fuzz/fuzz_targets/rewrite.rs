@@ -8,6 +8,7 @@ use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
 use pgcloak::rewrite::array::{encrypt_binary_array, encrypt_text_array};
+use pgcloak::rewrite::policy_type;
 use pgcloak::rewrite::rows::{rewrite_data_row, RowDescription, RowShape};
 use pgcloak::rewrite::{
     rewrite_bind, BindParam, ColumnAction, ColumnTarget, CopyInRewriter, CopyOutColumn,
@@ -27,25 +28,17 @@ fn keyring() -> &'static Arc<Keyring> {
     K.get_or_init(|| {
         let master = MasterKey::generate().unwrap();
         let mut doc = KeyringDoc::new(&master).unwrap();
-        doc.ensure_column(DET, Mode::Deterministic, "2024-01-01T00:00:00Z").unwrap();
-        doc.ensure_column(RND, Mode::Randomized, "2024-01-01T00:00:00Z").unwrap();
+        doc.ensure_column(DET, Mode::Deterministic, "2024-01-01T00:00:00Z")
+            .unwrap();
+        doc.ensure_column(RND, Mode::Randomized, "2024-01-01T00:00:00Z")
+            .unwrap();
         doc.rotate(DET, "2024-02-01T00:00:00Z").unwrap();
         let doc = doc.to_json_bytes().unwrap();
         Arc::new(Keyring::unlock(&doc, &master).unwrap())
     })
 }
 
-const TYPES: [LogicalType; 9] = [
-    LogicalType::Text,
-    LogicalType::Int4,
-    LogicalType::Int8,
-    LogicalType::Numeric,
-    LogicalType::Date,
-    LogicalType::Timestamptz,
-    LogicalType::Bool,
-    LogicalType::Jsonb,
-    LogicalType::Bytea,
-];
+const TYPES: [LogicalType; 9] = LogicalType::ALL;
 
 /// A RowDescription body of four text/bytea columns.
 fn row_description(oids: [u32; 4]) -> Vec<u8> {
@@ -148,20 +141,6 @@ fn copy_info(format: CopyFormat, ty: P, selector: u8) -> CopyInfo {
     }
 }
 
-fn policy_type(t: LogicalType) -> P {
-    match t {
-        LogicalType::Text => P::Text,
-        LogicalType::Int4 => P::Int4,
-        LogicalType::Int8 => P::Int8,
-        LogicalType::Numeric => P::Numeric,
-        LogicalType::Date => P::Date,
-        LogicalType::Timestamptz => P::Timestamptz,
-        LogicalType::Bool => P::Bool,
-        LogicalType::Jsonb => P::Jsonb,
-        LogicalType::Bytea => P::Bytea,
-    }
-}
-
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, rest)) = data.split_first() else {
         return;
@@ -233,8 +212,7 @@ fuzz_target!(|data: &[u8]| {
                 _ => CopyFormat::Binary,
             };
             let info = copy_info(format, policy_type(ty), rest.first().copied().unwrap_or(0));
-            let Ok(mut r) = CopyInRewriter::new(&info, kr.clone(), &|_| Some(storage))
-            else {
+            let Ok(mut r) = CopyInRewriter::new(&info, kr.clone(), &|_| Some(storage)) else {
                 return;
             };
             for chunk in rest.split(|&b| b == 0xfe) {

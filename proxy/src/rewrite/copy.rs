@@ -556,20 +556,10 @@ impl CopyInRewriter {
                         continue;
                     }
                 };
-                let cipher =
-                    self.keyring
-                        .cipher(&col.column)
-                        .ok_or_else(|| RewriteError::NoKey {
-                            column: col.column.clone(),
-                        })?;
-                let canonical =
-                    pgcloak_keymgr::typed::canonical_from_binary(col.ty, &self.buf[range])
-                        .map_err(|e| copy_value_error(&col.column, e))?;
-                self.scratch.clear();
-                encrypt_wire_into(
-                    cipher,
-                    col.storage,
-                    &canonical,
+                seal_field(
+                    &self.keyring,
+                    col,
+                    &self.buf[range],
                     Format::Binary,
                     &mut self.scratch,
                 )?;
@@ -714,28 +704,36 @@ impl CopyInRewriter {
                 out.extend_from_slice(raw);
                 continue;
             }
-            let cipher = self
-                .keyring
-                .cipher(&col.column)
-                .ok_or_else(|| RewriteError::NoKey {
-                    column: col.column.clone(),
-                })?;
-            let canonical = pgcloak_keymgr::typed::canonical_from_text(col.ty, &value)
-                .map_err(|e| copy_value_error(&col.column, e))?;
-            self.scratch.clear();
-            encrypt_wire_into(
-                cipher,
-                col.storage,
-                &canonical,
-                Format::Text,
-                &mut self.scratch,
-            )?;
+            seal_field(&self.keyring, col, &value, Format::Text, &mut self.scratch)?;
             self.opts.encode(&self.scratch, false, out);
         }
         out.extend_from_slice(eol);
         self.line += 1;
         Ok(())
     }
+}
+
+/// Seals one COPY field of an encrypted column (`value` in the COPY's format, text or binary) into
+/// `scratch`, in the storage's form for that format.
+fn seal_field(
+    keyring: &Keyring,
+    col: &InCol,
+    value: &[u8],
+    format: Format,
+    scratch: &mut Vec<u8>,
+) -> Result<()> {
+    let cipher = keyring
+        .cipher(&col.column)
+        .ok_or_else(|| RewriteError::NoKey {
+            column: col.column.clone(),
+        })?;
+    let canonical = match format {
+        Format::Text => pgcloak_keymgr::typed::canonical_from_text(col.ty, value),
+        Format::Binary => pgcloak_keymgr::typed::canonical_from_binary(col.ty, value),
+    }
+    .map_err(|e| copy_value_error(&col.column, e))?;
+    scratch.clear();
+    encrypt_wire_into(cipher, col.storage, &canonical, format, scratch)
 }
 
 /// A COPY field that is no value of its column's type, named by column, never by value.
