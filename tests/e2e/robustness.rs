@@ -251,6 +251,17 @@ async fn a_panicking_session_ends_alone_and_the_thread_keeps_serving() {
         p.log_text()
     );
     let victim_pid: i32 = out.trim().parse().unwrap();
+    // tokio-postgres too. (Had it still been waiting for an earlier answer — it closes dropped
+    // statements in the background — the FATAL would answer that request, as PostgreSQL's would.)
+    let victim = connect(&p.alice(&db)).await;
+    let err = victim.simple_query(BOOM).await.unwrap_err();
+    assert_eq!(
+        err.code().map(|c| c.code()),
+        Some("XX000"),
+        "{}",
+        crate::harness::error_text(&err)
+    );
+    assert!(victim.simple_query("SELECT 1").await.is_err(), "closed");
     // The bystander's transaction is intact and goes on.
     bystander
         .batch_execute("INSERT INTO t VALUES (2); COMMIT")

@@ -119,7 +119,17 @@ pub fn panicked(
                 debug!(session = id, "cannot tell the client: {e}");
             }
         }
-        let _ = sock.shutdown(std::net::Shutdown::Both);
+        // Closing a socket with unread input makes the kernel reset the connection, and a reset can
+        // destroy the answer before the client reads it (a pipelining client may have sent more):
+        // end our side, then read away what is already queued.
+        let _ = sock.shutdown(std::net::Shutdown::Write);
+        let mut scratch = [0u8; 8192];
+        for _ in 0..64 {
+            match std::io::Read::read(&mut sock, &mut scratch) {
+                Ok(n) if n > 0 => continue,
+                _ => break,
+            }
+        }
     }
 }
 
