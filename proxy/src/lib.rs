@@ -16,18 +16,18 @@
 //! - [`logging`]: tracing subscriber set-up.
 //! - [`error`]: the crate's error enums, split by who is at fault.
 
-pub mod audit;
+pub mod audit_setup;
 pub mod catalog;
 pub mod config;
 pub mod error;
 pub mod event_loop;
-pub mod guard;
 pub mod keys;
 pub mod logging;
 pub mod migrate;
 pub mod protocol;
 pub mod rewrite;
 pub mod server;
+pub mod services;
 pub mod session;
 pub mod state;
 #[cfg(debug_assertions)]

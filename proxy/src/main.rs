@@ -184,7 +184,7 @@ fn migrate(
 fn serve(path: &std::path::Path) -> Result<ExitCode> {
     let config = Arc::new(load(path)?);
     pgcloak::logging::init(&config.log);
-    let policy = pgcloak::guard::load_policy(&config).map_err(anyhow::Error::msg)?;
+    let policy = pgcloak::services::load_policy(&config).map_err(anyhow::Error::msg)?;
     // The master key also keys the audit trail: no key, no service.
     let master = pgcloak::keys::load_master_key(&config)?;
     let (keyring, created) = pgcloak::keys::load_for_serve(&config, &master)?;
@@ -192,14 +192,14 @@ fn serve(path: &std::path::Path) -> Result<ExitCode> {
         tracing::info!(column = %c, "created a key for a newly encrypted policy column");
     }
     tracing::info!(columns = keyring.list().len(), policy = %policy.version_hex(), "keyring and policy loaded");
-    let signer = pgcloak::audit::signer(&master)?;
+    let signer = pgcloak::audit_setup::signer(&master)?;
     let mask_key = master.mask_hash_key()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let audit = match pgcloak::audit::writer_config(&config) {
+        let audit = match pgcloak::audit_setup::writer_config(&config) {
             None => {
                 tracing::warn!(
                     "audit trail disabled: [audit] file is \"\", postgres = false and no nats"
@@ -214,7 +214,7 @@ fn serve(path: &std::path::Path) -> Result<ExitCode> {
                 Some(handle)
             }
         };
-        let guard = Arc::new(pgcloak::guard::Guard::new(
+        let guard = Arc::new(pgcloak::services::Services::new(
             config.clone(),
             policy,
             Arc::new(keyring),
@@ -235,7 +235,7 @@ fn serve(path: &std::path::Path) -> Result<ExitCode> {
             tracing::info!("shutdown signal received");
             signal.cancel();
         });
-        tokio::spawn(pgcloak::guard::watch_reloads(
+        tokio::spawn(pgcloak::services::watch_reloads(
             guard.clone(),
             config.clone(),
             master,

@@ -1,5 +1,5 @@
 //! State shared by every session of one proxy: config, TLS material, the cancel map, the connection
-//! limit, the kill switch and the services ([`crate::guard::Guard`]). Its own module so that the
+//! limit, the kill switch and the services ([`crate::services::Services`]). Its own module so that the
 //! listener ([`crate::server`]) and the sessions ([`crate::session`]) both depend on it and not on
 //! each other.
 
@@ -40,7 +40,7 @@ pub struct Shared {
     /// Fires when sessions must end now (after the shutdown grace period).
     pub kill: KillSwitch,
     /// Policy, plans, keys, audit, catalogs.
-    pub guard: Arc<crate::guard::Guard>,
+    pub services: Arc<crate::services::Services>,
     next_session: AtomicU64,
 }
 
@@ -48,7 +48,7 @@ impl Shared {
     /// Builds the shared state, loading TLS material once.
     pub fn new(
         config: Arc<Config>,
-        guard: Arc<crate::guard::Guard>,
+        services: Arc<crate::services::Services>,
     ) -> Result<Arc<Shared>, ConfigError> {
         let (tls_acceptor, tls_cert) = match &config.tls {
             Some(t) => {
@@ -66,7 +66,7 @@ impl Shared {
             upstream_tls,
             cancel: DashMap::new(),
             kill: KillSwitch::default(),
-            guard,
+            services,
             next_session: AtomicU64::new(1),
         }))
     }

@@ -88,7 +88,7 @@ fn issuing_peer<'s>(shared: &'s Shared, secret: &[u8]) -> Option<(u8, &'s str)> 
 async fn forward(shared: &Shared, peer: u8, addr: &str, process_id: u32, secret: &[u8]) {
     let connect = tokio::net::TcpStream::connect(addr);
     match shared
-        .guard
+        .services
         .timers
         .timeout(shared.config.connect_timeout, connect)
         .await

@@ -8,8 +8,8 @@ use pgcloak_policy::{Plan, StatementKind, StatementPlan};
 
 use pgcloak_policy::{Policy, RolePolicy};
 
-use crate::guard::DbCatalog;
 use crate::rewrite::{RowShape, Storage};
+use crate::services::DbCatalog;
 
 /// What rewriting needs besides the plan: the policy and role it was made for, and the database's
 /// catalog (storage types, table oids).

@@ -5,16 +5,16 @@
 //! other's socket, so a server busy sending results never blocks a client that is still pipelining, and
 //! only the server→client pump writes to the client (errors keep protocol order).
 
+pub mod apply;
 pub mod auth;
 pub mod cancel;
 pub mod context;
-pub mod dataplane;
 pub mod encoding;
 pub mod events;
 pub mod io;
-pub mod names;
+pub mod lookup;
 pub mod query;
-mod race;
+mod select3;
 pub mod startup;
 pub mod track;
 pub mod upstream;
@@ -83,7 +83,7 @@ pub fn panicked(
 ) {
     tracing::error!(session = id, client = %peer, "session ended by an internal error (a bug in pgcloak; please report it with this log): {msg}; other sessions are unaffected");
     let info = witness.info();
-    if let Some(audit) = &shared.guard.audit {
+    if let Some(audit) = &shared.services.audit {
         let reason: String = format!("internal error, session ended: {msg}")
             .chars()
             .take(300)
@@ -144,7 +144,7 @@ pub async fn run(
 ) {
     let cfg = shared.config.clone();
     let opening = tokio::select! {
-        r = shared.guard.timers.timeout(cfg.startup_timeout, startup::negotiate(tcp, &shared)) => match r {
+        r = shared.services.timers.timeout(cfg.startup_timeout, startup::negotiate(tcp, &shared)) => match r {
             Ok(Ok(o)) => o,
             Ok(Err(e)) => {
                 log_end(&e);
@@ -246,7 +246,7 @@ pub async fn run(
     let remaining = cfg.startup_timeout;
     let encoding = encoding::ClientEncoding::new(true);
     let auth = tokio::select! {
-        r = shared.guard.timers.timeout(remaining, auth::relay(&shared, binding, &encoding, &mut client_in, &mut client_out, &mut server_in, &mut server_out)) => match r {
+        r = shared.services.timers.timeout(remaining, auth::relay(&shared, binding, &encoding, &mut client_in, &mut client_out, &mut server_in, &mut server_out)) => match r {
             Ok(r) => r,
             Err(_) => Err(SessionError::StartupTimeout(remaining)),
         },
@@ -258,7 +258,7 @@ pub async fn run(
             match &e {
                 SessionError::ServerRefused { code, message } => {
                     info!(user = %info.user, database = %info.database, sqlstate = %code, "authentication failed");
-                    if let Some(audit) = &shared.guard.audit {
+                    if let Some(audit) = &shared.services.audit {
                         let kind = if code.starts_with("28") {
                             pgcloak_audit::Kind::AuthFailed
                         } else {
@@ -315,7 +315,7 @@ pub async fn run(
     )
     .await;
     query::finish(&cfg, end, &mut client_out, &mut server_out).await;
-    if let Some(audit) = &shared.guard.audit {
+    if let Some(audit) = &shared.services.audit {
         let mut ev = events::session_event(&info, pgcloak_audit::Kind::Disconnect, None, None);
         ev.duration_us = Some(started.elapsed().as_micros() as u64);
         let _ = audit.record(ev);
@@ -325,7 +325,7 @@ pub async fn run(
 /// Decides whether an authenticated session may start: resolves its policy role and records the
 /// connect event (in block mode, a session that cannot be audited is refused).
 async fn admit(shared: &Shared, info: &mut SessionInfo) -> Result<(), (&'static str, String)> {
-    let guard = &shared.guard;
+    let guard = &shared.services;
     let policy = guard.policy();
     if policy.roles().is_empty() {
         info.role = Some(policy.default_role().name.clone());

@@ -25,7 +25,7 @@ async fn connect_tcp(
 ) -> Result<Conn, SessionError> {
     let cfg = &shared.config;
     shared
-        .guard
+        .services
         .timers
         .timeout(
             cfg.connect_timeout,

@@ -17,7 +17,7 @@ pub(super) struct RowState {
 }
 
 impl RowState {
-    pub(super) fn new(shape: RowShape, stmt: &Arc<StmtCtx>, guard: &Guard) -> RowState {
+    pub(super) fn new(shape: RowShape, stmt: &Arc<StmtCtx>, guard: &Services) -> RowState {
         RowState {
             limit: stmt.statement_plan().and_then(|sp| sp.max_rows),
             shape,
@@ -33,7 +33,7 @@ impl Backend<'_> {
     /// The row shape for the Execute at the front, from its portal's or statement's description.
     pub(super) fn execute_rows(
         front: Option<&Pending>,
-        guard: &Guard,
+        guard: &Services,
     ) -> Option<Result<RowState, crate::rewrite::RewriteError>> {
         let Some(Pending::Execute {
             portal: Some(p), ..
@@ -201,7 +201,7 @@ impl Backend<'_> {
             b't' => {
                 if let Some(Pending::Describe { stmt: Some(s), .. }) = t.front() {
                     if let Some(b) =
-                        dataplane::rewrite_parameter_description(frame.body(), s).map_err(fail)?
+                        apply::rewrite_parameter_description(frame.body(), s).map_err(fail)?
                     {
                         replacement = Some(Some(b.into()));
                     }
@@ -225,16 +225,16 @@ impl Backend<'_> {
                     if stmt.data.is_some() {
                         // A simple Query's context lives for one message: nothing to remember.
                         let (frame_out, shape) = if is_query {
-                            dataplane::describe_rows(&stmt, frame.body())
+                            apply::describe_rows(&stmt, frame.body())
                         } else {
-                            dataplane::describe_rows_cached(&stmt, frame.body())
+                            apply::describe_rows_cached(&stmt, frame.body())
                         }
                         .map_err(fail)?;
                         if let Some(b) = frame_out {
                             replacement = Some(Some(b.into()));
                         }
                         if is_query {
-                            self.rows = Some(RowState::new(shape, &stmt, &self.shared.guard));
+                            self.rows = Some(RowState::new(shape, &stmt, &self.shared.services));
                         } else {
                             remember_shape(&stmt, portal.as_deref(), shape);
                         }
@@ -245,7 +245,7 @@ impl Backend<'_> {
                 if self.rows.is_none() && !self.rows_known {
                     // Once per result: a statement that was not analysed keeps `rows` empty.
                     self.rows_known = true;
-                    if let Some(r) = Self::execute_rows(t.front(), &self.shared.guard) {
+                    if let Some(r) = Self::execute_rows(t.front(), &self.shared.services) {
                         self.rows = Some(r.map_err(fail)?);
                     }
                 }
@@ -255,7 +255,7 @@ impl Backend<'_> {
                         rs.exceeded = true;
                         replacement = Some(None);
                     } else if !rs.shape.is_passthrough() {
-                        let ctx = dataplane::row_ctx(&self.shared.guard, &rs.keyring);
+                        let ctx = apply::row_ctx(&self.shared.services, &rs.keyring);
                         let rewritten = crate::rewrite::rewrite_data_row(
                             frame.body(),
                             &rs.shape,
@@ -299,17 +299,17 @@ impl Backend<'_> {
             b'H' => {
                 let stmt = t.current_statement().cloned();
                 if let Some(stmt) = stmt {
-                    self.copy_out = dataplane::copy_out_rewriter(&stmt, frame.body())
+                    self.copy_out = apply::copy_out_rewriter(&stmt, frame.body())
                         .map_err(fail)?
                         .map(|rewriter| CopyOut {
                             rewriter,
-                            keyring: self.shared.guard.keyring(),
+                            keyring: self.shared.services.keyring(),
                         });
                 }
             }
             b'd' => {
                 if let Some(c) = self.copy_out.as_mut() {
-                    let ctx = dataplane::row_ctx(&self.shared.guard, &c.keyring);
+                    let ctx = apply::row_ctx(&self.shared.services, &c.keyring);
                     let out = c.rewriter.rewrite(frame.body(), &ctx).map_err(fail)?;
                     if let Some(b) = out {
                         replacement = Some(Some(messages::copy_data(&b).into()));
@@ -328,7 +328,7 @@ impl Backend<'_> {
 
     pub(super) fn statement_done(&mut self, outcome: crate::session::track::Outcome) {
         self.statements += 1;
-        let guard = &self.shared.guard;
+        let guard = &self.shared.services;
         if outcome.sqlstate.is_none() {
             if let Some(s) = &outcome.stmt {
                 if may_change_catalog(s) {

@@ -15,7 +15,7 @@ impl Frontend<'_> {
         sql: &str,
         policy: &Arc<Policy>,
     ) -> Result<(Lexed, Option<Arc<Plan>>, Option<Arc<DataCtx>>), Refusal> {
-        let guard = &self.shared.guard;
+        let guard = &self.shared.services;
         let lexed = lex(sql);
         // With nothing in flight the server's client_encoding is the truth (see encoding.rs).
         if !self.encoding.is_utf8() && self.pending.is_empty() && lock(self.tracker).is_idle() {
@@ -57,7 +57,7 @@ impl Frontend<'_> {
     /// the view's query, writes are refused).
     /// The catalog snapshot is reloaded when stale; if that fails, the last one known is used.
     pub(super) async fn names_protected_view(&self, lexed: &Lexed) -> bool {
-        let guard = &self.shared.guard;
+        let guard = &self.shared.services;
         let db = &self.info.database;
         let snapshot = match guard.catalog_snapshot(db) {
             Some((c, true)) => Some(c),
@@ -155,9 +155,9 @@ impl Frontend<'_> {
         }
         let data = stmt.data.clone();
         let storage_of = move |c: &str| data.as_ref().and_then(|d| d.storage(c));
-        CopyInRewriter::new(copy, self.shared.guard.keyring(), &storage_of)
+        CopyInRewriter::new(copy, self.shared.services.keyring(), &storage_of)
             .map(|r| Some(Some(r)))
-            .map_err(dataplane::refusal)
+            .map_err(apply::refusal)
     }
 
     pub(super) async fn on_query(&mut self, frame: &FrameRef<'_>) -> Result<Forward, SessionError> {
@@ -167,7 +167,7 @@ impl Frontend<'_> {
         let sql_bytes = messages::query_text(frame.body()).map_err(SessionError::Client)?;
         #[cfg(debug_assertions)]
         crate::testhook::panic_on_query(sql_bytes);
-        let protected = self.shared.guard.has_protected_tables();
+        let protected = self.shared.services.has_protected_tables();
         let Ok(sql) = std::str::from_utf8(sql_bytes) else {
             if protected {
                 let r = Refusal {
@@ -184,7 +184,7 @@ impl Frontend<'_> {
             });
             return Ok(Forward::Original);
         };
-        let policy = self.shared.guard.policy();
+        let policy = self.shared.services.policy();
         let (lexed, plan, data) = match self.analyze(sql, &policy).await {
             Ok(a) => a,
             Err(r) => return Ok(self.refuse_query(started, r, StatementKind::Other)),
@@ -206,8 +206,8 @@ impl Frontend<'_> {
             .unwrap_or(sql.len());
         let allowed = denied.unwrap_or(stmts.len());
         let rewritten = if plan.is_some() {
-            match dataplane::rewrite_literals(
-                &self.shared.guard,
+            match apply::rewrite_literals(
+                &self.shared.services,
                 sql,
                 &lexed,
                 stmts[..allowed].iter().map(|s| s.as_ref()),
@@ -344,7 +344,7 @@ impl Frontend<'_> {
         let key = &frame.body()[name.len() + 1..];
         let ctx = self
             .recent
-            .get(self.shared.guard.policy_generation(), key)?;
+            .get(self.shared.services.policy_generation(), key)?;
         self.statements.insert(name, ctx);
         self.pending.push_back(Pending::Parse);
         Some(Ok(Forward::Original))
@@ -355,10 +355,10 @@ impl Frontend<'_> {
         // Text and declared types: all the analysis of a statement without a plan depends on.
         let key = &frame.body()[name.len() + 1..];
         // Read before the policy: a context remembered under it is stale once the policy changes.
-        let generation = self.shared.guard.policy_generation();
-        let policy = self.shared.guard.policy();
+        let generation = self.shared.services.policy_generation();
+        let policy = self.shared.services.policy();
         let Ok(sql) = std::str::from_utf8(sql_bytes) else {
-            if self.shared.guard.has_protected_tables() {
+            if self.shared.services.has_protected_tables() {
                 let r = Refusal {
                     sqlstate: "42501",
                     message: "pgcloak: statement text is not valid UTF-8 and cannot be analysed"
@@ -388,12 +388,12 @@ impl Frontend<'_> {
         if let Ok(m) = messages::parse_message(frame.body()) {
             let _ = ctx.param_types.set(m.param_types);
         }
-        let out =
-            match dataplane::rewrite_parse(&self.shared.guard, frame.body(), &ctx, sql, &lexed) {
-                Ok(None) => Forward::Original,
-                Ok(Some(b)) => Forward::Replaced(b),
-                Err(r) => return Ok(self.refuse_extended(Self::refused_ctx(r, ctx.kind))),
-            };
+        let out = match apply::rewrite_parse(&self.shared.services, frame.body(), &ctx, sql, &lexed)
+        {
+            Ok(None) => Forward::Original,
+            Ok(Some(b)) => Forward::Replaced(b),
+            Err(r) => return Ok(self.refuse_extended(Self::refused_ctx(r, ctx.kind))),
+        };
         // A statement that may change client_encoding is looked at every time it is sent.
         if matches!(out, Forward::Original) && !encoding::mentions(sql, &lexed) {
             self.recent.remember(generation, key, &ctx);
@@ -423,7 +423,7 @@ impl Frontend<'_> {
             }
             None => None,
         };
-        let out = match dataplane::rewrite_bind(&self.shared.guard, frame.body(), &stmt) {
+        let out = match apply::rewrite_bind(&self.shared.services, frame.body(), &stmt) {
             Ok(None) => Forward::Original,
             Ok(Some(b)) => Forward::Replaced(b),
             Err(r) => return Ok(self.refuse_extended(Self::refused_ctx(r, stmt.kind))),

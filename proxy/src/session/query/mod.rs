@@ -19,20 +19,20 @@ use pgcloak_policy::{lex, names_any, Lexed, Plan, Policy, StatementKind};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info, warn};
 
+use super::apply;
 use super::auth::{client_read_err, server_read_err};
 use super::context::DataCtx;
 use super::context::{lock_shape, raise_sql, PortalCtx, Refusal, StmtCtx};
-use super::dataplane;
 use super::encoding::{self, ClientEncoding};
 use super::io::{FrameReader, Outbox, ReadError, ReadReady};
-use super::names::{NameMap, RecentParses};
+use super::lookup::{NameMap, RecentParses};
 use super::SessionInfo;
 use crate::config::Config;
 use crate::error::SessionError;
-use crate::guard::Guard;
 use crate::protocol::messages::{self, error_response, terminate, Severity};
 use crate::protocol::FrameRef;
 use crate::rewrite::{CopyInRewriter, CopyOutRewriter, RowShape};
+use crate::services::Services;
 use crate::session::track::{Action, Barrier, BarrierKind, Pending, Tracker};
 use crate::state::Shared;
 use pgcloak_keymgr::Keyring;
@@ -167,7 +167,7 @@ fn lock(m: &Mutex<Tracker>) -> std::sync::MutexGuard<'_, Tracker> {
 /// The refusal every statement gets while the audit trail cannot store events (block mode).
 #[inline]
 fn audit_refusal(shared: &Shared) -> Option<Refusal> {
-    let audit = shared.guard.audit.as_ref()?;
+    let audit = shared.services.audit.as_ref()?;
     if audit.is_healthy() {
         return None;
     }
@@ -221,7 +221,7 @@ where
         released: &released,
         encoding,
         decision: None,
-        fixed_time: (shared.guard.audit.is_none() && !tracing::enabled!(tracing::Level::DEBUG))
+        fixed_time: (shared.services.audit.is_none() && !tracing::enabled!(tracing::Level::DEBUG))
             .then(Instant::now),
     };
     let mut backend = Backend {
@@ -262,7 +262,7 @@ where
             shared.kill.killed().await;
             End::Error(SessionError::Shutdown)
         });
-        super::race::race3(c2s, s2c, killed).await
+        super::select3::select3(c2s, s2c, killed).await
     };
     info!(user = %info.user, statements = backend.statements, "session ended");
     end
@@ -344,7 +344,7 @@ where
         let read = match idle {
             None => client_in.fill().await,
             Some(&(d, ref activity)) => loop {
-                let timer = deadline.get_or_insert_with(|| fe.shared.guard.timers.sleep(d));
+                let timer = deadline.get_or_insert_with(|| fe.shared.services.timers.sleep(d));
                 let read = tokio::select! {
                     biased;
                     r = client_in.fill() => Some(r),
@@ -361,7 +361,7 @@ where
                     return End::Error(SessionError::IdleTimeout(d));
                 }
                 let next = if quiet >= d { d } else { d - quiet };
-                deadline = Some(fe.shared.guard.timers.sleep(next));
+                deadline = Some(fe.shared.services.timers.sleep(next));
             },
         };
         if let Err(e) = read {

@@ -67,7 +67,7 @@ struct DbState {
 }
 
 /// Shared by all sessions of one proxy.
-pub struct Guard {
+pub struct Services {
     config: Arc<Config>,
     policy: RwLock<Arc<Policy>>,
     /// Bumped after each policy swap, and when a database's set of views that read protected tables
@@ -88,7 +88,7 @@ pub struct Guard {
     pub timers: crate::timer::Timers,
 }
 
-impl Guard {
+impl Services {
     pub fn new(
         config: Arc<Config>,
         policy: Policy,
@@ -96,8 +96,8 @@ impl Guard {
         audit: Option<AuditHandle>,
         mask_key: zeroize::Zeroizing<[u8; 32]>,
         timers: crate::timer::Timers,
-    ) -> Guard {
-        Guard {
+    ) -> Services {
+        Services {
             config,
             policy: RwLock::new(Arc::new(policy)),
             policy_generation: std::sync::atomic::AtomicU64::new(1),
@@ -138,7 +138,7 @@ impl Guard {
             .clone()
     }
 
-    /// Changes with every policy swap. Read it before [`Guard::policy`]: what was derived from the
+    /// Changes with every policy swap. Read it before [`Services::policy`]: what was derived from the
     /// policy read after it is stale once the generation moves on.
     pub fn policy_generation(&self) -> u64 {
         self.policy_generation.load(Ordering::Acquire)
@@ -397,7 +397,7 @@ impl Guard {
     }
 }
 
-/// The catalog queries of [`Guard::catalog`]: every user relation with its columns, the views (and
+/// The catalog queries of [`Services::catalog`]: every user relation with its columns, the views (and
 /// materialized views) that read a table of `policy`, and their definitions. The error names what
 /// could not be read.
 async fn read_catalog(
@@ -518,7 +518,7 @@ pub fn load_policy(config: &Config) -> Result<Policy, String> {
 /// keyring in PostgreSQL is re-read every 10 seconds). A policy that does not parse, or a keyring that
 /// does not open with the master key, is reported and the previous one stays in force.
 pub async fn watch_reloads(
-    guard: Arc<Guard>,
+    guard: Arc<Services>,
     config: Arc<Config>,
     master: pgcloak_keymgr::MasterKey,
     stop: tokio_util::sync::CancellationToken,

@@ -6,13 +6,13 @@ use bytes::Bytes;
 use pgcloak_policy::{Access, EncryptMode, Lexed, StatementPlan, ValueRef};
 
 use super::context::{DataCtx, Refusal, StmtCtx};
-use crate::guard::Guard;
 use crate::protocol::messages;
 use crate::rewrite::{
     self, apply_edits, literal_edit, logical_type, params::param_oid, rows::RowDescription,
     BindParam, ColumnAction, ColumnTarget, CopyOutColumn, CopyOutRewriter, Edit, InElement, RowCtx,
     RowShape, Storage,
 };
+use crate::services::Services;
 
 /// A failed rewrite as the refusal the client gets (its SQLSTATE and `pgcloak:` message).
 pub fn refusal(e: rewrite::RewriteError) -> Refusal {
@@ -49,7 +49,7 @@ fn target_stored<'k>(
 /// Encrypts the literals the plans of `stmts` (statements of one SQL string) ask for, in `sql[..end]`.
 /// Returns the rewritten text, or `None` when nothing changes.
 pub fn rewrite_literals<'a>(
-    guard: &Guard,
+    guard: &Services,
     sql: &str,
     lexed: &Lexed,
     stmts: impl IntoIterator<Item = &'a StmtCtx>,
@@ -87,7 +87,7 @@ fn param_spans(sql: &str, lexed: &Lexed, n: u32) -> Vec<std::ops::Range<usize>> 
 
 /// The literal replacements the plans of `stmts` ask for, in `sql[..end]`.
 fn literal_edits<'a>(
-    guard: &Guard,
+    guard: &Services,
     sql: &str,
     lexed: &Lexed,
     stmts: impl IntoIterator<Item = &'a StmtCtx>,
@@ -137,7 +137,7 @@ fn param_encryptions(sp: &StatementPlan) -> impl Iterator<Item = (u32, &pgcloak_
 /// parameters changed to the storage type (the client keeps sending its logical type; the Bind
 /// rewrite turns it into ciphertext). `None`: forward the original.
 pub fn rewrite_parse(
-    guard: &Guard,
+    guard: &Services,
     body: &[u8],
     stmt: &StmtCtx,
     sql: &str,
@@ -312,7 +312,11 @@ fn in_list_edit(
 }
 
 /// Encrypts the Bind parameters the statement's plan asks for.
-pub fn rewrite_bind(guard: &Guard, body: &[u8], stmt: &StmtCtx) -> Result<Option<Bytes>, Refusal> {
+pub fn rewrite_bind(
+    guard: &Services,
+    body: &[u8],
+    stmt: &StmtCtx,
+) -> Result<Option<Bytes>, Refusal> {
     let (Some(sp), Some(data)) = (stmt.statement_plan(), stmt.data.as_deref()) else {
         return Ok(None);
     };
@@ -666,7 +670,7 @@ pub fn describe_rows(
 /// another column (copied there around the proxy) stays closed even for a role that could read its
 /// own column, as its associated data binds it to that column. Columns the analysis cannot place
 /// (views, expressions) keep their ciphertext.
-pub fn row_ctx<'a>(guard: &'a Guard, keyring: &'a pgcloak_keymgr::Keyring) -> RowCtx<'a> {
+pub fn row_ctx<'a>(guard: &'a Services, keyring: &'a pgcloak_keymgr::Keyring) -> RowCtx<'a> {
     fn never(_: &str) -> bool {
         false
     }

@@ -1,4 +1,4 @@
-//! [`race3`]: the first of three futures to finish, polling each one only when its own waker fired.
+//! [`select3`]: the first of three futures to finish, polling each one only when its own waker fired.
 //!
 //! A session task runs its two pumps and the kill switch side by side. `tokio::select!` polls every
 //! branch on every wake-up, so each server answer also re-polls the idle client pump (and each client
@@ -45,7 +45,7 @@ impl Wake for BranchWaker {
 
 /// Resolves to the output of whichever of `a`, `b`, `c` finishes first (polled in that order when
 /// several are woken at once, like a biased `select!`); the others are dropped with the race.
-pub fn race3<T, A, B, C>(a: A, b: B, c: C) -> Race3<A, B, C>
+pub fn select3<T, A, B, C>(a: A, b: B, c: C) -> Race3<A, B, C>
 where
     A: Future<Output = T>,
     B: Future<Output = T>,
@@ -134,7 +134,7 @@ mod tests {
         let a = Box::pin(async move { rx.await.unwrap_or(0) });
         let b = Box::pin(counted(pb.clone(), ready_b.clone(), 2));
         let c = Box::pin(counted(pc.clone(), Rc::new(Cell::new(false)), 3));
-        let mut race = race3(a, b, c);
+        let mut race = select3(a, b, c);
         assert!(futures_util::poll!(&mut race).is_pending());
         assert_eq!((pb.get(), pc.get()), (1, 1));
         // Not woken: nothing but the race itself is polled.
@@ -160,7 +160,7 @@ mod tests {
             tokio::task::yield_now().await;
             notify.notify_one();
         });
-        assert_eq!(race3(a, b, c).await, "killed");
+        assert_eq!(select3(a, b, c).await, "killed");
         waker.await.unwrap();
     }
 
@@ -169,6 +169,6 @@ mod tests {
         let a = Box::pin(async { 1 });
         let b = Box::pin(async { 2 });
         let c = Box::pin(async { 3 });
-        assert_eq!(race3(a, b, c).await, 1);
+        assert_eq!(select3(a, b, c).await, 1);
     }
 }

@@ -91,7 +91,7 @@ const RECENT: usize = 16;
 /// The contexts of statements this session parsed recently that name no protected table, keyed by
 /// the exact Parse body after the statement name (text and declared parameter types). The analysis of
 /// such a statement depends only on those bytes and the policy, so a hit under the same policy
-/// (generation, [`crate::guard::Guard::policy_generation`]) is the same context. Statements with a
+/// (generation, [`crate::services::Services::policy_generation`]) is the same context. Statements with a
 /// plan are never kept: their role is re-resolved every time (revocation applies from the next
 /// statement).
 #[derive(Debug, Default)]
