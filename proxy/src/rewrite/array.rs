@@ -244,6 +244,11 @@ fn push_array_elem(out: &mut Vec<u8>, text: &[u8], storage: Storage) {
         out.extend_from_slice(text);
         return;
     }
+    push_quoted(out, text);
+}
+
+/// `text` as a double-quoted array element (`"` and `\\` escaped).
+fn push_quoted(out: &mut Vec<u8>, text: &[u8]) {
     out.push(b'"');
     for &c in text {
         if c == b'"' || c == b'\\' {
@@ -252,6 +257,31 @@ fn push_array_elem(out: &mut Vec<u8>, text: &[u8], storage: Storage) {
         out.push(c);
     }
     out.push(b'"');
+}
+
+/// A one-element array of `value` (a value of the type `elem_oid` in `format`), in the same format:
+/// how a client's scalar for `col = $n` becomes the array that `col = ANY($n)` takes.
+pub fn one_element_array(value: &[u8], elem_oid: u32, format: Format) -> Vec<u8> {
+    match format {
+        Format::Binary => {
+            let mut a = Vec::with_capacity(value.len() + 24);
+            a.extend_from_slice(&1i32.to_be_bytes()); // ndim
+            a.extend_from_slice(&0i32.to_be_bytes()); // no NULLs
+            a.extend_from_slice(&elem_oid.to_be_bytes());
+            a.extend_from_slice(&1i32.to_be_bytes()); // length of dimension 1
+            a.extend_from_slice(&1i32.to_be_bytes()); // lower bound
+            a.extend_from_slice(&(value.len() as i32).to_be_bytes());
+            a.extend_from_slice(value);
+            a
+        }
+        Format::Text => {
+            let mut a = Vec::with_capacity(value.len() + 6);
+            a.push(b'{');
+            push_quoted(&mut a, value);
+            a.push(b'}');
+            a
+        }
+    }
 }
 
 struct Reader<'a> {

@@ -308,8 +308,8 @@ pub struct CopyInRewriter {
     encrypting: bool,
     header_pending: bool,
     buf: Vec<u8>,
-    /// Binary format: the header has been read and forwarded.
-    binary: Option<bool>,
+    /// Binary format (its signature header is always there: `header_pending` until it was read).
+    binary: bool,
     /// Bytes of `buf` already scanned for the end of the current line.
     scan: usize,
     in_quote: bool,
@@ -374,8 +374,8 @@ impl CopyInRewriter {
             opts,
             cols,
             encrypting,
-            header_pending: info.header,
-            binary: (info.format == CopyFormat::Binary).then_some(false),
+            header_pending: info.header || info.format == CopyFormat::Binary,
+            binary: info.format == CopyFormat::Binary,
             buf: Vec::new(),
             scan: 0,
             in_quote: false,
@@ -405,7 +405,7 @@ impl CopyInRewriter {
         }
         self.buf.extend_from_slice(data);
         let mut out = Vec::with_capacity(self.buf.len() * 3);
-        if self.binary.is_some() {
+        if self.binary {
             let used = self.binary_tuples(&mut out)?;
             self.buf.drain(..used);
             return Ok(out);
@@ -438,7 +438,7 @@ impl CopyInRewriter {
             self.done = true;
             return Ok(Vec::new());
         }
-        if self.binary.is_some() {
+        if self.binary {
             // PostgreSQL requires the trailer; data that stops inside the header or a tuple is cut.
             if !self.buf.is_empty() {
                 return Err(self.err("the binary COPY data ends inside a tuple"));
@@ -481,7 +481,7 @@ impl CopyInRewriter {
             Some(i32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
         };
         let mut at = 0;
-        if self.binary == Some(false) {
+        if self.header_pending {
             let Some(ext) = be32(&self.buf, 15) else {
                 return Ok(0);
             };
@@ -502,7 +502,7 @@ impl CopyInRewriter {
                 return Ok(0);
             }
             out.extend_from_slice(&self.buf[..end]);
-            self.binary = Some(true);
+            self.header_pending = false;
             at = end;
         }
         while !self.done {

@@ -1223,7 +1223,7 @@ pub fn literal_edit(
         // Typed, since the context may not type it (`UNNEST('{...}')` is ambiguous).
         let arr = encrypt_text_array(target, value.as_bytes(), !assignment)?;
         let text = quote_sql(&String::from_utf8_lossy(&arr));
-        (range, format!("{text}::{}", target.storage.array_name()))
+        (range, format!("{text}::{}", target.storage.sql_type(true)))
     } else {
         let canonical = target.canonical_from_text(value.as_bytes())?;
         if target.has_variants() {

@@ -154,11 +154,13 @@ impl Storage {
         }
     }
 
-    /// The SQL name of an array of this storage, for casts (`bytea[]`, `text[]`).
-    pub fn array_name(self) -> &'static str {
-        match self {
-            Storage::Bytea => "bytea[]",
-            Storage::Text => "text[]",
+    /// The SQL name of this storage type, or of an array of it, for casts (`bytea`, `text[]`, ...).
+    pub fn sql_type(self, array: bool) -> &'static str {
+        match (self, array) {
+            (Storage::Bytea, false) => "bytea",
+            (Storage::Bytea, true) => "bytea[]",
+            (Storage::Text, false) => "text",
+            (Storage::Text, true) => "text[]",
         }
     }
 

@@ -208,7 +208,7 @@ pub fn rewrite_parse(
                 // needs to type `UNNEST($n)`).
                 edits.push(Edit {
                     range,
-                    text: format!("${n}::{}", storage_type(t.storage, enc.array)),
+                    text: format!("${n}::{}", t.storage.sql_type(enc.array)),
                 });
             }
         }
@@ -235,16 +235,6 @@ pub fn rewrite_parse(
     }
     let text = new_sql.as_deref().unwrap_or(sql);
     Ok(Some(messages::encode_parse(msg.name, text, &types)))
-}
-
-/// The SQL type of a column's stored values (or of an array of them).
-fn storage_type(storage: Storage, array: bool) -> &'static str {
-    match (storage, array) {
-        (Storage::Bytea, false) => "bytea",
-        (Storage::Bytea, true) => "bytea[]",
-        (Storage::Text, false) => "text",
-        (Storage::Text, true) => "text[]",
-    }
 }
 
 /// The refusal of a parameter for an encrypted column cast to a type that is not the column's.
@@ -276,7 +266,7 @@ fn in_list_edit(
     encrypted: &[u32],
     storage: Storage,
 ) -> Option<Edit> {
-    let ty = storage_type(storage, true);
+    let ty = storage.sql_type(true);
     let mut pieces = Vec::with_capacity(list.elements.len());
     let mut folded = Vec::new();
     for el in &list.elements {
@@ -363,28 +353,12 @@ fn wrap_scalars(body: &[u8], params: &[BindParam<'_>], any: &[u32]) -> Result<Ve
             let Some(Some(v)) = values.get(i) else {
                 continue;
             };
-            let wrapped = if bind.param_format(i) == 1 {
-                let mut a = Vec::with_capacity(v.len() + 24);
-                a.extend_from_slice(&1i32.to_be_bytes()); // ndim
-                a.extend_from_slice(&0i32.to_be_bytes()); // no NULLs
-                a.extend_from_slice(&p.target.ty.oid().to_be_bytes());
-                a.extend_from_slice(&1i32.to_be_bytes()); // length of dimension 1
-                a.extend_from_slice(&1i32.to_be_bytes()); // lower bound
-                a.extend_from_slice(&(v.len() as i32).to_be_bytes());
-                a.extend_from_slice(v);
-                a
+            let format = if bind.param_format(i) == 1 {
+                rewrite::Format::Binary
             } else {
-                let mut a = Vec::with_capacity(v.len() + 4);
-                a.extend_from_slice(b"{\"");
-                for &c in v {
-                    if c == b'"' || c == b'\\' {
-                        a.push(b'\\');
-                    }
-                    a.push(c);
-                }
-                a.extend_from_slice(b"\"}");
-                a
+                rewrite::Format::Text
             };
+            let wrapped = rewrite::array::one_element_array(v, p.target.ty.oid(), format);
             values[i] = Some(wrapped);
         }
         Ok(())
