@@ -132,24 +132,55 @@ fn finish(name: &str, child: Child) -> Results {
     }
 }
 
+/// The first row a scenario writes, by its base (as `expected` in tests/drivers/scenario.py).
+struct FirstRow {
+    id: u32,
+    email: String,
+    phone: String,
+    ssn: String,
+}
+
+fn first_row(base: u32) -> FirstRow {
+    FirstRow {
+        id: base + 1,
+        email: format!("w{base}@example.com"),
+        phone: format!("+1 555 {base:06}"),
+        ssn: format!("{base}-11-1111"),
+    }
+}
+
+/// `Ok` when `ok`, else the failure `what` describes.
+fn check(ok: bool, what: String) -> Result<(), String> {
+    if ok {
+        Ok(())
+    } else {
+        Err(what)
+    }
+}
+
+/// Records one check's result: "ok", or what went wrong.
+fn record(out: &mut Results, name: &str, r: Result<(), String>) {
+    out.insert(name.into(), r.err().unwrap_or_else(|| "ok".into()));
+}
+
 /// The same scenario with tokio-postgres, whose `prepare` gives a named statement that later queries
 /// execute with Bind + Execute only.
 async fn tokio_postgres_row(e: &Env, base: u32, old_base: Option<u32>) -> Results {
     let app = connect(&e.url("app_user")).await;
     let support = connect(&e.url("support_user")).await;
     let plain = connect(&e.url("plain_user")).await;
-    let id = base as i32 + 1;
-    let email = format!("w{base}@example.com");
-    let phone = format!("+1 555 {base:06}");
-    let ssn = format!("{base}-11-1111");
+    let FirstRow {
+        id,
+        email,
+        phone,
+        ssn,
+    } = first_row(base);
+    let id = id as i32;
     let mut out = Results::new();
-    let mut put = |name: &str, r: Result<(), String>| {
-        out.insert(name.into(), r.err().unwrap_or_else(|| "ok".into()));
-    };
     let err = |e: tokio_postgres::Error| error_text(&e);
-    let expect = |ok: bool, what: String| if ok { Ok(()) } else { Err(what) };
 
-    put(
+    record(
+        &mut out,
         "write",
         app.execute(
             "INSERT INTO customers (id, email, phone, ssn, salary) VALUES ($1, $2, $3, $4, $5)",
@@ -172,18 +203,18 @@ async fn tokio_postgres_row(e: &Env, base: u32, old_base: Option<u32>) -> Result
                 .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
                 .collect();
             let want = vec![(email.clone(), phone.clone(), ssn.clone(), 5000)];
-            expect(got == want, format!("{got:?}"))
+            check(got == want, format!("{got:?}"))
         });
-    put("read", read);
+    record(&mut out, "read", read);
     let lookup = app
         .query("SELECT id FROM customers WHERE email = $1", &[&email])
         .await
         .map_err(err)
         .and_then(|rows| {
             let got: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
-            expect(got == [id], format!("{got:?}"))
+            check(got == [id], format!("{got:?}"))
         });
-    put("lookup", lookup);
+    record(&mut out, "lookup", lookup);
     let update = async {
         app.execute(
             "UPDATE customers SET salary = $1 WHERE email = $2",
@@ -196,10 +227,10 @@ async fn tokio_postgres_row(e: &Env, base: u32, old_base: Option<u32>) -> Result
             .await
             .map_err(err)?
             .get(0);
-        expect(got == 6000, format!("salary after update: {got}"))
+        check(got == 6000, format!("salary after update: {got}"))
     }
     .await;
-    put("update", update);
+    record(&mut out, "update", update);
     let masked = support
         .query("SELECT phone FROM customers WHERE id = $1", &[&id])
         .await
@@ -208,9 +239,9 @@ async fn tokio_postgres_row(e: &Env, base: u32, old_base: Option<u32>) -> Result
             let got: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
             let ok =
                 got.len() == 1 && got[0] != phone && got[0].ends_with(&phone[phone.len() - 4..]);
-            expect(ok, format!("support read {got:?}"))
+            check(ok, format!("support read {got:?}"))
         });
-    put("masked", masked);
+    record(&mut out, "masked", masked);
     let refusal = match plain
         .query("SELECT email FROM customers WHERE id = $1", &[&id])
         .await
@@ -218,13 +249,13 @@ async fn tokio_postgres_row(e: &Env, base: u32, old_base: Option<u32>) -> Result
         Ok(rows) => Err(format!("not refused: {} rows", rows.len())),
         Err(e) => {
             let text = error_text(&e);
-            expect(
+            check(
                 e.code().map(|c| c.code()) == Some("42501") && text.contains("pgcloak:"),
                 text,
             )
         }
     };
-    put("refusal", refusal);
+    record(&mut out, "refusal", refusal);
     let repeat = async {
         let st = app
             .prepare("SELECT email, salary FROM customers WHERE email = $1")
@@ -240,7 +271,7 @@ async fn tokio_postgres_row(e: &Env, base: u32, old_base: Option<u32>) -> Result
         Ok(())
     }
     .await;
-    put("repeat10", repeat);
+    record(&mut out, "repeat10", repeat);
     let batch = async {
         let st = app
             .prepare("INSERT INTO customers (id, email, salary) VALUES ($1, $2, $3)")
@@ -271,10 +302,10 @@ async fn tokio_postgres_row(e: &Env, base: u32, old_base: Option<u32>) -> Result
             .await
             .map_err(err)?;
         let got: Vec<(i32, i32)> = got.iter().map(|r| (r.get(0), r.get(1))).collect();
-        expect(got == [(base as i32 + 107, 700)], format!("{got:?}"))
+        check(got == [(base as i32 + 107, 700)], format!("{got:?}"))
     }
     .await;
-    put("batch", batch);
+    record(&mut out, "batch", batch);
     let copy = async {
         use futures_util::SinkExt;
         let sink = app
@@ -302,13 +333,13 @@ async fn tokio_postgres_row(e: &Env, base: u32, old_base: Option<u32>) -> Result
             .await
             .map_err(err)?;
         let got: Vec<(String, i32)> = got.iter().map(|r| (r.get(0), r.get(1))).collect();
-        expect(
+        check(
             n == 5 && got == [(format!("c{}@example.com", base + 3), 30)],
             format!("{n} {got:?}"),
         )
     }
     .await;
-    put("copy", copy);
+    record(&mut out, "copy", copy);
     let cancel = async {
         let token = app.cancel_token();
         let canceller = tokio::spawn(async move {
@@ -319,20 +350,17 @@ async fn tokio_postgres_row(e: &Env, base: u32, old_base: Option<u32>) -> Result
         canceller.await.unwrap().map_err(err)?;
         match r {
             Ok(_) => Err("not cancelled".to_string()),
-            Err(e) => expect(e.code().map(|c| c.code()) == Some("57014"), error_text(&e)),
+            Err(e) => check(e.code().map(|c| c.code()) == Some("57014"), error_text(&e)),
         }
     }
     .await;
-    put("cancel", cancel);
+    record(&mut out, "cancel", cancel);
     let rotated = async {
         let Some(ob) = old_base else {
             return Err("n/a".to_string());
         };
-        let (old_id, old_email, old_phone) = (
-            ob as i32 + 1,
-            format!("w{ob}@example.com"),
-            format!("+1 555 {ob:06}"),
-        );
+        let old = first_row(ob);
+        let (old_id, old_email, old_phone) = (old.id as i32, old.email, old.phone);
         let st = app
             .prepare("SELECT id, email FROM customers WHERE email = $1")
             .await
@@ -352,10 +380,10 @@ async fn tokio_postgres_row(e: &Env, base: u32, old_base: Option<u32>) -> Result
             .await
             .map_err(err)?;
         let got: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
-        expect(got == [old_id], format!("phone lookup: {got:?}"))
+        check(got == [old_id], format!("phone lookup: {got:?}"))
     }
     .await;
-    put("rotated", rotated);
+    record(&mut out, "rotated", rotated);
     out
 }
 
@@ -378,11 +406,7 @@ async fn sqlx_row(e: &Env, base: u32, old_base: Option<u32>) -> Results {
         Some(db) => format!("{}: {}", db.code().unwrap_or_default(), db.message()),
         None => e.to_string(),
     };
-    let expect = |ok: bool, what: String| if ok { Ok(()) } else { Err(what) };
     let mut out = Results::new();
-    let mut put = |name: &str, r: Result<(), String>| {
-        out.insert(name.into(), r.err().unwrap_or_else(|| "ok".into()));
-    };
     let (mut app, mut support, mut plain) = match (
         connect("app_user", "app-pw").await,
         connect("support_user", "support-pw").await,
@@ -402,10 +426,13 @@ async fn sqlx_row(e: &Env, base: u32, old_base: Option<u32>) -> Results {
                 .collect();
         }
     };
-    let id = base as i32 + 1;
-    let email = format!("w{base}@example.com");
-    let phone = format!("+1 555 {base:06}");
-    let ssn = format!("{base}-11-1111");
+    let FirstRow {
+        id,
+        email,
+        phone,
+        ssn,
+    } = first_row(base);
+    let id = id as i32;
     let write = sqlx::query(
         "INSERT INTO customers (id, email, phone, ssn, salary) VALUES ($1, $2, $3, $4, $5)",
     )
@@ -416,17 +443,18 @@ async fn sqlx_row(e: &Env, base: u32, old_base: Option<u32>) -> Results {
     .bind(5000i32)
     .execute(&mut app)
     .await;
-    put("write", write.map(drop).map_err(err));
+    record(&mut out, "write", write.map(drop).map_err(err));
     let read: Result<Vec<(String, String, String, i32)>, _> =
         sqlx::query_as("SELECT email, phone, ssn, salary FROM customers WHERE id = $1")
             .bind(id)
             .fetch_all(&mut app)
             .await;
-    put(
+    record(
+        &mut out,
         "read",
         read.map_err(err).and_then(|got| {
             let want = vec![(email.clone(), phone.clone(), ssn.clone(), 5000)];
-            expect(got == want, format!("{got:?}"))
+            check(got == want, format!("{got:?}"))
         }),
     );
     let lookup: Result<Vec<(i32,)>, _> =
@@ -434,11 +462,12 @@ async fn sqlx_row(e: &Env, base: u32, old_base: Option<u32>) -> Results {
             .bind(&email)
             .fetch_all(&mut app)
             .await;
-    put(
+    record(
+        &mut out,
         "lookup",
         lookup
             .map_err(err)
-            .and_then(|got| expect(got == [(id,)], format!("{got:?}"))),
+            .and_then(|got| check(got == [(id,)], format!("{got:?}"))),
     );
     let update = async {
         sqlx::query("UPDATE customers SET salary = $1 WHERE email = $2")
@@ -452,35 +481,37 @@ async fn sqlx_row(e: &Env, base: u32, old_base: Option<u32>) -> Results {
             .fetch_one(&mut app)
             .await
             .map_err(err)?;
-        expect(got == 6000, format!("salary after update: {got}"))
+        check(got == 6000, format!("salary after update: {got}"))
     }
     .await;
-    put("update", update);
+    record(&mut out, "update", update);
     let masked: Result<Vec<(String,)>, _> =
         sqlx::query_as("SELECT phone FROM customers WHERE id = $1")
             .bind(id)
             .fetch_all(&mut support)
             .await;
-    put(
+    record(
+        &mut out,
         "masked",
         masked.map_err(err).and_then(|got| {
             let ok = got.len() == 1
                 && got[0].0 != phone
                 && got[0].0.ends_with(&phone[phone.len() - 4..]);
-            expect(ok, format!("support read {got:?}"))
+            check(ok, format!("support read {got:?}"))
         }),
     );
     let refusal = sqlx::query("SELECT email FROM customers WHERE id = $1")
         .bind(id)
         .fetch_all(&mut plain)
         .await;
-    put(
+    record(
+        &mut out,
         "refusal",
         match refusal {
             Ok(rows) => Err(format!("not refused: {} rows", rows.len())),
             Err(e) => {
                 let text = err(e);
-                expect(text.starts_with("42501") && text.contains("pgcloak:"), text)
+                check(text.starts_with("42501") && text.contains("pgcloak:"), text)
             }
         },
     );
@@ -499,7 +530,7 @@ async fn sqlx_row(e: &Env, base: u32, old_base: Option<u32>) -> Results {
         Ok(())
     }
     .await;
-    put("repeat10", repeat);
+    record(&mut out, "repeat10", repeat);
     let batch = async {
         let mut qb = sqlx::QueryBuilder::new("INSERT INTO customers (id, email, salary) ");
         qb.push_values(0..20i32, |mut b, i| {
@@ -514,10 +545,10 @@ async fn sqlx_row(e: &Env, base: u32, old_base: Option<u32>) -> Results {
                 .fetch_all(&mut app)
                 .await
                 .map_err(err)?;
-        expect(got == [(base as i32 + 107, 700)], format!("{got:?}"))
+        check(got == [(base as i32 + 107, 700)], format!("{got:?}"))
     }
     .await;
-    put("batch", batch);
+    record(&mut out, "batch", batch);
     let copy = async {
         let mut cp = app
             .copy_in_raw("COPY customers (id, email, salary) FROM STDIN")
@@ -541,20 +572,21 @@ async fn sqlx_row(e: &Env, base: u32, old_base: Option<u32>) -> Results {
                 .fetch_all(&mut app)
                 .await
                 .map_err(err)?;
-        expect(
+        check(
             n == 5 && got == [(format!("c{}@example.com", base + 3), 30)],
             format!("{n} {got:?}"),
         )
     }
     .await;
-    put("copy", copy);
+    record(&mut out, "copy", copy);
     // sqlx has no API to cancel a running query.
-    put("cancel", Err("n/a".into()));
+    record(&mut out, "cancel", Err("n/a".into()));
     let rotated = async {
         let Some(ob) = old_base else {
             return Err("n/a".to_string());
         };
-        let (old_id, old_email) = (ob as i32 + 1, format!("w{ob}@example.com"));
+        let old = first_row(ob);
+        let (old_id, old_email) = (old.id as i32, old.email);
         for i in 0..3 {
             let got: Vec<(i32, String)> =
                 sqlx::query_as("SELECT id, email FROM customers WHERE email = $1")
@@ -570,22 +602,26 @@ async fn sqlx_row(e: &Env, base: u32, old_base: Option<u32>) -> Results {
             }
         }
         let got: Vec<(i32,)> = sqlx::query_as("SELECT id FROM customers WHERE phone = $1")
-            .bind(format!("+1 555 {ob:06}"))
+            .bind(old.phone)
             .fetch_all(&mut app)
             .await
             .map_err(err)?;
-        expect(got == [(old_id,)], format!("phone lookup: {got:?}"))
+        check(got == [(old_id,)], format!("phone lookup: {got:?}"))
     }
     .await;
-    put("rotated", rotated);
+    record(&mut out, "rotated", rotated);
     out
 }
 
 /// libpq through its two everyday tools: psql (simple protocol, literals, `\copy`, cancel on SIGINT)
 /// and pgbench (`-M prepared`: Parse once, then Bind + Describe + Execute per execution).
 fn libpq_row(e: &Env, base: u32, old_base: Option<u32>) -> Results {
-    let (id, email) = (base + 1, format!("w{base}@example.com"));
-    let (phone, ssn) = (format!("+1 555 {base:06}"), format!("{base}-11-1111"));
+    let FirstRow {
+        id,
+        email,
+        phone,
+        ssn,
+    } = first_row(base);
     let sql = |user: &str, sql: &str| -> Result<String, String> {
         let (ok, out, err) = psql(&e.url(user), &["-v", "VERBOSITY=verbose", "-c", sql]);
         if ok {
@@ -600,10 +636,8 @@ fn libpq_row(e: &Env, base: u32, old_base: Option<u32>) -> Results {
         Err(e) => Err(e),
     };
     let mut out = Results::new();
-    let mut put = |name: &str, r: Result<(), String>| {
-        out.insert(name.into(), r.err().unwrap_or_else(|| "ok".into()));
-    };
-    put(
+    record(
+        &mut out,
         "write",
         sql(
             "app_user",
@@ -614,7 +648,8 @@ fn libpq_row(e: &Env, base: u32, old_base: Option<u32>) -> Results {
         )
         .map(drop),
     );
-    put(
+    record(
+        &mut out,
         "read",
         expect(
             sql(
@@ -625,7 +660,11 @@ fn libpq_row(e: &Env, base: u32, old_base: Option<u32>) -> Results {
         ),
     );
     let lookup = format!("SELECT id FROM customers WHERE email = '{email}'");
-    put("lookup", expect(sql("app_user", &lookup), &id.to_string()));
+    record(
+        &mut out,
+        "lookup",
+        expect(sql("app_user", &lookup), &id.to_string()),
+    );
     let update = sql(
         "app_user",
         &format!("UPDATE customers SET salary = 6000 WHERE email = '{email}'"),
@@ -639,7 +678,7 @@ fn libpq_row(e: &Env, base: u32, old_base: Option<u32>) -> Results {
             "6000",
         )
     });
-    put("update", update);
+    record(&mut out, "update", update);
     let masked = sql(
         "support_user",
         &format!("SELECT phone FROM customers WHERE id = {id}"),
@@ -651,7 +690,7 @@ fn libpq_row(e: &Env, base: u32, old_base: Option<u32>) -> Results {
             Err(format!("support read {v:?}"))
         }
     });
-    put("masked", masked);
+    record(&mut out, "masked", masked);
     let refusal = match sql(
         "plain_user",
         &format!("SELECT email FROM customers WHERE id = {id}"),
@@ -660,7 +699,7 @@ fn libpq_row(e: &Env, base: u32, old_base: Option<u32>) -> Results {
         Err(e) if e.contains("42501") && e.contains("pgcloak:") => Ok(()),
         Err(e) => Err(e),
     };
-    put("refusal", refusal);
+    record(&mut out, "refusal", refusal);
 
     // pgbench -M prepared: ten executions of one prepared statement, each checked by the script.
     let script = e.proxy.dir.path().join(format!("repeat-{base}.sql"));
@@ -694,7 +733,7 @@ fn libpq_row(e: &Env, base: u32, old_base: Option<u32>) -> Results {
                 .join(" / "))
         }
     };
-    put("repeat10", pgbench(&email));
+    record(&mut out, "repeat10", pgbench(&email));
     let values: Vec<String> = (0..20)
         .map(|i| {
             format!(
@@ -724,7 +763,7 @@ fn libpq_row(e: &Env, base: u32, old_base: Option<u32>) -> Results {
             &format!("{}|700", base + 107),
         )
     });
-    put("batch", batch);
+    record(&mut out, "batch", batch);
     let copy = (|| {
         let mut child = Command::new("psql")
             .arg(e.url("app_user"))
@@ -765,7 +804,7 @@ fn libpq_row(e: &Env, base: u32, old_base: Option<u32>) -> Results {
             &format!("c{}@example.com|30", base + 3),
         )
     })();
-    put("copy", copy);
+    record(&mut out, "copy", copy);
     // psql sends a CancelRequest on SIGINT.
     let cancel = (|| {
         let child = Command::new("psql")
@@ -788,11 +827,15 @@ fn libpq_row(e: &Env, base: u32, old_base: Option<u32>) -> Results {
             Err(format!("not cancelled: {err}"))
         }
     })();
-    put("cancel", cancel);
+    record(&mut out, "cancel", cancel);
     let rotated = match old_base {
         None => Err("n/a".to_string()),
         Some(ob) => {
-            let (old_email, old_phone) = (format!("w{ob}@example.com"), format!("+1 555 {ob:06}"));
+            let FirstRow {
+                email: old_email,
+                phone: old_phone,
+                ..
+            } = first_row(ob);
             expect(
                 sql(
                     "app_user",
@@ -812,7 +855,7 @@ fn libpq_row(e: &Env, base: u32, old_base: Option<u32>) -> Results {
             .and_then(|_| pgbench(&old_email).map_err(|e| format!("old row, prepared: {e}")))
         }
     };
-    put("rotated", rotated);
+    record(&mut out, "rotated", rotated);
     out
 }
 
