@@ -680,18 +680,24 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    /// A fresh loop on its own thread, with the runtime it serves (keep it alive as long as the loop).
+    fn test_loop(name: &str) -> (tokio::runtime::Runtime, Handle) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let lp = start(name.into(), rt.handle().clone()).unwrap();
+        (rt, lp)
+    }
+
     /// Runs `f` as a task on a fresh loop and returns what it sends back.
     fn on_loop<T: Send + 'static, F, Fut>(f: F) -> T
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = T> + 'static,
     {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let lp = start("test-loop".into(), rt.handle().clone()).unwrap();
+        let (_rt, lp) = test_loop("test-loop");
         let (tx, rx) = std::sync::mpsc::channel();
         lp.submit(Box::new(move || {
             spawn(async move {
@@ -712,12 +718,7 @@ mod tests {
     fn a_panicking_task_ends_alone_and_the_loop_keeps_serving() {
         use std::sync::mpsc;
         use std::time::Duration;
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let lp = start("panic-loop".into(), rt.handle().clone()).unwrap();
+        let (_rt, lp) = test_loop("panic-loop");
         let (events, seen) = mpsc::channel::<String>();
         let (go_b, b_waits) = tokio::sync::oneshot::channel::<()>();
         let (go_a, a_waits) = tokio::sync::oneshot::channel::<()>();
@@ -853,12 +854,7 @@ mod tests {
     fn closing_the_loop_closes_its_sessions_sockets() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let lp = start("test-loop".into(), rt.handle().clone()).unwrap();
+        let (_rt, lp) = test_loop("test-loop");
         lp.submit(Box::new(move || {
             spawn(async move {
                 let mut c = Conn::new(std::net::TcpStream::connect(addr).unwrap()).unwrap();

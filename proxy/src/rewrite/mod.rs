@@ -83,8 +83,8 @@ pub use literal::{
     rewrite_equality_literal, rewrite_in_list_literal, Edit, InElement, InList, LiteralError,
 };
 pub use params::{
-    parse_parameter_description, rewrite_bind, rewrite_parameter_description,
-    rewrite_parse_param_types, BindParam,
+    encode_parameter_description, parse_parameter_description, present_parameter_types,
+    rewrite_bind, rewrite_parameter_description, rewrite_parse_param_types, BindParam,
 };
 pub use rows::{
     actions_for, rewrite_data_row, rewrite_row_description, ColumnAction, RowCtx, RowShape,

@@ -295,6 +295,12 @@ pub fn parse_parameter_description(body: &[u8]) -> Result<Vec<u32>> {
 /// new ParameterDescription frame. Listed parameters beyond the description are ignored.
 pub fn rewrite_parameter_description(body: &[u8], params: &[(u32, LogicalType)]) -> Result<Bytes> {
     let mut oids = parse_parameter_description(body)?;
+    present_parameter_types(&mut oids, params);
+    encode_parameter_description(&oids)
+}
+
+/// [`rewrite_parameter_description`] on parsed oids.
+pub fn present_parameter_types(oids: &mut [u32], params: &[(u32, LogicalType)]) {
     for &(param, ty) in params {
         let Some(idx) = usize::try_from(param).ok().and_then(|p| p.checked_sub(1)) else {
             continue;
@@ -307,6 +313,10 @@ pub fn rewrite_parameter_description(body: &[u8], params: &[(u32, LogicalType)])
             };
         }
     }
+}
+
+/// A ParameterDescription frame of `oids`.
+pub fn encode_parameter_description(oids: &[u32]) -> Result<Bytes> {
     let mut out = Vec::with_capacity(2 + oids.len() * 4);
     out.extend_from_slice(&(oids.len() as i16).to_be_bytes());
     for o in oids {

@@ -470,12 +470,8 @@ pub fn rewrite_parameter_description(
     let any = stmt.any_params.get().map(Vec::as_slice).unwrap_or(&[]);
     let (scalars_as_arrays, rest): (Vec<_>, Vec<_>) =
         params.into_iter().partition(|(n, _)| any.contains(n));
-    let out = rewrite::rewrite_parameter_description(body, &rest)?;
-    let declared = stmt.param_types.get().map(Vec::as_slice).unwrap_or(&[]);
-    if scalars_as_arrays.is_empty() && declared.iter().all(|&t| t == 0) {
-        return Ok(Some(out));
-    }
-    let mut oids = rewrite::parse_parameter_description(&out[5..])?;
+    let mut oids = rewrite::parse_parameter_description(body)?;
+    rewrite::present_parameter_types(&mut oids, &rest);
     for (n, ty) in scalars_as_arrays {
         if let Some(slot) = oids.get_mut(n as usize - 1) {
             *slot = ty.oid();
@@ -483,17 +479,13 @@ pub fn rewrite_parameter_description(
     }
     // As PostgreSQL does, a parameter whose type the client declared in Parse is described with that
     // type (pgJDBC declares varchar for strings and refuses a description that changes it).
+    let declared = stmt.param_types.get().map(Vec::as_slice).unwrap_or(&[]);
     for (slot, &t) in oids.iter_mut().zip(declared) {
         if t != 0 {
             *slot = t;
         }
     }
-    let mut body = Vec::with_capacity(2 + 4 * oids.len());
-    body.extend_from_slice(&(oids.len() as i16).to_be_bytes());
-    for o in oids {
-        body.extend_from_slice(&o.to_be_bytes());
-    }
-    Ok(Some(messages::frame(b't', &body)))
+    rewrite::encode_parameter_description(&oids).map(Some)
 }
 
 /// The action for each result column: what the plan says, overridden by what the server says the
