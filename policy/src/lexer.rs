@@ -46,6 +46,8 @@ pub struct StatementSpan {
     pub literals: Range<usize>,
     /// Indices into [`Lexed::identifiers`] of this statement's words.
     pub identifiers: Range<usize>,
+    /// Indices into [`Lexed::params`] of this statement's `$n` tokens.
+    pub params: Range<usize>,
     /// Deepest nesting of `(`, `[` and `CASE` in the statement (analysis refuses very deep statements:
     /// sqlparser's backtracking is exponential in nesting depth on some inputs).
     pub max_nesting: u32,
@@ -81,6 +83,16 @@ pub struct Literal {
     pub kind: LiteralKind,
     /// The `$n` that replaces it in the normalised text.
     pub placeholder: u64,
+}
+
+/// One `$n` token of the original SQL (outside literals, comments and quoted identifiers; not glued to
+/// a word, since `a$1` is one identifier).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamToken {
+    /// Byte range in the original SQL (`$` and digits).
+    pub span: Range<usize>,
+    /// `n` (clamped; PostgreSQL allows at most 65535).
+    pub number: u64,
 }
 
 /// The words a statement names, lower-cased unless quoted, in one buffer (no allocation per word).
@@ -156,6 +168,9 @@ pub struct Lexed {
     pub fingerprint: u64,
     pub statements: Vec<StatementSpan>,
     pub literals: Vec<Literal>,
+    /// Every `$n` token, in text order: where the analysis's per-occurrence decisions
+    /// ([`crate::plan::Site`]) apply.
+    pub params: Vec<ParamToken>,
     /// Every word outside literals (keywords included): lower-cased unless quoted; quoted ones with
     /// `""` and `U&` escapes decoded. Words inside dollar-quoted bodies, and inside strings of
     /// `DO`/`CREATE FUNCTION`/`CREATE PROCEDURE` statements, are added too (lower-cased), so
@@ -480,6 +495,10 @@ pub fn lex(sql: &str) -> Lexed {
                         j += 1;
                     }
                     max_param = max_param.max(num);
+                    out.params.push(ParamToken {
+                        span: s..j,
+                        number: num,
+                    });
                     push_text!(s, j);
                     i = j;
                 } else if let Some(tag_end) = dollar_tag(bytes, i) {
@@ -687,6 +706,10 @@ pub fn lex(sql: &str) -> Lexed {
             kind,
             literals: state.first_literal..lit_end.max(state.first_literal),
             identifiers: state.first_ident..ident_end.max(state.first_ident),
+            params: {
+                let before = |at: usize| out.params.partition_point(|p| p.span.start < at);
+                before(state.start)..before(end)
+            },
             max_nesting: u32::try_from(state.max_nesting).unwrap_or(u32::MAX),
             refers_to_prior,
         });

@@ -85,7 +85,7 @@ pub use catalog::Catalog;
 pub use check::{check, check_text, Problem, StorageTypes};
 pub use error::{PolicyError, PolicyIssue};
 pub use lexer::{
-    lex, names_any, Idents, Lexed, Literal, LiteralKind, StatementKind, StatementSpan,
+    lex, names_any, Idents, Lexed, Literal, LiteralKind, ParamToken, StatementKind, StatementSpan,
 };
 pub use mask::{apply_mask, Mask, MaskedValue};
 pub use model::{
@@ -93,6 +93,7 @@ pub use model::{
 };
 pub use plan::{
     ColumnKey, ColumnTouch, CopyColumn, CopyDirection, CopyEndpoint, CopyFormat, CopyInfo,
-    CursorUse, Decision, Encrypt, ExecuteArg, ExecuteInfo, Output, OutputAction, Plan,
-    SessionEffect, Source, StatementPlan, TouchAccess, ValueRef,
+    CursorUse, Decision, Encrypt, ExecuteArg, ExecuteInfo, InList, ListElement, Output,
+    OutputAction, Plan, SessionEffect, Site, SiteRole, Source, StatementPlan, TouchAccess,
+    ValueRef,
 };

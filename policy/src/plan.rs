@@ -33,6 +33,54 @@ pub struct Encrypt {
     /// The value is stored (INSERT, UPDATE SET, ON CONFLICT), not compared: PostgreSQL's assignment
     /// casts apply (a number with a fraction into an integer column is rounded).
     pub assignment: bool,
+    /// Where the value occurs and what the statement does with it there (a literal occurs once, a
+    /// parameter as often as it is written). The proxy rewrites by these, never by reading the SQL
+    /// around the value again.
+    pub sites: Vec<Site>,
+}
+
+/// One occurrence of a value to encrypt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Site {
+    /// For a parameter, the index of its `$n` token among the statement's parameter tokens
+    /// ([`crate::StatementSpan::params`]); 0 for a literal.
+    pub token: u32,
+    pub role: SiteRole,
+}
+
+/// What the statement does with a value at one [`Site`]: decides how the proxy may write it when the
+/// column's key has several versions (a comparison can match every version's ciphertext; a stored value
+/// is always the active version's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SiteRole {
+    /// Stored: INSERT values, UPDATE SET, ON CONFLICT DO UPDATE SET.
+    Stored,
+    /// The right operand of `col = v` (`negated`: `col <> v`, `col != v`), nothing around the value but
+    /// casts: the proxy may write `col = ANY (every version)` (`<> ALL`) in the value's place.
+    Compared { negated: bool },
+    /// An element of [`StatementPlan::in_lists`]`[list]`.
+    Listed { list: u32 },
+    /// Anything else (the left operand, `CASE x WHEN v`, `IS DISTINCT FROM`, an array element, an
+    /// EXECUTE argument): the active version only.
+    Other,
+}
+
+/// `col [NOT] IN (e1, ..., ek)` with `col` encrypted: the list's elements as the analysis read them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InList {
+    pub negated: bool,
+    pub elements: Vec<ListElement>,
+}
+
+/// One element of an [`InList`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListElement {
+    /// A literal or parameter (possibly cast), at `token` as in [`Site::token`].
+    Value { value: ValueRef, token: u32 },
+    /// `NULL` (possibly cast).
+    Null,
+    /// Anything else: the list cannot be rewritten as one array comparison.
+    Other,
 }
 
 /// Allow or refuse a statement.
@@ -221,7 +269,8 @@ pub struct ExecuteInfo {
 /// One argument of `EXECUTE`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExecuteArg {
-    Value(ValueRef),
+    /// A literal or parameter, with its [`Site::token`].
+    Value(ValueRef, u32),
     Null,
     /// A computed argument: fine unless the prepared statement needs it encrypted.
     Expression,
@@ -248,6 +297,8 @@ pub struct StatementPlan {
     /// Protected columns touched and how, sorted.
     pub columns: Vec<ColumnTouch>,
     pub encryptions: Vec<Encrypt>,
+    /// The `IN` lists of encrypted columns, referenced by [`SiteRole::Listed`].
+    pub in_lists: Vec<InList>,
     /// Result columns in order. Empty when the statement returns no rows, or returns nothing protected
     /// at a position that could be determined (then everything passes through).
     pub outputs: Vec<Output>,
@@ -271,6 +322,7 @@ impl StatementPlan {
             tables: Vec::new(),
             columns: Vec::new(),
             encryptions: Vec::new(),
+            in_lists: Vec::new(),
             outputs: Vec::new(),
             max_rows: None,
             copy: None,
@@ -336,8 +388,14 @@ impl StatementPlan {
                         .and_then(|n| n.checked_sub(1))
                         .and_then(|i| exec.args.get(i));
                     match arg {
-                        Some(ExecuteArg::Value(v)) => encryptions.push(Encrypt {
+                        // The PREPARE text was rewritten when it was prepared; here the value is an
+                        // argument of EXECUTE, compared or stored by the prepared statement.
+                        Some(ExecuteArg::Value(v, token)) => encryptions.push(Encrypt {
                             target: *v,
+                            sites: vec![Site {
+                                token: *token,
+                                role: SiteRole::Other,
+                            }],
                             ..e.clone()
                         }),
                         Some(ExecuteArg::Null) => {}
@@ -358,6 +416,7 @@ impl StatementPlan {
             }
         }
         out.encryptions = encryptions;
+        out.in_lists = Vec::new();
         out
     }
 

@@ -8,15 +8,15 @@ use sqlparser::ast::{
 
 use super::scope::{name_parts, Resolved, Scope};
 use super::{Analyzer, ColId, Fail, Lin, SessionEffect, Use, R};
-use crate::plan::ValueRef;
+use crate::plan::{InList, ListElement, SiteRole, ValueRef};
 
 /// What an expression is, as far as the policy is concerned.
 #[derive(Debug, Clone)]
 pub(crate) enum Val {
     /// Exactly the value of a protected column (use rules not applied yet).
     Col(ColId),
-    /// A literal or parameter the proxy can encrypt.
-    Lit(ValueRef),
+    /// A literal or parameter the proxy can encrypt, at a token ([`crate::plan::Site::token`]).
+    Lit(ValueRef, u32),
     /// A literal whose position could not be matched to the lexer's (cannot be encrypted).
     UnmappedLit,
     Null,
@@ -37,9 +37,10 @@ impl Val {
         }
     }
 
-    pub(crate) fn value_ref(&self) -> Option<ValueRef> {
+    /// The literal or parameter, and its token.
+    pub(crate) fn site(&self) -> Option<(ValueRef, u32)> {
         match self {
-            Val::Lit(r) => Some(*r),
+            Val::Lit(r, t) => Some((*r, *t)),
             _ => None,
         }
     }
@@ -58,6 +59,21 @@ fn strip_nested(mut e: &Expr) -> &Expr {
         e = inner;
     }
     e
+}
+
+/// Whether `e` is a literal or parameter with nothing around it but casts (`$1`, `'x'::text`,
+/// `($1)::text`, `CAST($1 AS text)`, `DATE '...'`, `-5`, `NULL::text`): a value the proxy may write
+/// in another form in its place (`ANY (...)`, several list elements).
+fn bare_value(e: &Expr) -> bool {
+    match e {
+        Expr::Value(_) | Expr::TypedString(_) => true,
+        Expr::UnaryOp {
+            op: UnaryOperator::Minus | UnaryOperator::Plus,
+            expr,
+        } => matches!(**expr, Expr::Value(_)),
+        Expr::Cast { expr, .. } => bare_value(strip_nested(expr)),
+        _ => false,
+    }
 }
 
 fn is_eq_op(op: &BinaryOperator) -> bool {
@@ -118,7 +134,7 @@ impl Analyzer<'_> {
 
     fn literal_at(&self, span: &sqlparser::tokenizer::Span) -> Val {
         match self.lits.get(&(span.start.line, span.start.column)) {
-            Some(i) => Val::Lit(ValueRef::Literal(*i)),
+            Some(i) => Val::Lit(ValueRef::Literal(*i), 0),
             None => Val::UnmappedLit,
         }
     }
@@ -231,9 +247,16 @@ impl Analyzer<'_> {
             }
             Expr::Value(v) => Ok(match &v.value {
                 Value::Placeholder(p) => {
-                    match p.strip_prefix('$').and_then(|n| n.parse::<u32>().ok()) {
-                        Some(n) => Val::Lit(ValueRef::Param(n)),
-                        None => return Err(Fail::Unsupported(format!("placeholder {p}"))),
+                    let n = p.strip_prefix('$').and_then(|n| n.parse::<u32>().ok());
+                    let token = self.params.get(&(v.span.start.line, v.span.start.column));
+                    match (n, token) {
+                        (Some(n), Some(t)) => Val::Lit(ValueRef::Param(n), *t),
+                        (None, _) => return Err(Fail::Unsupported(format!("placeholder {p}"))),
+                        (Some(_), None) => {
+                            return Err(Fail::Unsupported(format!(
+                                "parameter {p} could not be located in the statement text"
+                            )))
+                        }
                     }
                 }
                 Value::Null => Val::Null,
@@ -245,7 +268,7 @@ impl Analyzer<'_> {
             Expr::Cast { expr, .. } | Expr::Collate { expr, .. } => {
                 let v = self.eval(expr, sc)?;
                 match v {
-                    Val::Lit(_) | Val::Null | Val::UnmappedLit | Val::Plain => Ok(v),
+                    Val::Lit(..) | Val::Null | Val::UnmappedLit | Val::Plain => Ok(v),
                     other => Ok(Val::Derived(self.consume(other, Use::Compute)?)),
                 }
             }
@@ -260,11 +283,11 @@ impl Analyzer<'_> {
                     // with the literal.
                     (
                         UnaryOperator::Minus | UnaryOperator::Plus,
-                        Val::Lit(ValueRef::Literal(i)),
+                        Val::Lit(ValueRef::Literal(i), _),
                     ) if self.signed_number(expr, *i, op) => Ok(v),
                     // Any other literal under a sign counts as computed (write it as '-5' or a
                     // parameter).
-                    (UnaryOperator::Minus | UnaryOperator::Plus, Val::Lit(_)) => Ok(Val::Plain),
+                    (UnaryOperator::Minus | UnaryOperator::Plus, Val::Lit(..)) => Ok(Val::Plain),
                     _ => Ok(Val::Derived(self.consume(v, Use::Compute)?)),
                 }
             }
@@ -325,7 +348,7 @@ impl Analyzer<'_> {
                     match &op_val {
                         Some(v) => {
                             let c = self.eval(&cw.condition, sc)?;
-                            acc.extend(self.eq_vals(v.clone(), c, false)?);
+                            acc.extend(self.eq_vals(v.clone(), c, false, SiteRole::Other)?);
                         }
                         None => acc.extend(self.predicate(&cw.condition, sc)?),
                     }
@@ -371,7 +394,7 @@ impl Analyzer<'_> {
             Expr::Interval(iv) => {
                 let v = self.eval(&iv.value, sc)?;
                 match v {
-                    Val::Lit(_) | Val::UnmappedLit | Val::Null | Val::Plain => Ok(Val::Plain),
+                    Val::Lit(..) | Val::UnmappedLit | Val::Null | Val::Plain => Ok(Val::Plain),
                     other => Ok(Val::Derived(self.consume(other, Use::Compute)?)),
                 }
             }
@@ -592,7 +615,7 @@ impl Analyzer<'_> {
         if fname == "set_config" {
             self.cacheable = false;
             let setting = match arg_vals.first() {
-                Some(Val::Lit(r)) => self.literal_text(*r),
+                Some(Val::Lit(r, _)) => self.literal_text(*r),
                 _ => None,
             };
             match setting.as_deref() {
@@ -683,8 +706,13 @@ impl Analyzer<'_> {
 
     fn atom(&mut self, e: &Expr, sc: &Scope<'_>) -> R<Vec<ColId>> {
         match e {
-            Expr::BinaryOp { left, op, right } if is_eq_op(op) => self.compare_eq(left, right, sc),
-            Expr::IsDistinctFrom(a, b) | Expr::IsNotDistinctFrom(a, b) => self.compare_eq(a, b, sc),
+            Expr::BinaryOp { left, op, right } if is_eq_op(op) => {
+                let negated = matches!(op, BinaryOperator::NotEq);
+                self.compare_eq(left, right, sc, Some(negated))
+            }
+            Expr::IsDistinctFrom(a, b) | Expr::IsNotDistinctFrom(a, b) => {
+                self.compare_eq(a, b, sc, None)
+            }
             Expr::BinaryOp { left, op, right } if is_range_op(op) => {
                 let a = self.eval(left, sc)?;
                 let b = self.eval(right, sc)?;
@@ -703,15 +731,48 @@ impl Analyzer<'_> {
                 let v = self.eval(x, sc)?;
                 self.consume(v, Use::IsNull)
             }
-            Expr::InList { expr, list, .. } => {
+            Expr::InList {
+                expr,
+                list,
+                negated,
+            } => {
                 let a = self.eval(expr, sc)?;
                 let mut cs = Vec::new();
                 if list.is_empty() {
                     cs.extend(self.consume(a.clone(), Use::Eq)?);
                 }
+                // An encrypted column's list is recorded (reserved first: elements may hold lists of
+                // their own) so the proxy can compare with every key version.
+                let listed = match a {
+                    Val::Col(c) if self.encrypted(c) && !list.is_empty() => {
+                        self.in_lists.push(InList {
+                            negated: *negated,
+                            elements: Vec::new(),
+                        });
+                        u32::try_from(self.in_lists.len() - 1).ok()
+                    }
+                    _ => None,
+                };
+                let mut elements = Vec::with_capacity(list.len());
                 for item in list {
                     let b = self.eval(item, sc)?;
-                    cs.extend(self.eq_vals(a.clone(), b, false)?);
+                    let element = match &b {
+                        Val::Lit(value, token) if bare_value(item) => ListElement::Value {
+                            value: *value,
+                            token: *token,
+                        },
+                        Val::Null if bare_value(item) => ListElement::Null,
+                        _ => ListElement::Other,
+                    };
+                    let role = match (listed, element) {
+                        (Some(list), ListElement::Value { .. }) => SiteRole::Listed { list },
+                        _ => SiteRole::Other,
+                    };
+                    elements.push(element);
+                    cs.extend(self.eq_vals(a.clone(), b, false, role)?);
+                }
+                if let Some(l) = listed.and_then(|l| self.in_lists.get_mut(l as usize)) {
+                    l.elements = elements;
                 }
                 Ok(cs)
             }
@@ -722,14 +783,14 @@ impl Analyzer<'_> {
                     [one] if !one.unknown_width => Val::from_lin(&one.lin),
                     _ => Val::Plain,
                 };
-                self.eq_vals(a, b, false)
+                self.eq_vals(a, b, false, SiteRole::Other)
             }
             Expr::InUnnest {
                 expr, array_expr, ..
             } => {
                 let a = self.eval(expr, sc)?;
                 let b = self.eval(array_expr, sc)?;
-                self.eq_vals(a, b, true)
+                self.eq_vals(a, b, true, SiteRole::Other)
             }
             Expr::AnyOp {
                 left,
@@ -750,7 +811,7 @@ impl Analyzer<'_> {
                             let mut cs = Vec::new();
                             for item in &arr.elem {
                                 let b = self.eval(item, sc)?;
-                                cs.extend(self.eq_vals(a.clone(), b, false)?);
+                                cs.extend(self.eq_vals(a.clone(), b, false, SiteRole::Other)?);
                             }
                             Ok(cs)
                         }
@@ -760,11 +821,11 @@ impl Analyzer<'_> {
                                 [one] if !one.unknown_width => Val::from_lin(&one.lin),
                                 _ => Val::Plain,
                             };
-                            self.eq_vals(a, b, false)
+                            self.eq_vals(a, b, false, SiteRole::Other)
                         }
                         other => {
                             let b = self.eval(other, sc)?;
-                            self.eq_vals(a, b, true)
+                            self.eq_vals(a, b, true, SiteRole::Other)
                         }
                     }
                 } else {
@@ -812,24 +873,41 @@ impl Analyzer<'_> {
         }
     }
 
-    /// `a = b` (also `<>`, IS [NOT] DISTINCT FROM, CASE x WHEN y).
-    pub(crate) fn compare_eq(&mut self, a: &Expr, b: &Expr, sc: &Scope<'_>) -> R<Vec<ColId>> {
+    /// `a = b` (`negated`: `a <> b`; `None`: IS [NOT] DISTINCT FROM, or a row's element).
+    pub(crate) fn compare_eq(
+        &mut self,
+        a: &Expr,
+        b: &Expr,
+        sc: &Scope<'_>,
+        negated: Option<bool>,
+    ) -> R<Vec<ColId>> {
         if let (Expr::Tuple(xs), Expr::Tuple(ys)) = (strip_nested(a), strip_nested(b)) {
             if xs.len() == ys.len() {
                 let mut cs = Vec::new();
                 for (x, y) in xs.iter().zip(ys) {
-                    cs.extend(self.compare_eq(x, y, sc)?);
+                    cs.extend(self.compare_eq(x, y, sc, None)?);
                 }
                 return Ok(cs);
             }
         }
         let va = self.eval(a, sc)?;
         let vb = self.eval(b, sc)?;
-        self.eq_vals(va, vb, false)
+        let role = match negated {
+            Some(negated) if bare_value(b) => SiteRole::Compared { negated },
+            _ => SiteRole::Other,
+        };
+        self.eq_vals(va, vb, false, role)
     }
 
     /// Equality between two evaluated values: encrypts values compared with encrypted columns.
-    pub(crate) fn eq_vals(&mut self, a: Val, b: Val, array: bool) -> R<Vec<ColId>> {
+    /// `right_role`: the role of `b` when it is the value compared with a column `a`.
+    pub(crate) fn eq_vals(
+        &mut self,
+        a: Val,
+        b: Val,
+        array: bool,
+        right_role: SiteRole,
+    ) -> R<Vec<ColId>> {
         match (a, b) {
             (Val::Col(c), Val::Col(d)) => {
                 self.use_col(c, Use::Eq)?;
@@ -843,10 +921,17 @@ impl Analyzer<'_> {
                 }
                 Ok(vec![c, d])
             }
-            (Val::Col(c), Val::Lit(r)) | (Val::Lit(r), Val::Col(c)) => {
+            (Val::Col(c), Val::Lit(r, token)) => {
                 self.use_col(c, Use::Eq)?;
                 if self.encrypted(c) {
-                    self.add_encrypt(r, c, array, false)?;
+                    self.add_encrypt(r, token, c, array, right_role)?;
+                }
+                Ok(vec![c])
+            }
+            (Val::Lit(r, token), Val::Col(c)) => {
+                self.use_col(c, Use::Eq)?;
+                if self.encrypted(c) {
+                    self.add_encrypt(r, token, c, array, SiteRole::Other)?;
                 }
                 Ok(vec![c])
             }

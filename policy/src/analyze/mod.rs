@@ -33,8 +33,8 @@ use crate::catalog::Catalog;
 use crate::lexer::{Lexed, StatementKind};
 use crate::model::{Access, ColumnPolicy, EncryptMode, Policy, RoleRef};
 use crate::plan::{
-    ColumnTouch, Decision, Encrypt, Output, OutputAction, Plan, SessionEffect, Source,
-    StatementPlan, TouchAccess, ValueRef, SQLSTATE_DENY,
+    ColumnTouch, Decision, Encrypt, InList, Output, OutputAction, Plan, SessionEffect, Site,
+    SiteRole, Source, StatementPlan, TouchAccess, ValueRef, SQLSTATE_DENY,
 };
 
 /// sqlparser's recursion limit (nesting of sub-expressions and subqueries).
@@ -68,7 +68,7 @@ pub(crate) struct OutCol {
     /// `*` over a relation whose columns are unknown: stands for any number of columns.
     pub unknown_width: bool,
     /// The column is exactly a literal or parameter (`INSERT ... SELECT $1`): the proxy can encrypt it.
-    pub lit: Option<ValueRef>,
+    pub lit: Option<(ValueRef, u32)>,
 }
 
 /// How a column is used; see the module docs for the rules.
@@ -107,6 +107,15 @@ impl Use {
     }
 }
 
+/// A lexer token whose position the analysis looks up by sqlparser's line and column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Token {
+    /// Index into `Lexed::literals`.
+    Literal(usize),
+    /// Index among the statement's parameter tokens.
+    Param(u32),
+}
+
 /// Why analysis stopped.
 #[derive(Debug, Clone)]
 pub(crate) enum Fail {
@@ -127,6 +136,9 @@ pub(crate) struct Analyzer<'a> {
     pub text: &'a str,
     /// (line, column) of each literal of this statement -> index into `Lexed::literals`.
     pub lits: HashMap<(u64, u64), usize>,
+    /// (line, column) of each `$n` token of this statement -> its index among the statement's
+    /// parameter tokens ([`crate::plan::Site::token`]).
+    pub params: HashMap<(u64, u64), u32>,
     /// Literal index -> byte range in `text`.
     pub lit_text: HashMap<usize, std::ops::Range<usize>>,
     pub depth: usize,
@@ -134,6 +146,7 @@ pub(crate) struct Analyzer<'a> {
     pub touches: BTreeSet<(ColId, TouchAccess)>,
     pub encryptions: Vec<Encrypt>,
     pub enc_targets: HashMap<ValueRef, ColId>,
+    pub in_lists: Vec<InList>,
     pub tables: BTreeSet<String>,
     pub touched_protected_table: bool,
     pub effects: Vec<SessionEffect>,
@@ -304,19 +317,22 @@ impl<'a> Analyzer<'a> {
         Ok(())
     }
 
-    /// Encrypt `r` with column `c`'s key.
+    /// Encrypt `r` (at `token`, see [`Site::token`]) with column `c`'s key; `role`: what the statement
+    /// does with it there.
     pub(crate) fn add_encrypt(
         &mut self,
         r: ValueRef,
+        token: u32,
         c: ColId,
         array: bool,
-        assignment: bool,
+        role: SiteRole,
     ) -> R<()> {
         if let ValueRef::Param(n) = r {
             if n == 0 || n > 65535 {
                 return Err(Fail::Unsupported(format!("parameter ${n} is out of range")));
             }
         }
+        let stored = role == SiteRole::Stored;
         if let Some(prev) = self.enc_targets.get(&r) {
             if *prev != c {
                 let a = self.col_name(*prev);
@@ -324,6 +340,17 @@ impl<'a> Analyzer<'a> {
                 return Err(Fail::Deny(format!(
                     "pgcloak: one value is used with two encrypted columns ({a} and {b}); pass it twice, once for each"
                 )));
+            }
+            if let Some(e) = self.encryptions.iter_mut().find(|e| e.target == r) {
+                // Stored anywhere: PostgreSQL's assignment rules apply, and an array must not carry
+                // other key versions' ciphertexts into the table.
+                e.assignment |= stored;
+                match e.sites.iter_mut().find(|s| s.token == token) {
+                    // One occurrence reached twice in different roles: the safe one.
+                    Some(s) if s.role != role => s.role = SiteRole::Other,
+                    Some(_) => {}
+                    None => e.sites.push(Site { token, role }),
+                }
             }
             return Ok(());
         }
@@ -335,7 +362,8 @@ impl<'a> Analyzer<'a> {
             mode: cp.encrypt,
             logical_type: cp.logical_type,
             array,
-            assignment,
+            assignment: stored,
+            sites: vec![Site { token, role }],
         });
         Ok(())
     }
@@ -599,50 +627,65 @@ fn analyze_one(
         return (plan, false);
     };
 
-    // Map literal positions (sqlparser reports line/column in characters) to lexer literal indices.
+    // Map literal and parameter positions (sqlparser reports line/column in characters) to lexer
+    // literal indices and statement-relative parameter token indices.
     let stmt_start = span.range.start;
     let mut lits = HashMap::new();
+    let mut params = HashMap::new();
     let mut lit_text = HashMap::new();
-    if let Some(global) = lexed.literals.get(span.literals.clone()) {
-        let mut want: Vec<(usize, usize)> = global
-            .iter()
-            .enumerate()
-            .map(|(i, l)| {
-                (
-                    l.span.start.saturating_sub(stmt_start),
-                    span.literals.start + i,
-                )
-            })
-            .collect();
-        want.sort_unstable();
-        let mut wi = 0;
-        let (mut line, mut col) = (1u64, 1u64);
-        for (off, ch) in text.char_indices() {
-            while let Some((w_off, idx)) = want.get(wi).copied() {
-                if w_off < off {
-                    wi += 1;
-                } else if w_off == off {
-                    lits.insert((line, col), idx);
-                    wi += 1;
-                } else {
-                    break;
+    let global = lexed.literals.get(span.literals.clone()).unwrap_or(&[]);
+    let stmt_params = lexed.params.get(span.params.clone()).unwrap_or(&[]);
+    let mut want: Vec<(usize, Token)> = global
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            (
+                l.span.start.saturating_sub(stmt_start),
+                Token::Literal(span.literals.start + i),
+            )
+        })
+        .chain(stmt_params.iter().enumerate().map(|(i, p)| {
+            (
+                p.span.start.saturating_sub(stmt_start),
+                Token::Param(u32::try_from(i).unwrap_or(u32::MAX)),
+            )
+        }))
+        .collect();
+    want.sort_unstable();
+    let mut wi = 0;
+    let (mut line, mut col) = (1u64, 1u64);
+    for (off, ch) in text.char_indices() {
+        while let Some((w_off, token)) = want.get(wi).copied() {
+            if w_off < off {
+                wi += 1;
+            } else if w_off == off {
+                match token {
+                    Token::Literal(idx) => {
+                        lits.insert((line, col), idx);
+                    }
+                    Token::Param(idx) => {
+                        params.insert((line, col), idx);
+                    }
                 }
-            }
-            if wi >= want.len() {
+                wi += 1;
+            } else {
                 break;
             }
-            if ch == '\n' {
-                line += 1;
-                col = 1;
-            } else {
-                col += 1;
-            }
         }
-        for (i, l) in global.iter().enumerate() {
-            let s = l.span.start.saturating_sub(stmt_start);
-            let e = l.span.end.saturating_sub(stmt_start);
-            lit_text.insert(span.literals.start + i, s..e);
+        if wi >= want.len() {
+            break;
         }
+        if ch == '\n' {
+            line += 1;
+            col = 1;
+        } else {
+            col += 1;
+        }
+    }
+    for (i, l) in global.iter().enumerate() {
+        let s = l.span.start.saturating_sub(stmt_start);
+        let e = l.span.end.saturating_sub(stmt_start);
+        lit_text.insert(span.literals.start + i, s..e);
     }
 
     let mut an = Analyzer {
@@ -651,8 +694,10 @@ fn analyze_one(
         catalog,
         text,
         lits,
+        params,
         lit_text,
         depth: 0,
+        in_lists: Vec::new(),
         ctes: Vec::new(),
         touches: BTreeSet::new(),
         encryptions: Vec::new(),
@@ -686,6 +731,7 @@ fn analyze_one(
         plan.copy = None;
     } else {
         plan.encryptions = std::mem::take(&mut an.encryptions);
+        plan.in_lists = std::mem::take(&mut an.in_lists);
     }
     plan.tables = an.tables.iter().cloned().collect();
     let mut cols: Vec<ColumnTouch> = an

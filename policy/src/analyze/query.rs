@@ -10,6 +10,7 @@ use sqlparser::ast::{
 use super::expr::Val;
 use super::scope::{fold, name_parts, Rel, RelCol, Scope, StarList, TableRes};
 use super::{Analyzer, ColId, Fail, Lin, OutCol, Use, R};
+use crate::plan::SiteRole;
 
 fn unknown_out() -> OutCol {
     OutCol {
@@ -517,7 +518,7 @@ impl Analyzer<'_> {
             };
             let l = find(sc.rels.get(..left_count).unwrap_or(&[]));
             let r = find(sc.rels.get(left_count..).unwrap_or(&[]));
-            self.eq_vals(Val::from_lin(&l), Val::from_lin(&r), false)?;
+            self.eq_vals(Val::from_lin(&l), Val::from_lin(&r), false, SiteRole::Other)?;
             let lin = if matches!(l, Lin::None) { r } else { l };
             merged.push(RelCol {
                 name: name.clone(),
@@ -714,7 +715,7 @@ impl Analyzer<'_> {
                         name: label(e),
                         lin: v.to_lin(),
                         unknown_width: false,
-                        lit: v.value_ref(),
+                        lit: v.site(),
                     });
                 }
                 SelectItem::ExprWithAlias { expr, alias } => {
@@ -723,7 +724,7 @@ impl Analyzer<'_> {
                         name: fold(alias),
                         lin: v.to_lin(),
                         unknown_width: false,
-                        lit: v.value_ref(),
+                        lit: v.site(),
                     });
                 }
                 SelectItem::Wildcard(opts) => {

@@ -11,7 +11,7 @@ use super::scope::{fold, name_parts, Rel, Scope, TableRes};
 use super::{Analyzer, ColId, Fail, Lin, OutCol, SessionEffect, Use, R};
 use crate::plan::{
     ColumnKey, CopyColumn, CopyDirection, CopyEndpoint, CopyFormat, CopyInfo, CursorUse,
-    ExecuteArg, ExecuteInfo, OutputAction, StatementPlan,
+    ExecuteArg, ExecuteInfo, OutputAction, SiteRole, StatementPlan,
 };
 
 impl Analyzer<'_> {
@@ -107,7 +107,7 @@ impl Analyzer<'_> {
                 for p in parameters {
                     let v = self.eval(p, &sc)?;
                     args.push(match v {
-                        Val::Lit(r) => ExecuteArg::Value(r),
+                        Val::Lit(r, t) => ExecuteArg::Value(r, t),
                         Val::Null => ExecuteArg::Null,
                         Val::Col(c) => {
                             self.use_col(c, Use::Compute)?;
@@ -448,8 +448,8 @@ impl Analyzer<'_> {
                 for (i, e) in arrays.iter().enumerate() {
                     let v = self.eval(e, &sc)?;
                     match (target_at(i), v) {
-                        (Some(t), Val::Lit(r)) if self.encrypted(t) => {
-                            self.add_encrypt(r, t, true, true)?
+                        (Some(t), Val::Lit(r, token)) if self.encrypted(t) => {
+                            self.add_encrypt(r, token, t, true, SiteRole::Stored)?
                         }
                         (t, v) => self.store_value(t, v)?,
                     }
@@ -479,7 +479,7 @@ impl Analyzer<'_> {
                             break;
                         }
                         let v = match o.lit {
-                            Some(r) => Val::Lit(r),
+                            Some((r, t)) => Val::Lit(r, t),
                             None => Val::from_lin(&o.lin),
                         };
                         self.store_value(target_at(i), v)?;
@@ -608,9 +608,9 @@ impl Analyzer<'_> {
         let enc_t = target.is_some_and(|t| self.encrypted(t));
         let target_name = target.map(|t| self.col_name(t)).unwrap_or_default();
         match v {
-            Val::Lit(r) => {
+            Val::Lit(r, token) => {
                 if let Some(t) = target.filter(|_| enc_t) {
-                    self.add_encrypt(r, t, false, true)?;
+                    self.add_encrypt(r, token, t, false, SiteRole::Stored)?;
                 }
                 Ok(())
             }

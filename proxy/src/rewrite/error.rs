@@ -131,6 +131,15 @@ pub enum RewriteError {
         /// `schema.table.column`.
         column: String,
     },
+    /// The statement text around a value does not read as the analysis found it (an operator, a list
+    /// or a parameter token is not where the plan puts it): refused rather than rewritten on a guess.
+    #[error("pgcloak: the statement text around the value for encrypted column {column} does not read as its analysis found it ({detail}); the statement is refused rather than rewritten on a guess; this is a pgcloak bug, please report the statement's shape")]
+    PlanMismatch {
+        /// `schema.table.column`.
+        column: String,
+        /// What was not where the plan puts it.
+        detail: &'static str,
+    },
     /// A crypto primitive or the system RNG failed.
     #[error("pgcloak: encryption for column {column} failed internally ({detail}); this is a pgcloak bug or a broken system random number generator")]
     Internal {
@@ -156,7 +165,9 @@ impl RewriteError {
             RewriteError::StaleKeyring { .. } | RewriteError::NoKey { .. } => "55000",
             RewriteError::WrongColumnKey { .. } => "42501",
             RewriteError::UnknownStorage { .. } => "42804",
-            RewriteError::Internal { .. } | RewriteError::UnknownRowShape => "XX000",
+            RewriteError::Internal { .. }
+            | RewriteError::PlanMismatch { .. }
+            | RewriteError::UnknownRowShape => "XX000",
         }
     }
 

@@ -1,5 +1,6 @@
 //! SQL literals in simple-protocol statements: their values, the text a ciphertext replaces, and the
-//! splicing of rotation variants into equality comparisons and `IN` lists.
+//! splicing of rotation variants where the plan's [`SiteRole`] allows (the analysis decides what a value
+//! is compared or stored with; this module only checks the text reads that way and splices).
 //!
 //! Assumes `standard_conforming_strings = on` (PostgreSQL's default since 9.1) for plain `'...'`
 //! strings, and UTF-8 as the server encoding; the ciphertext literals written back are correct either
@@ -9,7 +10,7 @@ use std::fmt;
 use std::ops::Range;
 
 use pgcloak_keymgr::LogicalType;
-use pgcloak_policy::{Literal, LiteralKind};
+use pgcloak_policy::{Literal, LiteralKind, SiteRole};
 
 use super::array::encrypt_text_array;
 use super::error::{Result, RewriteError};
@@ -839,9 +840,9 @@ fn type_name_before(b: &[u8], start: usize) -> Option<(usize, TypeName)> {
     })
 }
 
-/// The comparison operator ending right before `pos` (whitespace between): `=` → false (ANY),
-/// `<>`/`!=` → true (ALL), with its start.
-fn comparison_before(b: &[u8], pos: usize) -> Option<(usize, bool)> {
+/// The comparison operator ending right before `pos` (whitespace between): `=` → `Some(false)`,
+/// `<>`/`!=` → `Some(true)`.
+fn operator_before(b: &[u8], pos: usize) -> Option<bool> {
     let e = skip_ws_back(b, pos);
     let is_op = |c: u8| b"+-*/<>=~!@#%^&|`?:".contains(&c);
     let mut s = e;
@@ -849,50 +850,22 @@ fn comparison_before(b: &[u8], pos: usize) -> Option<(usize, bool)> {
         s -= 1;
     }
     match b.get(s..e)? {
-        b"=" => Some((s, false)),
-        b"<>" | b"!=" => Some((s, true)),
+        b"=" => Some(false),
+        b"<>" | b"!=" => Some(true),
         _ => None,
     }
 }
 
-/// The start of the column reference ending right before `pos` (`col`, `t.col`, `"Col"`, `s.t."c"`).
-fn column_ref_before(b: &[u8], pos: usize) -> Option<usize> {
-    let mut i = skip_ws_back(b, pos);
-    let end = i;
-    loop {
-        if i > 0 && b.get(i - 1) == Some(&b'"') {
-            // Quoted identifier: back to its opening quote (doubled quotes inside).
-            let mut j = i - 1;
-            loop {
-                if j == 0 {
-                    return None;
-                }
-                j -= 1;
-                if b.get(j) == Some(&b'"') {
-                    if j > 0 && b.get(j - 1) == Some(&b'"') {
-                        j -= 1;
-                        continue;
-                    }
-                    break;
-                }
-            }
-            i = j;
-        } else {
-            let s = i;
-            while i > 0 && b.get(i - 1).copied().is_some_and(is_ident_char) {
-                i -= 1;
-            }
-            if i == s {
-                return None;
-            }
-        }
-        if i > 0 && b.get(i - 1) == Some(&b'.') {
-            i -= 1;
-            continue;
-        }
-        break;
-    }
-    (i < end).then_some(i)
+/// Whether the text agrees with the plan that the value at `range` is the right operand of `=`
+/// (`negated`: of `<>` or `!=`), so that `ANY (...)` (`ALL (...)`) may stand in its place.
+pub fn compared_at(sql: &str, range: &Range<usize>, negated: bool) -> bool {
+    operator_before(sql.as_bytes(), range.start) == Some(negated)
+}
+
+/// `ANY (inner)`, or `ALL (inner)` for a negated comparison: what replaces a compared value.
+pub fn any_of(negated: bool, inner: &str) -> String {
+    let quantifier = if negated { "ALL" } else { "ANY" };
+    format!("{quantifier} ({inner})")
 }
 
 fn word_before_is(b: &[u8], pos: usize, word: &[u8]) -> bool {
@@ -904,124 +877,17 @@ fn word_before_is(b: &[u8], pos: usize, word: &[u8]) -> bool {
         && (s == 0 || !b.get(s - 1).copied().is_some_and(is_ident_char))
 }
 
-/// For `col = 'x'` (also `col <> 'x'` / `col != 'x'`): looks back from the literal (its
-/// [`replace_range`]) over whitespace for the operator and a column reference, and returns the
-/// replacement of operator and literal: `= ANY (ARRAY[v1, v2])` (or `<> ALL (...)`), with
-/// `::bytea[]` for bytea storage since untyped literals in `ARRAY[]` would be text. `None` when the
-/// literal is not compared that way — an assignment (`SET col = 'x'`, `, col = 'x'`), the literal on
-/// the left, any other operator, fewer than two variants: then the session uses the active version
-/// alone.
-pub fn rewrite_equality_literal(
-    sql: &str,
-    literal_span: Range<usize>,
-    variants: &[String],
-    storage: Storage,
-) -> Option<(Range<usize>, String)> {
-    if variants.len() < 2 {
-        return None;
-    }
-    let b = sql.as_bytes();
-    let (op_start, all) = comparison_before(b, literal_span.start)?;
-    let col_start = column_ref_before(b, op_start)?;
-    // An assignment looks the same as a comparison: `SET col = 'x'`, `SET a = 1, col = 'x'`.
-    let before = skip_ws_back(b, col_start);
-    if before > 0 && b.get(before - 1) == Some(&b',') {
-        return None;
-    }
-    if word_before_is(b, col_start, b"set") {
-        return None;
-    }
-    let mut out = String::with_capacity(variants.iter().map(|v| v.len() + 2).sum::<usize>() + 32);
-    out.push_str(if all {
-        "<> ALL (ARRAY["
-    } else {
-        "= ANY (ARRAY["
-    });
-    out.push_str(&variants.join(", "));
-    out.push(']');
-    if storage == Storage::Bytea {
-        out.push_str("::bytea[]");
-    }
-    out.push(')');
-    Some((op_start..literal_span.end, out))
-}
-
-/// For a literal that is an element of `col IN (...)` / `col NOT IN (...)`: the replacement of the
-/// literal (its [`replace_range`] `range`) with all variants, `'c2', 'c1'`. Looks back through earlier
-/// list elements (literals of `literals`, `$n` parameters, `NULL`) to the `(` and checks `IN` precedes
-/// it, and forward for `,` or `)`; `None` otherwise (a `VALUES (...)` list must not grow).
-pub fn rewrite_in_list_literal(
-    sql: &str,
-    literals: &[Literal],
-    range: Range<usize>,
-    variants: &[String],
-) -> Option<(Range<usize>, String)> {
-    if variants.len() < 2 {
-        return None;
-    }
-    let b = sql.as_bytes();
+/// Whether the value at `range` stands between `(` or `,` and `,` or `)`: an element of a list, where
+/// several values may stand in its place.
+fn list_element_at(b: &[u8], range: &Range<usize>) -> bool {
+    let before = skip_ws_back(b, range.start);
     let after = skip_ws(b, range.end);
-    if !matches!(b.get(after), Some(b',' | b')')) {
-        return None;
-    }
-    let mut pos = range.start;
-    for _ in 0..=literals.len() + 64 {
-        let p = skip_ws_back(b, pos);
-        if p == 0 {
-            return None;
-        }
-        match b.get(p - 1) {
-            Some(b'(') => {
-                return word_before_is(b, p - 1, b"in")
-                    .then(|| (range.clone(), variants.join(", ")));
-            }
-            Some(b',') => {
-                let e = skip_ws_back(b, p - 1);
-                // The previous element: a literal, a parameter or NULL.
-                if let Some(l) = literals.iter().find(|l| l.span.end == e) {
-                    pos = l.span.start;
-                } else if word_before_is(b, e, b"null") {
-                    pos = e - 4;
-                } else {
-                    let mut s = e;
-                    while s > 0 && b.get(s - 1).is_some_and(u8::is_ascii_digit) {
-                        s -= 1;
-                    }
-                    if s < e && s > 0 && b.get(s - 1) == Some(&b'$') {
-                        pos = s - 1;
-                    } else {
-                        return None;
-                    }
-                }
-            }
-            _ => return None,
-        }
-    }
-    None
+    before > 0
+        && matches!(b.get(before - 1), Some(b'(' | b','))
+        && matches!(b.get(after), Some(b',' | b')'))
 }
 
-/// One element of an `IN (...)` list.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum InElement {
-    /// Index into the statement's literals.
-    Literal(usize),
-    /// `$n`.
-    Param(u32),
-    Null,
-}
-
-/// `[NOT] IN (e1, ..., ek)` whose elements are literals, parameters and NULLs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InList {
-    /// From `NOT` (or `IN`) through the closing parenthesis.
-    pub range: Range<usize>,
-    pub negated: bool,
-    pub elements: Vec<InElement>,
-}
-
-/// `e` moved back over `::type` casts ending there (one-word type names, `[]` allowed): ORMs cast
-/// every element (`IN ($1::VARCHAR, $2::VARCHAR)`). The types are checked where the element's value
-/// is rewritten ([`param_range`], [`replace_range`]).
+/// `e` moved back over `::type` casts ending there (one-word type names, `[]` allowed).
 fn casts_before(b: &[u8], mut e: usize) -> usize {
     loop {
         let mut s = e;
@@ -1054,116 +920,71 @@ fn casts_after_unchecked(b: &[u8], mut e: usize) -> usize {
     }
 }
 
-/// The element ending at `e` (exclusive) and where it starts: a literal of `literals`, `$n` or NULL.
-fn in_element_before(b: &[u8], literals: &[Literal], e: usize) -> Option<(usize, InElement)> {
-    let e = casts_before(b, e);
-    if let Some(i) = literals.iter().position(|l| l.span.end == e) {
-        return literals
-            .get(i)
-            .map(|l| (l.span.start, InElement::Literal(i)));
-    }
-    if word_before_is(b, e, b"null") {
-        return Some((e - 4, InElement::Null));
-    }
-    let mut s = e;
-    while s > 0 && b.get(s - 1).is_some_and(u8::is_ascii_digit) {
-        s -= 1;
-    }
-    if s < e && s > 0 && b.get(s - 1) == Some(&b'$') {
-        let n = std::str::from_utf8(b.get(s..e)?).ok()?.parse().ok()?;
-        return Some((s - 1, InElement::Param(n)));
-    }
-    None
+/// One element of an `IN` list as the plan has it ([`pgcloak_policy::ListElement`]), located: a
+/// value at its range (casts included), or `NULL`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListPiece {
+    At(Range<usize>),
+    Null,
 }
 
-/// The element starting at `s` and where it ends (after its casts).
-fn in_element_at(b: &[u8], literals: &[Literal], s: usize) -> Option<(usize, InElement)> {
-    let (e, el) = in_element_bare_at(b, literals, s)?;
-    Some((casts_after_unchecked(b, e), el))
-}
-
-fn in_element_bare_at(b: &[u8], literals: &[Literal], s: usize) -> Option<(usize, InElement)> {
-    if let Some(i) = literals.iter().position(|l| l.span.start == s) {
-        return literals.get(i).map(|l| (l.span.end, InElement::Literal(i)));
-    }
-    let word_end = |from: usize| {
-        let mut e = from;
-        while b.get(e).copied().is_some_and(is_ident_char) {
-            e += 1;
-        }
-        e
-    };
-    if b.get(s..s + 4)
-        .is_some_and(|w| w.eq_ignore_ascii_case(b"null"))
-        && word_end(s) == s + 4
-    {
-        return Some((s + 4, InElement::Null));
-    }
-    if b.get(s) == Some(&b'$') {
-        let mut e = s + 1;
-        while b.get(e).is_some_and(u8::is_ascii_digit) {
-            e += 1;
-        }
-        if e > s + 1 && word_end(e) == e {
-            let n = std::str::from_utf8(b.get(s + 1..e)?).ok()?.parse().ok()?;
-            return Some((e, InElement::Param(n)));
-        }
-    }
-    None
-}
-
-/// The `IN (...)` list that the element spanning `element` belongs to, when every element of it is
-/// a literal, a parameter or NULL; `None` otherwise (a `VALUES (...)` row, a function's arguments,
-/// an element with an expression or a cast).
-pub fn in_list_around(sql: &str, literals: &[Literal], element: Range<usize>) -> Option<InList> {
+/// The range of `[NOT] IN (e1, ..., ek)` whose elements are `pieces` in order (at least one located),
+/// negated as the plan says; `None` when the text does not read that way (then the plan and the text
+/// disagree, and the statement is refused rather than rewritten on a guess).
+pub fn in_list_range(sql: &str, pieces: &[ListPiece], negated: bool) -> Option<Range<usize>> {
     let b = sql.as_bytes();
-    let mut before = Vec::new();
-    let mut pos = element.start;
-    let open = loop {
-        let p = skip_ws_back(b, pos);
-        match b.get(p.checked_sub(1)?)? {
-            b'(' => break p - 1,
-            b',' => {
-                let (s, el) = in_element_before(b, literals, skip_ws_back(b, p - 1))?;
-                before.push(el);
-                pos = s;
-            }
-            _ => return None,
-        }
-        if before.len() > literals.len() + 100_000 {
+    let null_at = |s: usize| {
+        b.get(s..s + 4)
+            .is_some_and(|w| w.eq_ignore_ascii_case(b"null"))
+            && !b.get(s + 4).copied().is_some_and(is_ident_char)
+    };
+    let first = pieces.iter().position(|p| matches!(p, ListPiece::At(_)))?;
+    let ListPiece::At(first_range) = pieces.get(first)? else {
+        return None;
+    };
+    // Back over the NULLs before the first located element, to the `(`.
+    let mut start = first_range.start;
+    for _ in 0..first {
+        let comma = skip_ws_back(b, start);
+        if comma == 0 || b.get(comma - 1) != Some(&b',') {
             return None;
         }
-    };
-    if !word_before_is(b, open, b"in") {
+        let e = casts_before(b, skip_ws_back(b, comma - 1));
+        let s = e.checked_sub(4)?;
+        if !null_at(s) || (s > 0 && b.get(s - 1).copied().is_some_and(is_ident_char)) {
+            return None;
+        }
+        start = s;
+    }
+    let open = skip_ws_back(b, start).checked_sub(1)?;
+    if b.get(open) != Some(&b'(') || !word_before_is(b, open, b"in") {
         return None;
     }
     let in_start = skip_ws_back(b, open) - 2;
-    let (mut end, first) = in_element_at(b, literals, element.start)?;
-    let mut elements: Vec<InElement> = before.into_iter().rev().collect();
-    elements.push(first);
-    let close = loop {
-        let p = skip_ws(b, end);
-        match b.get(p)? {
-            b')' => break p,
-            b',' => {
-                let (e, el) = in_element_at(b, literals, skip_ws(b, p + 1))?;
-                elements.push(el);
-                end = e;
-            }
-            _ => return None,
-        }
-    };
-    let negated = word_before_is(b, in_start, b"not");
-    let start = if negated {
+    if word_before_is(b, in_start, b"not") != negated {
+        return None;
+    }
+    let list_start = if negated {
         skip_ws_back(b, in_start) - 3
     } else {
         in_start
     };
-    Some(InList {
-        range: start..close + 1,
-        negated,
-        elements,
-    })
+    // Forward over the rest, each after a comma.
+    let mut end = first_range.end;
+    for piece in pieces.get(first + 1..)? {
+        let comma = skip_ws(b, end);
+        if b.get(comma) != Some(&b',') {
+            return None;
+        }
+        let s = skip_ws(b, comma + 1);
+        end = match piece {
+            ListPiece::At(r) if r.start == s => r.end,
+            ListPiece::Null if null_at(s) => casts_after_unchecked(b, s + 4),
+            _ => return None,
+        };
+    }
+    let close = skip_ws(b, end);
+    (b.get(close) == Some(&b')')).then_some(list_start..close + 1)
 }
 
 /// One replacement in a SQL string.
@@ -1177,9 +998,10 @@ pub struct Edit {
 
 /// The complete replacement for plan encryption `ValueRef::Literal(index)`: decodes the literal,
 /// encrypts it (each element for `array`), picks the range ([`replace_range`]) and, for a rotated
-/// deterministic column, splices every key version's ciphertext into an equality or `IN` list
-/// ([`rewrite_equality_literal`], [`rewrite_in_list_literal`]; arrays carry the variants as extra
-/// elements). Elsewhere the active version is used.
+/// deterministic column, writes every key version's ciphertext where the plan's `role` allows: a
+/// compared value becomes `ANY (ARRAY[c2, c1])`, an `IN` element the elements `c2, c1` (arrays carry
+/// the variants as extra elements). Elsewhere the active version is used. The text must read as the
+/// plan says ([`RewriteError::PlanMismatch`] otherwise).
 pub fn literal_edit(
     sql: &str,
     literals: &[Literal],
@@ -1187,6 +1009,7 @@ pub fn literal_edit(
     target: &ColumnTarget<'_>,
     array: bool,
     assignment: bool,
+    role: SiteRole,
 ) -> Result<Edit> {
     let col = target.column();
     let lit = literals
@@ -1228,9 +1051,32 @@ pub fn literal_edit(
         let canonical = target.canonical_from_text(value.as_bytes())?;
         if target.has_variants() {
             let variants = sql_literal_variants(target, &canonical)?;
-            rewrite_equality_literal(sql, range.clone(), &variants, target.storage)
-                .or_else(|| rewrite_in_list_literal(sql, literals, range.clone(), &variants))
-                .unwrap_or_else(|| (range, variants.into_iter().next().unwrap_or_default()))
+            let mismatch = |detail| RewriteError::PlanMismatch {
+                column: col.to_string(),
+                detail,
+            };
+            let text = match role {
+                SiteRole::Compared { negated } => {
+                    if !compared_at(sql, &range, negated) {
+                        return Err(mismatch("no comparison operator before the value"));
+                    }
+                    let cast = match target.storage {
+                        Storage::Bytea => "::bytea[]",
+                        Storage::Text => "",
+                    };
+                    any_of(negated, &format!("ARRAY[{}]{cast}", variants.join(", ")))
+                }
+                SiteRole::Listed { .. } => {
+                    if !list_element_at(sql.as_bytes(), &range) {
+                        return Err(mismatch("the value is not an element of a list"));
+                    }
+                    variants.join(", ")
+                }
+                SiteRole::Stored | SiteRole::Other => {
+                    variants.into_iter().next().unwrap_or_default()
+                }
+            };
+            (range, text)
         } else {
             (
                 range,
@@ -1502,104 +1348,100 @@ mod tests {
         }
     }
 
-    fn eq(sql: &str, storage: Storage) -> Option<String> {
-        let l = lits(sql);
-        let lit = l
-            .iter()
-            .find(|l| sql[l.span.clone()].contains('x'))
-            .unwrap();
-        let v = vec!["'c2'".to_string(), "'c1'".to_string()];
-        rewrite_equality_literal(sql, lit.span.clone(), &v, storage).map(|(r, s)| {
-            let mut out = sql.to_string();
-            out.replace_range(r, &s);
-            out
-        })
-    }
-
     #[test]
-    fn equality_literal_cases() {
-        let t = Storage::Text;
-        let cases: &[(&str, Option<&str>)] = &[
-            (
-                "SELECT 1 FROM t WHERE c = 'x'",
-                Some("SELECT 1 FROM t WHERE c = ANY (ARRAY['c2', 'c1'])"),
-            ),
-            (
-                "WHERE t.c='x' AND d = 1",
-                Some("WHERE t.c= ANY (ARRAY['c2', 'c1']) AND d = 1"),
-            ),
-            (
-                "WHERE \"My\"\"Col\" =\n 'x'",
-                Some("WHERE \"My\"\"Col\" = ANY (ARRAY['c2', 'c1'])"),
-            ),
-            (
-                "WHERE s.t.\"c\" <> 'x'",
-                Some("WHERE s.t.\"c\" <> ALL (ARRAY['c2', 'c1'])"),
-            ),
-            ("WHERE c != 'x'", Some("WHERE c <> ALL (ARRAY['c2', 'c1'])")),
-            (
-                "WHERE (c = 'x')",
-                Some("WHERE (c = ANY (ARRAY['c2', 'c1']))"),
-            ),
-            (
-                "JOIN u ON u.c = 'x'",
-                Some("JOIN u ON u.c = ANY (ARRAY['c2', 'c1'])"),
-            ),
-            ("UPDATE t SET c = 'x'", None),
-            ("UPDATE t SET a = 1, c = 'x' WHERE d = 2", None),
-            ("UPDATE t SET\nc='x'", None),
-            ("WHERE 'x' = c", None),
-            ("WHERE c <= 'x'", None),
-            ("WHERE c >= 'x'", None),
-            ("SELECT f(a := 'x')", None),
-            ("WHERE c IN ('x')", None),
-            ("WHERE lower(c) = 'x'", None),
-            ("SELECT a, c = 'x' FROM t", None),
-            ("= 'x'", None),
-        ];
-        for (sql, want) in cases {
-            assert_eq!(eq(sql, t).as_deref(), *want, "{sql}");
+    fn the_text_must_read_as_the_plan_says_a_comparison() {
+        let at = |sql: &str| at_in(sql, "'x'");
+        for (sql, negated) in [
+            ("SELECT 1 FROM t WHERE c = 'x'", false),
+            ("WHERE t.c='x' AND d = 1", false),
+            ("WHERE \"My\"\"Col\" =\n 'x'", false),
+            ("WHERE s.t.\"c\" <> 'x'", true),
+            ("WHERE c != 'x'", true),
+            ("WHERE (c = 'x')", false),
+            ("SELECT a, c = 'x' FROM t", false),
+        ] {
+            assert!(compared_at(sql, &at(sql), negated), "{sql}");
+            assert!(!compared_at(sql, &at(sql), !negated), "{sql}");
         }
-        assert_eq!(
-            eq("WHERE c = 'x'", Storage::Bytea).as_deref(),
-            Some("WHERE c = ANY (ARRAY['c2', 'c1']::bytea[])")
-        );
-        // One variant: nothing to splice.
-        assert_eq!(
-            rewrite_equality_literal("WHERE c = 'x'", 10..13, &["'c'".into()], t),
-            None
-        );
+        for sql in [
+            "WHERE c <= 'x'",
+            "WHERE c >= 'x'",
+            "WHERE c == 'x'",
+            "WHERE c IN ('x')",
+            "SELECT f(a := 'x')",
+            "'x'",
+        ] {
+            assert!(!compared_at(sql, &at(sql), false), "{sql}");
+            assert!(!compared_at(sql, &at(sql), true), "{sql}");
+        }
+        assert_eq!(any_of(false, "$1"), "ANY ($1)");
+        assert_eq!(any_of(true, "ARRAY['a']"), "ALL (ARRAY['a'])");
+        let b = |sql: &str| list_element_at(sql.as_bytes(), &at(sql));
+        assert!(b("WHERE c IN ('x')") && b("IN (1, 'x' , 2)") && b("IN (1,'x')"));
+        assert!(!b("WHERE c = 'x'") && !b("IN ('x' || 'y')") && !b("IN (1 + 'x')"));
     }
 
     #[test]
-    fn in_list_cases() {
-        let v = vec!["'c2'".to_string(), "'c1'".to_string()];
-        let run = |sql: &str, nth: usize| {
-            let l = lits(sql);
-            rewrite_in_list_literal(sql, &l, l[nth].span.clone(), &v).map(|(r, s)| {
-                let mut out = sql.to_string();
-                out.replace_range(r, &s);
-                out
-            })
-        };
+    fn in_lists_are_located_from_the_plans_elements() {
+        use ListPiece::{At, Null};
+        let sql = "SELECT 1 FROM t WHERE a NOT IN ($1, 'x', NULL, $2) AND f(b, $3) AND c IN ($4)";
+        let pieces = [
+            At(at_in(sql, "$1")),
+            At(at_in(sql, "'x'")),
+            Null,
+            At(at_in(sql, "$2")),
+        ];
         assert_eq!(
-            run("WHERE c IN ('a', 'b')", 1).as_deref(),
-            Some("WHERE c IN ('a', 'c2', 'c1')")
+            in_list_range(sql, &pieces, true),
+            Some(at_in(sql, "NOT IN ($1, 'x', NULL, $2)"))
+        );
+        assert_eq!(in_list_range(sql, &pieces, false), None, "negation differs");
+        assert_eq!(
+            in_list_range(sql, &pieces[..3], true),
+            None,
+            "an element the plan does not have"
         );
         assert_eq!(
-            run("WHERE c NOT in('a',$1, NULL , 'b' )", 1).as_deref(),
-            Some("WHERE c NOT in('a',$1, NULL , 'c2', 'c1' )")
+            in_list_range(sql, &[At(at_in(sql, "$4"))], false),
+            Some(at_in(sql, "IN ($4)"))
         );
         assert_eq!(
-            run("WHERE c IN ('a')", 0).as_deref(),
-            Some("WHERE c IN ('c2', 'c1')")
+            in_list_range(sql, &[At(at_in(sql, "$3"))], false),
+            None,
+            "function arguments"
         );
-        assert_eq!(run("INSERT INTO t VALUES ('a', 'b')", 1), None);
-        assert_eq!(run("SELECT f('a', 'b')", 1), None);
-        assert_eq!(run("WHERE c IN (lower(x), 'b')", 0), None);
-        assert_eq!(run("WHERE c IN ('a' || 'b')", 0), None);
-        assert_eq!(run("WHERE (a, c) IN (('q', 'b'))", 1), None);
-        assert_eq!(run("WHERE c = 'a'", 0), None);
+        // NULLs first, with casts; ORMs cast each element.
+        let sql = "SELECT 1 WHERE a in( NULL::text ,null, $1::VARCHAR, 'x'::text, $2::VARCHAR)";
+        let pieces = [
+            Null,
+            Null,
+            At(at_in(sql, "$1::VARCHAR")),
+            At(at_in(sql, "'x'::text")),
+            At(at_in(sql, "$2::VARCHAR")),
+        ];
+        assert_eq!(
+            in_list_range(sql, &pieces, false),
+            Some(at_in(
+                sql,
+                "in( NULL::text ,null, $1::VARCHAR, 'x'::text, $2::VARCHAR)"
+            ))
+        );
+        for sql in [
+            "INSERT INTO t VALUES ($1, $2)",
+            "SELECT 1 WHERE a IN ($1 + 1)",
+            "SELECT 1 WHERE a IN (SELECT $1)",
+            "SELECT 1 WHERE a IN ($10",
+            "SELECT 1 WHERE a IN (nullx, $1)",
+        ] {
+            let s = sql.find("$1").unwrap();
+            let pieces = if sql.contains("null") {
+                vec![Null, At(s..s + 2)]
+            } else {
+                vec![At(s..s + 2)]
+            };
+            assert_eq!(in_list_range(sql, &pieces, false), None, "{sql}");
+        }
+        assert_eq!(in_list_range("IN (NULL)", &[Null], false), None);
     }
 
     fn stored_of(t: &ColumnTarget<'_>, sql_lit: &str) -> Vec<u8> {
@@ -1623,8 +1465,8 @@ mod tests {
             let sql = "INSERT INTO customers (id, salary) VALUES (1, 5000), (2,'-7'::int4)";
             let l = lits(sql);
             let edits = vec![
-                literal_edit(sql, &l, 3, &t, false, false).unwrap(),
-                literal_edit(sql, &l, 1, &t, false, false).unwrap(),
+                literal_edit(sql, &l, 3, &t, false, false, SiteRole::Stored).unwrap(),
+                literal_edit(sql, &l, 1, &t, false, false, SiteRole::Stored).unwrap(),
             ];
             let out = apply_edits(sql, edits.clone()).unwrap();
             assert!(
@@ -1656,12 +1498,12 @@ mod tests {
         // Errors name the column.
         let t = kit.target(&kr, SALARY, LogicalType::Int4, Storage::Bytea);
         let sql = "UPDATE customers SET salary = 'lots'";
-        let e = literal_edit(sql, &lits(sql), 0, &t, false, false).unwrap_err();
+        let e = literal_edit(sql, &lits(sql), 0, &t, false, false, SiteRole::Stored).unwrap_err();
         assert!(e.to_string().contains(SALARY) && !e.to_string().contains("lots"));
-        let e = literal_edit(sql, &lits(sql), 7, &t, false, false).unwrap_err();
+        let e = literal_edit(sql, &lits(sql), 7, &t, false, false, SiteRole::Stored).unwrap_err();
         assert_eq!(e.sqlstate(), "22P02");
         let sql = "UPDATE customers SET salary = B'0101'";
-        let e = literal_edit(sql, &lits(sql), 0, &t, false, false).unwrap_err();
+        let e = literal_edit(sql, &lits(sql), 0, &t, false, false, SiteRole::Stored).unwrap_err();
         assert_eq!(e.sqlstate(), "0A000");
     }
 
@@ -1680,7 +1522,7 @@ mod tests {
             ("UPDATE customers SET salary = -0x10", -16),
         ] {
             let l = lits(sql);
-            let e = literal_edit(sql, &l, l.len() - 1, &t, false, false).unwrap();
+            let e = literal_edit(sql, &l, l.len() - 1, &t, false, false, SiteRole::Stored).unwrap();
             let sign = sql.rfind(['-', '+']).unwrap();
             assert_eq!(e.range, sign..l[l.len() - 1].span.end, "{sql}");
             assert_eq!(
@@ -1694,7 +1536,7 @@ mod tests {
         // `--` starts a comment: no sign.
         let sql = "UPDATE customers SET salary = --\n5";
         let l = lits(sql);
-        let e = literal_edit(sql, &l, 0, &t, false, false).unwrap();
+        let e = literal_edit(sql, &l, 0, &t, false, false, SiteRole::Stored).unwrap();
         assert_eq!(e.range, l[0].span);
         assert_eq!(
             t.cipher.decrypt(&stored_of(&t, &e.text)).unwrap(),
@@ -1736,24 +1578,24 @@ mod tests {
         let kr = kit.keyring();
         let t = kit.target(&kr, SALARY, LogicalType::Int4, Storage::Bytea);
         let sql = "UPDATE customers SET salary = -5000.5";
-        let e = literal_edit(sql, &lits(sql), 0, &t, false, true).unwrap();
+        let e = literal_edit(sql, &lits(sql), 0, &t, false, true, SiteRole::Stored).unwrap();
         assert_eq!(
             t.cipher.decrypt(&stored_of(&t, &e.text)).unwrap(),
             (-5001i32).to_be_bytes()
         );
         let sql = "INSERT INTO customers (salary) VALUES (4.2e3)";
-        let e = literal_edit(sql, &lits(sql), 0, &t, false, true).unwrap();
+        let e = literal_edit(sql, &lits(sql), 0, &t, false, true, SiteRole::Stored).unwrap();
         assert_eq!(
             t.cipher.decrypt(&stored_of(&t, &e.text)).unwrap(),
             4200i32.to_be_bytes()
         );
         // Compared, a fraction is no integer (PostgreSQL would match nothing): refused, not rounded.
         let sql = "SELECT 1 FROM customers WHERE salary = 2.5";
-        let e = literal_edit(sql, &lits(sql), 1, &t, false, false).unwrap_err();
+        let e = literal_edit(sql, &lits(sql), 1, &t, false, false, SiteRole::Stored).unwrap_err();
         assert_eq!(e.sqlstate(), "22P02");
         // Out of range after rounding: the type's own error.
         let sql = "UPDATE customers SET salary = 2147483647.5";
-        assert!(literal_edit(sql, &lits(sql), 0, &t, false, true).is_err());
+        assert!(literal_edit(sql, &lits(sql), 0, &t, false, true, SiteRole::Stored).is_err());
     }
 
     fn at_in(sql: &str, needle: &str) -> Range<usize> {
@@ -1797,56 +1639,6 @@ mod tests {
     }
 
     #[test]
-    fn in_lists_are_found_from_any_element() {
-        let sql = "SELECT 1 FROM t WHERE a NOT IN ($1, 'x', NULL, $2) AND f(b, $3) AND c IN ($4)";
-        let l = lits(sql);
-        let at = |needle: &str| {
-            let s = sql.find(needle).unwrap();
-            s..s + needle.len()
-        };
-        let want = InList {
-            range: at("NOT IN ($1, 'x', NULL, $2)"),
-            negated: true,
-            elements: vec![
-                InElement::Param(1),
-                // Literal 0 is the `1` of `SELECT 1`.
-                InElement::Literal(1),
-                InElement::Null,
-                InElement::Param(2),
-            ],
-        };
-        assert_eq!(in_list_around(sql, &l, at("$1")), Some(want.clone()));
-        assert_eq!(in_list_around(sql, &l, at("$2")), Some(want));
-        assert_eq!(
-            in_list_around(sql, &l, at("$3")),
-            None,
-            "function arguments"
-        );
-        let one = in_list_around(sql, &l, at("$4")).unwrap();
-        assert_eq!((one.range, one.negated), (at("IN ($4)"), false));
-        // ORMs cast each element.
-        let sql = "SELECT 1 WHERE a IN ($1::VARCHAR, 'x'::text[], $2::VARCHAR)";
-        let l = lits(sql);
-        let list = in_list_around(sql, &l, at_in(sql, "$2")).unwrap();
-        assert_eq!(
-            list.range,
-            at_in(sql, "IN ($1::VARCHAR, 'x'::text[], $2::VARCHAR)")
-        );
-        assert_eq!(list.elements.len(), 3);
-        assert_eq!(in_list_around(sql, &l, at_in(sql, "$1")), Some(list));
-        for sql in [
-            "INSERT INTO t VALUES ($1, $2)",
-            "SELECT 1 WHERE a IN ($1 + 1)",
-            "SELECT 1 WHERE a IN (SELECT $1)",
-            "SELECT 1 WHERE a IN ($10",
-        ] {
-            let l = lits(sql);
-            let s = sql.find("$1").unwrap();
-            assert_eq!(in_list_around(sql, &l, s..s + 2), None, "{sql}");
-        }
-    }
-
-    #[test]
     fn literal_edit_variants_after_rotation() {
         let kit = Kit::new();
         let old = kit.keyring();
@@ -1854,24 +1646,48 @@ mod tests {
         let t = kit.target(&kr, EMAIL, LogicalType::Text, Storage::Text);
         let t_old = kit.target(&old, EMAIL, LogicalType::Text, Storage::Text);
         let old_ct = String::from_utf8(t_old.encrypt(b"a@b.c").unwrap()).unwrap();
+        let compared = SiteRole::Compared { negated: false };
         let sql = "SELECT id FROM customers WHERE email = 'a@b.c'";
-        let e = literal_edit(sql, &lits(sql), 0, &t, false, false).unwrap();
-        assert!(e.text.starts_with("= ANY (ARRAY['pgc1:"), "{}", e.text);
+        let e = literal_edit(sql, &lits(sql), 0, &t, false, false, compared).unwrap();
+        assert!(e.text.starts_with("ANY (ARRAY['pgc1:"), "{}", e.text);
+        assert_eq!(e.range, lits(sql)[0].span, "the operator stays");
         assert!(e.text.contains(&old_ct));
+        let sql = "SELECT id FROM customers WHERE email <> 'a@b.c'";
+        let e = literal_edit(
+            sql,
+            &lits(sql),
+            0,
+            &t,
+            false,
+            false,
+            SiteRole::Compared { negated: true },
+        )
+        .unwrap();
+        assert!(e.text.starts_with("ALL (ARRAY['pgc1:"), "{}", e.text);
+        // The plan says compared but the text does not read so: refused, not guessed.
+        let sql = "SELECT id FROM customers WHERE email <= 'a@b.c'";
+        let e = literal_edit(sql, &lits(sql), 0, &t, false, false, compared).unwrap_err();
+        assert_eq!(e.sqlstate(), "XX000");
+        assert!(e.to_string().contains(EMAIL) && !e.to_string().contains("a@b.c"));
+        let listed = SiteRole::Listed { list: 0 };
         let sql = "SELECT id FROM customers WHERE email IN ('a@b.c', 'd@e.f')";
-        let e = literal_edit(sql, &lits(sql), 0, &t, false, false).unwrap();
+        let e = literal_edit(sql, &lits(sql), 0, &t, false, false, listed).unwrap();
         assert_eq!(e.range, lits(sql)[0].span);
         assert_eq!(e.text.matches("pgc1:").count(), 2);
-        // A write uses the active version only.
+        let sql = "SELECT id FROM customers WHERE email IN ('a@b.c' || 'x')";
+        assert!(literal_edit(sql, &lits(sql), 0, &t, false, false, listed).is_err());
+        // A write, or any other role, uses the active version only.
         let sql = "UPDATE customers SET email = 'a@b.c'";
-        let e = literal_edit(sql, &lits(sql), 0, &t, false, false).unwrap();
-        assert!(!e.text.contains(&old_ct) && e.text.starts_with("'pgc1:"));
+        for role in [SiteRole::Stored, SiteRole::Other] {
+            let e = literal_edit(sql, &lits(sql), 0, &t, false, false, role).unwrap();
+            assert!(!e.text.contains(&old_ct) && e.text.starts_with("'pgc1:"));
+        }
         let sql = "INSERT INTO customers (email) VALUES ('a@b.c')";
-        let e = literal_edit(sql, &lits(sql), 0, &t, false, false).unwrap();
+        let e = literal_edit(sql, &lits(sql), 0, &t, false, true, SiteRole::Stored).unwrap();
         assert_eq!(e.text.matches("pgc1:").count(), 1);
         // Arrays carry the variants as elements.
         let sql = "SELECT 1 FROM customers WHERE email = ANY('{a@b.c,x@y.z}')";
-        let e = literal_edit(sql, &lits(sql), 1, &t, true, false).unwrap();
+        let e = literal_edit(sql, &lits(sql), 1, &t, true, false, SiteRole::Other).unwrap();
         assert_eq!(e.text.matches("pgc1:").count(), 4);
         assert!(e.text.contains(&old_ct));
     }
@@ -1882,12 +1698,12 @@ mod tests {
         let kr = kit.keyring();
         let t = kit.target(&kr, NOTES, LogicalType::Text, Storage::Bytea);
         let sql = "SELECT CASE WHEN true THEN'x' END";
-        let e = literal_edit(sql, &lits(sql), 0, &t, false, false).unwrap();
+        let e = literal_edit(sql, &lits(sql), 0, &t, false, false, SiteRole::Other).unwrap();
         assert!(e.text.starts_with(" E'\\\\x"), "{}", e.text);
         let out = apply_edits(sql, vec![e]).unwrap();
         assert!(out.contains("THEN E'"), "{out}");
         let sql = "WHERE notes = ANY('{\"a b\",NULL}')";
-        let e = literal_edit(sql, &lits(sql), 0, &t, true, false).unwrap();
+        let e = literal_edit(sql, &lits(sql), 0, &t, true, false, SiteRole::Other).unwrap();
         assert!(e.text.starts_with("E'{\"\\\\\\\\x"), "{}", e.text);
         // Decoding the literal gives a bytea[] text whose elements decrypt.
         let arr = decode_literal(&e.text, &lits(&e.text)[0]).unwrap();
@@ -1926,11 +1742,18 @@ mod tests {
                 for ty in [LogicalType::Text, LogicalType::Int4] {
                     let _ = replace_range(&sql, lit, ty, i % 2 == 0);
                 }
-                let v = vec!["'a'".to_string(), "'b'".to_string()];
-                let _ = rewrite_equality_literal(&sql, lit.span.clone(), &v, Storage::Text);
-                let _ = rewrite_in_list_literal(&sql, &l, lit.span.clone(), &v);
-                if let Ok(e) = literal_edit(&sql, &l, i, &t, false, false) {
-                    let _ = apply_edits(&sql, vec![e]);
+                let range = lit.span.clone();
+                let _ = compared_at(&sql, &range, i % 2 == 0);
+                let _ = list_element_at(sql.as_bytes(), &range);
+                let _ = in_list_range(&sql, &[ListPiece::Null, ListPiece::At(range)], false);
+                for role in [
+                    SiteRole::Compared { negated: false },
+                    SiteRole::Listed { list: 0 },
+                    SiteRole::Other,
+                ] {
+                    if let Ok(e) = literal_edit(&sql, &l, i, &t, false, false, role) {
+                        let _ = apply_edits(&sql, vec![e]);
+                    }
                 }
             }
             // Out-of-range spans.

@@ -9,9 +9,9 @@
 //!
 //! - [`error`] — [`RewriteError`] (messages start `pgcloak: `, name the column, never carry a value).
 //! - [`literal`] — SQL literals: [`decode_literal`], the range a ciphertext replaces ([`replace_range`]:
-//!   covers `::type` casts, `DATE '...'` prefixes, `CAST(... AS type)`, `UESCAPE`), equality and
-//!   `IN (...)` splicing of rotation variants, and [`literal_edit`] + [`apply_edits`], the one-call path
-//!   of the simple protocol.
+//!   covers `::type` casts, `DATE '...'` prefixes, `CAST(... AS type)`, `UESCAPE`), rotation variants
+//!   written where the plan's site role allows ([`any_of`], [`in_list_range`], each checked against
+//!   the text), and [`literal_edit`] + [`apply_edits`], the one-call path of the simple protocol.
 //! - [`values`] — [`ColumnTarget`] methods: encrypt a canonical/text/binary value for a storage type,
 //!   its SQL literal, its Bind parameter value in either format, its rotation variants.
 //! - [`array`] — arrays (`col = ANY($1)`, `ANY('{a,b}')`): text and binary array formats.
@@ -45,7 +45,7 @@
 //!
 //! ```text
 //! simple query:  for each plan.encryptions (ValueRef::Literal(i)):
-//!                    edits.push(literal_edit(sql, &lexed.literals, i, &target, enc.array, enc.assignment)?);
+//!                    edits.push(literal_edit(sql, &lexed.literals, i, &target, enc.array, enc.assignment, site.role)?);
 //!                sql = apply_edits(sql, edits)?;
 //! Parse:         rewrite_parse_param_types(body, &[(n, storage_param_oid)])   (declared types only)
 //! Bind:          rewrite_bind(body, &[BindParam { index: n, target, array, assignment }])
@@ -79,8 +79,8 @@ use pgcloak_keymgr::{ColumnCipher, Encoding, Keyring, LogicalType};
 pub use copy::{CopyInRewriter, CopyOutColumn, CopyOutRewriter};
 pub use error::{Result, RewriteError};
 pub use literal::{
-    apply_edits, decode_literal, in_list_around, literal_edit, param_range, replace_range,
-    rewrite_equality_literal, rewrite_in_list_literal, Edit, InElement, InList, LiteralError,
+    any_of, apply_edits, compared_at, decode_literal, in_list_range, literal_edit, param_range,
+    replace_range, Edit, ListPiece, LiteralError,
 };
 pub use params::{
     encode_parameter_description, parse_parameter_description, present_parameter_types,

@@ -73,9 +73,10 @@ pub fn quote_sql(text: &str) -> String {
 /// every live key version, newest first (one element when the column has a single version or is
 /// randomized — then it is the ordinary [`sql_literal`] of the active version).
 ///
-/// How the session uses it (see [`super::literal_edit`], which does all of this):
-/// - `col = 'x'` → [`super::rewrite_equality_literal`] turns it into `= ANY (ARRAY['c2', 'c1'])`;
-/// - `col IN ('x', 'y')` → [`super::rewrite_in_list_literal`] replaces `'x'` with `'c2', 'c1'`;
+/// How the session uses it (see [`super::literal_edit`], which does all of this, by the plan's site
+/// role):
+/// - `col = 'x'` (compared) → `col = ANY (ARRAY['c2', 'c1'])`;
+/// - `col IN ('x', 'y')` (listed) → `'x'` is replaced with `'c2', 'c1'`;
 /// - anywhere else (INSERT values, `SET col = 'x'`, `'x' = col`) only the first (active) one is used.
 pub fn sql_literal_variants(target: &ColumnTarget<'_>, canonical: &[u8]) -> Result<Vec<String>> {
     Ok(target

@@ -3,13 +3,15 @@
 //! COPY FROM data. Backend side: ParameterDescription, RowDescription and DataRow, COPY TO data.
 
 use bytes::Bytes;
-use pgcloak_policy::{Access, EncryptMode, Lexed, StatementPlan, ValueRef};
+use pgcloak_policy::{
+    Access, EncryptMode, Lexed, ListElement, ParamToken, SiteRole, StatementPlan, ValueRef,
+};
 
 use super::context::{DataCtx, Refusal, StmtCtx};
 use crate::protocol::messages;
 use crate::rewrite::{
     self, apply_edits, literal_edit, logical_type, params::param_oid, rows::RowDescription,
-    BindParam, ColumnAction, ColumnTarget, CopyOutColumn, CopyOutRewriter, Edit, InElement, RowCtx,
+    BindParam, ColumnAction, ColumnTarget, CopyOutColumn, CopyOutRewriter, Edit, ListPiece, RowCtx,
     RowShape, Storage,
 };
 use crate::services::Services;
@@ -62,29 +64,6 @@ pub fn rewrite_literals<'a>(
     apply_edits(&sql[..end], edits).map(Some).map_err(refusal)
 }
 
-/// Byte ranges of the `$n` parameter tokens in `sql` (outside literals).
-fn param_spans(sql: &str, lexed: &Lexed, n: u32) -> Vec<std::ops::Range<usize>> {
-    let b = sql.as_bytes();
-    let token = format!("${n}");
-    let mut out = Vec::new();
-    let mut from = 0;
-    while let Some(pos) = sql[from..].find(&token).map(|p| p + from) {
-        let end = pos + token.len();
-        from = end;
-        let glued_before = pos > 0
-            && (b[pos - 1].is_ascii_alphanumeric() || b[pos - 1] == b'_' || b[pos - 1] == b'$');
-        let glued_after = b.get(end).is_some_and(|c| c.is_ascii_digit());
-        let in_literal = lexed
-            .literals
-            .iter()
-            .any(|l| l.span.start <= pos && pos < l.span.end);
-        if !glued_before && !glued_after && !in_literal {
-            out.push(pos..end);
-        }
-    }
-    out
-}
-
 /// The literal replacements the plans of `stmts` ask for, in `sql[..end]`.
 fn literal_edits<'a>(
     guard: &Services,
@@ -116,8 +95,10 @@ fn literal_edits<'a>(
                 continue;
             }
             let t = target(&keyring, data, enc)?;
+            // A literal occurs once: its one site.
+            let role = enc.sites.first().map_or(SiteRole::Other, |site| site.role);
             edits.push(
-                literal_edit(sql, &lexed.literals, i, &t, enc.array, enc.assignment)
+                literal_edit(sql, &lexed.literals, i, &t, enc.array, enc.assignment, role)
                     .map_err(refusal)?,
             );
         }
@@ -133,9 +114,97 @@ fn param_encryptions(sp: &StatementPlan) -> impl Iterator<Item = (u32, &pgcloak_
     })
 }
 
+/// The parameters sent to the server as arrays of every key version's ciphertext (`= ANY ($n)`):
+/// deterministic scalars whose every site the analysis found compared (`col = $n`, `col <> $n`) or in
+/// an `IN` list that can be rewritten whole (every element a literal, NULL or such a parameter). Always,
+/// not only once a column was rotated, since drivers keep a prepared statement for the life of the
+/// connection and the key may be rotated while it lives. A parameter also stored or used elsewhere
+/// stays one scalar of the active version.
+fn array_params(sp: &StatementPlan) -> Vec<u32> {
+    let mut params: Vec<u32> = param_encryptions(sp)
+        .filter(|(_, e)| {
+            e.mode == EncryptMode::Deterministic
+                && !e.array
+                && !e.sites.is_empty()
+                && e.sites.iter().all(|site| {
+                    matches!(
+                        site.role,
+                        SiteRole::Compared { .. } | SiteRole::Listed { .. }
+                    )
+                })
+        })
+        .map(|(n, _)| n)
+        .collect();
+    // A list holding a parameter that cannot go as an array cannot be rewritten, so its other
+    // parameters cannot either: repeat until nothing changes.
+    loop {
+        let whole = |list: u32| {
+            sp.in_lists.get(list as usize).is_some_and(|l| {
+                l.elements.iter().all(|el| match el {
+                    ListElement::Value {
+                        value: ValueRef::Param(m),
+                        ..
+                    } => params.contains(m),
+                    ListElement::Value { .. } | ListElement::Null => true,
+                    ListElement::Other => false,
+                })
+            })
+        };
+        let keep: Vec<u32> = param_encryptions(sp)
+            .filter(|(n, e)| {
+                params.contains(n)
+                    && e.sites.iter().all(|site| match site.role {
+                        SiteRole::Listed { list } => whole(list),
+                        _ => true,
+                    })
+            })
+            .map(|(n, _)| n)
+            .collect();
+        if keep.len() == params.len() {
+            return keep;
+        }
+        params = keep;
+    }
+}
+
+/// The `$n` tokens of the plan's statement in `lexed`.
+fn statement_params<'l>(lexed: &'l Lexed, sp: &StatementPlan) -> &'l [ParamToken] {
+    lexed
+        .statements
+        .get(sp.index)
+        .and_then(|s| lexed.params.get(s.params.clone()))
+        .unwrap_or(&[])
+}
+
+/// The refusal when the text does not read as the plan says.
+fn mismatch(enc: &pgcloak_policy::Encrypt, detail: &'static str) -> Refusal {
+    refusal(rewrite::RewriteError::PlanMismatch {
+        column: enc.column.clone(),
+        detail,
+    })
+}
+
+/// The span of parameter `$n` at `token` (it must be `$n`).
+fn param_span(
+    tokens: &[ParamToken],
+    token: u32,
+    n: u32,
+    enc: &pgcloak_policy::Encrypt,
+) -> Result<std::ops::Range<usize>, Refusal> {
+    match tokens.get(token as usize) {
+        Some(p) if p.number == u64::from(n) => Ok(p.span.clone()),
+        _ => Err(mismatch(
+            enc,
+            "a parameter token is not where the plan puts it",
+        )),
+    }
+}
+
 /// A Parse message for `stmt`: literals encrypted in its text, and declared types of encrypted
 /// parameters changed to the storage type (the client keeps sending its logical type; the Bind
-/// rewrite turns it into ciphertext). `None`: forward the original.
+/// rewrite turns it into ciphertext). Each parameter is rewritten where the plan's sites put it:
+/// compared ones as `ANY ($n)`, lists of them as one array comparison, casts to the logical type
+/// retargeted to the storage type. `None`: forward the original.
 pub fn rewrite_parse(
     guard: &Services,
     body: &[u8],
@@ -152,79 +221,58 @@ pub fn rewrite_parse(
         message: format!("pgcloak: {e}"),
     })?;
     let mut edits = literal_edits(guard, sql, lexed, [stmt], sql.len())?;
+    let tokens = statement_params(lexed, sp);
+    let arrays = array_params(sp);
     let mut types = msg.param_types.clone();
     let mut types_changed = false;
-    let mut any_params = Vec::new();
-    let mut lists: Vec<Edit> = Vec::new();
-    let encrypted: Vec<u32> = param_encryptions(sp).map(|(n, _)| n).collect();
+    let mut lists: Vec<(u32, Edit)> = Vec::new();
     for (n, enc) in param_encryptions(sp) {
         let t = target(&keyring, data, enc)?;
-        // `col = $n`, `col IN ($n, ...)`: matched against every key version's ciphertext — always,
-        // not only once the column was rotated, since drivers keep a prepared statement for the life
-        // of the connection and the key may be rotated while it lives.
-        let mut as_array = enc.array;
-        let compared = !enc.array && !enc.assignment && enc.mode == EncryptMode::Deterministic;
-        for span in param_spans(sql, lexed, n) {
+        let as_array = arrays.contains(&n);
+        for site in &enc.sites {
+            let span = param_span(tokens, site.token, n, enc)?;
             // `$n::T`, `CAST($n AS T)`: the server gets the ciphertext, so the cast goes (T must be
             // the column's logical type).
             let range = rewrite::param_range(sql, span.clone(), t.ty, enc.array)
                 .map_err(|e| cast_refusal(n, enc, e))?;
-            if compared {
-                if let Some(list) = rewrite::in_list_around(sql, &lexed.literals, span.clone()) {
-                    if !lists.iter().any(|l| l.range == list.range) {
-                        match in_list_edit(
-                            &list,
-                            &lexed.literals,
-                            &mut edits,
-                            &encrypted,
-                            t.storage,
-                        ) {
-                            Some(edit) => lists.push(edit),
-                            None => continue,
-                        }
+            match site.role {
+                SiteRole::Compared { negated } if as_array => {
+                    if !rewrite::compared_at(sql, &range, negated) {
+                        return Err(mismatch(enc, "no comparison operator before the parameter"));
                     }
-                    as_array = true;
-                    continue;
-                }
-                let probe = ["a".to_string(), "b".to_string()];
-                if let Some((range, text)) =
-                    rewrite::rewrite_equality_literal(sql, range.clone(), &probe, t.storage)
-                {
-                    let op = if text.starts_with("<>") {
-                        "<> ALL"
-                    } else {
-                        "= ANY"
-                    };
                     edits.push(Edit {
                         range,
-                        text: format!("{op} (${n})"),
+                        text: rewrite::any_of(negated, &format!("${n}")),
                     });
-                    as_array = true;
-                    continue;
                 }
+                // The whole list is rewritten once, at its first parameter.
+                SiteRole::Listed { list } if as_array && !lists.iter().any(|(l, _)| *l == list) => {
+                    let edit =
+                        in_list_edit(sql, &lexed.literals, tokens, sp, list, &mut edits, &t, enc)?;
+                    lists.push((list, edit));
+                }
+                SiteRole::Listed { .. } if as_array => {}
+                _ if range != span => {
+                    // The cast retargeted to the storage type: what the server stores (and what it
+                    // needs to type `UNNEST($n)`).
+                    edits.push(Edit {
+                        range,
+                        text: format!("${n}::{}", t.storage.sql_type(enc.array)),
+                    });
+                }
+                _ => {}
             }
-            if range != span {
-                // The cast retargeted to the storage type: what the server stores (and what it
-                // needs to type `UNNEST($n)`).
-                edits.push(Edit {
-                    range,
-                    text: format!("${n}::{}", t.storage.sql_type(enc.array)),
-                });
-            }
-        }
-        if as_array && !enc.array {
-            any_params.push(n);
         }
         let idx = n as usize - 1;
         if let Some(declared) = types.get_mut(idx) {
             if *declared != 0 {
-                *declared = param_oid(t.storage, as_array);
+                *declared = param_oid(t.storage, as_array || enc.array);
                 types_changed = true;
             }
         }
     }
-    edits.extend(lists);
-    let _ = stmt.any_params.set(any_params);
+    edits.extend(lists.into_iter().map(|(_, e)| e));
+    let _ = stmt.any_params.set(arrays);
     let new_sql = if edits.is_empty() {
         None
     } else {
@@ -254,50 +302,87 @@ fn cast_refusal(n: u32, enc: &pgcloak_policy::Encrypt, e: rewrite::LiteralError)
     }
 }
 
-/// `[NOT] IN (e1, ..., ek)` with an encrypted parameter among its elements, as `= ANY (x1 || ... ||
-/// xk)` (`<> ALL` for NOT IN; NULL elements keep their meaning): each parameter becomes an array of
-/// its ciphertexts under every key version (`$n::T[]`), each literal the array of its own (its edit,
-/// taken out of `edits`, is folded in). `None` when an element is not one pgcloak encrypts: the list
-/// is then left as it is.
+/// `[NOT] IN (e1, ..., ek)` (list `list` of the plan) with an encrypted parameter among its elements,
+/// as `= ANY (x1 || ... || xk)` (`<> ALL` for NOT IN; NULL elements keep their meaning): each
+/// parameter becomes an array of its ciphertexts under every key version (`$n::T[]`), each literal the
+/// array of its own (its edit, taken out of `edits`, is folded in). Every element is located where the
+/// plan puts it and the list must read so in the text.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one list's whole context, each used once"
+)]
 fn in_list_edit(
-    list: &rewrite::InList,
+    sql: &str,
     literals: &[pgcloak_policy::Literal],
+    tokens: &[ParamToken],
+    sp: &StatementPlan,
+    list: u32,
     edits: &mut Vec<Edit>,
-    encrypted: &[u32],
-    storage: Storage,
-) -> Option<Edit> {
-    let ty = storage.sql_type(true);
-    let mut pieces = Vec::with_capacity(list.elements.len());
+    t: &ColumnTarget<'_>,
+    enc: &pgcloak_policy::Encrypt,
+) -> Result<Edit, Refusal> {
+    let Some(plan_list) = sp.in_lists.get(list as usize) else {
+        return Err(mismatch(enc, "the plan names a list it does not have"));
+    };
+    let ty = t.storage.sql_type(true);
+    let mut pieces = Vec::with_capacity(plan_list.elements.len());
+    let mut located = Vec::with_capacity(plan_list.elements.len());
     let mut folded = Vec::new();
-    for el in &list.elements {
-        pieces.push(match el {
-            InElement::Param(m) if encrypted.contains(m) => format!("${m}::{ty}"),
-            InElement::Param(_) => return None,
-            InElement::Null => format!("ARRAY[NULL]::{ty}"),
-            InElement::Literal(l) => {
-                // The literal's own edit (its range is the literal's, inside the list).
-                let span = &literals.get(*l)?.span;
-                let i = edits.iter().position(|e| {
-                    e.range.start <= span.start
-                        && span.end <= e.range.end
-                        && list.range.start <= e.range.start
-                        && e.range.end <= list.range.end
-                })?;
-                let text = format!("ARRAY[{}]::{ty}", edits[i].text);
-                folded.push(i);
-                text
+    for el in &plan_list.elements {
+        match *el {
+            ListElement::Value {
+                value: ValueRef::Param(m),
+                token,
+            } => {
+                let span = param_span(tokens, token, m, enc)?;
+                let range = rewrite::param_range(sql, span, t.ty, false)
+                    .map_err(|e| cast_refusal(m, enc, e))?;
+                located.push(ListPiece::At(range));
+                pieces.push(format!("${m}::{ty}"));
             }
-        });
+            ListElement::Value {
+                value: ValueRef::Literal(l),
+                ..
+            } => {
+                // The literal's own edit (its range covers the literal, with casts and sign).
+                let span = literals.get(l).map(|lit| lit.span.clone());
+                let Some(i) = span.and_then(|span| {
+                    edits
+                        .iter()
+                        .position(|e| e.range.start <= span.start && span.end <= e.range.end)
+                }) else {
+                    return Err(mismatch(enc, "a literal of the list has no replacement"));
+                };
+                let Some(edit) = edits.get(i) else {
+                    return Err(mismatch(enc, "a literal of the list has no replacement"));
+                };
+                located.push(ListPiece::At(edit.range.clone()));
+                pieces.push(format!("ARRAY[{}]::{ty}", edit.text));
+                folded.push(i);
+            }
+            ListElement::Null => {
+                located.push(ListPiece::Null);
+                pieces.push(format!("ARRAY[NULL]::{ty}"));
+            }
+            ListElement::Other => {
+                return Err(mismatch(enc, "a list element the proxy cannot rewrite"));
+            }
+        }
     }
+    let range = rewrite::in_list_range(sql, &located, plan_list.negated)
+        .ok_or_else(|| mismatch(enc, "the IN list is not where the plan puts it"))?;
     folded.sort_unstable();
     folded.dedup();
     for i in folded.into_iter().rev() {
         edits.remove(i);
     }
-    let op = if list.negated { "<> ALL" } else { "= ANY" };
-    Some(Edit {
-        range: list.range.clone(),
-        text: format!("{op} ({})", pieces.join(" || ")),
+    let op = if plan_list.negated { "<>" } else { "=" };
+    Ok(Edit {
+        range,
+        text: format!(
+            "{op} {}",
+            rewrite::any_of(plan_list.negated, &pieces.join(" || "))
+        ),
     })
 }
 
