@@ -163,7 +163,16 @@ impl ColumnCipher {
 
     /// The version new values are encrypted with.
     pub fn active_version(&self) -> u32 {
-        self.versions[self.active].version
+        self.active_key().version
+    }
+
+    /// The keys of the active version.
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "`active` is the position `new` found in `versions`; neither changes after construction"
+    )]
+    fn active_key(&self) -> &VersionKey {
+        &self.versions[self.active]
     }
 
     /// Every live version, ascending.
@@ -177,7 +186,7 @@ impl ColumnCipher {
 
     /// Encrypts a canonical plaintext (see [`crate::typed`]) under the active version: raw envelope.
     pub fn encrypt(&self, plaintext: &[u8]) -> Result<Vec<u8>> {
-        self.seal(&self.versions[self.active], plaintext)
+        self.seal(self.active_key(), plaintext)
     }
 
     /// Encrypts under the active version and armours the result (`pgc1:...`), for text storage.
@@ -252,21 +261,25 @@ impl ColumnCipher {
     }
 
     fn seal(&self, vk: &VersionKey, plaintext: &[u8]) -> Result<Vec<u8>> {
-        seal_with_nonce(vk, self.nonce(vk, plaintext), plaintext)
+        seal_with_nonce(vk, self.nonce(vk, plaintext)?, plaintext)
     }
 
     /// The nonce of a new envelope: the next of the sequence (randomized), or
     /// HMAC-SHA256(k_mac, AD ‖ plaintext)[..12] (deterministic; AD is already in the state).
-    fn nonce(&self, vk: &VersionKey, plaintext: &[u8]) -> [u8; NONCE_LEN] {
+    fn nonce(&self, vk: &VersionKey, plaintext: &[u8]) -> Result<[u8; NONCE_LEN]> {
         match &vk.mac {
-            None => self.nonces.next(),
+            None => Ok(self.nonces.next()),
             Some(mac) => {
                 let mut ctx = mac.clone();
                 ctx.update(plaintext);
                 let tag = ctx.sign();
-                let mut n = [0u8; NONCE_LEN];
-                n.copy_from_slice(&tag.as_ref()[..NONCE_LEN]);
-                n
+                // An HMAC-SHA256 tag is 32 bytes, so this never fails.
+                tag.as_ref()
+                    .first_chunk::<NONCE_LEN>()
+                    .copied()
+                    .ok_or(KeyError::Internal {
+                        what: "HMAC-SHA256 tag shorter than a nonce",
+                    })
             }
         }
     }
@@ -280,8 +293,8 @@ impl ColumnCipher {
         encoding: Encoding,
         out: &mut Vec<u8>,
     ) -> Result<()> {
-        let vk = &self.versions[self.active];
-        let nonce = self.nonce(vk, plaintext);
+        let vk = self.active_key();
+        let nonce = self.nonce(vk, plaintext)?;
         let start = out.len();
         let raw_len = MIN_RAW_LEN + plaintext.len();
         let sealed = match encoding {
@@ -296,8 +309,13 @@ impl ColumnCipher {
                 let armored_len = envelope::armored_len(raw_len);
                 out.resize(start + armored_len, 0);
                 let at = start + armored_len - raw_len;
-                seal_with_nonce_at(vk, nonce, plaintext, out, at)
-                    .map(|()| envelope::armor_in_place(&mut out[start..]))
+                seal_with_nonce_at(vk, nonce, plaintext, out, at).and_then(|()| {
+                    let room = out.get_mut(start..).ok_or(KeyError::Internal {
+                        what: "armour room past the end of the buffer",
+                    })?;
+                    envelope::armor_in_place(room);
+                    Ok(())
+                })
             }
         };
         if sealed.is_err() {
@@ -350,11 +368,17 @@ impl ColumnCipher {
     /// plaintext. On error `buf[start..]` holds unspecified bytes (no plaintext of a value that
     /// failed authentication is ever released) and should be truncated away.
     pub fn decrypt_in_place(&self, buf: &mut Vec<u8>, start: usize) -> Result<()> {
-        let env = Envelope::parse(&buf[start..])?;
+        let env = Envelope::parse(buf.get(start..).ok_or(KeyError::Internal {
+            what: "value offset past the end of the buffer",
+        })?)?;
         let vk = self.opening_key(&env)?;
         let nonce = env.nonce();
         let sealed = start + HEADER_LEN + NONCE_LEN;
-        let len = self.open(vk, nonce, &mut buf[sealed..])?;
+        // The envelope parsed, so it is at least MIN_RAW_LEN bytes long and this never fails.
+        let body = buf.get_mut(sealed..).ok_or(KeyError::Internal {
+            what: "envelope shorter than its header and nonce",
+        })?;
+        let len = self.open(vk, nonce, body)?;
         buf.copy_within(sealed..sealed + len, start);
         buf.truncate(start + len);
         Ok(())
@@ -422,23 +446,42 @@ fn seal_with_nonce_at(
     if plaintext.len() > MAX_PLAINTEXT_LEN {
         return Err(too_large());
     }
-    let sealed = at + HEADER_LEN + NONCE_LEN;
-    let end = sealed + plaintext.len();
-    if out.len() < end + envelope::TAG_LEN {
-        out.resize(end + envelope::TAG_LEN, 0);
+    let end = at + MIN_RAW_LEN + plaintext.len();
+    if out.len() < end {
+        out.resize(end, 0);
     }
-    out[at..at + HEADER_LEN].copy_from_slice(&vk.header);
-    out[at + HEADER_LEN..sealed].copy_from_slice(&nonce);
-    out[sealed..end].copy_from_slice(plaintext);
+    // `out` now reaches `end`, so none of these splits fails.
+    let short = || KeyError::Internal {
+        what: "envelope room shorter than the envelope",
+    };
+    let room = out.get_mut(at..).ok_or_else(short)?;
+    let (header, room) = room
+        .split_first_chunk_mut::<HEADER_LEN>()
+        .ok_or_else(short)?;
+    let (nonce_out, room) = room
+        .split_first_chunk_mut::<NONCE_LEN>()
+        .ok_or_else(short)?;
+    let (body, room) = room
+        .split_at_mut_checked(plaintext.len())
+        .ok_or_else(short)?;
+    let tag_out = room
+        .first_chunk_mut::<{ envelope::TAG_LEN }>()
+        .ok_or_else(short)?;
+    *header = vk.header;
+    *nonce_out = nonce;
+    body.copy_from_slice(plaintext);
     let tag = vk
         .aead
         .seal_in_place_separate_tag(
             Nonce::assume_unique_for_key(nonce),
             Aad::from(&vk.ad[..]),
-            &mut out[sealed..end],
+            body,
         )
         .map_err(|_| too_large())?;
-    out[end..end + envelope::TAG_LEN].copy_from_slice(tag.as_ref());
+    *tag_out =
+        <[u8; envelope::TAG_LEN]>::try_from(tag.as_ref()).map_err(|_| KeyError::Internal {
+            what: "AES-256-GCM tag of an unexpected length",
+        })?;
     Ok(())
 }
 

@@ -49,9 +49,8 @@ pub fn looks_like_envelope(bytes: &[u8]) -> bool {
 
 fn looks_like_raw(b: &[u8]) -> bool {
     b.len() >= MIN_RAW_LEN
-        && b[0..2] == MAGIC
-        && b[2] == FORMAT_VERSION
-        && Mode::from_byte(b[3]).is_some()
+        && matches!(b.first_chunk::<4>(), Some(&[m0, m1, format, mode])
+            if [m0, m1] == MAGIC && format == FORMAT_VERSION && Mode::from_byte(mode).is_some())
 }
 
 fn looks_like_armored(b: &[u8]) -> bool {
@@ -60,9 +59,10 @@ fn looks_like_armored(b: &[u8]) -> bool {
 
 /// Encodes a raw envelope as armoured text (`pgc1:` + base64url without padding).
 pub fn armor(raw: &[u8]) -> String {
-    let mut out = vec![0; armored_len(raw.len())];
-    let at = out.len() - raw.len();
-    out[at..].copy_from_slice(raw);
+    let len = armored_len(raw.len());
+    let mut out = Vec::with_capacity(len);
+    out.resize(len - raw.len(), 0);
+    out.extend_from_slice(raw);
     armor_in_place(&mut out);
     // The armour is ASCII by construction (prefix and digit table), so this never loses anything.
     String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
@@ -82,33 +82,50 @@ const BASE64URL_DIGITS: &[u8; 64] =
 /// `buf` is the armour. Each group of 3 raw bytes is read before its 4 digits are written; after `g`
 /// groups the writer has reached `5 + 4g` and the next unread byte is at `5 + ceil(4n/3) - n + 3g`,
 /// which is never behind it (`g < ceil(n/3)`), so no byte is overwritten before it is read.
+///
+/// A `buf` of any other length is not the room of an armour: debug builds assert, release builds
+/// leave unspecified bytes in it (and never index out of bounds).
 pub fn armor_in_place(buf: &mut [u8]) {
     let p = ARMOR_PREFIX.len();
     // Solve armored_len(n) = buf.len() for n: the digits are ceil(4n/3), so n = floor(3d/4).
-    let digits = buf.len() - p;
+    let digits = buf.len().saturating_sub(p);
     let n = digits * 3 / 4;
     debug_assert_eq!(armored_len(n), buf.len(), "not the room of an armour");
     let mut r = buf.len() - n;
     let mut w = p;
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "`v & 63` is below 64, the length of the digit table"
+    )]
     let d = |v: u32| BASE64URL_DIGITS[(v & 63) as usize];
     while let Some(&[a, b, c]) = buf.get(r..r + 3) {
         let v = u32::from(a) << 16 | u32::from(b) << 8 | u32::from(c);
-        buf[w..w + 4].copy_from_slice(&[d(v >> 18), d(v >> 12), d(v >> 6), d(v)]);
+        put(buf, w, [d(v >> 18), d(v >> 12), d(v >> 6), d(v)]);
         r += 3;
         w += 4;
     }
-    match buf[r..] {
-        [a] => {
+    match buf.get(r..) {
+        Some(&[a]) => {
             let v = u32::from(a) << 16;
-            buf[w..w + 2].copy_from_slice(&[d(v >> 18), d(v >> 12)]);
+            put(buf, w, [d(v >> 18), d(v >> 12)]);
         }
-        [a, b] => {
+        Some(&[a, b]) => {
             let v = u32::from(a) << 16 | u32::from(b) << 8;
-            buf[w..w + 3].copy_from_slice(&[d(v >> 18), d(v >> 12), d(v >> 6)]);
+            put(buf, w, [d(v >> 18), d(v >> 12), d(v >> 6)]);
         }
         _ => {}
     }
-    buf[..p].copy_from_slice(ARMOR_PREFIX);
+    if let Some(prefix) = buf.get_mut(..p) {
+        prefix.copy_from_slice(ARMOR_PREFIX);
+    }
+}
+
+/// Writes `bytes` at `buf[at..]` if they fit, as they always do in the room of an armour (see
+/// [`armor_in_place`]).
+fn put<const N: usize>(buf: &mut [u8], at: usize, bytes: [u8; N]) {
+    if let Some(dst) = buf.get_mut(at..).and_then(<[u8]>::first_chunk_mut::<N>) {
+        *dst = bytes;
+    }
 }
 
 /// Decodes an armoured envelope back to raw bytes (checking the raw framing too).
@@ -130,7 +147,8 @@ pub fn dearmor_into(text: &[u8], out: &mut Vec<u8>) -> Result<()> {
             reason: "the armoured text is not valid base64",
         });
     }
-    let parsed = Envelope::parse(&out[start..]).map(|_| ());
+    // `out` only grew, so the slice is there; an empty one would not parse.
+    let parsed = Envelope::parse(out.get(start..).unwrap_or_default()).map(|_| ());
     if parsed.is_err() {
         out.truncate(start);
     }
@@ -138,6 +156,11 @@ pub fn dearmor_into(text: &[u8], out: &mut Vec<u8>) -> Result<()> {
 }
 
 /// Value of each base64url digit; 0xff (high bit set) for every other byte.
+#[allow(
+    clippy::indexing_slicing,
+    reason = "evaluated at compile time, where an out-of-bounds index is a build error; \
+              `i < 64` and every `u8` is below 256, the two tables' lengths"
+)]
 const BASE64URL_VALUE: [u8; 256] = {
     let mut t = [0xff; 256];
     let mut i = 0;
@@ -151,6 +174,11 @@ const BASE64URL_VALUE: [u8; 256] = {
 
 /// [`BASE64URL_VALUE`] shifted into place for each position of a group of four digits, so that a
 /// group's 24 bits are four lookups ORed together; a byte that is no digit sets bit 31.
+#[allow(
+    clippy::indexing_slicing,
+    reason = "evaluated at compile time, where an out-of-bounds index is a build error; \
+              `pos < 4` and `c < 256`, the tables' dimensions"
+)]
 const BASE64URL_SHIFTED: [[u32; 256]; 4] = {
     let mut t = [[0u32; 256]; 4];
     let mut pos = 0;
@@ -183,24 +211,29 @@ fn decode_base64url_into(text: &[u8], out: &mut Vec<u8>) -> bool {
         return false;
     }
     let start = out.len();
-    let whole = text.len() - tail;
-    out.resize(start + whole / 4 * 3 + tail.saturating_sub(1), 0);
-    let dst = &mut out[start..];
-    let v = |c: u8| BASE64URL_VALUE[usize::from(c)];
+    let (quads, last) = text.as_chunks::<4>();
+    out.resize(start + quads.len() * 3 + tail.saturating_sub(1), 0);
+    let Some(dst) = out.get_mut(start..) else {
+        // Never: `out` was just grown past `start`.
+        out.truncate(start);
+        return false;
+    };
+    // Every `u8` indexes the 256-entry tables; the fallbacks are the tables' "not a digit".
+    let v = |c: u8| BASE64URL_VALUE.get(usize::from(c)).copied().unwrap_or(0xff);
+    let s = |t: &[u32; 256], c: u8| t.get(usize::from(c)).copied().unwrap_or(1 << 31);
     // OR of every group: bit 31 says a byte was not a digit.
     let mut groups = 0u32;
-    let (quads, _) = text[..whole].as_chunks::<4>();
     let (triples, rest) = dst.as_chunks_mut::<3>();
     let [t0, t1, t2, t3] = &BASE64URL_SHIFTED;
     for (&[a, b, c, d], o) in quads.iter().zip(triples.iter_mut()) {
-        let w = t0[usize::from(a)] | t1[usize::from(b)] | t2[usize::from(c)] | t3[usize::from(d)];
+        let w = s(t0, a) | s(t1, b) | s(t2, c) | s(t3, d);
         groups |= w;
         *o = [(w >> 16) as u8, (w >> 8) as u8, w as u8];
     }
     let mut seen = u8::from(groups >> 31 != 0) << 7;
     // The last two or three digits hold one or two bytes; the bits they leave over must be zero.
     let mut ok = true;
-    match (&text[whole..], rest) {
+    match (last, rest) {
         (&[a, b], [o]) => {
             let (a, b) = (v(a), v(b));
             seen |= a | b;
@@ -239,6 +272,7 @@ pub struct Envelope<'a> {
     mode: Mode,
     key_id: u32,
     version: u32,
+    /// At least [`MIN_RAW_LEN`] bytes ([`Envelope::parse`] is the only constructor).
     raw: &'a [u8],
 }
 
@@ -246,28 +280,30 @@ impl<'a> Envelope<'a> {
     /// Parses the header of a raw envelope. Fails on anything shorter than [`MIN_RAW_LEN`], a wrong
     /// magic, an unknown format version or mode.
     pub fn parse(raw: &'a [u8]) -> Result<Envelope<'a>> {
-        if raw.len() < 2 || raw[0..2] != MAGIC {
+        if raw.first_chunk::<2>() != Some(&MAGIC) {
             return Err(KeyError::NotAnEnvelope);
         }
-        if raw.len() < MIN_RAW_LEN {
-            return Err(KeyError::MalformedEnvelope {
-                reason: "it is shorter than an envelope header, nonce and tag",
-            });
-        }
-        if raw[2] != FORMAT_VERSION {
+        let header = match raw.first_chunk::<HEADER_LEN>() {
+            Some(header) if raw.len() >= MIN_RAW_LEN => header,
+            _ => {
+                return Err(KeyError::MalformedEnvelope {
+                    reason: "it is shorter than an envelope header, nonce and tag",
+                })
+            }
+        };
+        let &[_, _, format, mode, k0, k1, k2, k3, v0, v1, v2, v3] = header;
+        if format != FORMAT_VERSION {
             return Err(KeyError::MalformedEnvelope {
                 reason: "unknown envelope format version",
             });
         }
-        let mode = Mode::from_byte(raw[3]).ok_or(KeyError::MalformedEnvelope {
+        let mode = Mode::from_byte(mode).ok_or(KeyError::MalformedEnvelope {
             reason: "unknown encryption mode byte",
         })?;
-        let key_id = u32::from_be_bytes([raw[4], raw[5], raw[6], raw[7]]);
-        let version = u32::from_be_bytes([raw[8], raw[9], raw[10], raw[11]]);
         Ok(Envelope {
             mode,
-            key_id,
-            version,
+            key_id: u32::from_be_bytes([k0, k1, k2, k3]),
+            version: u32::from_be_bytes([v0, v1, v2, v3]),
             raw,
         })
     }
@@ -287,21 +323,26 @@ impl<'a> Envelope<'a> {
         self.mode
     }
 
+    // `raw` is at least MIN_RAW_LEN bytes long, so the fallbacks of the next three accessors are never
+    // taken (and would fail authentication if they were).
+
     /// The header bytes (first [`HEADER_LEN`] bytes).
     pub fn header(&self) -> &'a [u8] {
-        &self.raw[..HEADER_LEN]
+        self.raw.get(..HEADER_LEN).unwrap_or_default()
     }
 
     /// The nonce.
     pub fn nonce(&self) -> [u8; NONCE_LEN] {
-        let mut n = [0u8; NONCE_LEN];
-        n.copy_from_slice(&self.raw[HEADER_LEN..HEADER_LEN + NONCE_LEN]);
-        n
+        self.raw
+            .get(HEADER_LEN..)
+            .and_then(<[u8]>::first_chunk::<NONCE_LEN>)
+            .copied()
+            .unwrap_or_default()
     }
 
     /// Ciphertext followed by the 16-byte tag.
     pub fn sealed(&self) -> &'a [u8] {
-        &self.raw[HEADER_LEN + NONCE_LEN..]
+        self.raw.get(HEADER_LEN + NONCE_LEN..).unwrap_or_default()
     }
 
     /// Length of the plaintext inside.

@@ -295,17 +295,19 @@ impl KeyringDoc {
         if wrapped.len() != WRAPPED_LEN {
             return Err(bad());
         }
-        let mut nonce = [0u8; 12];
-        nonce.copy_from_slice(&wrapped[..12]);
         let ad = wrap_ad(&c.column, c.key_id, v.version, c.mode);
-        let dek = self
-            .wrap
-            .open_in_place(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(&ad[..]),
-                &mut wrapped[12..],
-            )
-            .ok()
+        // nonce (12) ‖ sealed DEK and tag; the length was checked just above.
+        let dek = wrapped
+            .split_first_chunk_mut::<12>()
+            .and_then(|(nonce, sealed)| {
+                self.wrap
+                    .open_in_place(
+                        Nonce::assume_unique_for_key(*nonce),
+                        Aad::from(&ad[..]),
+                        sealed,
+                    )
+                    .ok()
+            })
             .and_then(|pt| Dek::from_slice(pt));
         zeroize::Zeroize::zeroize(&mut wrapped);
         dek.ok_or_else(bad)
@@ -325,12 +327,15 @@ impl KeyringDoc {
         let mut out = Vec::with_capacity(WRAPPED_LEN);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(dek.expose());
+        let sealed = out
+            .get_mut(nonce.len()..)
+            .ok_or(KeyError::Internal { what: "wrap DEK" })?;
         let tag = self
             .wrap
             .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(&ad[..]),
-                &mut out[12..],
+                sealed,
             )
             .map_err(|_| KeyError::Internal { what: "wrap DEK" })?;
         out.extend_from_slice(tag.as_ref());
@@ -389,21 +394,22 @@ impl KeyringDoc {
     /// Adds a new key version to `column` and makes it active; returns the new version number.
     /// Older versions stay and keep decrypting.
     pub fn rotate(&mut self, column: &str, created: &str) -> Result<u32> {
+        let unknown = || KeyError::UnknownColumn {
+            column: column.to_string(),
+        };
         let idx = self
             .doc
             .columns
             .iter()
             .position(|c| c.column == column)
-            .ok_or_else(|| KeyError::UnknownColumn {
-                column: column.to_string(),
-            })?;
-        let c = &self.doc.columns[idx];
+            .ok_or_else(unknown)?;
+        let c = self.doc.columns.get(idx).ok_or_else(unknown)?;
         let last = c.versions.last().map_or(0, |v| v.version);
         let version = last
             .checked_add(1)
             .ok_or_else(|| corrupt(format!("column {column} has no key versions left")))?;
         let v = self.new_version(column, c.key_id, version, c.mode, created)?;
-        let c = &mut self.doc.columns[idx];
+        let c = self.doc.columns.get_mut(idx).ok_or_else(unknown)?;
         c.versions.push(v);
         c.active_version = version;
         self.doc.generation = self.doc.generation.wrapping_add(1);
@@ -515,7 +521,8 @@ impl Keyring {
             .by_name
             .binary_search_by(|(name, _)| name.as_str().cmp(column))
             .ok()?;
-        Some(&self.ciphers[self.by_name[at].1])
+        let &(_, i) = self.by_name.get(at)?;
+        self.ciphers.get(i)
     }
 
     /// The cipher of a column, or [`KeyError::UnknownColumn`].
@@ -531,7 +538,8 @@ impl Keyring {
             .by_id
             .binary_search_by_key(&key_id, |&(id, _)| id)
             .ok()?;
-        Some(&self.ciphers[self.by_id[at].1])
+        let &(_, i) = self.by_id.get(at)?;
+        self.ciphers.get(i)
     }
 
     /// The column (`schema.table.column`) a key id belongs to.

@@ -121,11 +121,16 @@
 //! All HKDF uses share the salt `"pgcloak-keymgr hkdf salt v1"`.
 
 #![forbid(unsafe_code)]
-// Parsers of untrusted input: no unwrap, expect or panic outside tests (the linter holds the "no panic
-// on any input" claim; the fuzz targets in fuzz/ check it at run time).
+// Parsers of untrusted input: no unwrap, expect, panic or unchecked indexing/slicing outside tests
+// (the linter holds the "no panic on any input" claim; the fuzz targets in fuzz/ check it at run time).
 #![cfg_attr(
     not(test),
-    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
 )]
 #![warn(missing_docs)]
 

@@ -37,8 +37,13 @@ pub(crate) fn hkdf32(ikm: &[u8], info: &[u8]) -> Zeroizing<[u8; KEY_LEN]> {
     ctx.update(info);
     ctx.update(&[1u8]);
     let okm = ctx.sign();
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "an HMAC-SHA256 tag is always 32 bytes (KEY_LEN), and deriving has no error path"
+    )]
+    let okm = &okm.as_ref()[..KEY_LEN];
     let mut out = Zeroizing::new([0u8; KEY_LEN]);
-    out.copy_from_slice(&okm.as_ref()[..KEY_LEN]);
+    out.copy_from_slice(okm);
     out
 }
 
@@ -193,8 +198,9 @@ impl AuditSigningKey {
         use signature::KeyPair as _;
         let mut out = [0u8; 32];
         let pk = self.pair.public_key().as_ref();
-        let n = pk.len().min(32);
-        out[..n].copy_from_slice(&pk[..n]);
+        for (o, &b) in out.iter_mut().zip(pk) {
+            *o = b;
+        }
         out
     }
 

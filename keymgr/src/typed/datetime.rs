@@ -211,7 +211,8 @@ impl Cur<'_> {
         self.i - start
     }
     fn rest(&self) -> &[u8] {
-        &self.b[self.i..]
+        // `i` never passes the end; past it there would be nothing left.
+        self.b.get(self.i..).unwrap_or_default()
     }
     fn done(&self) -> bool {
         self.i == self.b.len()
@@ -330,7 +331,8 @@ pub(super) fn timestamptz_from_text(text: &[u8]) -> Result<i64> {
                 while matches!(c.peek(), Some(b'0'..=b'9')) {
                     c.i += 1;
                 }
-                let frac = &t[start..c.i];
+                // `start <= c.i <= t.len()`; an empty fraction is refused just below.
+                let frac = t.get(start..c.i).unwrap_or_default();
                 if frac.is_empty() {
                     return Err(bad());
                 }

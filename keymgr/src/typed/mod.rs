@@ -135,15 +135,15 @@ pub fn to_text_in_place(ty: LogicalType, buf: &mut Vec<u8>, start: usize) -> Res
     match ty {
         LogicalType::Text | LogicalType::Jsonb => {}
         LogicalType::Int4 => {
-            let v = i32::from_be_bytes(fixed::<4>(ty, "canonical", &buf[start..])?);
+            let v = i32::from_be_bytes(fixed::<4>(ty, "canonical", value_at(buf, start)?)?);
             int(buf, v.into());
         }
         LogicalType::Int8 => {
-            let v = i64::from_be_bytes(fixed::<8>(ty, "canonical", &buf[start..])?);
+            let v = i64::from_be_bytes(fixed::<8>(ty, "canonical", value_at(buf, start)?)?);
             int(buf, v);
         }
         _ => {
-            let text = to_text(ty, &buf[start..])?;
+            let text = to_text(ty, value_at(buf, start)?)?;
             buf.truncate(start);
             buf.extend_from_slice(&text);
         }
@@ -160,11 +160,19 @@ pub fn into_binary(ty: LogicalType, mut canonical: Vec<u8>) -> Result<Vec<u8>> {
 /// [`to_text_in_place`] for the binary format.
 pub fn to_binary_in_place(ty: LogicalType, buf: &mut Vec<u8>, start: usize) -> Result<()> {
     if !matches!(ty, LogicalType::Text | LogicalType::Bytea) {
-        let bin = to_binary(ty, &buf[start..])?;
+        let bin = to_binary(ty, value_at(buf, start)?)?;
         buf.truncate(start);
         buf.extend_from_slice(&bin);
     }
     Ok(())
+}
+
+/// The value at `buf[start..]` of the `*_in_place` conversions; a `start` past the end of `buf` is
+/// the caller's bug.
+fn value_at(buf: &[u8], start: usize) -> Result<&[u8]> {
+    buf.get(start..).ok_or(KeyError::Internal {
+        what: "value offset past the end of the buffer",
+    })
 }
 
 /// PostgreSQL's text format of a canonical value.
@@ -174,11 +182,16 @@ pub fn to_text(ty: LogicalType, canonical: &[u8]) -> Result<Vec<u8>> {
         LogicalType::Text | LogicalType::Jsonb => Ok(canonical.to_vec()),
         LogicalType::Bytea => {
             const DIGITS: &[u8; 16] = b"0123456789abcdef";
+            #[allow(
+                clippy::indexing_slicing,
+                reason = "a nibble (`n & 0xf`) is below 16, the length of the digit table"
+            )]
+            let digit = |n: u8| DIGITS[usize::from(n & 0xf)];
             let mut out = Vec::with_capacity(2 + canonical.len() * 2);
             out.extend_from_slice(b"\\x");
             for &b in canonical {
-                out.push(DIGITS[usize::from(b >> 4)]);
-                out.push(DIGITS[usize::from(b & 0xf)]);
+                out.push(digit(b >> 4));
+                out.push(digit(b));
             }
             Ok(out)
         }
@@ -257,17 +270,28 @@ fn fixed<const N: usize>(ty: LogicalType, format: &'static str, b: &[u8]) -> Res
 
 pub(crate) fn trim_ascii_ws(b: &[u8]) -> &[u8] {
     let is_ws = |c: &u8| matches!(c, b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c');
-    let start = b.iter().position(|c| !is_ws(c)).unwrap_or(b.len());
-    let end = b.iter().rposition(|c| !is_ws(c)).map_or(start, |e| e + 1);
-    &b[start..end]
+    let mut t = b;
+    while let Some((first, rest)) = t.split_first() {
+        if !is_ws(first) {
+            break;
+        }
+        t = rest;
+    }
+    while let Some((last, rest)) = t.split_last() {
+        if !is_ws(last) {
+            break;
+        }
+        t = rest;
+    }
+    t
 }
 
 /// `int4in` / `int8in`: optional surrounding whitespace, optional sign, decimal digits.
 fn parse_int(ty: LogicalType, text: &[u8], min: i64, max: i64) -> Result<i64> {
     let t = trim_ascii_ws(text);
-    let (neg, digits) = match t.first() {
-        Some(b'-') => (true, &t[1..]),
-        Some(b'+') => (false, &t[1..]),
+    let (neg, digits) = match t.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        Some((b'+', rest)) => (false, rest),
         _ => (false, t),
     };
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
@@ -326,14 +350,15 @@ pub fn bytea_from_text_into(text: &[u8], out: &mut Vec<u8>) -> Result<()> {
         // What PostgreSQL itself prints (no whitespace): two digits at a time, no filtering. A
         // bytea-stored ciphertext is decoded this way for every value read.
         if hex.len() % 2 == 0 {
-            out.resize(start + hex.len() / 2, 0);
+            // Every `u8` indexes the 256-entry tables; the fallback is their "not a digit" bit.
+            let half = |t: &[u16; 256], c: u8| t.get(usize::from(c)).copied().unwrap_or(0x100);
             // OR of every pair: bit 8 says a byte was not a digit.
             let mut seen = 0u16;
-            for (o, &[h, l]) in out[start..].iter_mut().zip(hex.as_chunks::<2>().0) {
-                let v = HEX_HIGH[usize::from(h)] | HEX_LOW[usize::from(l)];
+            out.extend(hex.as_chunks::<2>().0.iter().map(|&[h, l]| {
+                let v = half(&HEX_HIGH, h) | half(&HEX_LOW, l);
                 seen |= v;
-                *o = v as u8;
-            }
+                v as u8
+            }));
             if seen >> 8 == 0 {
                 return Ok(());
             }
@@ -367,38 +392,36 @@ fn bytea_general(text: &[u8], out: &mut Vec<u8>) -> Result<()> {
         return Ok(());
     }
     out.reserve(text.len());
-    let mut i = 0;
-    while i < text.len() {
-        if text[i] != b'\\' {
-            out.push(text[i]);
-            i += 1;
-        } else if text.get(i + 1) == Some(&b'\\') {
-            out.push(b'\\');
-            i += 2;
-        } else if let Some(&[a, b, c]) = text
-            .get(i + 1..i + 4)
-            .and_then(|s| <&[u8; 3]>::try_from(s).ok())
-        {
-            if (b'0'..=b'3').contains(&a)
-                && (b'0'..=b'7').contains(&b)
-                && (b'0'..=b'7').contains(&c)
-            {
-                out.push((a - b'0') << 6 | (b - b'0') << 3 | (c - b'0'));
-                i += 4;
-            } else {
-                return Err(invalid(ty, "text", "invalid escape sequence"));
+    let mut rest = text;
+    loop {
+        rest = match rest {
+            [] => return Ok(()),
+            [b'\\', b'\\', tail @ ..] => {
+                out.push(b'\\');
+                tail
             }
-        } else {
-            return Err(invalid(ty, "text", "invalid escape sequence"));
-        }
+            [b'\\', a @ b'0'..=b'3', b @ b'0'..=b'7', c @ b'0'..=b'7', tail @ ..] => {
+                out.push((a - b'0') << 6 | (b - b'0') << 3 | (c - b'0'));
+                tail
+            }
+            [b'\\', ..] => return Err(invalid(ty, "text", "invalid escape sequence")),
+            [c, tail @ ..] => {
+                out.push(*c);
+                tail
+            }
+        };
     }
-    Ok(())
 }
 
 /// [`HEX_DIGIT`] as the high and the low half of a byte; bit 8 set for a byte that is no digit.
 const HEX_HIGH: [u16; 256] = hex_halves(4);
 const HEX_LOW: [u16; 256] = hex_halves(0);
 
+#[allow(
+    clippy::indexing_slicing,
+    reason = "`i < 256`, the length of both tables; only evaluated in const items, where an \
+              out-of-bounds index would be a build error"
+)]
 const fn hex_halves(shift: u32) -> [u16; 256] {
     let mut t = [0x100; 256];
     let mut i = 0;
@@ -412,6 +435,11 @@ const fn hex_halves(shift: u32) -> [u16; 256] {
 }
 
 /// Value of each hexadecimal digit; 0xff for every other byte.
+#[allow(
+    clippy::indexing_slicing,
+    reason = "evaluated at compile time, where an out-of-bounds index is a build error; \
+              `i < 256`, the table's length"
+)]
 const HEX_DIGIT: [u8; 256] = {
     let mut t = [0xff; 256];
     let mut i = 0;

@@ -90,27 +90,23 @@ impl Num {
     }
 }
 
-fn be16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
-}
-
 /// Decodes `numeric_recv`'s input and returns the normalised binary (the canonical form).
 pub(super) fn from_binary(bin: &[u8], format: &'static str) -> Result<Vec<u8>> {
     Ok(decode(bin, format)?.to_binary())
 }
 
 fn decode(bin: &[u8], format: &'static str) -> Result<Num> {
-    if bin.len() < 8 {
+    let Some((&[n0, n1, w0, w1, s0, s1, d0, d1], body)) = bin.split_first_chunk::<8>() else {
         return Err(invalid(TY, format, "it is shorter than the 8-byte header"));
-    }
-    let ndigits = be16(bin, 0) as i16;
-    let weight = be16(bin, 2) as i16;
-    let sign = be16(bin, 4);
-    let dscale = be16(bin, 6);
+    };
+    let ndigits = i16::from_be_bytes([n0, n1]);
+    let weight = i16::from_be_bytes([w0, w1]);
+    let sign = u16::from_be_bytes([s0, s1]);
+    let dscale = u16::from_be_bytes([d0, d1]);
     if ndigits < 0 {
         return Err(invalid(TY, format, "negative digit count"));
     }
-    if bin.len() != 8 + 2 * ndigits as usize {
+    if body.len() != 2 * ndigits as usize {
         return Err(invalid(
             TY,
             format,
@@ -124,8 +120,9 @@ fn decode(bin: &[u8], format: &'static str) -> Result<Num> {
         return Err(invalid(TY, format, "invalid scale"));
     }
     let mut digits = Vec::with_capacity(ndigits as usize);
-    for i in 0..ndigits as usize {
-        let d = be16(bin, 8 + 2 * i);
+    // `body` is exactly `ndigits` pairs (checked above), so there is no remainder.
+    for &pair in body.as_chunks::<2>().0 {
+        let d = u16::from_be_bytes(pair);
         if d >= NBASE {
             return Err(invalid(TY, format, "invalid digit"));
         }
@@ -180,12 +177,19 @@ pub(super) fn to_text(canonical: &[u8]) -> Result<Vec<u8>> {
             let d = digit(weight + k);
             let s = format!("{d:04}");
             let take = remaining.min(4);
-            out.extend_from_slice(&s.as_bytes()[..take]);
+            out.extend(s.bytes().take(take));
             remaining -= take;
             k += 1;
         }
     }
     Ok(out)
+}
+
+/// Splits `s` after its leading ASCII digits.
+fn split_digits(s: &[u8]) -> (&[u8], &[u8]) {
+    let n = s.iter().take_while(|c| c.is_ascii_digit()).count();
+    // `n <= s.len()`; were it past the end, every byte would be a digit.
+    s.split_at_checked(n).unwrap_or((s, &[]))
 }
 
 /// `numeric_in`: whitespace, sign, digits with optional point, optional exponent; `NaN`,
@@ -200,28 +204,24 @@ pub(super) fn from_text(text: &[u8]) -> Result<Vec<u8>> {
         b"-infinity" | b"-inf" => return Ok(Num::special(NINF).to_binary()),
         _ => {}
     }
-    let (neg, rest) = match t.first() {
-        Some(b'-') => (true, &t[1..]),
-        Some(b'+') => (false, &t[1..]),
+    let (neg, rest) = match t.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        Some((b'+', rest)) => (false, rest),
         _ => (false, t),
     };
-    let int_len = rest.iter().take_while(|c| c.is_ascii_digit()).count();
-    let int = &rest[..int_len];
-    let mut rest = &rest[int_len..];
+    let (int, mut rest) = split_digits(rest);
     let mut frac: &[u8] = &[];
     if let Some(r) = rest.strip_prefix(b".") {
-        let n = r.iter().take_while(|c| c.is_ascii_digit()).count();
-        frac = &r[..n];
-        rest = &r[n..];
+        (frac, rest) = split_digits(r);
     }
     if int.is_empty() && frac.is_empty() {
         return Err(bad());
     }
     let mut exp: i64 = 0;
     if let Some(r) = rest.strip_prefix(b"e").or_else(|| rest.strip_prefix(b"E")) {
-        let (eneg, r) = match r.first() {
-            Some(b'-') => (true, &r[1..]),
-            Some(b'+') => (false, &r[1..]),
+        let (eneg, r) = match r.split_first() {
+            Some((b'-', rest)) => (true, rest),
+            Some((b'+', rest)) => (false, rest),
             _ => (false, r),
         };
         if r.is_empty() || !r.iter().all(u8::is_ascii_digit) {
@@ -250,7 +250,7 @@ pub(super) fn from_text(text: &[u8]) -> Result<Vec<u8>> {
         ));
     }
     // Decimal digit j (of int ++ frac) has decimal exponent point - 1 - j.
-    let point = int_len as i64 + exp;
+    let point = int.len() as i64 + exp;
     let all = int.iter().chain(frac.iter());
     let first_nz = int.iter().chain(frac.iter()).position(|&c| c != b'0');
     let Some(first_nz) = first_nz else {
@@ -274,7 +274,9 @@ pub(super) fn from_text(text: &[u8]) -> Result<Vec<u8>> {
         if idx >= digits.len() {
             digits.resize(idx + 1, 0);
         }
-        digits[idx] += u16::from(c - b'0') * 10u16.pow(e.rem_euclid(4) as u32);
+        // Never fails: `digits` was just grown past `idx`.
+        let slot = digits.get_mut(idx).ok_or_else(bad)?;
+        *slot += u16::from(c - b'0') * 10u16.pow(e.rem_euclid(4) as u32);
     }
     if digits.len() > i16::MAX as usize {
         return Err(invalid(TY, "text", "value overflows numeric format"));

@@ -34,7 +34,7 @@ pub struct Frame {
 impl Frame {
     /// The message body after tag and length.
     pub fn body(&self) -> &[u8] {
-        &self.bytes[5..]
+        self.bytes.get(5..).unwrap_or_default()
     }
 }
 
@@ -49,7 +49,7 @@ pub struct FrameRef<'a> {
 impl FrameRef<'_> {
     /// The message body after tag and length.
     pub fn body(&self) -> &[u8] {
-        &self.bytes[5..]
+        self.bytes.get(5..).unwrap_or_default()
     }
 }
 
@@ -58,7 +58,13 @@ const fn tag_table(tags: &[u8]) -> [bool; 256] {
     let mut t = [false; 256];
     let mut i = 0;
     while i < tags.len() {
-        t[tags[i] as usize] = true;
+        #[allow(
+            clippy::indexing_slicing,
+            reason = "const fn (no get in const); i < tags.len() and a u8 indexes [bool; 256]"
+        )]
+        {
+            t[tags[i] as usize] = true;
+        }
         i += 1;
     }
     t
@@ -68,10 +74,11 @@ const FRONTEND_TABLE: [bool; 256] = tag_table(FRONTEND_TAGS);
 const BACKEND_TABLE: [bool; 256] = tag_table(BACKEND_TAGS);
 
 fn tag_allowed(direction: Direction, tag: u8) -> bool {
-    match direction {
-        Direction::Frontend => FRONTEND_TABLE[tag as usize],
-        Direction::Backend => BACKEND_TABLE[tag as usize],
-    }
+    let table = match direction {
+        Direction::Frontend => &FRONTEND_TABLE,
+        Direction::Backend => &BACKEND_TABLE,
+    };
+    table.get(usize::from(tag)).copied().unwrap_or(false)
 }
 
 /// The size limit for a message type: data-bearing messages get `max`, control messages a small cap.
@@ -104,10 +111,9 @@ pub fn check(buf: &[u8], direction: Direction, max: usize) -> Result<Option<usiz
     if !tag_allowed(direction, tag) {
         return Err(FrameError::UnknownTag { tag });
     }
-    if buf.len() < 5 {
+    let Some(len) = declared_u32(buf) else {
         return Ok(None);
-    }
-    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+    };
     if len < 4 {
         return Err(FrameError::LengthTooSmall {
             tag: tag as char,
@@ -136,10 +142,13 @@ pub fn check(buf: &[u8], direction: Direction, max: usize) -> Result<Option<usiz
 /// The total length the first frame in `buf` declares, once its header is buffered; used to reserve
 /// capacity for large frames in one allocation.
 pub fn declared_len(buf: &[u8]) -> Option<usize> {
-    if buf.len() < 5 {
-        return None;
-    }
-    Some(u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize + 1)
+    Some(declared_u32(buf)? as usize + 1)
+}
+
+/// The length field of the frame at the start of `buf`, once its header is buffered.
+fn declared_u32(buf: &[u8]) -> Option<u32> {
+    let header: &[u8; 4] = buf.get(1..5)?.try_into().ok()?;
+    Some(u32::from_be_bytes(*header))
 }
 
 /// Detaches the first frame from `buf` if it is complete.
@@ -153,7 +162,7 @@ pub fn split(
         Some(n) => {
             let bytes = buf.split_to(n).freeze();
             Ok(Some(Frame {
-                tag: bytes[0],
+                tag: bytes.first().copied().unwrap_or_default(),
                 bytes,
             }))
         }

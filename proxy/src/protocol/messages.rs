@@ -15,7 +15,9 @@ fn begin(tag: u8, capacity: usize) -> BytesMut {
 
 fn finish(mut b: BytesMut) -> Bytes {
     let len = (b.len() - 1) as u32;
-    b[1..5].copy_from_slice(&len.to_be_bytes());
+    if let Some(field) = b.get_mut(1..5) {
+        field.copy_from_slice(&len.to_be_bytes());
+    }
     b.freeze()
 }
 
@@ -143,7 +145,7 @@ impl<'a> Reader<'a> {
     }
 
     pub fn remaining(&self) -> &'a [u8] {
-        &self.buf[self.pos..]
+        self.buf.get(self.pos..).unwrap_or_default()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -160,13 +162,17 @@ impl<'a> Reader<'a> {
     }
 
     pub fn i16(&mut self) -> Result<i16, FrameError> {
-        let s = self.bytes(2)?;
-        Ok(i16::from_be_bytes([s[0], s[1]]))
+        Ok(i16::from_be_bytes(self.array()?))
     }
 
     pub fn i32(&mut self) -> Result<i32, FrameError> {
-        let s = self.bytes(4)?;
-        Ok(i32::from_be_bytes([s[0], s[1], s[2], s[3]]))
+        Ok(i32::from_be_bytes(self.array()?))
+    }
+
+    /// The next `N` bytes as an array.
+    pub fn array<const N: usize>(&mut self) -> Result<[u8; N], FrameError> {
+        let s = self.bytes(N)?;
+        s.try_into().map_err(|_| self.err("truncated"))
     }
 
     pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
@@ -184,14 +190,15 @@ impl<'a> Reader<'a> {
 
     /// A NUL-terminated string (without the NUL).
     pub fn cstr(&mut self) -> Result<&'a [u8], FrameError> {
-        let rest = &self.buf[self.pos..];
+        let rest = self.remaining();
         // Most names on the hot path are empty (the unnamed statement and portal): no search then.
         let end = match rest.first() {
             Some(0) => 0,
             _ => memchr::memchr(0, rest).ok_or_else(|| self.err("string not terminated"))?,
         };
+        let s = rest.get(..end).ok_or_else(|| self.err("truncated"))?;
         self.pos += end + 1;
-        Ok(&rest[..end])
+        Ok(s)
     }
 }
 
@@ -290,7 +297,7 @@ pub fn without_context(body: &[u8]) -> Bytes {
 pub fn command_rows(body: &[u8]) -> Option<u64> {
     let tag = body.strip_suffix(&[0]).unwrap_or(body);
     // The count is the last word, after a first one (once per statement: no string parsing).
-    let digits = &tag[tag.iter().rposition(|&b| b == b' ')? + 1..];
+    let digits = tag.get(tag.iter().rposition(|&b| b == b' ')? + 1..)?;
     if digits.is_empty() {
         return None;
     }
@@ -395,7 +402,7 @@ impl BindMsg<'_> {
     pub fn param_format(&self, i: usize) -> i16 {
         match self.param_formats.len() {
             0 => 0,
-            1 => self.param_formats[0],
+            1 => self.param_formats.first().copied().unwrap_or(0),
             _ => self.param_formats.get(i).copied().unwrap_or(0),
         }
     }
@@ -405,7 +412,7 @@ impl BindMsg<'_> {
 pub fn result_format(formats: &[i16], i: usize) -> i16 {
     match formats.len() {
         0 => 0,
-        1 => formats[0],
+        1 => formats.first().copied().unwrap_or(0),
         _ => formats.get(i).copied().unwrap_or(0),
     }
 }

@@ -52,10 +52,10 @@ impl StartupMessage {
 
 /// Whether `buf` holds a complete startup packet; returns its length.
 pub fn check(buf: &[u8]) -> Result<Option<usize>, FrameError> {
-    if buf.len() < 4 {
+    let Some((len, _)) = buf.split_first_chunk::<4>() else {
         return Ok(None);
-    }
-    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    };
+    let len = u32::from_be_bytes(*len);
     if !(8..=MAX_STARTUP_PACKET).contains(&len) {
         return Err(FrameError::BadStartupLength { len });
     }
@@ -74,51 +74,61 @@ pub fn split(buf: &mut BytesMut) -> Result<Option<StartupPacket>, FrameError> {
     }
 }
 
+/// The NUL-terminated string at the start of `b` (without the NUL) and what follows it.
+fn split_cstr(b: &[u8]) -> Option<(&[u8], &[u8])> {
+    let end = memchr::memchr(0, b)?;
+    Some((b.get(..end)?, b.get(end + 1..)?))
+}
+
 /// Decodes one complete startup packet.
 pub fn decode(raw: Bytes) -> Result<StartupPacket, FrameError> {
     let malformed = |detail| FrameError::Malformed {
         what: "startup",
         detail,
     };
-    if raw.len() < 8 {
+    let Some((_, code)) = raw.split_first_chunk::<4>() else {
         return Err(malformed("shorter than 8 bytes"));
-    }
-    let code = u32::from_be_bytes([raw[4], raw[5], raw[6], raw[7]]);
+    };
+    let Some((code, body)) = code.split_first_chunk::<4>() else {
+        return Err(malformed("shorter than 8 bytes"));
+    };
+    let code = u32::from_be_bytes(*code);
     match code {
         SSL_REQUEST if raw.len() == 8 => Ok(StartupPacket::SslRequest),
         GSSENC_REQUEST if raw.len() == 8 => Ok(StartupPacket::GssEncRequest),
         SSL_REQUEST | GSSENC_REQUEST => Err(malformed("encryption request with a body")),
         CANCEL_REQUEST => {
             // 3.0 keys are 4 bytes; protocol 3.2 allows up to 256.
-            if raw.len() < 16 || raw.len() > 12 + 256 {
-                return Err(malformed("cancel request of the wrong length"));
-            }
+            let process_id = match body.split_first_chunk::<4>() {
+                Some((pid, secret)) if (4..=256).contains(&secret.len()) => *pid,
+                _ => return Err(malformed("cancel request of the wrong length")),
+            };
             Ok(StartupPacket::Cancel {
-                process_id: u32::from_be_bytes([raw[8], raw[9], raw[10], raw[11]]),
+                process_id: u32::from_be_bytes(process_id),
                 secret: raw.slice(12..),
             })
         }
         v if v >> 16 == 3 => {
             let mut params = Vec::new();
-            let mut rest = &raw[8..];
+            let mut rest = body;
             loop {
-                let Some(end) = rest.iter().position(|&b| b == 0) else {
+                let Some((name, after)) = split_cstr(rest) else {
                     return Err(malformed("parameter list not terminated"));
                 };
-                if end == 0 {
-                    if rest.len() != 1 {
+                if name.is_empty() {
+                    if !after.is_empty() {
                         return Err(malformed("bytes after the parameter list"));
                     }
                     break;
                 }
-                let name = String::from_utf8_lossy(&rest[..end]).into_owned();
-                rest = &rest[end + 1..];
-                let Some(vend) = rest.iter().position(|&b| b == 0) else {
+                let Some((value, after)) = split_cstr(after) else {
                     return Err(malformed("parameter value not terminated"));
                 };
-                let value = String::from_utf8_lossy(&rest[..vend]).into_owned();
-                rest = &rest[vend + 1..];
-                params.push((name, value));
+                params.push((
+                    String::from_utf8_lossy(name).into_owned(),
+                    String::from_utf8_lossy(value).into_owned(),
+                ));
+                rest = after;
             }
             if !params.iter().any(|(k, _)| k == "user") {
                 return Err(malformed("no user parameter"));

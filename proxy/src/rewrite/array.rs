@@ -168,20 +168,21 @@ pub fn encrypt_text_array(
     let mut p = Parser { s: text, i: 0 };
     p.skip_ws();
     // Optional `[lb:ub][lb:ub]=` decoration, kept verbatim.
-    let mut decoration = &text[..0];
+    let mut decoration: &[u8] = &[];
     if p.peek() == Some(b'[') {
         let start = p.i;
-        let eq = text[start..]
+        let from = text.get(start..).unwrap_or_default();
+        let eq = from
             .iter()
             .position(|&c| c == b'=')
             .ok_or_else(|| bad(target, "its dimension decoration has no \"=\""))?;
-        let deco = &text[start..start + eq];
+        let (deco, _) = from.split_at(eq);
         if !deco.iter().all(|c| {
             c.is_ascii_digit() || matches!(c, b'[' | b']' | b':' | b'-' | b'+') || is_ws(*c)
         }) {
             return Err(bad(target, "its dimension decoration is malformed"));
         }
-        decoration = &text[start..=start + eq];
+        decoration = from.get(..=eq).unwrap_or_default();
         p.i = start + eq + 1;
         p.skip_ws();
     }
@@ -298,8 +299,8 @@ impl<'a> Reader<'a> {
     }
 
     fn i32(&mut self) -> Option<i32> {
-        let b = self.take(4)?;
-        Some(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        let b: [u8; 4] = self.take(4)?.try_into().ok()?;
+        Some(i32::from_be_bytes(b))
     }
 }
 

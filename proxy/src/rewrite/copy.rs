@@ -96,8 +96,7 @@ impl Opts {
         let mut quoted = false;
         let mut in_quote = false;
         let mut i = 0;
-        while i < line.len() {
-            let c = line[i];
+        while let Some(&c) = line.get(i) {
             if self.csv {
                 if in_quote {
                     if c == self.escape
@@ -151,15 +150,15 @@ impl Opts {
         let mut i = 0;
         if self.csv {
             let mut in_quote = false;
-            while i < raw.len() {
-                let c = raw[i];
+            while let Some(&c) = raw.get(i) {
                 if in_quote {
-                    if c == self.escape
-                        && matches!(raw.get(i + 1), Some(&n) if n == self.quote || n == self.escape)
-                    {
-                        out.push(raw[i + 1]);
-                        i += 2;
-                        continue;
+                    match raw.get(i + 1) {
+                        Some(&n) if c == self.escape && (n == self.quote || n == self.escape) => {
+                            out.push(n);
+                            i += 2;
+                            continue;
+                        }
+                        _ => {}
                     }
                     if c == self.quote {
                         in_quote = false;
@@ -175,8 +174,7 @@ impl Opts {
             }
             return out;
         }
-        while i < raw.len() {
-            let c = raw[i];
+        while let Some(&c) = raw.get(i) {
             if c != b'\\' {
                 out.push(c);
                 i += 1;
@@ -208,7 +206,7 @@ impl Opts {
                     out.push((v & 0xff) as u8);
                 }
                 b'x' if raw.get(i).is_some_and(u8::is_ascii_hexdigit) => {
-                    let mut v = hex_val(raw[i]);
+                    let mut v = raw.get(i).map_or(0, |&d| hex_val(d));
                     i += 1;
                     if let Some(&d) = raw.get(i).filter(|d| d.is_ascii_hexdigit()) {
                         v = v * 16 + hex_val(d);
@@ -266,6 +264,9 @@ impl Opts {
         }
     }
 }
+
+/// A field range found in a buffer no longer fits it: a pgcloak bug, refused rather than guessed at.
+const OUT_OF_BUFFER: &str = "a field pgcloak located lies outside the data (a pgcloak bug)";
 
 fn hex_val(c: u8) -> u8 {
     match c {
@@ -501,15 +502,15 @@ impl CopyInRewriter {
             if self.buf.len() < end {
                 return Ok(0);
             }
-            out.extend_from_slice(&self.buf[..end]);
+            out.extend_from_slice(self.buf.get(..end).unwrap_or_default());
             self.header_pending = false;
             at = end;
         }
         while !self.done {
-            let Some(count) = self.buf.get(at..at + 2) else {
+            let Some(&[hi, lo]) = self.buf.get(at..at + 2) else {
                 break;
             };
-            let count = i16::from_be_bytes([count[0], count[1]]);
+            let count = i16::from_be_bytes([hi, lo]);
             if count == -1 {
                 out.extend_from_slice(&[0xff, 0xff]);
                 self.done = true;
@@ -543,7 +544,7 @@ impl CopyInRewriter {
                 fields.push(Some(p..p + len));
                 p += len;
             }
-            out.extend_from_slice(&self.buf[at..at + 2]);
+            out.extend_from_slice(&[hi, lo]);
             for (field, col) in fields.into_iter().zip(&self.cols) {
                 let (range, col) = match (field, col) {
                     (Some(range), Some(col)) => (range, col),
@@ -552,14 +553,16 @@ impl CopyInRewriter {
                         continue;
                     }
                     (Some(r), None) => {
-                        out.extend_from_slice(&self.buf[r.start - 4..r.end]);
+                        // The field with its length word, as it came.
+                        let field = self.buf.get(r.start - 4..r.end);
+                        out.extend_from_slice(field.ok_or_else(|| self.err(OUT_OF_BUFFER))?);
                         continue;
                     }
                 };
                 seal_field(
                     &self.keyring,
                     col,
-                    &self.buf[range],
+                    self.buf.get(range).ok_or_else(|| self.err(OUT_OF_BUFFER))?,
                     Format::Binary,
                     &mut self.scratch,
                 )?;
@@ -579,8 +582,7 @@ impl CopyInRewriter {
     fn next_line_end(&mut self, start: usize, at_eof: bool) -> Result<Option<(usize, usize)>> {
         let b = &self.buf;
         let mut i = self.scan.max(start);
-        while i < b.len() {
-            let c = b[i];
+        while let Some(&c) = b.get(i) {
             if self.opts.csv {
                 if self.in_quote && c == self.opts.escape && self.opts.escape != self.opts.quote {
                     self.last_was_escape = !self.last_was_escape;
@@ -658,8 +660,8 @@ impl CopyInRewriter {
         next: usize,
         out: &mut Vec<u8>,
     ) -> Result<()> {
-        let line = &self.buf[start..end];
-        let eol = &self.buf[end..next];
+        let line = self.buf.get(start..end).unwrap_or_default();
+        let eol = self.buf.get(end..next).unwrap_or_default();
         self.in_quote = false;
         self.last_was_escape = false;
         if self.header_pending {
@@ -687,7 +689,7 @@ impl CopyInRewriter {
             if i > 0 {
                 out.push(self.opts.delim);
             }
-            let raw = &line[range.clone()];
+            let raw = line.get(range.clone()).unwrap_or_default();
             let Some(col) = col else {
                 out.extend_from_slice(raw);
                 continue;
@@ -840,7 +842,7 @@ impl CopyOutRewriter {
             if i > 0 {
                 out.push(self.opts.delim);
             }
-            let raw = &line[range.clone()];
+            let raw = line.get(range.clone()).unwrap_or_default();
             if col.action == ColumnAction::PassThrough || self.opts.is_null(raw, *quoted) {
                 out.extend_from_slice(raw);
                 continue;

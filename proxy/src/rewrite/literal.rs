@@ -131,8 +131,8 @@ fn quoted_body(text: &str) -> LResult<&str> {
         return Err(LiteralError::Malformed("it does not start with a quote"));
     }
     let mut i = 1;
-    while i < b.len() {
-        if b[i] == b'\'' {
+    while let Some(&c) = b.get(i) {
+        if c == b'\'' {
             if b.get(i + 1) == Some(&b'\'') {
                 i += 2;
                 continue;
@@ -156,8 +156,8 @@ fn quoted_body_escaped(text: &str) -> LResult<&str> {
         return Err(LiteralError::Malformed("it does not start with a quote"));
     }
     let mut i = 1;
-    while i < b.len() {
-        match b[i] {
+    while let Some(&c) = b.get(i) {
+        match c {
             b'\\' => i += 2,
             b'\'' if b.get(i + 1) == Some(&b'\'') => i += 2,
             b'\'' => {
@@ -202,8 +202,7 @@ fn decode_e_string(body: &str) -> LResult<String> {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     let mut pending_high: Option<u32> = None;
-    while i < b.len() {
-        let c = b[i];
+    while let Some(&c) = b.get(i) {
         if c == b'\'' {
             // `''` inside (the body check guarantees it is doubled).
             out.push(b'\'');
@@ -300,8 +299,7 @@ fn decode_unicode(body: &str, escape: char) -> LResult<String> {
         s.iter()
             .try_fold(0u32, |acc, c| Some(acc.checked_mul(16)? + c.to_digit(16)?))
     };
-    while i < chars.len() {
-        let c = chars[i];
+    while let Some(&c) = chars.get(i) {
         if c != escape {
             if pending_high.is_some() {
                 return Err(LiteralError::Malformed(
@@ -456,16 +454,21 @@ fn round_to_integer(text: &str) -> Option<String> {
                 break;
             }
             i -= 1;
-            if whole[i] == 9 {
-                whole[i] = 0;
+            let Some(d) = whole.get_mut(i) else {
+                break;
+            };
+            if *d == 9 {
+                *d = 0;
             } else {
-                whole[i] += 1;
+                *d += 1;
                 break;
             }
         }
     }
     let start = whole.iter().position(|&d| d != 0).unwrap_or(whole.len());
-    let mut out: String = whole[start..]
+    let mut out: String = whole
+        .get(start..)
+        .unwrap_or_default()
         .iter()
         .map(|d| char::from(b'0' + d))
         .collect();
@@ -554,7 +557,8 @@ fn parse_type_at(b: &[u8], i: usize) -> LResult<Option<(usize, Option<TypeName>,
         while b.get(j).copied().is_some_and(is_ident_char) {
             j += 1;
         }
-        (j > i).then(|| (j, String::from_utf8_lossy(&b[i..j]).to_ascii_lowercase()))
+        let word = b.get(i..j).filter(|w| !w.is_empty())?;
+        Some((j, String::from_utf8_lossy(word).to_ascii_lowercase()))
     };
     let Some((mut end, mut name)) = word_at(i) else {
         return Ok(None);
@@ -814,9 +818,12 @@ fn type_name_before(b: &[u8], start: usize) -> Option<(usize, TypeName)> {
         if s == e {
             break;
         }
-        words.push((s, String::from_utf8_lossy(&b[s..e]).to_ascii_lowercase()));
+        let word = String::from_utf8_lossy(b.get(s..e).unwrap_or_default()).to_ascii_lowercase();
+        let first = words.is_empty();
+        let continues = matches!(word.as_str(), "zone" | "varying" | "precision");
+        words.push((s, word));
         pos = s;
-        if words.len() == 1 && !matches!(words[0].1.as_str(), "zone" | "varying" | "precision") {
+        if first && !continues {
             break;
         }
     }

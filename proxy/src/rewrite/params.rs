@@ -62,19 +62,37 @@ impl<'a> Cursor<'a> {
             .checked_add(n)
             .filter(|e| *e <= self.s.len())
             .ok_or_else(|| self.err("it is shorter than its fields declare"))?;
-        let b = &self.s[self.i..end];
+        let b = self
+            .s
+            .get(self.i..end)
+            .ok_or_else(|| self.err("it is shorter than its fields declare"))?;
         self.i = end;
         Ok(b)
     }
 
+    /// The next `N` bytes as an array.
+    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
+        let b = self.take(N)?;
+        b.try_into()
+            .map_err(|_| self.err("it is shorter than its fields declare"))
+    }
+
     pub(crate) fn i16(&mut self) -> Result<i16> {
-        let b = self.take(2)?;
-        Ok(i16::from_be_bytes([b[0], b[1]]))
+        Ok(i16::from_be_bytes(self.array()?))
     }
 
     pub(crate) fn i32(&mut self) -> Result<i32> {
-        let b = self.take(4)?;
-        Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        Ok(i32::from_be_bytes(self.array()?))
+    }
+
+    /// The bytes read since position `start`.
+    pub(crate) fn since(&self, start: usize) -> &'a [u8] {
+        self.s.get(start..self.i).unwrap_or_default()
+    }
+
+    /// The bytes not read yet.
+    pub(crate) fn rest(&self) -> &'a [u8] {
+        self.s.get(self.i..).unwrap_or_default()
     }
 
     fn count(&mut self) -> Result<usize> {
@@ -83,7 +101,7 @@ impl<'a> Cursor<'a> {
 
     /// A NUL-terminated string, including its NUL.
     fn cstr(&mut self) -> Result<&'a [u8]> {
-        let rest = &self.s[self.i.min(self.s.len())..];
+        let rest = self.rest();
         let nul = rest
             .iter()
             .position(|&c| c == 0)
@@ -149,10 +167,10 @@ pub fn rewrite_bind(body: &[u8], params: &[BindParam<'_>]) -> Result<Option<Byte
     }
     let code = |idx: usize| {
         let at = formats_at + 2 * if nfmt == 1 { 0 } else { idx };
-        if nfmt == 0 {
-            0
-        } else {
-            i16::from_be_bytes([body[at], body[at + 1]])
+        // Read (and bounds-checked) above: nfmt codes from formats_at.
+        match body.get(at..at + 2) {
+            Some(&[hi, lo]) if nfmt != 0 => i16::from_be_bytes([hi, lo]),
+            _ => 0,
         }
     };
     // One pass: each value is copied, or encrypted straight onto the end of the new frame (no
@@ -160,22 +178,20 @@ pub fn rewrite_bind(body: &[u8], params: &[BindParam<'_>]) -> Result<Option<Byte
     let mut out = Vec::with_capacity(body.len() + 5 + params.len() * 96);
     out.push(b'B');
     out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(&body[..c.i]);
+    out.extend_from_slice(c.since(0));
     let mut changed = false;
     for idx in 0..nparams {
         let field = c.i;
         let len = c.i32()?;
         if len == -1 {
-            out.extend_from_slice(&body[field..c.i]);
+            out.extend_from_slice(c.since(field));
             continue;
         }
         let len = usize::try_from(len).map_err(|_| c.err("a parameter length is negative"))?;
-        let start = c.i;
-        c.take(len)?;
-        let value = &body[start..c.i];
+        let value = c.take(len)?;
         // The first listed parameter naming `$idx + 1` decides (a parameter is encrypted once).
         let Some(p) = params.iter().find(|p| p.index as usize == idx + 1) else {
-            out.extend_from_slice(&body[field..c.i]);
+            out.extend_from_slice(c.since(field));
             continue;
         };
         let format = Format::from_code(code(idx)).ok_or(RewriteError::MalformedClientMessage {
@@ -199,7 +215,7 @@ pub fn rewrite_bind(body: &[u8], params: &[BindParam<'_>]) -> Result<Option<Byte
             len: new_len,
             max: i32::MAX as usize,
         })?;
-        out[at..at + 4].copy_from_slice(&new_len.to_be_bytes());
+        put_i32_at(&mut out, at, new_len);
         changed = true;
     }
     let values_end = c.i;
@@ -209,13 +225,20 @@ pub fn rewrite_bind(body: &[u8], params: &[BindParam<'_>]) -> Result<Option<Byte
     if !changed {
         return Ok(None);
     }
-    out.extend_from_slice(&body[values_end..]);
+    out.extend_from_slice(body.get(values_end..).unwrap_or_default());
     let total = i32::try_from(out.len() - 1).map_err(|_| RewriteError::Internal {
         column: "(message)".to_string(),
         detail: "a rewritten message exceeds the protocol's 2 GiB limit".to_string(),
     })?;
-    out[1..5].copy_from_slice(&total.to_be_bytes());
+    put_i32_at(&mut out, 1, total);
     Ok(Some(Bytes::from(out)))
+}
+
+/// Fills in a length field reserved at `at` (four bytes pushed earlier).
+pub(crate) fn put_i32_at(out: &mut [u8], at: usize, v: i32) {
+    if let Some(field) = out.get_mut(at..at + 4) {
+        field.copy_from_slice(&v.to_be_bytes());
+    }
 }
 
 /// The oid a Parse should declare for an encrypted parameter: the storage type, or its array type.
@@ -265,7 +288,7 @@ pub fn rewrite_parse_param_types(body: &[u8], params: &[(u32, u32)]) -> Result<O
         return Ok(None);
     }
     let mut out = Vec::with_capacity(body.len());
-    out.extend_from_slice(&body[..types_start]);
+    out.extend_from_slice(body.get(..types_start).unwrap_or_default());
     out.extend_from_slice(&(n as i16).to_be_bytes());
     for o in oids {
         out.extend_from_slice(&o.to_be_bytes());

@@ -16,7 +16,7 @@ use pgcloak_keymgr::{envelope, typed, Envelope, KeyError, Keyring, LogicalType};
 use pgcloak_policy::{apply_mask, Mask, MaskedValue, Output, OutputAction};
 
 use super::error::{Result, RewriteError};
-use super::params::{frame, Cursor};
+use super::params::{frame, put_i32_at, Cursor};
 use super::{logical_type, type_len, Format, Storage};
 
 /// What to do with each value of one result column.
@@ -155,12 +155,13 @@ impl RowDescription {
         let n = usize::try_from(c.i16()?).map_err(|_| c.err("its field count is negative"))?;
         let mut fields = Vec::with_capacity(n.min(body.len() / 19 + 1));
         for _ in 0..n {
-            let rest = &body[c.i.min(body.len())..];
-            let nul = rest
+            let nul = c
+                .rest()
                 .iter()
                 .position(|&b| b == 0)
                 .ok_or_else(|| c.err("a field name is not NUL-terminated"))?;
-            let name = c.take(nul + 1)?[..nul].to_vec();
+            let name = c.take(nul)?.to_vec();
+            c.take(1)?;
             fields.push(Field {
                 name,
                 table_oid: c.i32()? as u32,
@@ -285,10 +286,10 @@ impl RowShape {
             return Err(bad("its number of result format codes is neither 0, 1 nor the number of result columns"));
         }
         let format_of = |i: usize| {
-            let code = match codes.len() {
-                0 => 0,
-                1 => codes[0],
-                _ => codes[i],
+            let code = match codes {
+                [] => 0,
+                [one] => *one,
+                many => many.get(i).copied().unwrap_or(0),
             };
             Format::from_code(code).ok_or(bad(
                 "a result format code is neither 0 (text) nor 1 (binary)",
@@ -297,8 +298,10 @@ impl RowShape {
         // Copied only when a format changes (most Binds ask for what the shape already says).
         for i in 0..self.cols.len() {
             let format = format_of(i)?;
-            if self.cols[i].format != format {
-                Arc::make_mut(&mut self.cols)[i].format = format;
+            if self.cols.get(i).is_some_and(|c| c.format != format) {
+                if let Some(col) = Arc::make_mut(&mut self.cols).get_mut(i) {
+                    col.format = format;
+                }
             }
         }
         Ok(())
@@ -375,7 +378,7 @@ fn open(
             (Format::Text, _) => false,
         }
     };
-    let key_id = match &buf[start..] {
+    let key_id = match buf.get(start..).unwrap_or_default() {
         raw if decoded && raw.starts_with(&envelope::MAGIC) => match Envelope::parse(raw) {
             Ok(env) => Some(env.key_id()),
             Err(_) => {
@@ -476,7 +479,7 @@ pub(crate) fn present(
                 if open(value, col, column, *ty, ctx, out)?.is_none() {
                     return Ok(Presented::Null);
                 }
-                let text = text_for_mask(*ty, &out[start..]);
+                let text = text_for_mask(*ty, out.get(start..).unwrap_or_default());
                 out.truncate(start);
                 text
             } else {
@@ -544,15 +547,16 @@ pub fn rewrite_data_row(
     for col in shape.cols.iter() {
         let field = c.i;
         let len = c.i32()?;
-        let start = c.i;
-        if len >= 0 {
-            c.take(len as usize)?;
-        } else if len != -1 {
+        let value = if len >= 0 {
+            c.take(len as usize)?
+        } else if len == -1 {
+            &[]
+        } else {
             return Err(c.err("a value length is negative"));
-        }
+        };
         if len < 0 || col.action == ColumnAction::PassThrough {
             if started {
-                out.extend_from_slice(&body[field..c.i]);
+                out.extend_from_slice(c.since(field));
             }
             continue;
         }
@@ -562,15 +566,15 @@ pub fn rewrite_data_row(
             out.reserve(body.len() + 5);
             out.push(b'D');
             out.extend_from_slice(&[0; 4]);
-            out.extend_from_slice(&body[..field]);
+            out.extend_from_slice(body.get(..field).unwrap_or_default());
         }
         let at = out.len();
         out.extend_from_slice(&[0; 4]);
-        let vlen = match present(&body[start..c.i], col, ctx, out)? {
+        let vlen = match present(value, col, ctx, out)? {
             Presented::Written => i32::try_from(out.len() - at - 4).map_err(|_| too_large())?,
             Presented::Null => -1,
         };
-        out[at..at + 4].copy_from_slice(&vlen.to_be_bytes());
+        put_i32_at(out, at, vlen);
     }
     if c.i != body.len() {
         return Err(c.err("it has bytes after its last column"));
@@ -579,7 +583,7 @@ pub fn rewrite_data_row(
         return Ok(false);
     }
     let total = i32::try_from(out.len() - 1).map_err(|_| too_large())?;
-    out[1..5].copy_from_slice(&total.to_be_bytes());
+    put_i32_at(out, 1, total);
     Ok(true)
 }
 

@@ -133,14 +133,29 @@ pub fn encrypt_wire_into(
 /// byte `i` is read before its two digits go to `2 + 2i` and `3 + 2i`, which only ever overwrite bytes
 /// already read.
 fn hex_in_place(buf: &mut Vec<u8>, start: usize) {
-    let n = buf.len() - start;
+    let n = buf.len().saturating_sub(start);
     buf.resize(start + 2 + 2 * n, 0);
+    let Some(region) = buf.get_mut(start..) else {
+        return;
+    };
     for i in (0..n).rev() {
-        let b = buf[start + i];
-        buf[start + 2 + 2 * i] = HEX[usize::from(b >> 4)];
-        buf[start + 3 + 2 * i] = HEX[usize::from(b & 0x0f)];
+        let b = region.get(i).copied().unwrap_or_default();
+        if let Some(pair) = region.get_mut(2 + 2 * i..4 + 2 * i) {
+            pair.copy_from_slice(&[hex_digit(b >> 4), hex_digit(b & 0x0f)]);
+        }
     }
-    buf[start..start + 2].copy_from_slice(b"\\x");
+    if let Some(prefix) = region.get_mut(..2) {
+        prefix.copy_from_slice(b"\\x");
+    }
+}
+
+/// The lower-case hex digit of a nibble (`n` < 16).
+fn hex_digit(n: u8) -> u8 {
+    if n < 10 {
+        b'0' + n
+    } else {
+        b'a' + (n - 10)
+    }
 }
 
 impl ColumnTarget<'_> {
@@ -182,9 +197,6 @@ impl ColumnTarget<'_> {
         }
     }
 }
-
-/// Lower-case hex digits, in value order.
-const HEX: &[u8; 16] = b"0123456789abcdef";
 
 #[cfg(test)]
 mod tests {
