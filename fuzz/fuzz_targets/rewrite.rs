@@ -8,7 +8,6 @@ use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
 use pgcloak::rewrite::array::{encrypt_binary_array, encrypt_text_array};
-use pgcloak::rewrite::policy_type;
 use pgcloak::rewrite::rows::{rewrite_data_row, RowDescription, RowShape};
 use pgcloak::rewrite::{
     rewrite_bind, BindParam, ColumnAction, ColumnTarget, CopyInRewriter, CopyOutColumn,
@@ -211,7 +210,7 @@ fuzz_target!(|data: &[u8]| {
                 5 => CopyFormat::Csv,
                 _ => CopyFormat::Binary,
             };
-            let info = copy_info(format, policy_type(ty), rest.first().copied().unwrap_or(0));
+            let info = copy_info(format, ty, rest.first().copied().unwrap_or(0));
             let Ok(mut r) = CopyInRewriter::new(&info, kr.clone(), &|_| Some(storage)) else {
                 return;
             };
@@ -224,7 +223,7 @@ fuzz_target!(|data: &[u8]| {
         }
         // A COPY TO row.
         _ => {
-            let mut info = copy_info(CopyFormat::Csv, policy_type(ty), selector);
+            let mut info = copy_info(CopyFormat::Csv, ty, selector);
             info.direction = CopyDirection::To;
             let columns = vec![
                 CopyOutColumn {

@@ -145,57 +145,9 @@ impl fmt::Display for EncryptMode {
     }
 }
 
-/// The logical type clients see for a column (its storage may be `bytea`/`text` ciphertext).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum LogicalType {
-    Text,
-    Int4,
-    Int8,
-    Numeric,
-    Date,
-    Timestamptz,
-    Bool,
-    Jsonb,
-    Bytea,
-}
-
-impl LogicalType {
-    pub const ALL: [LogicalType; 9] = [
-        LogicalType::Text,
-        LogicalType::Int4,
-        LogicalType::Int8,
-        LogicalType::Numeric,
-        LogicalType::Date,
-        LogicalType::Timestamptz,
-        LogicalType::Bool,
-        LogicalType::Jsonb,
-        LogicalType::Bytea,
-    ];
-
-    pub fn parse(s: &str) -> Option<LogicalType> {
-        LogicalType::ALL.into_iter().find(|t| t.as_str() == s)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LogicalType::Text => "text",
-            LogicalType::Int4 => "int4",
-            LogicalType::Int8 => "int8",
-            LogicalType::Numeric => "numeric",
-            LogicalType::Date => "date",
-            LogicalType::Timestamptz => "timestamptz",
-            LogicalType::Bool => "bool",
-            LogicalType::Jsonb => "jsonb",
-            LogicalType::Bytea => "bytea",
-        }
-    }
-}
-
-impl fmt::Display for LogicalType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// The logical type clients see for a column (its storage may be `bytea`/`text` ciphertext): keymgr's,
+/// the one type every crate uses.
+pub use pgcloak_keymgr::LogicalType;
 
 /// One `[[column]]` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -546,7 +498,7 @@ impl Policy {
             };
             let logical_type = match &col.ty {
                 None => LogicalType::Text,
-                Some(t) => match LogicalType::parse(t.get_ref()) {
+                Some(t) => match parse_logical_type(t.get_ref()) {
                     Some(t) => t,
                     None => {
                         ctx.err(
@@ -800,4 +752,10 @@ fn toml_message(msg: &str) -> String {
     } else {
         format!("{first}; fix the TOML syntax or the value's type")
     }
+}
+
+/// A policy file's `type = "..."`: exactly one of the lowercase names (keymgr's `FromStr` also accepts
+/// other cases and surrounding blanks; policy files are held to the documented spelling).
+fn parse_logical_type(s: &str) -> Option<LogicalType> {
+    LogicalType::ALL.into_iter().find(|t| t.name() == s)
 }

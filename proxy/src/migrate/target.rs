@@ -57,11 +57,7 @@ pub(super) fn resolve_policy_column(config: &Config, column: &str) -> Result<Tar
             location: format!("{}:{}", policy_path.display(), cp.line),
         });
     }
-    let logical: LogicalType = cp
-        .logical_type
-        .as_str()
-        .parse()
-        .map_err(|e| MigrateError::Internal(format!("policy type: {e}")))?;
+    let logical = cp.logical_type;
     Ok(Target {
         name,
         schema: cp.schema.clone(),

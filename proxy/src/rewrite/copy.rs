@@ -24,7 +24,7 @@ use pgcloak_policy::{CopyFormat, CopyInfo};
 use super::error::{Result, RewriteError};
 use super::rows::{present, ColSpec, ColumnAction, Presented, RowCtx};
 use super::values::encrypt_wire_into;
-use super::{logical_type, Format, Storage};
+use super::{Format, Storage};
 
 /// How COPY data is written: format and options, resolved to bytes.
 #[derive(Debug, Clone)]
@@ -350,7 +350,7 @@ impl CopyInRewriter {
                     }
                     Some(InCol {
                         column: k.column.clone(),
-                        ty: logical_type(k.logical_type),
+                        ty: k.logical_type,
                         storage,
                         force_null: c.force_null,
                         force_not_null: c.force_not_null,
@@ -957,7 +957,7 @@ mod tests {
                     None => ColumnAction::PassThrough,
                     Some(k) => ColumnAction::Decrypt {
                         column: k.column.clone(),
-                        ty: logical_type(k.logical_type),
+                        ty: k.logical_type,
                     },
                 },
                 storage: c.encrypt.as_ref().and_then(|k| storage_map(&k.column)),

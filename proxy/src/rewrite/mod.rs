@@ -206,38 +206,6 @@ impl Format {
     }
 }
 
-/// The keymgr logical type of a policy logical type (the two crates do not depend on each other).
-pub fn logical_type(t: pgcloak_policy::LogicalType) -> LogicalType {
-    use pgcloak_policy::LogicalType as P;
-    match t {
-        P::Text => LogicalType::Text,
-        P::Int4 => LogicalType::Int4,
-        P::Int8 => LogicalType::Int8,
-        P::Numeric => LogicalType::Numeric,
-        P::Date => LogicalType::Date,
-        P::Timestamptz => LogicalType::Timestamptz,
-        P::Bool => LogicalType::Bool,
-        P::Jsonb => LogicalType::Jsonb,
-        P::Bytea => LogicalType::Bytea,
-    }
-}
-
-/// The policy logical type of a keymgr logical type.
-pub fn policy_type(t: LogicalType) -> pgcloak_policy::LogicalType {
-    use pgcloak_policy::LogicalType as P;
-    match t {
-        LogicalType::Text => P::Text,
-        LogicalType::Int4 => P::Int4,
-        LogicalType::Int8 => P::Int8,
-        LogicalType::Numeric => P::Numeric,
-        LogicalType::Date => P::Date,
-        LogicalType::Timestamptz => P::Timestamptz,
-        LogicalType::Bool => P::Bool,
-        LogicalType::Jsonb => P::Jsonb,
-        LogicalType::Bytea => P::Bytea,
-    }
-}
-
 /// The oid of the array type of a logical type (`int4[]` 1007, ...).
 pub fn array_oid(t: LogicalType) -> u32 {
     match t {
@@ -299,7 +267,7 @@ impl<'k> ColumnTarget<'k> {
         e: &pgcloak_policy::Encrypt,
         storage: Storage,
     ) -> Result<ColumnTarget<'k>> {
-        ColumnTarget::new(keyring, &e.column, logical_type(e.logical_type), storage)
+        ColumnTarget::new(keyring, &e.column, e.logical_type, storage)
     }
 
     /// `schema.table.column`.
@@ -346,10 +314,8 @@ mod tests {
     }
 
     #[test]
-    fn logical_type_conversions_round_trip() {
+    fn array_oids_and_lengths() {
         for t in LogicalType::ALL {
-            assert_eq!(logical_type(policy_type(t)), t);
-            assert_eq!(policy_type(t).as_str(), t.name());
             assert_ne!(array_oid(t), t.oid());
         }
         assert_eq!(type_len(LogicalType::Int8), 8);

@@ -17,7 +17,7 @@ use pgcloak_policy::{apply_mask, Mask, MaskedValue, Output, OutputAction};
 
 use super::error::{Result, RewriteError};
 use super::params::{frame, put_i32_at, Cursor};
-use super::{logical_type, type_len, Format, Storage};
+use super::{type_len, Format, Storage};
 
 /// What to do with each value of one result column.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,7 +56,7 @@ impl ColumnAction {
                 logical_type: t,
             } => ColumnAction::Decrypt {
                 column: column.clone(),
-                ty: logical_type(*t),
+                ty: *t,
             },
             OutputAction::Mask {
                 column,
@@ -65,7 +65,7 @@ impl ColumnAction {
                 encrypted,
             } => ColumnAction::Mask {
                 column: column.clone(),
-                ty: logical_type(*t),
+                ty: *t,
                 mask: *mask,
                 encrypted: *encrypted,
             },

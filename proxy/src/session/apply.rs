@@ -10,9 +10,9 @@ use pgcloak_policy::{
 use super::context::{DataCtx, Refusal, StmtCtx};
 use crate::protocol::messages;
 use crate::rewrite::{
-    self, apply_edits, literal_edit, logical_type, params::param_oid, rows::RowDescription,
-    BindParam, ColumnAction, ColumnTarget, CopyOutColumn, CopyOutRewriter, Edit, ListPiece, RowCtx,
-    RowShape, Storage,
+    self, apply_edits, literal_edit, params::param_oid, rows::RowDescription, BindParam,
+    ColumnAction, ColumnTarget, CopyOutColumn, CopyOutRewriter, Edit, ListPiece, RowCtx, RowShape,
+    Storage,
 };
 use crate::services::Services;
 
@@ -287,7 +287,7 @@ pub fn rewrite_parse(
 
 /// The refusal of a parameter for an encrypted column cast to a type that is not the column's.
 fn cast_refusal(n: u32, enc: &pgcloak_policy::Encrypt, e: rewrite::LiteralError) -> Refusal {
-    let ty = logical_type(enc.logical_type).name();
+    let ty = enc.logical_type.name();
     let what = match e {
         rewrite::LiteralError::Unsupported(what) => what,
         _ => "a cast pgcloak cannot read",
@@ -547,7 +547,7 @@ pub fn rewrite_parameter_description(
     // Parameters rewritten to `= ANY($n)` are arrays to the server and scalars to the client.
     // Array parameters (`= ANY($n)`, `UNNEST($n)`) are presented as arrays of the logical type.
     let params: Vec<(u32, pgcloak_keymgr::LogicalType)> = param_encryptions(sp)
-        .map(|(n, e)| (n, logical_type(e.logical_type)))
+        .map(|(n, e)| (n, e.logical_type))
         .collect();
     if params.is_empty() {
         return Ok(None);
@@ -610,7 +610,7 @@ fn column_action(data: &DataCtx, schema: &str, table: &str, column: &str) -> Opt
     let col = data.policy.column(schema, table, column)?;
     let encrypted = col.encrypt.is_encrypted();
     let name = col.qualified_name();
-    let ty = logical_type(col.logical_type);
+    let ty = col.logical_type;
     Some(match data.role().read(col.class) {
         Access::Plaintext if encrypted => ColumnAction::Decrypt { column: name, ty },
         Access::Plaintext => ColumnAction::PassThrough,
