@@ -41,6 +41,7 @@ pub use signer::{
     format_public_key, parse_public_key, verify_signature, CheckpointSigner, RingSigner,
 };
 pub use sink::file::{chain_files, rotated_files};
+pub use sink::postgres::describe_pg_error;
 pub use writer::{AuditHandle, AuditStatus, Auditor, SinkStatus, MAX_STATEMENT_BYTES};
 
 #[cfg(test)]

@@ -174,7 +174,7 @@ pub async fn query_postgres(
     cfg: &PgSinkConfig,
     filter: &Filter,
 ) -> Result<Vec<AuditEvent>, AuditError> {
-    use crate::sink::postgres::{connect, pg_err, row_to_event, EVENT_COLUMNS};
+    use crate::sink::postgres::{connect, describe_pg_error, row_to_event, EVENT_COLUMNS};
     use tokio_postgres::types::ToSql;
 
     let err = |action, reason| AuditError::Postgres {
@@ -230,7 +230,7 @@ pub async fn query_postgres(
     let rows = client
         .query(&sql, &refs)
         .await
-        .map_err(|e| err("querying pgcloak_audit.statements", pg_err(&e)))?;
+        .map_err(|e| err("querying pgcloak_audit.statements", describe_pg_error(&e)))?;
     rows.iter()
         .map(|r| row_to_event(r).map_err(|e| err("reading a row", e)))
         .collect()

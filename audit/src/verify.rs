@@ -492,7 +492,8 @@ pub async fn verify_postgres(
     opts: &VerifyOptions,
 ) -> Result<Vec<InstanceVerify>, AuditError> {
     use crate::sink::postgres::{
-        connect, pg_err, row_to_checkpoint, row_to_event, CHECKPOINT_COLUMNS, EVENT_COLUMNS,
+        connect, describe_pg_error, row_to_checkpoint, row_to_event, CHECKPOINT_COLUMNS,
+        EVENT_COLUMNS,
     };
     use futures_util::TryStreamExt;
 
@@ -508,7 +509,7 @@ pub async fn verify_postgres(
             &[],
         )
         .await
-        .map_err(|e| err("listing audit instances (does pgcloak_audit.statements exist?)", pg_err(&e)))?
+        .map_err(|e| err("listing audit instances (does pgcloak_audit.statements exist?)", describe_pg_error(&e)))?
         .iter()
         .map(|r| r.get(0))
         .collect();
@@ -520,14 +521,14 @@ pub async fn verify_postgres(
                 &[&instance],
             )
             .await
-            .map_err(|e| err("reading checkpoints", pg_err(&e)))?;
+            .map_err(|e| err("reading checkpoints", describe_pg_error(&e)))?;
         let stmt = format!(
             "SELECT {EVENT_COLUMNS} FROM pgcloak_audit.statements WHERE instance = $1 ORDER BY seq"
         );
         let rows = client
             .query_raw(&stmt, [&instance])
             .await
-            .map_err(|e| err("reading audit records", pg_err(&e)))?;
+            .map_err(|e| err("reading audit records", describe_pg_error(&e)))?;
         let mut rows = std::pin::pin!(rows);
 
         let mut chain = Chain::new(public_key, opts);
@@ -537,7 +538,7 @@ pub async fn verify_postgres(
         let mut next_row = rows
             .try_next()
             .await
-            .map_err(|e| err("reading audit records", pg_err(&e)))?;
+            .map_err(|e| err("reading audit records", describe_pg_error(&e)))?;
         'outer: loop {
             let Some(row) = next_row.take() else { break };
             let ev = match row_to_event(&row) {
@@ -551,7 +552,7 @@ pub async fn verify_postgres(
             next_row = rows
                 .try_next()
                 .await
-                .map_err(|e| err("reading audit records", pg_err(&e)))?;
+                .map_err(|e| err("reading audit records", describe_pg_error(&e)))?;
             // Checkpoints for seqs before this event belong before it.
             while let Some(cp_row) = cps.peek() {
                 let cp = match row_to_checkpoint(cp_row) {

@@ -67,21 +67,7 @@ pub async fn connect(cfg: &Config) -> Result<tokio_postgres::Client, String> {
 }
 
 /// A readable description of a tokio-postgres error (its Display hides the server message).
-pub fn describe(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => {
-            let mut s = e.to_string();
-            let mut src = std::error::Error::source(e);
-            while let Some(inner) = src {
-                s.push_str(": ");
-                s.push_str(&inner.to_string());
-                src = inner.source();
-            }
-            s
-        }
-    }
-}
+pub use pgcloak_audit::describe_pg_error as describe;
 
 /// A side connection usable from synchronous code (CLI commands): it owns a small runtime.
 pub struct CatalogConn {

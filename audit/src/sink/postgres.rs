@@ -96,8 +96,10 @@ pub(crate) const CHECKPOINT_COLUMNS: &str = r#"seq, hash,
     to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS ts_text,
     signature, instance"#;
 
-/// A readable message from a driver error (the server's SQLSTATE and text when there is one).
-pub(crate) fn pg_err(e: &tokio_postgres::Error) -> String {
+/// A readable message from a tokio-postgres error: the server's text and SQLSTATE when there is one
+/// (the error's Display hides them), else the error with its chain of causes. The one describer
+/// of driver errors in pgcloak; the proxy's side connections use it too.
+pub fn describe_pg_error(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
         None => {
@@ -119,10 +121,10 @@ pub(crate) async fn connect(cfg: &PgSinkConfig) -> Result<Client, String> {
         .pg_config()
         .connect(NoTls)
         .await
-        .map_err(|e| pg_err(&e))?;
+        .map_err(|e| describe_pg_error(&e))?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
-            tracing::debug!(error = %pg_err(&e), "audit PostgreSQL connection ended");
+            tracing::debug!(error = %describe_pg_error(&e), "audit PostgreSQL connection ended");
         }
     });
     Ok(client)
@@ -131,20 +133,24 @@ pub(crate) async fn connect(cfg: &PgSinkConfig) -> Result<Client, String> {
 /// Builds an event from a row selected with [`EVENT_COLUMNS`].
 pub(crate) fn row_to_event(row: &Row) -> Result<AuditEvent, String> {
     let get_s = |i: usize| -> Result<String, String> {
-        row.try_get::<_, String>(i).map_err(|e| pg_err(&e))
+        row.try_get::<_, String>(i)
+            .map_err(|e| describe_pg_error(&e))
     };
     let get_o = |i: usize| -> Result<Option<String>, String> {
-        row.try_get::<_, Option<String>>(i).map_err(|e| pg_err(&e))
+        row.try_get::<_, Option<String>>(i)
+            .map_err(|e| describe_pg_error(&e))
     };
     let get_n = |i: usize| -> Result<Option<u64>, String> {
         row.try_get::<_, Option<i64>>(i)
             .map(|n| n.map(|n| n as u64))
-            .map_err(|e| pg_err(&e))
+            .map_err(|e| describe_pg_error(&e))
     };
     let kind = get_s(9)?;
     let decision = get_s(14)?;
     Ok(AuditEvent {
-        seq: row.try_get::<_, i64>(0).map_err(|e| pg_err(&e))? as u64,
+        seq: row
+            .try_get::<_, i64>(0)
+            .map_err(|e| describe_pg_error(&e))? as u64,
         ts: get_s(1)?,
         instance: get_s(2)?,
         session: get_s(3)?,
@@ -172,11 +178,13 @@ pub(crate) fn row_to_event(row: &Row) -> Result<AuditEvent, String> {
 /// Builds a checkpoint from a row selected with [`CHECKPOINT_COLUMNS`].
 pub(crate) fn row_to_checkpoint(row: &Row) -> Result<Checkpoint, String> {
     Ok(Checkpoint {
-        seq: row.try_get::<_, i64>(0).map_err(|e| pg_err(&e))? as u64,
-        hash: row.try_get(1).map_err(|e| pg_err(&e))?,
-        ts: row.try_get(2).map_err(|e| pg_err(&e))?,
-        signature: row.try_get(3).map_err(|e| pg_err(&e))?,
-        instance: row.try_get(4).map_err(|e| pg_err(&e))?,
+        seq: row
+            .try_get::<_, i64>(0)
+            .map_err(|e| describe_pg_error(&e))? as u64,
+        hash: row.try_get(1).map_err(|e| describe_pg_error(&e))?,
+        ts: row.try_get(2).map_err(|e| describe_pg_error(&e))?,
+        signature: row.try_get(3).map_err(|e| describe_pg_error(&e))?,
+        instance: row.try_get(4).map_err(|e| describe_pg_error(&e))?,
     })
 }
 
@@ -219,7 +227,7 @@ impl PgSink {
                 &[&instance],
             )
             .await
-            .map_err(|e| err("reading the last audit record", pg_err(&e)))?;
+            .map_err(|e| err("reading the last audit record", describe_pg_error(&e)))?;
         let tail = row.map(|r| Tail {
             seq: r.get::<_, i64>(0) as u64,
             hash: r.get(1),
@@ -236,15 +244,15 @@ impl PgSink {
             client
                 .batch_execute(SCHEMA_SQL)
                 .await
-                .map_err(|e| pg_err(&e))?;
+                .map_err(|e| describe_pg_error(&e))?;
             let insert_events = client
                 .prepare(INSERT_EVENTS)
                 .await
-                .map_err(|e| pg_err(&e))?;
+                .map_err(|e| describe_pg_error(&e))?;
             let insert_checkpoints = client
                 .prepare(INSERT_CHECKPOINTS)
                 .await
-                .map_err(|e| pg_err(&e))?;
+                .map_err(|e| describe_pg_error(&e))?;
             self.conn = Some(Conn {
                 client,
                 insert_events,
@@ -305,7 +313,7 @@ impl PgSink {
         client
             .batch_execute("BEGIN")
             .await
-            .map_err(|e| pg_err(&e))?;
+            .map_err(|e| describe_pg_error(&e))?;
         let result = async {
             if !seq.is_empty() {
                 let [ts, inst, sess, cli, usr, role, db, app, kind, stmt, fp, tables, columns, dec, reason, sqlstate, prev, hash] =
@@ -331,7 +339,7 @@ impl PgSink {
             client.batch_execute("COMMIT").await
         }
         .await;
-        result.map_err(|e| pg_err(&e))
+        result.map_err(|e| describe_pg_error(&e))
     }
 }
 
@@ -361,7 +369,7 @@ impl Sink for PgSink {
                     .simple_query("SELECT 1")
                     .await
                     .map(|_| ())
-                    .map_err(|e| pg_err(&e)),
+                    .map_err(|e| describe_pg_error(&e)),
                 Err(e) => Err(e),
             };
             if r.is_err() {
