@@ -71,6 +71,7 @@
 pub mod array;
 pub mod copy;
 pub mod error;
+pub mod escape;
 pub mod literal;
 pub mod params;
 pub mod rows;
