@@ -19,7 +19,13 @@ fuzz_target!(|data: &[u8]| {
             let _ = messages::query_text(body);
             let _ = messages::parse_text(body);
             let _ = messages::bind_names(body);
-            let _ = messages::parse_bind(body);
+            if let Ok(bind) = messages::Bind::decode(body) {
+                // A decoded Bind reads back whole and encodes to the bytes it came from.
+                let values: Vec<_> = bind.values().collect();
+                assert_eq!(values.len(), bind.param_count());
+                let _ = bind.result_formats().count();
+                assert_eq!(&bind.encode(values.into_iter())[5..], body);
+            }
             let _ = messages::parse_message(body);
             let _ = messages::without_context(body);
             let _ = messages::execute_portal(body);

@@ -7,10 +7,11 @@
 use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
+use pgcloak::protocol::messages::Bind;
 use pgcloak::rewrite::array::{encrypt_binary_array, encrypt_text_array};
 use pgcloak::rewrite::rows::{rewrite_data_row, RowDescription, RowShape};
 use pgcloak::rewrite::{
-    rewrite_bind, BindParam, ColumnAction, ColumnTarget, CopyInRewriter, CopyOutColumn,
+    rewrite_bind, BindParam, ColumnAction, Replaced, ColumnTarget, CopyInRewriter, CopyOutColumn,
     CopyOutRewriter, RowCtx, Storage,
 };
 use pgcloak_keymgr::{Keyring, KeyringDoc, LogicalType, MasterKey, Mode};
@@ -195,7 +196,13 @@ fuzz_target!(|data: &[u8]| {
                     assignment: selector & 16 != 0,
                 },
             ];
-            let _ = rewrite_bind(rest, &params);
+            if let Ok(bind) = Bind::decode(rest) {
+                let _ = rewrite_bind(&bind, &params, &Replaced::default());
+                // With the first value replaced (as integer widening and ANY wrapping do).
+                let mut replaced = Replaced::default();
+                replaced.set(0, rest.get(..rest.len() / 2).unwrap_or_default().to_vec());
+                let _ = rewrite_bind(&bind, &params, &replaced);
+            }
         }
         // Arrays in text and binary format.
         3 => {

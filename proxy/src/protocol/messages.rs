@@ -3,6 +3,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::reader::Reader;
 use crate::error::FrameError;
 
 /// Starts a frame: tag and a length placeholder patched by [`finish`].
@@ -125,90 +126,13 @@ pub fn terminate() -> Bytes {
     Bytes::from_static(b"X\0\0\0\x04")
 }
 
-/// A bounds-checked reader over a message body.
-pub struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-    what: &'static str,
-}
-
-impl<'a> Reader<'a> {
-    pub fn new(buf: &'a [u8], what: &'static str) -> Self {
-        Reader { buf, pos: 0, what }
-    }
-
-    fn err(&self, detail: &'static str) -> FrameError {
-        FrameError::Malformed {
-            what: self.what,
-            detail,
-        }
-    }
-
-    pub fn remaining(&self) -> &'a [u8] {
-        self.buf.get(self.pos..).unwrap_or_default()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.pos >= self.buf.len()
-    }
-
-    pub fn u8(&mut self) -> Result<u8, FrameError> {
-        let v = *self
-            .buf
-            .get(self.pos)
-            .ok_or_else(|| self.err("truncated"))?;
-        self.pos += 1;
-        Ok(v)
-    }
-
-    pub fn i16(&mut self) -> Result<i16, FrameError> {
-        Ok(i16::from_be_bytes(self.array()?))
-    }
-
-    pub fn i32(&mut self) -> Result<i32, FrameError> {
-        Ok(i32::from_be_bytes(self.array()?))
-    }
-
-    /// The next `N` bytes as an array.
-    pub fn array<const N: usize>(&mut self) -> Result<[u8; N], FrameError> {
-        let s = self.bytes(N)?;
-        s.try_into().map_err(|_| self.err("truncated"))
-    }
-
-    pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .ok_or_else(|| self.err("length overflow"))?;
-        let s = self
-            .buf
-            .get(self.pos..end)
-            .ok_or_else(|| self.err("truncated"))?;
-        self.pos = end;
-        Ok(s)
-    }
-
-    /// A NUL-terminated string (without the NUL).
-    pub fn cstr(&mut self) -> Result<&'a [u8], FrameError> {
-        let rest = self.remaining();
-        // Most names on the hot path are empty (the unnamed statement and portal): no search then.
-        let end = match rest.first() {
-            Some(0) => 0,
-            _ => memchr::memchr(0, rest).ok_or_else(|| self.err("string not terminated"))?,
-        };
-        let s = rest.get(..end).ok_or_else(|| self.err("truncated"))?;
-        self.pos += end + 1;
-        Ok(s)
-    }
-}
-
 /// The authentication request codes the relay cares about.
 pub const AUTH_OK: i32 = 0;
 pub const AUTH_SASL: i32 = 10;
 
 /// The code of an Authentication ('R') message body.
 pub fn auth_code(body: &[u8]) -> Result<i32, FrameError> {
-    Reader::new(body, "authentication").i32()
+    Ok(Reader::new(body, "authentication").i32()?)
 }
 
 /// Rewrites AuthenticationSASL without SCRAM-SHA-256-PLUS: channel binding binds the client's TLS
@@ -319,7 +243,7 @@ pub fn parameter_status(body: &[u8]) -> Result<(&[u8], &[u8]), FrameError> {
 
 /// The SQL text of a Query message.
 pub fn query_text(body: &[u8]) -> Result<&[u8], FrameError> {
-    Reader::new(body, "Query").cstr()
+    Ok(Reader::new(body, "Query").cstr()?)
 }
 
 /// Statement name and SQL text of a Parse message.
@@ -332,7 +256,7 @@ pub fn parse_text(body: &[u8]) -> Result<(&[u8], &[u8]), FrameError> {
 
 /// The statement name of a Parse message, without scanning its statement text.
 pub fn parse_name(body: &[u8]) -> Result<&[u8], FrameError> {
-    Reader::new(body, "Parse").cstr()
+    Ok(Reader::new(body, "Parse").cstr()?)
 }
 
 /// A decoded Parse message.
@@ -348,23 +272,12 @@ pub fn parse_message(body: &[u8]) -> Result<ParseMsg<'_>, FrameError> {
     let mut r = Reader::new(body, "Parse");
     let name = r.cstr()?;
     let query = r.cstr()?;
-    let n = r.i16()?;
-    if n < 0 {
-        return Err(FrameError::Malformed {
-            what: "Parse",
-            detail: "negative parameter count",
-        });
-    }
-    let mut param_types = Vec::with_capacity(n as usize);
+    let n = r.count()?;
+    let mut param_types = Vec::with_capacity(n.min(r.remaining().len() / 4));
     for _ in 0..n {
         param_types.push(r.i32()? as u32);
     }
-    if !r.is_empty() {
-        return Err(FrameError::Malformed {
-            what: "Parse",
-            detail: "trailing bytes",
-        });
-    }
+    r.done()?;
     Ok(ParseMsg {
         name,
         query,
@@ -385,142 +298,181 @@ pub fn encode_parse(name: &[u8], query: &str, param_types: &[u32]) -> Bytes {
     finish(b)
 }
 
-/// A decoded Bind message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BindMsg<'a> {
+/// A Bind message, checked once and read in place: its names, parameter format codes, parameter
+/// values and result format codes, all borrowed from the body that arrived. Every step that looks
+/// at a Bind (the portal's result formats, integer widening, scalar-to-array wrapping, encryption)
+/// reads this one view; [`Bind::encode`] writes a Bind with some values replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bind<'a> {
     pub portal: &'a [u8],
     pub statement: &'a [u8],
-    /// As sent: empty (all text), one (applies to all) or one per parameter.
-    pub param_formats: Vec<i16>,
-    /// `None` = NULL.
-    pub params: Vec<Option<&'a [u8]>>,
-    pub result_formats: Vec<i16>,
-}
-
-impl BindMsg<'_> {
-    /// The format code (0 text, 1 binary) of parameter `i` (0-based).
-    pub fn param_format(&self, i: usize) -> i16 {
-        match self.param_formats.len() {
-            0 => 0,
-            1 => self.param_formats.first().copied().unwrap_or(0),
-            _ => self.param_formats.get(i).copied().unwrap_or(0),
-        }
-    }
-}
-
-/// The format code of result column `i` given a Bind's result format list.
-pub fn result_format(formats: &[i16], i: usize) -> i16 {
-    match formats.len() {
-        0 => 0,
-        1 => formats.first().copied().unwrap_or(0),
-        _ => formats.get(i).copied().unwrap_or(0),
-    }
-}
-
-pub fn parse_bind(body: &[u8]) -> Result<BindMsg<'_>, FrameError> {
-    let mut params = Vec::new();
-    let walked = walk_bind(body, |count, p| {
-        params.reserve_exact(count - params.len());
-        params.push(p);
-    })?;
-    Ok(BindMsg {
-        portal: walked.portal,
-        statement: walked.statement,
-        param_formats: codes(walked.param_formats).collect(),
-        params,
-        result_formats: codes(walked.result_formats).collect(),
-    })
-}
-
-/// A Bind's result format codes, checked as [`parse_bind`] checks the whole message but without
-/// collecting its parameters (what a statement whose parameters need no rewriting needs of it).
-pub fn bind_result_formats(body: &[u8]) -> Result<impl Iterator<Item = i16> + '_, FrameError> {
-    Ok(codes(walk_bind(body, |_, _| {})?.result_formats))
-}
-
-/// The parts of a Bind message as [`walk_bind`] finds them.
-struct WalkedBind<'a> {
-    portal: &'a [u8],
-    statement: &'a [u8],
-    /// Two bytes per code.
+    /// Names and parameter format codes, as sent (everything before the parameter count).
+    head: &'a [u8],
+    /// The parameter format codes: empty (all text), one (applies to all) or one per parameter;
+    /// two bytes per code.
     param_formats: &'a [u8],
-    result_formats: &'a [u8],
+    param_count: usize,
+    /// The parameter values with their length fields, as sent.
+    values: &'a [u8],
+    /// The result format count and codes, as sent.
+    tail: &'a [u8],
 }
 
-/// Checks a Bind body's framing, handing each parameter value (`None`: NULL) with the number of
-/// parameters to `param`.
-fn walk_bind<'a>(
-    body: &'a [u8],
-    mut param: impl FnMut(usize, Option<&'a [u8]>),
-) -> Result<WalkedBind<'a>, FrameError> {
-    let bad = |detail| FrameError::Malformed {
-        what: "Bind",
-        detail,
-    };
-    let mut r = Reader::new(body, "Bind");
-    let portal = r.cstr()?;
-    let statement = r.cstr()?;
-    let nf = usize::try_from(r.i16()?).map_err(|_| bad("negative format count"))?;
-    let param_formats = r.bytes(nf * 2)?;
-    let np = usize::try_from(r.i16()?).map_err(|_| bad("negative parameter count"))?;
-    for _ in 0..np {
-        let len = r.i32()?;
-        if len == -1 {
-            param(np, None);
-        } else if len < 0 {
-            return Err(bad("negative parameter length"));
-        } else {
-            param(np, Some(r.bytes(len as usize)?));
-        }
-    }
-    let nr = usize::try_from(r.i16()?).map_err(|_| bad("negative result format count"))?;
-    let result_formats = r.bytes(nr * 2)?;
-    if !r.is_empty() {
-        return Err(bad("trailing bytes"));
-    }
-    Ok(WalkedBind {
-        portal,
-        statement,
-        param_formats,
-        result_formats,
-    })
-}
-
-/// Big-endian 16-bit codes.
-fn codes(raw: &[u8]) -> impl Iterator<Item = i16> + '_ {
-    raw.as_chunks::<2>()
-        .0
-        .iter()
-        .map(|&c| i16::from_be_bytes(c))
-}
-
-/// Re-encodes a Bind with (some) parameter values replaced.
-pub fn encode_bind(bind: &BindMsg<'_>, params: &[Option<&[u8]>]) -> Bytes {
-    let size: usize = params.iter().map(|p| p.map_or(4, |v| v.len() + 4)).sum();
-    let mut b = begin(b'B', bind.portal.len() + bind.statement.len() + size + 16);
-    b.put_slice(bind.portal);
-    b.put_u8(0);
-    b.put_slice(bind.statement);
-    b.put_u8(0);
-    b.put_i16(bind.param_formats.len() as i16);
-    for f in &bind.param_formats {
-        b.put_i16(*f);
-    }
-    b.put_i16(params.len() as i16);
-    for p in params {
-        match p {
-            None => b.put_i32(-1),
-            Some(v) => {
-                b.put_i32(v.len() as i32);
-                b.put_slice(v);
+impl<'a> Bind<'a> {
+    /// Checks a Bind body's framing (every count, length and string within the body, nothing after
+    /// the last field) and returns the view of it.
+    pub fn decode(body: &'a [u8]) -> Result<Bind<'a>, FrameError> {
+        let mut r = Reader::new(body, "Bind");
+        let portal = r.cstr()?;
+        let statement = r.cstr()?;
+        let nf = r.count()?;
+        let param_formats = r.bytes(nf * 2)?;
+        let head = r.since(0);
+        let param_count = r.count()?;
+        let values_at = r.pos();
+        for _ in 0..param_count {
+            let len = r.i32()?;
+            if len < -1 {
+                return Err(r.err("a parameter length is negative").into());
+            }
+            if let Ok(len) = usize::try_from(len) {
+                r.bytes(len)?;
             }
         }
+        let values = r.since(values_at);
+        let tail_at = r.pos();
+        let nr = r.count()?;
+        r.bytes(nr * 2)?;
+        r.done()?;
+        Ok(Bind {
+            portal,
+            statement,
+            head,
+            param_formats,
+            param_count,
+            values,
+            tail: r.since(tail_at),
+        })
     }
-    b.put_i16(bind.result_formats.len() as i16);
-    for f in &bind.result_formats {
-        b.put_i16(*f);
+
+    /// The number of parameter values.
+    pub fn param_count(&self) -> usize {
+        self.param_count
     }
-    finish(b)
+
+    /// Whether the number of parameter format codes is 0, 1 or the number of parameters (the only
+    /// forms the protocol allows).
+    pub fn formats_fit(&self) -> bool {
+        let n = self.param_formats.len() / 2;
+        n <= 1 || n == self.param_count
+    }
+
+    /// The format code (0 text, 1 binary) of parameter `i` (0-based).
+    pub fn param_format(&self, i: usize) -> i16 {
+        let at = if self.param_formats.len() == 2 {
+            0
+        } else {
+            2 * i
+        };
+        match self.param_formats.get(at..at + 2) {
+            Some(&[hi, lo]) => i16::from_be_bytes([hi, lo]),
+            _ => 0,
+        }
+    }
+
+    /// The parameter values in order (`None`: NULL).
+    pub fn values(&self) -> impl Iterator<Item = Option<&'a [u8]>> + 'a {
+        let mut r = Reader::new(self.values, "Bind");
+        // Checked by `decode`: the reads cannot fail; if one did, the values would end early.
+        std::iter::from_fn(move || {
+            let len = r.i32().ok()?;
+            Some(match usize::try_from(len) {
+                Ok(len) => Some(r.bytes(len).ok()?),
+                Err(_) => None,
+            })
+        })
+    }
+
+    /// The value of parameter `i` (0-based): `None` when it is NULL or there is no such parameter.
+    pub fn value(&self, i: usize) -> Option<&'a [u8]> {
+        self.values().nth(i).flatten()
+    }
+
+    /// The result format codes.
+    pub fn result_formats(&self) -> impl Iterator<Item = i16> + 'a {
+        self.tail
+            .get(2..)
+            .unwrap_or_default()
+            .as_chunks::<2>()
+            .0
+            .iter()
+            .map(|&c| i16::from_be_bytes(c))
+    }
+
+    /// Names and parameter format codes as sent: what a rewritten Bind starts with (after its tag
+    /// and length).
+    pub fn head(&self) -> &'a [u8] {
+        self.head
+    }
+
+    /// The result format count and codes as sent: what a rewritten Bind ends with.
+    pub fn tail(&self) -> &'a [u8] {
+        self.tail
+    }
+
+    /// A Bind frame of the same names and formats with these parameter values (`None`: NULL).
+    pub fn encode<'v>(&self, params: impl ExactSizeIterator<Item = Option<&'v [u8]>>) -> Bytes {
+        let mut b = begin(
+            b'B',
+            self.head.len() + self.values.len() + self.tail.len() + 2,
+        );
+        b.put_slice(self.head);
+        b.put_i16(params.len() as i16);
+        for p in params {
+            match p {
+                None => b.put_i32(-1),
+                Some(v) => {
+                    b.put_i32(v.len() as i32);
+                    b.put_slice(v);
+                }
+            }
+        }
+        b.put_slice(self.tail);
+        finish(b)
+    }
+}
+
+/// Builds a Bind frame (tests and side connections).
+pub fn encode_bind(
+    portal: &[u8],
+    statement: &[u8],
+    param_formats: &[i16],
+    params: &[Option<&[u8]>],
+    result_formats: &[i16],
+) -> Bytes {
+    let mut head = Vec::with_capacity(portal.len() + statement.len() + 4 + 2 * param_formats.len());
+    for name in [portal, statement] {
+        head.extend_from_slice(name);
+        head.push(0);
+    }
+    head.extend_from_slice(&(param_formats.len() as i16).to_be_bytes());
+    for f in param_formats {
+        head.extend_from_slice(&f.to_be_bytes());
+    }
+    let mut tail = (result_formats.len() as i16).to_be_bytes().to_vec();
+    for f in result_formats {
+        tail.extend_from_slice(&f.to_be_bytes());
+    }
+    Bind {
+        portal,
+        statement,
+        head: &head,
+        param_formats: &[],
+        param_count: 0,
+        values: &[],
+        tail: &tail,
+    }
+    .encode(params.iter().copied())
 }
 
 /// Portal and statement names of a Bind message, without decoding its parameters: a Bind of a
@@ -534,7 +486,7 @@ pub fn bind_names(body: &[u8]) -> Result<(&[u8], &[u8]), FrameError> {
 
 /// Portal name of an Execute message.
 pub fn execute_portal(body: &[u8]) -> Result<&[u8], FrameError> {
-    Reader::new(body, "Execute").cstr()
+    Ok(Reader::new(body, "Execute").cstr()?)
 }
 
 /// Kind ('S' statement / 'P' portal) and name of a Describe or Close message.
@@ -642,41 +594,49 @@ mod tests {
 
     #[test]
     fn bind_round_trip() {
-        let bind = BindMsg {
-            portal: b"p1",
-            statement: b"s1",
-            param_formats: vec![1],
-            params: vec![Some(b"\x00\x00\x00\x2a"), None, Some(b"")],
-            result_formats: vec![0, 1],
-        };
-        let out = encode_bind(&bind, &bind.params);
+        let params: [Option<&[u8]>; 3] = [Some(b"\x00\x00\x00\x2a"), None, Some(b"")];
+        let out = encode_bind(b"p1", b"s1", &[1], &params, &[0, 1]);
         assert_eq!(
             check(&out, Direction::Frontend, 1 << 20),
             Ok(Some(out.len()))
         );
-        let back = parse_bind(&out[5..]).unwrap();
-        assert_eq!(back, bind);
+        let back = Bind::decode(&out[5..]).unwrap();
+        assert_eq!((back.portal, back.statement), (&b"p1"[..], &b"s1"[..]));
+        assert_eq!(back.param_count(), 3);
+        assert!(back.formats_fit());
         assert_eq!(back.param_format(2), 1);
-        assert_eq!(result_format(&back.result_formats, 1), 1);
-        assert_eq!(result_format(&[], 3), 0);
-        assert!(parse_bind(&out[5..out.len() - 1]).is_err());
+        assert_eq!(back.values().collect::<Vec<_>>(), params);
+        assert_eq!(back.value(0), params[0]);
+        assert_eq!(back.value(1), None);
+        assert_eq!(back.value(7), None);
+        assert_eq!(back.result_formats().collect::<Vec<_>>(), [0, 1]);
+        // Encoding the view with its own values gives the message back, byte for byte.
+        assert_eq!(
+            back.encode(back.values().collect::<Vec<_>>().into_iter()),
+            out
+        );
+        let two = encode_bind(b"", b"", &[0, 1], &params[..1], &[]);
+        let two = Bind::decode(&two[5..]).unwrap();
+        assert!(!two.formats_fit(), "two format codes for one parameter");
+        assert_eq!(two.param_format(1), 1);
+        assert_eq!(two.param_format(5), 0);
+        let none = encode_bind(b"", b"", &[], &params, &[]);
+        assert_eq!(Bind::decode(&none[5..]).unwrap().param_format(1), 0);
         let mut neg = out[5..].to_vec();
         // parameter count -> negative
         let pos = 2 + 1 + 2 + 1 + 2 + 2;
         neg[pos..pos + 2].copy_from_slice(&(-2i16).to_be_bytes());
-        assert!(parse_bind(&neg).is_err());
-        assert!(bind_result_formats(&neg).is_err());
-        // The result formats alone: the same codes, the same refusals of every truncation.
-        let codes: Vec<i16> = bind_result_formats(&out[5..]).unwrap().collect();
-        assert_eq!(codes, bind.result_formats);
+        assert!(Bind::decode(&neg).is_err());
+        // A parameter length below -1.
+        let mut neg = out[5..].to_vec();
+        neg[pos + 2..pos + 6].copy_from_slice(&(-2i32).to_be_bytes());
+        assert!(Bind::decode(&neg).is_err());
         for cut in 0..out.len() - 5 {
-            let body = &out[5..5 + cut];
-            assert!(parse_bind(body).is_err(), "{cut}");
-            assert!(bind_result_formats(body).is_err(), "{cut}");
+            assert!(Bind::decode(&out[5..5 + cut]).is_err(), "{cut}");
         }
         let mut trailing = out[5..].to_vec();
         trailing.push(0);
-        assert!(bind_result_formats(&trailing).is_err());
+        assert!(Bind::decode(&trailing).is_err());
     }
 
     #[test]
@@ -718,9 +678,5 @@ mod tests {
         assert!(target(b"X\0", "Describe").is_err());
         assert!(target(b"", "Describe").is_err());
         assert_eq!(target(b"Sfoo\0", "Describe").unwrap(), (b'S', &b"foo"[..]));
-        let mut r = Reader::new(&[0, 0, 0], "x");
-        assert!(r.i32().is_err());
-        let mut r = Reader::new(&[0xff; 8], "x");
-        assert!(r.bytes(usize::MAX).is_err());
     }
 }

@@ -18,6 +18,7 @@
 
 pub mod frame;
 pub mod messages;
+pub mod reader;
 pub mod startup;
 
 pub use frame::{Direction, Frame, FrameRef};

@@ -16,6 +16,7 @@
 use super::error::{Result, RewriteError};
 use super::values::stored_text;
 use super::{ColumnTarget, Format, Storage};
+use crate::protocol::reader::Reader;
 
 /// PostgreSQL's MAXDIM.
 const MAX_DIMS: usize = 6;
@@ -285,25 +286,6 @@ pub fn one_element_array(value: &[u8], elem_oid: u32, format: Format) -> Vec<u8>
     }
 }
 
-struct Reader<'a> {
-    s: &'a [u8],
-    i: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let end = self.i.checked_add(n)?;
-        let b = self.s.get(self.i..end)?;
-        self.i = end;
-        Some(b)
-    }
-
-    fn i32(&mut self) -> Option<i32> {
-        let b: [u8; 4] = self.take(4)?.try_into().ok()?;
-        Some(i32::from_be_bytes(b))
-    }
-}
-
 /// Encrypts every element of a binary-format array of the logical type (element oid must be the
 /// logical type's); returns a binary-format array of the storage type (element oid 17 or 25).
 pub fn encrypt_binary_array(
@@ -317,11 +299,11 @@ pub fn encrypt_binary_array(
         format: "binary array",
         reason,
     };
-    let mut r = Reader { s: bin, i: 0 };
+    let mut r = Reader::new(bin, "array");
     let short = "it is shorter than its header and elements declare";
-    let ndim = r.i32().ok_or(bad(short))?;
-    let flags = r.i32().ok_or(bad(short))?;
-    let oid = r.i32().ok_or(bad(short))? as u32;
+    let ndim = r.i32().map_err(|_| bad(short))?;
+    let flags = r.i32().map_err(|_| bad(short))?;
+    let oid = r.i32().map_err(|_| bad(short))? as u32;
     let ndim = usize::try_from(ndim)
         .ok()
         .filter(|n| *n <= MAX_DIMS)
@@ -335,8 +317,8 @@ pub fn encrypt_binary_array(
     let mut dims = Vec::with_capacity(ndim);
     let mut count: usize = 1;
     for _ in 0..ndim {
-        let size = r.i32().ok_or(bad(short))?;
-        let lbound = r.i32().ok_or(bad(short))?;
+        let size = r.i32().map_err(|_| bad(short))?;
+        let lbound = r.i32().map_err(|_| bad(short))?;
         let size = usize::try_from(size).map_err(|_| bad("a dimension size is negative"))?;
         count = count
             .checked_mul(size)
@@ -350,13 +332,13 @@ pub fn encrypt_binary_array(
     let variants = variants && ndim == 1 && target.has_variants();
     let mut elems: Vec<Option<Vec<Vec<u8>>>> = Vec::with_capacity(count);
     for _ in 0..count {
-        let len = r.i32().ok_or(bad(short))?;
+        let len = r.i32().map_err(|_| bad(short))?;
         if len == -1 {
             elems.push(None);
             continue;
         }
         let len = usize::try_from(len).map_err(|_| bad("an element length is negative"))?;
-        let v = r.take(len).ok_or(bad(short))?;
+        let v = r.bytes(len).map_err(|_| bad(short))?;
         let canonical = target.canonical_from_wire(v, Format::Binary)?;
         elems.push(Some(if variants {
             target.encrypt_variants(&canonical)?
@@ -364,7 +346,7 @@ pub fn encrypt_binary_array(
             vec![target.encrypt(&canonical)?]
         }));
     }
-    if r.i != bin.len() {
+    if !r.is_empty() {
         return Err(bad("it has bytes after its last element"));
     }
     let per = elems
@@ -543,7 +525,7 @@ mod tests {
     type Parsed = (u32, Vec<(i32, i32)>, Vec<Option<Vec<u8>>>);
 
     fn parse_bin(v: &[u8]) -> Parsed {
-        let mut r = Reader { s: v, i: 0 };
+        let mut r = Reader::new(v, "array");
         let nd = r.i32().unwrap();
         let _flags = r.i32().unwrap();
         let oid = r.i32().unwrap() as u32;
@@ -558,10 +540,10 @@ mod tests {
         let elems = (0..n)
             .map(|_| {
                 let l = r.i32().unwrap();
-                (l >= 0).then(|| r.take(l as usize).unwrap().to_vec())
+                (l >= 0).then(|| r.bytes(l as usize).unwrap().to_vec())
             })
             .collect();
-        assert_eq!(r.i, v.len());
+        r.done().unwrap();
         (oid, dims, elems)
     }
 

@@ -3,6 +3,8 @@
 
 use pgcloak_keymgr::KeyError;
 
+use crate::protocol::reader::{Malformed, Sender};
+
 /// Why a value, literal or message could not be rewritten.
 ///
 /// Split by who is at fault: the client sent something unusable (literal, parameter, COPY data), the
@@ -148,6 +150,21 @@ pub enum RewriteError {
         /// What failed.
         detail: String,
     },
+}
+
+impl From<Malformed> for RewriteError {
+    fn from(m: Malformed) -> Self {
+        match m.sender {
+            Sender::Client => RewriteError::MalformedClientMessage {
+                what: m.what,
+                detail: m.detail,
+            },
+            Sender::Server => RewriteError::MalformedServerMessage {
+                what: m.what,
+                detail: m.detail,
+            },
+        }
+    }
 }
 
 impl RewriteError {

@@ -48,7 +48,7 @@
 //!                    edits.push(literal_edit(sql, &lexed.literals, i, &target, enc.array, enc.assignment, site.role)?);
 //!                sql = apply_edits(sql, edits)?;
 //! Parse:         rewrite_parse_param_types(body, &[(n, storage_param_oid)])   (declared types only)
-//! Bind:          rewrite_bind(body, &[BindParam { index: n, target, array, assignment }])
+//! Bind:          rewrite_bind(&Bind::decode(body)?, &[BindParam { index: n, target, array, assignment }], &replaced)
 //! ParamDesc:     rewrite_parameter_description(body, &[(n, logical_type)])
 //! RowDesc:       let (frame, shape) = rewrite_row_description(body, &actions_for(&outputs, n)?)?;
 //! DataRow:       rewrite_data_row(body, &shape, &ctx, &mut row)? -> false: forward the original frame
@@ -90,7 +90,7 @@ pub use literal::{
 };
 pub use params::{
     encode_parameter_description, parse_parameter_description, present_parameter_types,
-    rewrite_bind, rewrite_parameter_description, rewrite_parse_param_types, BindParam,
+    rewrite_bind, rewrite_parameter_description, rewrite_parse_param_types, BindParam, Replaced,
 };
 pub use rows::{
     actions_for, rewrite_data_row, rewrite_row_description, ColumnAction, RowCtx, RowShape,

@@ -17,6 +17,8 @@ use super::array::{encrypt_binary_array, encrypt_text_array};
 use super::error::{Result, RewriteError};
 use super::values::param_value_into;
 use super::{array_oid, ColumnTarget, Format, Storage};
+use crate::protocol::messages::Bind;
+use crate::protocol::reader::Reader;
 
 /// A Bind parameter to encrypt.
 #[derive(Debug, Clone, Copy)]
@@ -33,88 +35,35 @@ pub struct BindParam<'k> {
     pub assignment: bool,
 }
 
-pub(crate) struct Cursor<'a> {
-    pub(crate) s: &'a [u8],
-    pub(crate) i: usize,
-    pub(crate) what: &'static str,
-    /// Whether the server sent the message (decides which error names the fault).
-    pub(crate) server: bool,
-}
+/// Parameter values of a Bind the proxy changed before encryption (an integer's width, a scalar
+/// wrapped as a one-element array), by 0-based index; every other value is the client's.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Replaced(Vec<(usize, Vec<u8>)>);
 
-impl<'a> Cursor<'a> {
-    pub(crate) fn err(&self, detail: &'static str) -> RewriteError {
-        if self.server {
-            RewriteError::MalformedServerMessage {
-                what: self.what,
-                detail,
-            }
-        } else {
-            RewriteError::MalformedClientMessage {
-                what: self.what,
-                detail,
-            }
-        }
-    }
-
-    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        let end = self
-            .i
-            .checked_add(n)
-            .filter(|e| *e <= self.s.len())
-            .ok_or_else(|| self.err("it is shorter than its fields declare"))?;
-        let b = self
-            .s
-            .get(self.i..end)
-            .ok_or_else(|| self.err("it is shorter than its fields declare"))?;
-        self.i = end;
-        Ok(b)
-    }
-
-    /// The next `N` bytes as an array.
-    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
-        let b = self.take(N)?;
-        b.try_into()
-            .map_err(|_| self.err("it is shorter than its fields declare"))
-    }
-
-    pub(crate) fn i16(&mut self) -> Result<i16> {
-        Ok(i16::from_be_bytes(self.array()?))
-    }
-
-    pub(crate) fn i32(&mut self) -> Result<i32> {
-        Ok(i32::from_be_bytes(self.array()?))
-    }
-
-    /// The bytes read since position `start`.
-    pub(crate) fn since(&self, start: usize) -> &'a [u8] {
-        self.s.get(start..self.i).unwrap_or_default()
-    }
-
-    /// The bytes not read yet.
-    pub(crate) fn rest(&self) -> &'a [u8] {
-        self.s.get(self.i..).unwrap_or_default()
-    }
-
-    fn count(&mut self) -> Result<usize> {
-        usize::try_from(self.i16()?).map_err(|_| self.err("a count is negative"))
-    }
-
-    /// A NUL-terminated string, including its NUL.
-    fn cstr(&mut self) -> Result<&'a [u8]> {
-        let rest = self.rest();
-        let nul = rest
+impl Replaced {
+    /// The replacement for parameter `i`, if there is one.
+    pub fn get(&self, i: usize) -> Option<&[u8]> {
+        self.0
             .iter()
-            .position(|&c| c == 0)
-            .ok_or_else(|| self.err("a string is not NUL-terminated"))?;
-        self.take(nul + 1)
+            .find(|(at, _)| *at == i)
+            .map(|(_, v)| v.as_slice())
     }
 
-    fn done(&self) -> Result<()> {
-        if self.i == self.s.len() {
-            Ok(())
-        } else {
-            Err(self.err("it has bytes after its last field"))
+    /// Replaces parameter `i`'s value.
+    pub fn set(&mut self, i: usize, value: Vec<u8>) {
+        match self.0.iter_mut().find(|(at, _)| *at == i) {
+            Some(slot) => slot.1 = value,
+            None => self.0.push((i, value)),
         }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Parameter `i`'s value as the Bind will carry it (`None`: NULL or no such parameter).
+    pub fn value<'v>(&'v self, bind: &Bind<'v>, i: usize) -> Option<&'v [u8]> {
+        self.get(i).or_else(|| bind.value(i))
     }
 }
 
@@ -131,101 +80,91 @@ pub(crate) fn frame(tag: u8, body: &[u8]) -> Result<Bytes> {
     Ok(out.freeze())
 }
 
-/// Encrypts the listed parameters of a Bind message body (after tag and length); returns the whole
-/// new Bind frame, or `None` when there is nothing to change (no listed parameter, or all of them
-/// NULL). Each value keeps its format code: text-format values become the storage type's text form,
-/// binary-format values its binary form. A listed `$n` the Bind does not carry is an error.
-pub fn rewrite_bind(body: &[u8], params: &[BindParam<'_>]) -> Result<Option<Bytes>> {
-    if params.is_empty() {
+/// Encrypts the listed parameters of a Bind (with the values in `replaced` instead of the client's);
+/// returns the whole new Bind frame, or `None` when there is nothing to change (no listed parameter,
+/// or all of them NULL, and nothing replaced). Each value keeps its format code: text-format values
+/// become the storage type's text form, binary-format values its binary form. A listed `$n` the Bind
+/// does not carry is an error.
+pub fn rewrite_bind(
+    bind: &Bind<'_>,
+    params: &[BindParam<'_>],
+    replaced: &Replaced,
+) -> Result<Option<Bytes>> {
+    if params.is_empty() && replaced.is_empty() {
         return Ok(None);
     }
-    let mut c = Cursor {
-        s: body,
-        i: 0,
+    let malformed = |detail| RewriteError::MalformedClientMessage {
         what: "Bind",
-        server: false,
+        detail,
     };
-    c.cstr()?; // portal
-    c.cstr()?; // statement
-    let nfmt = c.count()?;
-    let formats_at = c.i;
-    c.take(nfmt * 2)?;
-    let nparams = c.count()?;
-    if nfmt > 1 && nfmt != nparams {
-        return Err(c.err(
+    if !bind.formats_fit() {
+        return Err(malformed(
             "its number of parameter format codes is neither 0, 1 nor the number of parameters",
         ));
     }
+    let nparams = bind.param_count();
     if params
         .iter()
         .any(|p| p.index == 0 || p.index as usize > nparams)
     {
-        return Err(RewriteError::MalformedClientMessage {
-            what: "Bind",
-            detail: "it carries fewer parameters than the statement uses",
-        });
+        return Err(malformed(
+            "it carries fewer parameters than the statement uses",
+        ));
     }
-    let code = |idx: usize| {
-        let at = formats_at + 2 * if nfmt == 1 { 0 } else { idx };
-        // Read (and bounds-checked) above: nfmt codes from formats_at.
-        match body.get(at..at + 2) {
-            Some(&[hi, lo]) if nfmt != 0 => i16::from_be_bytes([hi, lo]),
-            _ => 0,
-        }
-    };
     // One pass: each value is copied, or encrypted straight onto the end of the new frame (no
     // buffer per value); the frame's length is filled in at the end.
-    let mut out = Vec::with_capacity(body.len() + 5 + params.len() * 96);
+    let mut out = Vec::with_capacity(
+        bind.head().len() + bind.tail().len() + 64 + nparams * 8 + params.len() * 96,
+    );
     out.push(b'B');
     out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(c.since(0));
-    let mut changed = false;
-    for idx in 0..nparams {
-        let field = c.i;
-        let len = c.i32()?;
-        if len == -1 {
-            out.extend_from_slice(c.since(field));
-            continue;
-        }
-        let len = usize::try_from(len).map_err(|_| c.err("a parameter length is negative"))?;
-        let value = c.take(len)?;
-        // The first listed parameter naming `$idx + 1` decides (a parameter is encrypted once).
-        let Some(p) = params.iter().find(|p| p.index as usize == idx + 1) else {
-            out.extend_from_slice(c.since(field));
+    out.extend_from_slice(bind.head());
+    out.extend_from_slice(&(nparams as i16).to_be_bytes());
+    let mut changed = !replaced.is_empty();
+    for (idx, client) in bind.values().enumerate() {
+        let Some(value) = replaced.get(idx).or(client) else {
+            out.extend_from_slice(&(-1i32).to_be_bytes());
             continue;
         };
-        let format = Format::from_code(code(idx)).ok_or(RewriteError::MalformedClientMessage {
-            what: "Bind",
-            detail: "a parameter format code is neither 0 (text) nor 1 (binary)",
-        })?;
         let at = out.len();
         out.extend_from_slice(&[0; 4]);
-        match (p.array, format) {
-            (false, _) => param_value_into(&p.target, value, format, &mut out)?,
-            (true, Format::Text) => {
-                out.extend_from_slice(&encrypt_text_array(&p.target, value, !p.assignment)?);
-            }
-            (true, Format::Binary) => {
-                out.extend_from_slice(&encrypt_binary_array(&p.target, value, !p.assignment)?);
+        // The first listed parameter naming `$idx + 1` decides (a parameter is encrypted once).
+        match params.iter().find(|p| p.index as usize == idx + 1) {
+            None => out.extend_from_slice(value),
+            Some(p) => {
+                let format = Format::from_code(bind.param_format(idx)).ok_or(malformed(
+                    "a parameter format code is neither 0 (text) nor 1 (binary)",
+                ))?;
+                match (p.array, format) {
+                    (false, _) => param_value_into(&p.target, value, format, &mut out)?,
+                    (true, Format::Text) => {
+                        out.extend_from_slice(&encrypt_text_array(&p.target, value, !p.assignment)?)
+                    }
+                    (true, Format::Binary) => out.extend_from_slice(&encrypt_binary_array(
+                        &p.target,
+                        value,
+                        !p.assignment,
+                    )?),
+                }
+                changed = true;
             }
         }
         let new_len = out.len() - at - 4;
         let new_len = i32::try_from(new_len).map_err(|_| RewriteError::ValueTooLarge {
-            column: p.target.column().to_string(),
+            column: params
+                .iter()
+                .find(|p| p.index as usize == idx + 1)
+                .map_or("(parameter)", |p| p.target.column())
+                .to_string(),
             len: new_len,
             max: i32::MAX as usize,
         })?;
         put_i32_at(&mut out, at, new_len);
-        changed = true;
     }
-    let values_end = c.i;
-    let nres = c.count()?;
-    c.take(nres * 2)?;
-    c.done()?;
     if !changed {
         return Ok(None);
     }
-    out.extend_from_slice(body.get(values_end..).unwrap_or_default());
+    out.extend_from_slice(bind.tail());
     let total = i32::try_from(out.len() - 1).map_err(|_| RewriteError::Internal {
         column: "(message)".to_string(),
         detail: "a rewritten message exceeds the protocol's 2 GiB limit".to_string(),
@@ -257,17 +196,12 @@ pub fn rewrite_parse_param_types(body: &[u8], params: &[(u32, u32)]) -> Result<O
     if params.is_empty() {
         return Ok(None);
     }
-    let mut c = Cursor {
-        s: body,
-        i: 0,
-        what: "Parse",
-        server: false,
-    };
+    let mut c = Reader::new(body, "Parse");
     c.cstr()?; // statement name
     c.cstr()?; // query
-    let types_start = c.i;
+    let types_start = c.pos();
     let n = c.count()?;
-    let mut oids = Vec::with_capacity(n);
+    let mut oids = Vec::with_capacity(n.min(c.remaining().len() / 4));
     for _ in 0..n {
         oids.push(c.i32()? as u32);
     }
@@ -298,14 +232,9 @@ pub fn rewrite_parse_param_types(body: &[u8], params: &[(u32, u32)]) -> Result<O
 
 /// The parameter type oids of a ParameterDescription body (after tag and length).
 pub fn parse_parameter_description(body: &[u8]) -> Result<Vec<u32>> {
-    let mut c = Cursor {
-        s: body,
-        i: 0,
-        what: "ParameterDescription",
-        server: true,
-    };
+    let mut c = Reader::server(body, "ParameterDescription");
     let n = c.count()?;
-    let mut oids = Vec::with_capacity(n);
+    let mut oids = Vec::with_capacity(n.min(c.remaining().len() / 4));
     for _ in 0..n {
         oids.push(c.i32()? as u32);
     }
@@ -395,25 +324,23 @@ mod tests {
             i32::from_be_bytes(frame[1..5].try_into().unwrap()) as usize,
             frame.len() - 1
         );
-        let mut c = Cursor {
-            s: &frame[5..],
-            i: 0,
+        let b = Bind::decode(&frame[5..]).unwrap();
+        assert_eq!((b.portal, b.statement), (&b"portal"[..], &b"stmt"[..]));
+        let mut r = Reader::new(b.head(), "Bind");
+        r.cstr().unwrap();
+        r.cstr().unwrap();
+        let f = (0..r.count().unwrap()).map(|_| r.i16().unwrap()).collect();
+        let v = b.values().map(|v| v.map(<[u8]>::to_vec)).collect();
+        (f, v, b.result_formats().collect())
+    }
+
+    /// [`rewrite_bind`] of a Bind body, nothing replaced.
+    fn rebind(body: &[u8], params: &[BindParam<'_>]) -> Result<Option<Bytes>> {
+        let bind = Bind::decode(body).map_err(|_| RewriteError::MalformedClientMessage {
             what: "Bind",
-            server: false,
-        };
-        assert_eq!(c.cstr().unwrap(), b"portal\0");
-        assert_eq!(c.cstr().unwrap(), b"stmt\0");
-        let f: Vec<i16> = (0..c.count().unwrap()).map(|_| c.i16().unwrap()).collect();
-        let n = c.count().unwrap();
-        let v = (0..n)
-            .map(|_| {
-                let l = c.i32().unwrap();
-                (l >= 0).then(|| c.take(l as usize).unwrap().to_vec())
-            })
-            .collect();
-        let r = (0..c.count().unwrap()).map(|_| c.i16().unwrap()).collect();
-        c.done().unwrap();
-        (f, v, r)
+            detail: "framing",
+        })?;
+        rewrite_bind(&bind, params, &Replaced::default())
     }
 
     #[test]
@@ -428,7 +355,7 @@ mod tests {
             &[1],
         );
         let params = [scalar(1, email), scalar(2, salary)];
-        let out = rewrite_bind(&body, &params).unwrap().unwrap();
+        let out = rebind(&body, &params).unwrap().unwrap();
         let (f, v, r) = unbind(&out);
         assert_eq!(f, vec![0, 1, 1]);
         assert_eq!(r, vec![1]);
@@ -441,7 +368,7 @@ mod tests {
         assert_eq!(v[2].as_deref(), Some(&b"plain"[..]));
         // Text format for bytea storage: `\x` hex.
         let body = bind(&[], &[Some(b"5000")], &[]);
-        let out = rewrite_bind(&body, &[scalar(1, salary)]).unwrap().unwrap();
+        let out = rebind(&body, &[scalar(1, salary)]).unwrap().unwrap();
         let (_, v, _) = unbind(&out);
         let raw = typed::canonical_from_text(LogicalType::Bytea, v[0].as_ref().unwrap()).unwrap();
         assert_eq!(salary.cipher.decrypt(&raw).unwrap(), 5000i32.to_be_bytes());
@@ -454,24 +381,20 @@ mod tests {
         let t = kit.target(&kr, NOTES, LogicalType::Text, Storage::Text);
         let p = |index| scalar(index, t);
         let body = bind(&[], &[None, Some(b"x")], &[]);
-        assert_eq!(
-            rewrite_bind(&body, &[p(1)]).unwrap(),
-            None,
-            "NULL stays NULL"
-        );
-        assert_eq!(rewrite_bind(&body, &[]).unwrap(), None);
-        assert!(rewrite_bind(&body, &[p(3)]).is_err());
-        assert!(rewrite_bind(&body, &[p(0)]).is_err());
+        assert_eq!(rebind(&body, &[p(1)]).unwrap(), None, "NULL stays NULL");
+        assert_eq!(rebind(&body, &[]).unwrap(), None);
+        assert!(rebind(&body, &[p(3)]).is_err());
+        assert!(rebind(&body, &[p(0)]).is_err());
         let body = bind(&[0, 0, 0], &[Some(b"x"), Some(b"y")], &[]);
         assert!(
-            rewrite_bind(&body, &[p(1)]).is_err(),
+            rebind(&body, &[p(1)]).is_err(),
             "3 format codes for 2 params"
         );
         let body = bind(&[2], &[Some(b"x")], &[]);
-        assert!(rewrite_bind(&body, &[p(1)]).is_err(), "format code 2");
+        assert!(rebind(&body, &[p(1)]).is_err(), "format code 2");
         let i4 = kit.target(&kr, SALARY, LogicalType::Int4, Storage::Text);
         let body = bind(&[1], &[Some(b"xyz")], &[]);
-        let e = rewrite_bind(&body, &[scalar(1, i4)]).unwrap_err();
+        let e = rebind(&body, &[scalar(1, i4)]).unwrap_err();
         assert_eq!(e.sqlstate(), "22P02");
         assert!(e.to_string().contains(SALARY));
     }
@@ -484,7 +407,7 @@ mod tests {
         let p = |index| scalar(index, email);
         let body = bind(&[0], &[Some(b"keep"), None, Some(b"a@b.c")], &[0, 1, 1]);
         // `$3` listed twice: encrypted once, by the first entry.
-        let out = rewrite_bind(&body, &[p(3), p(3)]).unwrap().unwrap();
+        let out = rebind(&body, &[p(3), p(3)]).unwrap().unwrap();
         let (f, v, r) = unbind(&out);
         assert_eq!((f, r), (vec![0], vec![0, 1, 1]));
         assert_eq!(v[0].as_deref(), Some(&b"keep"[..]));
@@ -494,11 +417,11 @@ mod tests {
             b"a@b.c"
         );
         for cut in 0..body.len() {
-            assert!(rewrite_bind(&body[..cut], &[p(3)]).is_err(), "cut at {cut}");
+            assert!(rebind(&body[..cut], &[p(3)]).is_err(), "cut at {cut}");
         }
         let mut longer = body.clone();
         longer.push(0);
-        assert!(rewrite_bind(&longer, &[p(3)]).is_err());
+        assert!(rebind(&longer, &[p(3)]).is_err());
     }
 
     #[test]
@@ -507,7 +430,7 @@ mod tests {
         let kr = kit.rotated_keyring(EMAIL);
         let t = kit.target(&kr, EMAIL, LogicalType::Text, Storage::Text);
         let body = bind(&[0], &[Some(b"{a,b}")], &[]);
-        let out = rewrite_bind(
+        let out = rebind(
             &body,
             &[BindParam {
                 index: 1,
@@ -610,7 +533,7 @@ mod tests {
                 array: rng.below(2) == 0,
                 assignment: rng.below(2) == 0,
             }];
-            let _ = rewrite_bind(&b, &ps);
+            let _ = rebind(&b, &ps);
             let _ = rewrite_parse_param_types(&b, &[(1, 17)]);
             let _ = parse_parameter_description(&b);
             let _ = rewrite_parameter_description(&b, &[(1, LogicalType::Int4)]);

@@ -16,8 +16,9 @@ use pgcloak_keymgr::{envelope, typed, Envelope, KeyError, Keyring, LogicalType};
 use pgcloak_policy::{apply_mask, Mask, MaskedValue, Output, OutputAction};
 
 use super::error::{Result, RewriteError};
-use super::params::{frame, put_i32_at, Cursor};
+use super::params::{frame, put_i32_at};
 use super::{type_len, Format, Storage};
+use crate::protocol::reader::Reader;
 
 /// What to do with each value of one result column.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,22 +147,17 @@ pub struct RowDescription {
 impl RowDescription {
     /// Parses a RowDescription body (after tag and length).
     pub fn parse(body: &[u8]) -> Result<RowDescription> {
-        let mut c = Cursor {
-            s: body,
-            i: 0,
-            what: "RowDescription",
-            server: true,
-        };
+        let mut c = Reader::server(body, "RowDescription");
         let n = usize::try_from(c.i16()?).map_err(|_| c.err("its field count is negative"))?;
         let mut fields = Vec::with_capacity(n.min(body.len() / 19 + 1));
         for _ in 0..n {
             let nul = c
-                .rest()
+                .remaining()
                 .iter()
                 .position(|&b| b == 0)
                 .ok_or_else(|| c.err("a field name is not NUL-terminated"))?;
-            let name = c.take(nul)?.to_vec();
-            c.take(1)?;
+            let name = c.bytes(nul)?.to_vec();
+            c.bytes(1)?;
             fields.push(Field {
                 name,
                 table_oid: c.i32()? as u32,
@@ -172,8 +168,8 @@ impl RowDescription {
                 format: c.i16()?,
             });
         }
-        if c.i != body.len() {
-            return Err(c.err("it has bytes after its last field"));
+        if c.pos() != body.len() {
+            return Err(c.err("it has bytes after its last field").into());
         }
         Ok(RowDescription { fields })
     }
@@ -529,15 +525,12 @@ pub fn rewrite_data_row(
     if shape.is_passthrough() {
         return Ok(false);
     }
-    let mut c = Cursor {
-        s: body,
-        i: 0,
-        what: "DataRow",
-        server: true,
-    };
+    let mut c = Reader::server(body, "DataRow");
     let n = usize::try_from(c.i16()?).map_err(|_| c.err("its column count is negative"))?;
     if n != shape.cols.len() {
-        return Err(c.err("its number of columns differs from its RowDescription"));
+        return Err(c
+            .err("its number of columns differs from its RowDescription")
+            .into());
     }
     let too_large = || RewriteError::MalformedServerMessage {
         what: "DataRow",
@@ -545,14 +538,14 @@ pub fn rewrite_data_row(
     };
     let mut started = false;
     for col in shape.cols.iter() {
-        let field = c.i;
+        let field = c.pos();
         let len = c.i32()?;
         let value = if len >= 0 {
-            c.take(len as usize)?
+            c.bytes(len as usize)?
         } else if len == -1 {
             &[]
         } else {
-            return Err(c.err("a value length is negative"));
+            return Err(c.err("a value length is negative").into());
         };
         if len < 0 || col.action == ColumnAction::PassThrough {
             if started {
@@ -576,8 +569,8 @@ pub fn rewrite_data_row(
         };
         put_i32_at(out, at, vlen);
     }
-    if c.i != body.len() {
-        return Err(c.err("it has bytes after its last column"));
+    if c.pos() != body.len() {
+        return Err(c.err("it has bytes after its last column").into());
     }
     if !started {
         return Ok(false);

@@ -8,11 +8,12 @@ use pgcloak_policy::{
 };
 
 use super::context::{DataCtx, Refusal, StmtCtx};
-use crate::protocol::messages;
+use crate::protocol::messages::{self, Bind};
+use crate::protocol::reader::Reader;
 use crate::rewrite::{
     self, apply_edits, literal_edit, params::param_oid, rows::RowDescription, BindParam,
-    ColumnAction, ColumnTarget, CopyOutColumn, CopyOutRewriter, Edit, ListPiece, RowCtx, RowShape,
-    Storage,
+    ColumnAction, ColumnTarget, CopyOutColumn, CopyOutRewriter, Edit, ListPiece, Replaced, RowCtx,
+    RowShape, Storage,
 };
 use crate::services::Services;
 
@@ -386,10 +387,12 @@ fn in_list_edit(
     })
 }
 
-/// Encrypts the Bind parameters the statement's plan asks for.
+/// Encrypts the Bind parameters the statement's plan asks for. The Bind is read once, as `bind`:
+/// integer widening and scalar-to-array wrapping put their values in [`Replaced`], and encryption
+/// writes the one new frame.
 pub fn rewrite_bind(
     guard: &Services,
-    body: &[u8],
+    bind: &Bind<'_>,
     stmt: &StmtCtx,
 ) -> Result<Option<Bytes>, Refusal> {
     let (Some(sp), Some(data)) = (stmt.statement_plan(), stmt.data.as_deref()) else {
@@ -414,126 +417,105 @@ pub fn rewrite_bind(
     if params.is_empty() {
         return Ok(None);
     }
-    let widened = widen_integers(body, stmt, &params)?;
-    let body = widened.as_deref().unwrap_or(body);
-    if any.is_empty() {
-        return rewrite::rewrite_bind(body, &params).map_err(refusal);
-    }
-    // `col = ANY($n)`: the client's scalar becomes a one-element array, encrypted under every version.
-    let wrapped = wrap_scalars(body, &params, any)?;
-    for p in params.iter_mut() {
-        if any.contains(&p.index) {
-            p.array = true;
+    let mut replaced = Replaced::default();
+    widen_integers(bind, stmt, &params, &mut replaced)?;
+    if !any.is_empty() {
+        // `col = ANY($n)`: the client's scalar becomes a one-element array, encrypted under every
+        // version.
+        wrap_scalars(bind, &params, any, &mut replaced);
+        for p in params.iter_mut() {
+            if any.contains(&p.index) {
+                p.array = true;
+            }
         }
     }
-    rewrite::rewrite_bind(&wrapped, &params).map_err(refusal)
+    rewrite::rewrite_bind(bind, &params, &replaced).map_err(refusal)
 }
 
 /// Turns the scalar values of parameters `any` into one-element arrays of the logical type, in the
-/// parameter's own format.
-fn wrap_scalars(body: &[u8], params: &[BindParam<'_>], any: &[u32]) -> Result<Vec<u8>, Refusal> {
-    edit_bind_values(body, |bind, values| {
-        for p in params.iter().filter(|p| any.contains(&p.index)) {
-            let i = p.index as usize - 1;
-            let Some(Some(v)) = values.get(i) else {
-                continue;
-            };
-            let format = if bind.param_format(i) == 1 {
-                rewrite::Format::Binary
-            } else {
-                rewrite::Format::Text
-            };
-            let wrapped = rewrite::array::one_element_array(v, p.target.ty.oid(), format);
-            values[i] = Some(wrapped);
-        }
-        Ok(())
-    })
-}
-
-/// Decodes a Bind body, lets `edit` change parameter values, and re-encodes it (the body, without
-/// tag and length).
-fn edit_bind_values(
-    body: &[u8],
-    edit: impl FnOnce(&messages::BindMsg<'_>, &mut Vec<Option<Vec<u8>>>) -> Result<(), Refusal>,
-) -> Result<Vec<u8>, Refusal> {
-    let bind = messages::parse_bind(body).map_err(|e| Refusal {
-        sqlstate: "08P01",
-        message: format!("pgcloak: {e}"),
-    })?;
-    let mut values: Vec<Option<Vec<u8>>> =
-        bind.params.iter().map(|p| p.map(<[u8]>::to_vec)).collect();
-    edit(&bind, &mut values)?;
-    let refs: Vec<Option<&[u8]>> = values.iter().map(|v| v.as_deref()).collect();
-    Ok(messages::encode_bind(&bind, &refs)[5..].to_vec())
+/// parameter's own format (after any widening).
+fn wrap_scalars(bind: &Bind<'_>, params: &[BindParam<'_>], any: &[u32], replaced: &mut Replaced) {
+    for p in params.iter().filter(|p| any.contains(&p.index)) {
+        let Some(i) = (p.index as usize).checked_sub(1) else {
+            continue;
+        };
+        let Some(v) = replaced.value(bind, i) else {
+            continue;
+        };
+        let format = if bind.param_format(i) == 1 {
+            rewrite::Format::Binary
+        } else {
+            rewrite::Format::Text
+        };
+        let wrapped = rewrite::array::one_element_array(v, p.target.ty.oid(), format);
+        replaced.set(i, wrapped);
+    }
 }
 
 /// Drivers encode an integer in the type they declared (psycopg: the smallest of int2/int4/int8 that
 /// fits); an encrypted integer column's logical type may be another width. Binary values of a declared
 /// integer type are converted to the logical width (range-checked), so `42` encrypts identically
-/// whatever width it was sent in. Returns the Bind body to encrypt, when anything changed.
+/// whatever width it was sent in.
 fn widen_integers(
-    body: &[u8],
+    bind: &Bind<'_>,
     stmt: &StmtCtx,
     params: &[BindParam<'_>],
-) -> Result<Option<Vec<u8>>, Refusal> {
+    replaced: &mut Replaced,
+) -> Result<(), Refusal> {
     use pgcloak_keymgr::LogicalType as T;
     let declared = stmt.param_types.get().map(Vec::as_slice).unwrap_or(&[]);
+    if declared.is_empty() {
+        return Ok(());
+    }
     let width = |oid: u32| match oid {
         21 => Some(2usize),
         23 => Some(4),
         20 => Some(8),
         _ => None,
     };
-    let todo: Vec<(usize, usize, usize, &str)> = params
-        .iter()
-        .filter(|p| !p.array)
-        .filter_map(|p| {
-            let i = (p.index as usize).checked_sub(1)?;
-            let from = width(*declared.get(i)?)?;
-            let to = match p.target.ty {
-                T::Int4 => 4,
-                T::Int8 => 8,
-                _ => return None,
-            };
-            (from != to).then_some((i, from, to, p.target.column()))
-        })
-        .collect();
-    if todo.is_empty() {
-        return Ok(None);
-    }
-    edit_bind_values(body, |bind, values| {
-        for (i, from, to, column) in todo {
-            if bind.param_format(i) != 1 {
-                continue;
-            }
-            let Some(Some(v)) = values.get(i) else {
-                continue;
-            };
-            let bad = || Refusal {
-                sqlstate: "22003",
-                message: format!(
-                "pgcloak: parameter ${} for encrypted column {column} is out of range for its type",
-                i + 1
-            ),
-            };
-            if v.len() != from {
-                return Err(bad());
-            }
-            let n: i64 = match from {
-                2 => i64::from(i16::from_be_bytes([v[0], v[1]])),
-                4 => i64::from(i32::from_be_bytes([v[0], v[1], v[2], v[3]])),
-                _ => i64::from_be_bytes([v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]]),
-            };
-            let out = if to == 4 {
-                i32::try_from(n).map_err(|_| bad())?.to_be_bytes().to_vec()
-            } else {
-                n.to_be_bytes().to_vec()
-            };
-            values[i] = Some(out);
+    for p in params.iter().filter(|p| !p.array) {
+        let Some(i) = (p.index as usize).checked_sub(1) else {
+            continue;
+        };
+        let Some(from) = declared.get(i).copied().and_then(width) else {
+            continue;
+        };
+        let to = match p.target.ty {
+            T::Int4 => 4,
+            T::Int8 => 8,
+            _ => continue,
+        };
+        if from == to || bind.param_format(i) != 1 {
+            continue;
         }
-        Ok(())
-    })
-    .map(Some)
+        let Some(v) = bind.value(i) else {
+            continue;
+        };
+        let bad = || Refusal {
+            sqlstate: "22003",
+            message: format!(
+                "pgcloak: parameter ${} for encrypted column {} is out of range for its type",
+                i + 1,
+                p.target.column()
+            ),
+        };
+        if v.len() != from {
+            return Err(bad());
+        }
+        let n: i64 = match *v {
+            [a, b] => i64::from(i16::from_be_bytes([a, b])),
+            [a, b, c, d] => i64::from(i32::from_be_bytes([a, b, c, d])),
+            [a, b, c, d, e, f, g, h] => i64::from_be_bytes([a, b, c, d, e, f, g, h]),
+            _ => return Err(bad()),
+        };
+        let out = if to == 4 {
+            i32::try_from(n).map_err(|_| bad())?.to_be_bytes().to_vec()
+        } else {
+            n.to_be_bytes().to_vec()
+        };
+        replaced.set(i, out);
+    }
+    Ok(())
 }
 
 /// ParameterDescription: encrypted parameters are presented with their logical types.
@@ -639,15 +621,8 @@ pub fn copy_out_rewriter(
     if copy.direction != pgcloak_policy::CopyDirection::To {
         return Ok(None);
     }
-    let mut r = messages::Reader::new(body, "CopyOutResponse");
-    let n = r
-        .u8()
-        .and_then(|_| r.i16())
-        .map_err(|_| rewrite::RewriteError::MalformedServerMessage {
-            what: "CopyOutResponse",
-            detail: "it is shorter than its fields declare",
-        })?
-        .max(0) as usize;
+    let mut r = Reader::server(body, "CopyOutResponse");
+    let n = r.u8().and_then(|_| r.i16())?.max(0) as usize;
     let actions: Vec<ColumnAction> = match &copy.table {
         Some(table) => {
             let (schema, name) = table.split_once('.').unwrap_or(("public", table));

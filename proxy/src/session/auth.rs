@@ -8,8 +8,9 @@ use super::cancel::Registration;
 use super::io::{FrameReader, Outbox, ReadError, ReadReady};
 use crate::error::{FrameError, SessionError};
 use crate::protocol::messages::{
-    self, auth_code, backend_key_data, strip_channel_binding, Reader, AUTH_OK, AUTH_SASL,
+    self, auth_code, backend_key_data, strip_channel_binding, AUTH_OK, AUTH_SASL,
 };
+use crate::protocol::reader::Reader;
 use crate::state::Shared;
 
 /// What the two TLS legs allow for SCRAM channel binding.
@@ -130,7 +131,7 @@ where
             }
             b'K' => {
                 let mut r = Reader::new(frame.body(), "BackendKeyData");
-                let pid = r.i32().map_err(SessionError::Server)? as u32;
+                let pid = r.i32().map_err(|e| SessionError::Server(e.into()))? as u32;
                 let secret = r.remaining().to_vec();
                 if secret.is_empty() || secret.len() > 256 {
                     return Err(SessionError::Server(FrameError::Malformed {

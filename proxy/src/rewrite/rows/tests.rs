@@ -51,20 +51,15 @@ fn values_of(frame: &[u8]) -> Vec<Option<Vec<u8>>> {
         i32::from_be_bytes(frame[1..5].try_into().unwrap()) as usize,
         frame.len() - 1
     );
-    let mut c = Cursor {
-        s: &frame[5..],
-        i: 0,
-        what: "t",
-        server: true,
-    };
+    let mut c = Reader::server(&frame[5..], "t");
     let n = c.i16().unwrap();
     let v = (0..n)
         .map(|_| {
             let l = c.i32().unwrap();
-            (l >= 0).then(|| c.take(l as usize).unwrap().to_vec())
+            (l >= 0).then(|| c.bytes(l as usize).unwrap().to_vec())
         })
         .collect();
-    assert_eq!(c.i, frame.len() - 5);
+    c.done().unwrap();
     v
 }
 

@@ -39,7 +39,10 @@ use pgcloak_keymgr::Keyring;
 use pgcloak_policy::{CopyDirection, CopyEndpoint};
 
 mod backend;
+mod copy_in;
+mod extended;
 mod frontend;
+mod simple;
 
 use backend::*;
 
