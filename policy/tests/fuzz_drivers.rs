@@ -9,26 +9,7 @@ use std::time::{Duration, Instant};
 
 use pgcloak_policy::{analyze, apply_mask, check, lex, names_any, Mask, Policy, StorageTypes};
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
-        }
-    }
-}
+use pgcloak_testkit::Rng;
 
 const SQL_SEEDS: &[&str] = &[
     r#"SELECT "customers"."id", "customers"."email" FROM "customers" WHERE "customers"."email" = $1 LIMIT 21"#,
@@ -162,7 +143,7 @@ fn fuzz_lex_and_analyze() {
         policy.role_named("support").expect("support"),
         policy.default_role(),
     ];
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
     let start = Instant::now();
     let mut n: u64 = 0;
     let mut denied: u64 = 0;
@@ -192,7 +173,7 @@ fn fuzz_lex_and_analyze() {
 #[test]
 #[ignore = "long-running random driver; run with --ignored"]
 fn fuzz_policy_parse() {
-    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let mut rng = Rng::new(0x1234_5678_9abc_def1);
     let start = Instant::now();
     let (mut n, mut ok, mut errs) = (0u64, 0u64, 0u64);
     while start.elapsed() < budget() {

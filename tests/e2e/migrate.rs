@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgcloak_keymgr::{decode_any, typed, Encoding, Envelope, Keyring, LogicalType, MasterKey};
+use pgcloak_testkit::Rng;
 
 use crate::harness::{cluster, connect, pgcloak, pgcloak_bin, SUPERPASS, SUPERUSER};
 
@@ -530,13 +531,10 @@ fn encrypt_while_writes_continue_loses_no_write() {
             let mut inserted: Vec<i32> = Vec::new();
             rt().block_on(async {
                 let c = connect(&url).await;
-                let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+                let mut rng = Rng::new(1);
                 let mut n = 0;
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
                     if n % 10 == 0 {
                         // A new plaintext row, as a client writing straight to PostgreSQL would.
                         let id = ROWS + n;
@@ -549,7 +547,7 @@ fn encrypt_while_writes_continue_loses_no_write() {
                         inserted.push(id);
                     } else {
                         // A ciphertext, as the proxy writes it.
-                        let id = (x % ROWS as u64) as i32 + 1;
+                        let id = rng.below(ROWS as usize) as i32 + 1;
                         let plain = format!("w-{id}-{n}");
                         let env = name
                             .encrypt_as(plain.as_bytes(), Encoding::Armored)

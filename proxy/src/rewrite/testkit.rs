@@ -86,47 +86,4 @@ pub(crate) fn ctx<'a>(
     }
 }
 
-/// xorshift64*: reproducible pseudo-random inputs for property loops.
-pub(crate) struct Rng(u64);
-
-impl Rng {
-    pub(crate) fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    pub(crate) fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    pub(crate) fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
-        }
-    }
-
-    pub(crate) fn bytes(&mut self, max_len: usize) -> Vec<u8> {
-        let len = self.below(max_len + 1);
-        (0..len).map(|_| self.next() as u8).collect()
-    }
-
-    /// Bytes drawn mostly from `alphabet` (so parsers get past their first checks), sometimes random.
-    pub(crate) fn bytes_from(&mut self, alphabet: &[u8], max_len: usize) -> Vec<u8> {
-        let len = self.below(max_len + 1);
-        (0..len)
-            .map(|_| {
-                if self.below(8) == 0 || alphabet.is_empty() {
-                    self.next() as u8
-                } else {
-                    alphabet[self.below(alphabet.len())]
-                }
-            })
-            .collect()
-    }
-}
+pub(crate) use pgcloak_testkit::Rng;
