@@ -2,9 +2,12 @@
 //! table, storage-type checks, and (later) table/column ids and role membership. TLS follows
 //! `[upstream_tls]`.
 
+use std::sync::Arc;
+
 use tokio_postgres::types::ToSql;
 
 use crate::config::{Config, UpstreamTlsMode};
+use crate::error::ConfigError;
 
 /// The libpq-style connection parameters of a side connection.
 pub fn pg_config(cfg: &Config) -> tokio_postgres::Config {
@@ -28,35 +31,81 @@ pub fn pg_config(cfg: &Config) -> tokio_postgres::Config {
     c
 }
 
+/// A side connection to PostgreSQL (the `[catalog]` user) that could not be opened or used. The
+/// cause is kept (and shown with the server's message, detail, hint and SQLSTATE); cloneable so
+/// a failure can stand for a while for every session that asks (see `services.rs`).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CatalogError {
+    /// `[upstream_tls]` cannot be used for the side connection.
+    #[error("{who}: {cause}")]
+    Tls {
+        who: String,
+        #[source]
+        cause: Arc<ConfigError>,
+    },
+    #[error("{who} failed: {}; check [catalog] in the config", describe(.cause))]
+    Connect {
+        who: String,
+        #[source]
+        cause: Arc<tokio_postgres::Error>,
+    },
+    /// A query the proxy runs itself failed; `what` names what it reads.
+    #[error("cannot read {what}: {}", describe(.cause))]
+    Read {
+        what: String,
+        #[source]
+        cause: Arc<tokio_postgres::Error>,
+    },
+    /// A statement of a CLI command failed.
+    #[error("{}", describe(.0))]
+    Statement(#[source] Arc<tokio_postgres::Error>),
+    #[error("cannot start a runtime for the catalog connection: {0}")]
+    Runtime(#[source] Arc<std::io::Error>),
+    #[error("the proxy is shutting down")]
+    ShuttingDown,
+}
+
+impl CatalogError {
+    /// A failed statement of a CLI command.
+    pub fn statement(e: tokio_postgres::Error) -> CatalogError {
+        CatalogError::Statement(Arc::new(e))
+    }
+
+    /// A failed read of `what` by the proxy.
+    pub fn read(what: impl Into<String>, e: tokio_postgres::Error) -> CatalogError {
+        CatalogError::Read {
+            what: what.into(),
+            cause: Arc::new(e),
+        }
+    }
+}
+
 /// Opens a side connection and drives it on a spawned task.
-pub async fn connect(cfg: &Config) -> Result<tokio_postgres::Client, String> {
+pub async fn connect(cfg: &Config) -> Result<tokio_postgres::Client, CatalogError> {
     let pg = pg_config(cfg);
     let who = format!(
         "catalog connection to {} as user {} (database {})",
         cfg.upstream, cfg.catalog.user, cfg.catalog.database
     );
-    let tls = crate::tls::upstream_config(cfg).map_err(|e| format!("{who}: {e}"))?;
+    let tls = crate::tls::upstream_config(cfg).map_err(|e| CatalogError::Tls {
+        who: who.clone(),
+        cause: Arc::new(e),
+    })?;
+    let failed = |e| CatalogError::Connect {
+        who: who.clone(),
+        cause: Arc::new(e),
+    };
     let client = match tls {
         Some(tls_cfg) => {
             let connector = tokio_postgres_rustls::MakeRustlsConnect::new((*tls_cfg).clone());
-            let (client, conn) = pg.connect(connector).await.map_err(|e| {
-                format!(
-                    "{who} failed: {}; check [catalog] in the config",
-                    describe(&e)
-                )
-            })?;
+            let (client, conn) = pg.connect(connector).await.map_err(failed)?;
             tokio::spawn(async move {
                 let _ = conn.await;
             });
             client
         }
         None => {
-            let (client, conn) = pg.connect(tokio_postgres::NoTls).await.map_err(|e| {
-                format!(
-                    "{who} failed: {}; check [catalog] in the config",
-                    describe(&e)
-                )
-            })?;
+            let (client, conn) = pg.connect(tokio_postgres::NoTls).await.map_err(failed)?;
             tokio::spawn(async move {
                 let _ = conn.await;
             });
@@ -77,45 +126,45 @@ pub struct CatalogConn {
 
 impl CatalogConn {
     /// Connects; must not be called from inside an async runtime.
-    pub fn connect_blocking(cfg: &Config) -> Result<CatalogConn, String> {
+    pub fn connect_blocking(cfg: &Config) -> Result<CatalogConn, CatalogError> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| format!("cannot start a runtime: {e}"))?;
+            .map_err(|e| CatalogError::Runtime(Arc::new(e)))?;
         let client = rt.block_on(connect(cfg))?;
         Ok(CatalogConn { rt, client })
     }
 
-    pub fn batch(&self, sql: &str) -> Result<(), String> {
+    pub fn batch(&self, sql: &str) -> Result<(), CatalogError> {
         self.rt
             .block_on(self.client.batch_execute(sql))
-            .map_err(|e| describe(&e))
+            .map_err(CatalogError::statement)
     }
 
     pub fn query_opt_text(
         &self,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Option<String>, String> {
+    ) -> Result<Option<String>, CatalogError> {
         self.rt
             .block_on(self.client.query_opt(sql, params))
             .map(|r| r.map(|row| row.get::<_, String>(0)))
-            .map_err(|e| describe(&e))
+            .map_err(CatalogError::statement)
     }
 
-    pub fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, String> {
+    pub fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, CatalogError> {
         self.rt
             .block_on(self.client.execute(sql, params))
-            .map_err(|e| describe(&e))
+            .map_err(CatalogError::statement)
     }
 
     pub fn query(
         &self,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Vec<tokio_postgres::Row>, String> {
+    ) -> Result<Vec<tokio_postgres::Row>, CatalogError> {
         self.rt
             .block_on(self.client.query(sql, params))
-            .map_err(|e| describe(&e))
+            .map_err(CatalogError::statement)
     }
 }

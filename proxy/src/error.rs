@@ -65,11 +65,16 @@ pub enum SessionError {
     IdleTimeout(std::time::Duration),
     #[error("session ended by proxy shutdown")]
     Shutdown,
-    #[error("{0}")]
-    Refused(String),
+    /// The proxy refused the session during startup or authentication (the client was told why).
+    #[error("{code}: {message}")]
+    Refused {
+        /// The SQLSTATE the client got.
+        code: String,
+        message: String,
+    },
     /// A server message could not be rewritten safely; the session ends rather than leak or corrupt.
     #[error("{0}")]
-    Rewrite(String),
+    Rewrite(#[from] crate::rewrite::RewriteError),
     #[error("server refused the session: {code} {message}")]
     ServerRefused { code: String, message: String },
 }

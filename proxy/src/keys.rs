@@ -24,7 +24,7 @@ pub enum KeysError {
     #[error("master key file {path} is readable by group or others (mode {mode:o}); run `chmod 600 {path}`")]
     Permissions { path: PathBuf, mode: u32 },
     #[error("cannot read master key file {0}: {1}")]
-    ReadFile(PathBuf, String),
+    ReadFile(PathBuf, #[source] std::io::Error),
     #[error("environment variable {0} (keys.master_key_env) is not set; export it with the base64 master key")]
     MissingEnv(String),
     #[error("master key command `{cmd}` (keys.master_key_command) failed: {reason}")]
@@ -41,9 +41,14 @@ pub enum KeysError {
         source: pgcloak_keymgr::KeyError,
     },
     #[error("policy: {0}")]
-    Policy(String),
-    #[error("{0}")]
-    Catalog(String),
+    Policy(#[from] crate::services::PolicyLoadError),
+    #[error(transparent)]
+    Catalog(#[from] crate::catalog::CatalogError),
+    #[error("cannot create table pgcloak.keyring: {0}")]
+    KeyringTable(#[source] crate::catalog::CatalogError),
+    /// The keyring store (file or table) could not be read.
+    #[error(transparent)]
+    Store(#[from] pgcloak_keymgr::StoreError),
 }
 
 /// Where the master key was read from, for messages.
@@ -64,7 +69,7 @@ pub fn load_master_key(cfg: &Config) -> Result<MasterKey, KeysError> {
                 if e.kind() == std::io::ErrorKind::NotFound {
                     KeysError::MissingFile(path.clone(), cfg.source.clone())
                 } else {
-                    KeysError::ReadFile(path.clone(), e.to_string())
+                    KeysError::ReadFile(path.clone(), e)
                 }
             })?;
             #[cfg(unix)]
@@ -80,8 +85,7 @@ pub fn load_master_key(cfg: &Config) -> Result<MasterKey, KeysError> {
             }
             let _ = meta;
             zeroize::Zeroizing::new(
-                std::fs::read_to_string(path)
-                    .map_err(|e| KeysError::ReadFile(path.clone(), e.to_string()))?,
+                std::fs::read_to_string(path).map_err(|e| KeysError::ReadFile(path.clone(), e))?,
             )
         }
         MasterKeySource::Env(name) => zeroize::Zeroizing::new(
@@ -256,10 +260,9 @@ const PG_KEYRING_DDL: &str = "CREATE SCHEMA IF NOT EXISTS pgcloak; \
 
 impl PgStore {
     pub fn connect(cfg: &Config) -> Result<PgStore, KeysError> {
-        let conn =
-            CatalogConn::connect_blocking(cfg).map_err(|e| KeysError::Catalog(e.to_string()))?;
+        let conn = CatalogConn::connect_blocking(cfg)?;
         conn.batch(PG_KEYRING_DDL)
-            .map_err(|e| KeysError::Catalog(format!("cannot create table pgcloak.keyring: {e}")))?;
+            .map_err(KeysError::KeyringTable)?;
         Ok(PgStore { conn })
     }
 }
@@ -316,13 +319,7 @@ fn now_rfc3339() -> String {
 
 /// Encrypted columns of the configured policy, with their modes.
 pub fn policy_encrypted_columns(cfg: &Config) -> Result<Vec<(String, Mode)>, KeysError> {
-    let Some(path) = &cfg.policy else {
-        return Ok(Vec::new());
-    };
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| KeysError::Policy(format!("cannot read {}: {e}", path.display())))?;
-    let policy = pgcloak_policy::Policy::parse(&text, &path.display().to_string())
-        .map_err(|e| KeysError::Policy(e.to_string()))?;
+    let policy = crate::services::load_policy(cfg)?;
     Ok(policy
         .columns()
         .iter()
@@ -368,11 +365,7 @@ pub fn load_for_serve(
 ) -> Result<(Keyring, Vec<String>), KeysError> {
     let (store, location) = open_store(cfg)?;
     let columns = policy_encrypted_columns(cfg)?;
-    if store
-        .load()
-        .map_err(|e| KeysError::Catalog(e.to_string()))?
-        .is_none()
-    {
+    if store.load()?.is_none() {
         return Err(KeysError::NoKeyring(location, cfg.source.clone()));
     }
     let (made, doc) = ensure_policy_keys(store.as_ref(), &location, master, &columns)?;
@@ -386,11 +379,7 @@ pub fn load_for_serve(
 pub fn rotate(cfg: &Config, column: &str) -> Result<u32, KeysError> {
     let master = load_master_key(cfg)?;
     let (store, location) = open_store(cfg)?;
-    if store
-        .load()
-        .map_err(|e| KeysError::Catalog(e.to_string()))?
-        .is_none()
-    {
+    if store.load()?.is_none() {
         return Err(KeysError::NoKeyring(location, cfg.source.clone()));
     }
     let created = now_rfc3339();
@@ -404,8 +393,7 @@ pub fn list(cfg: &Config) -> Result<Vec<ColumnInfo>, KeysError> {
     let master = load_master_key(cfg)?;
     let (store, location) = open_store(cfg)?;
     let bytes = store
-        .load()
-        .map_err(|e| KeysError::Catalog(e.to_string()))?
+        .load()?
         .ok_or_else(|| KeysError::NoKeyring(location.clone(), cfg.source.clone()))?;
     let doc = KeyringDoc::open(&bytes, &master)
         .map_err(|source| KeysError::Keyring { location, source })?;

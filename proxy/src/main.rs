@@ -184,50 +184,14 @@ fn migrate(
 fn serve(path: &std::path::Path) -> Result<ExitCode> {
     let config = Arc::new(load(path)?);
     pgcloak::logging::init(&config.log);
-    let policy = pgcloak::services::load_policy(&config).map_err(anyhow::Error::msg)?;
-    // The master key also keys the audit trail: no key, no service.
-    let master = pgcloak::keys::load_master_key(&config)?;
-    let (keyring, created) = pgcloak::keys::load_for_serve(&config, &master)?;
-    for c in &created {
-        tracing::info!(column = %c, "created a key for a newly encrypted policy column");
-    }
-    tracing::info!(columns = keyring.list().len(), policy = %policy.version_hex(), "keyring and policy loaded");
-    let signer = pgcloak::audit_setup::signer(&master)?;
-    let mask_key = master.mask_hash_key()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let audit = match pgcloak::audit_setup::writer_config(&config) {
-            None => {
-                tracing::warn!(
-                    "audit trail disabled: [audit] file is \"\", postgres = false and no nats"
-                );
-                None
-            }
-            Some(wc) => {
-                let (handle, _task) =
-                    pgcloak_audit::Auditor::start(wc, signer, config.instance.clone())
-                        .await
-                        .context("cannot start the audit trail ([audit] in the config)")?;
-                Some(handle)
-            }
-        };
-        let guard = Arc::new(pgcloak::services::Services::new(
-            config.clone(),
-            policy,
-            Arc::new(keyring),
-            audit.clone(),
-            mask_key,
-            pgcloak::timer::Timers::new(tokio::runtime::Handle::current()),
-        ));
-        let shared = pgcloak::state::Shared::new(config.clone(), guard.clone())?;
         let listener = pgcloak::server::bind(&config)
             .await
             .with_context(|| format!("cannot listen on {} (config key `listen`)", config.listen))?;
-        let workers = pgcloak::server::Workers::start(config.workers)
-            .context("cannot start the session threads (config key `workers`)")?;
         let shutdown = CancellationToken::new();
         let signal = shutdown.clone();
         tokio::spawn(async move {
@@ -235,18 +199,7 @@ fn serve(path: &std::path::Path) -> Result<ExitCode> {
             tracing::info!("shutdown signal received");
             signal.cancel();
         });
-        tokio::spawn(pgcloak::services::watch_reloads(
-            guard.clone(),
-            config.clone(),
-            master,
-            shutdown.clone(),
-        ));
-        pgcloak::server::run(listener, shared, workers, shutdown).await;
-        if let Some(a) = audit {
-            if let Err(e) = a.shutdown().await {
-                tracing::error!("audit trail did not shut down cleanly: {e}");
-            }
-        }
+        pgcloak::server::serve(config, listener, shutdown).await?;
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -315,7 +268,7 @@ fn check(path: &std::path::Path) -> Result<ExitCode> {
 /// `schema.table.column -> format_type(...)` of every user column.
 fn storage_types(
     conn: &pgcloak::catalog::CatalogConn,
-) -> Result<pgcloak_policy::StorageTypes, String> {
+) -> Result<pgcloak_policy::StorageTypes, pgcloak::catalog::CatalogError> {
     let rows = conn.query(
         "SELECT n.nspname || '.' || c.relname || '.' || a.attname, format_type(a.atttypid, a.atttypmod) \
          FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace \

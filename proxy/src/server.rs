@@ -20,9 +20,101 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::catalog::CatalogError;
 use crate::config::Config;
+use crate::error::ConfigError;
+use crate::keys::KeysError;
+use crate::services::{PolicyLoadError, Services};
 use crate::session;
 use crate::state::Shared;
+
+/// Why the proxy could not start serving: one error for everything [`serve`] sets up, each variant
+/// keeping its typed cause (as rustls's `Error` does), each message naming the config key to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Policy(#[from] PolicyLoadError),
+    #[error(transparent)]
+    Keys(#[from] KeysError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error("cannot derive the audit and masking keys from the master key: {0}")]
+    Derive(#[from] pgcloak_keymgr::KeyError),
+    #[error("cannot start the audit trail ([audit] in the config): {0}")]
+    Audit(#[from] pgcloak_audit::AuditError),
+    #[error("cannot start the session threads (config key `workers`): {0}")]
+    Workers(#[source] std::io::Error),
+    /// The thread loading the policy and keys ended abnormally (the message is its panic's).
+    #[error("loading the policy and keys failed: {0}")]
+    Startup(String),
+}
+
+/// Runs the whole proxy for `config` on `listener` until `shutdown` fires: loads the policy, the
+/// master key and the keyring (creating keys for newly encrypted policy columns), starts the audit
+/// trail, the session threads and the reload watcher, serves ([`run`]), then drains the audit
+/// trail. The binary's `pgcloak serve` is this; tests and embeddings call it in-process. Must run
+/// inside a multi-threaded tokio runtime (side connections and timers run on it).
+pub async fn serve(
+    config: Arc<Config>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    // Blocking work (files, a key command, the keyring table over its own side connection) runs
+    // off the runtime's threads.
+    let cfg = config.clone();
+    let loaded = tokio::task::spawn_blocking(move || -> Result<_, ServeError> {
+        let policy = crate::services::load_policy(&cfg)?;
+        // The master key also keys the audit trail: no key, no service.
+        let master = crate::keys::load_master_key(&cfg)?;
+        let (keyring, created) = crate::keys::load_for_serve(&cfg, &master)?;
+        Ok((policy, master, keyring, created))
+    })
+    .await
+    .map_err(|e| ServeError::Startup(e.to_string()))?;
+    let (policy, master, keyring, created) = loaded?;
+    for c in &created {
+        info!(column = %c, "created a key for a newly encrypted policy column");
+    }
+    info!(columns = keyring.list().len(), policy = %policy.version_hex(), "keyring and policy loaded");
+    let signer = crate::audit_setup::signer(&master)?;
+    let mask_key = master.mask_hash_key()?;
+    let audit = match crate::audit_setup::writer_config(&config) {
+        None => {
+            warn!("audit trail disabled: [audit] file is \"\", postgres = false and no nats");
+            None
+        }
+        Some(wc) => {
+            let (handle, _task) =
+                pgcloak_audit::Auditor::start(wc, signer, config.instance.clone()).await?;
+            Some(handle)
+        }
+    };
+    let services = Arc::new(Services::new(
+        config.clone(),
+        policy,
+        Arc::new(keyring),
+        audit.clone(),
+        mask_key,
+        crate::timer::Timers::new(tokio::runtime::Handle::current()),
+    ));
+    let shared = Shared::new(config.clone(), services.clone())?;
+    let workers = Workers::start(config.workers).map_err(ServeError::Workers)?;
+    tokio::spawn(crate::services::watch_reloads(
+        services,
+        config.clone(),
+        master,
+        shutdown.clone(),
+    ));
+    run(listener, shared, workers, shutdown).await;
+    if let Some(a) = audit {
+        if let Err(e) = a.shutdown().await {
+            tracing::error!("audit trail did not shut down cleanly: {e}");
+        }
+    }
+    Ok(())
+}
 
 /// Binds the configured listen address.
 pub async fn bind(config: &Config) -> std::io::Result<TcpListener> {

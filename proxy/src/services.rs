@@ -14,6 +14,7 @@ use pgcloak_policy::{analyze, Catalog, Lexed, Plan, PlanCache, PlanKey, Policy, 
 use tokio::sync::Mutex as AsyncMutex;
 use tracing::{info, warn};
 
+use crate::catalog::CatalogError;
 use crate::config::Config;
 
 /// How long a role-membership answer is reused. Revoking a membership therefore takes effect within
@@ -62,7 +63,7 @@ impl DbCatalog {
 struct DbState {
     client: Option<tokio_postgres::Client>,
     /// When the last catalog load failed, and why.
-    catalog_failed: Option<(Instant, String)>,
+    catalog_failed: Option<(Instant, CatalogError)>,
     memberships: HashMap<String, (Arc<Vec<String>>, Instant)>,
 }
 
@@ -196,7 +197,7 @@ impl Services {
         &self,
         state: &'a mut DbState,
         database: &str,
-    ) -> Result<&'a tokio_postgres::Client, String> {
+    ) -> Result<&'a tokio_postgres::Client, CatalogError> {
         if state.client.as_ref().is_some_and(|c| c.is_closed()) {
             state.client = None;
         }
@@ -208,7 +209,7 @@ impl Services {
                 .timers
                 .run(async move { crate::catalog::connect(&cfg).await })
                 .await
-                .unwrap_or_else(|| Err("the proxy is shutting down".to_string()))?;
+                .unwrap_or(Err(CatalogError::ShuttingDown))?;
             state.client = Some(opened);
             info!(database, "catalog connection opened");
         }
@@ -220,7 +221,7 @@ impl Services {
         &self,
         database: &str,
         user: &str,
-    ) -> Result<Arc<Vec<String>>, String> {
+    ) -> Result<Arc<Vec<String>>, CatalogError> {
         let db = self.db(database);
         let mut state = db.lock().await;
         if let Some((m, at)) = state.memberships.get(user) {
@@ -239,10 +240,7 @@ impl Services {
             Ok(r) => r,
             Err(e) => {
                 state.client = None;
-                return Err(format!(
-                    "cannot read role membership of {user}: {}",
-                    crate::catalog::describe(&e)
-                ));
+                return Err(CatalogError::read(format!("role membership of {user}"), e));
             }
         };
         let m = Arc::new(
@@ -302,7 +300,7 @@ impl Services {
     }
 
     /// The catalog snapshot of `database`, reloaded after [`CATALOG_TTL`] or DDL.
-    pub async fn catalog(&self, database: &str) -> Result<Arc<DbCatalog>, String> {
+    pub async fn catalog(&self, database: &str) -> Result<Arc<DbCatalog>, CatalogError> {
         if let Some((c, true)) = self.catalog_snapshot(database) {
             return Ok(c);
         }
@@ -334,7 +332,7 @@ impl Services {
         &self,
         state: &mut DbState,
         database: &str,
-    ) -> Result<Arc<DbCatalog>, String> {
+    ) -> Result<Arc<DbCatalog>, CatalogError> {
         let version = self
             .catalog_version
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -343,9 +341,9 @@ impl Services {
             Ok(r) => r,
             Err((what, e)) => {
                 state.client = None;
-                return Err(format!(
-                    "cannot read {what} of database {database}: {}",
-                    crate::catalog::describe(&e)
+                return Err(CatalogError::read(
+                    format!("{what} of database {database}"),
+                    e,
                 ));
             }
         };
@@ -502,14 +500,30 @@ async fn view_definitions(
         .collect())
 }
 
+/// The configured policy file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyLoadError {
+    #[error("cannot read policy file {file}: {cause}")]
+    Read {
+        file: String,
+        #[source]
+        cause: std::io::Error,
+    },
+    /// It does not parse or check (the error names the file, line and fix).
+    #[error(transparent)]
+    Invalid(#[from] pgcloak_policy::PolicyError),
+}
+
 /// Loads and parses the configured policy; no policy file means an empty policy (nothing protected).
-pub fn load_policy(config: &Config) -> Result<Policy, String> {
+pub fn load_policy(config: &Config) -> Result<Policy, PolicyLoadError> {
     match &config.policy {
-        None => Policy::parse("", "(no policy)").map_err(|e| e.to_string()),
+        None => Ok(Policy::parse("", "(no policy)")?),
         Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .map_err(|e| format!("cannot read policy file {}: {e}", p.display()))?;
-            Policy::parse(&text, &p.display().to_string()).map_err(|e| e.to_string())
+            let text = std::fs::read_to_string(p).map_err(|cause| PolicyLoadError::Read {
+                file: p.display().to_string(),
+                cause,
+            })?;
+            Ok(Policy::parse(&text, &p.display().to_string())?)
         }
     }
 }

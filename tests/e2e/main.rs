@@ -2,6 +2,7 @@
 //! real `pgcloak` binary per test, and real clients (tokio-postgres, psql, pgbench, psycopg, asyncpg).
 
 mod harness;
+mod inprocess;
 
 mod audit;
 mod auth;

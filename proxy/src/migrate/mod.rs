@@ -296,8 +296,8 @@ pub enum MigrateError {
     NotInPolicy { column: String, file: String },
     #[error("column {column} is not encrypted in the policy ({location}: encrypt = \"none\"); set encrypt = \"randomized\" or \"deterministic\" there first")]
     NotEncrypted { column: String, location: String },
-    #[error("{0}")]
-    Policy(String),
+    #[error(transparent)]
+    Policy(#[from] crate::services::PolicyLoadError),
 
     // ---- keys ---------------------------------------------------------------------------------
     #[error(transparent)]
@@ -306,8 +306,8 @@ pub enum MigrateError {
     Key(#[from] KeyError),
 
     // ---- the database -------------------------------------------------------------------------
-    #[error("{0}")]
-    Connect(String),
+    #[error(transparent)]
+    Connect(#[from] crate::catalog::CatalogError),
     #[error("table {table} does not exist in database {database}; check the column name, or pass --database NAME when the table lives in another database than [catalog] database")]
     NoTable { table: String, database: String },
     #[error("column {column} does not exist in table {table} (database {database}); fix the policy entry or create the column")]

@@ -112,7 +112,10 @@ where
                             ))
                             .await
                             .map_err(SessionError::ClientIo)?;
-                        return Err(SessionError::Refused(msg.to_string()));
+                        return Err(SessionError::Refused {
+                            code: "28000".to_string(),
+                            message: msg.to_string(),
+                        });
                     }
                     match answer.tag {
                         b'p' => server_out

@@ -57,7 +57,10 @@ pub async fn refuse(
     let frame = error_response(Severity::Fatal, code, message, hint);
     let _ = stream.write_all(&frame).await;
     let _ = stream.flush().await;
-    SessionError::Refused(format!("{code}: {message}"))
+    SessionError::Refused {
+        code: code.to_string(),
+        message: message.to_string(),
+    }
 }
 
 /// Runs the startup negotiation on a freshly accepted connection.

@@ -182,7 +182,7 @@ impl Backend<'_> {
         t: &mut Tracker,
         frame: &FrameRef<'_>,
     ) -> Result<Option<Option<Replacement>>, SessionError> {
-        let fail = |e: crate::rewrite::RewriteError| SessionError::Rewrite(e.to_string());
+        let fail = SessionError::Rewrite;
         let mut replacement: Option<Option<Replacement>> = None;
         match frame.tag {
             b'E' => {

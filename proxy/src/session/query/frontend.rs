@@ -35,7 +35,7 @@ impl Frontend<'_> {
         if !self.encoding.is_utf8() {
             return Err(encoding::refusal());
         }
-        let fail = |what: String| Refusal {
+        let fail = |what: crate::catalog::CatalogError| Refusal {
             sqlstate: "42501",
             message: format!(
                 "pgcloak: {what}; the statement names a protected table and is refused"

@@ -491,9 +491,11 @@ pub async fn finish<CW, SW>(
                 "57P01",
                 "pgcloak: terminating connection because the proxy is shutting down".to_string(),
             )),
-            SessionError::Rewrite(msg) => {
-                warn!("closing session: {msg}");
-                Some(("XX000", msg.clone()))
+            SessionError::Rewrite(e) => {
+                warn!("closing session: {e}");
+                // A server message the proxy cannot process safely: the session ends as an
+                // internal error whatever the cause (CONTRACT.md), the cause kept in the log.
+                Some(("XX000", e.to_string()))
             }
             SessionError::IdleTimeout(d) => Some((
                 "57P05",
