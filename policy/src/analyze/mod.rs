@@ -19,6 +19,7 @@
 //! - anything the analysis does not understand in a statement that names a protected table is refused.
 
 mod expr;
+mod predicate;
 mod query;
 mod scope;
 mod stmt;
