@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Instructions per transaction of one pgcloak build, counted by callgrind: the steady measure on a
 # shared host whose TPS and CPU time move by ±10 % between runs. pgcloak runs under
-# `valgrind --tool=callgrind --instr-atstart=no` with one session thread; 800 warm-up transactions
-# run uninstrumented, then instrumentation is switched on for TX measured transactions.
+# `valgrind --tool=callgrind` with one session thread, twice: once for TX transactions and once for
+# one transaction per client (start-up, connection set-up, first-statement analysis); the difference
+# over the extra transactions is the cost per transaction. (Switching instrumentation on mid-run with
+# callgrind_control does not reach the process in this container: vgdb cannot attach.)
 #
-# Usage: [PROXY_BIN=path] [POLICY=1] [AUDIT_FILE=path] [WORKLOAD=select|enc_insert|enc_read]
+# Usage: [PROXY_BIN=path] [POLICY=1] [AUDIT_FILE=path] [WORKLOAD=select|enc_insert]
 #        deploy/bench/callgrind.sh [TX]
 # select:     pgbench -S -M extended -c 2 -j 1 (pgbench_accounts; the pass-through path)
 # enc_insert: deploy/bench/scripts/enc_insert.sql -M prepared -c 8 -j 2 (three encrypted parameters
 #             per Bind; needs POLICY=1 for encryption)
-# enc_read:   deploy/bench/scripts/enc_read.sql -M prepared -c 8 -j 2 (three columns decrypted)
 # Needs PostgreSQL on $PGHOST:$PGPORT (default 127.0.0.1:5432) as $PGUSER (default postgres) without a
 # password, pgbench and valgrind. Prints the total and the instructions per measured transaction.
 set -euo pipefail
@@ -31,7 +32,7 @@ case $workload in
       || { psql -h "$host" -p "$port" -U "$user" -d postgres -qc "CREATE DATABASE $db" >/dev/null;
            pgbench -h "$host" -p "$port" -U "$user" -i -s 1 -q "$db" >/dev/null 2>&1; }
     clients=2; bench=(-S -M extended -c 2 -j 1);;
-  enc_insert|enc_read)
+  enc_insert)
     db=pgcloak_cg_enc
     psql -h "$host" -p "$port" -U "$user" -d postgres -qc 'DO $$BEGIN CREATE ROLE app; EXCEPTION WHEN duplicate_object THEN NULL; END$$' >/dev/null
     psql -h "$host" -p "$port" -U "$user" -d postgres -qc "DROP DATABASE IF EXISTS $db" >/dev/null
@@ -44,8 +45,12 @@ esac
 
 policy_line=""
 [ "${POLICY:-0}" = 1 ] && policy_line="policy = \"$PWD/deploy/examples/policy.toml\""
-cport=$((20000 + RANDOM % 20000))
-cat > "$work/pgcloak.toml" <<TOML
+
+# Runs pgcloak under callgrind while pgbench runs $1 transactions per client; prints the instruction total.
+measure() {
+  local cport=$((20000 + RANDOM % 20000)) out
+  rm -f "$work"/cg.out* "$work"/*.key "$work"/keyring.json
+  cat > "$work/pgcloak.toml" <<TOML
 listen = "127.0.0.1:$cport"
 upstream = "$host:$port"
 workers = 1
@@ -60,28 +65,24 @@ keyring = "$work/keyring.json"
 [audit]
 file = "${AUDIT_FILE:-}"
 TOML
-"$bin" keys init --config "$work/pgcloak.toml" >/dev/null
-RUST_LOG=warn valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$work/cg.out" \
-  "$bin" serve --config "$work/pgcloak.toml" 2>"$work/pgcloak.log" &
-vg_pid=$!
-for _ in $(seq 1 120); do
-  pg_isready -q -h 127.0.0.1 -p "$cport" && break
-  sleep 0.5
-done
-if [ "$workload" = enc_read ]; then
-  # Rows to read, written through the proxy (encrypted).
-  pgbench -h 127.0.0.1 -p "$cport" -U "$user" -n -M prepared -c 2 -j 1 -t 5000 \
-    -f deploy/bench/scripts/enc_insert.sql "$db" >/dev/null 2>&1 || true
-  psql -h 127.0.0.1 -p "$cport" -U "$user" -d "$db" -qc \
-    "INSERT INTO customers (id, email, phone, salary) SELECT g, g::text, g::text, g FROM generate_series(1, 10000) g ON CONFLICT DO NOTHING" >/dev/null
-fi
-per_client=$((tx / $clients))
-pgbench -h 127.0.0.1 -p "$cport" -U "$user" -n "${bench[@]}" -t $((800 / $clients)) "$db" >/dev/null
-callgrind_control -i on "$vg_pid" >/dev/null
-pgbench -h 127.0.0.1 -p "$cport" -U "$user" -n "${bench[@]}" -t "$per_client" "$db" | grep -E "^(tps|number of transactions actually)"
-callgrind_control -i off "$vg_pid" >/dev/null
-kill -INT "$vg_pid"
-wait "$vg_pid" 2>/dev/null || true
-vg_pid=
-total=$(grep -E "^(summary|totals):" "$work"/cg.out* | head -1 | awk '{print $2}')
-echo "workload $workload, $tx transactions: $total instructions, $((total / tx)) per transaction"
+  "$bin" keys init --config "$work/pgcloak.toml" >/dev/null
+  RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" \
+    "$bin" serve --config "$work/pgcloak.toml" 2>"$work/pgcloak.log" &
+  vg_pid=$!
+  for _ in $(seq 1 240); do
+    pg_isready -q -h 127.0.0.1 -p "$cport" && break
+    sleep 0.5
+  done
+  pgbench -h 127.0.0.1 -p "$cport" -U "$user" -n "${bench[@]}" -t "$1" "$db" >/dev/null
+  kill -TERM "$vg_pid"
+  wait "$vg_pid" 2>/dev/null || true
+  vg_pid=
+  out=$(grep -hE "^(summary|totals):" "$work"/cg.out* | head -1 | awk '{print $2}')
+  echo "${out:-0}"
+}
+
+per_client=$((tx / clients))
+full=$(measure "$per_client")
+base=$(measure 1)
+extra=$(( (per_client - 1) * clients ))
+echo "workload $workload: $full instructions for $((per_client * clients)) transactions, $base for $clients (start-up); $(( (full - base) / extra )) per transaction"
