@@ -127,6 +127,24 @@ fn push_code_point(out: &mut Vec<u8>, cp: u32) -> LResult<()> {
     Ok(())
 }
 
+/// Appends an escaped code point of an E-string (`\u`, `\U`) or a U& string, pairing UTF-16
+/// surrogates: a high surrogate waits in `pending_high` for the low one that must follow.
+fn push_escaped(out: &mut Vec<u8>, pending_high: &mut Option<u32>, cp: u32) -> LResult<()> {
+    match (pending_high.take(), cp) {
+        (None, 0xD800..=0xDBFF) => {
+            *pending_high = Some(cp);
+            Ok(())
+        }
+        (Some(h), 0xDC00..=0xDFFF) => {
+            push_code_point(out, 0x10000 + ((h - 0xD800) << 10) + (cp - 0xDC00))
+        }
+        (Some(_), _) | (None, 0xDC00..=0xDFFF) => Err(LiteralError::Malformed(
+            "it has an unpaired Unicode surrogate",
+        )),
+        (None, cp) => push_code_point(out, cp),
+    }
+}
+
 /// Reads `n` hex digits at `b[i..]`.
 fn hex_n(b: &[u8], i: usize, n: usize) -> Option<u32> {
     let digits = b.get(i..i.checked_add(n)?)?;
@@ -165,18 +183,7 @@ fn decode_e_string(body: &str) -> LResult<String> {
             let cp = hex_n(b, i + 2, n)
                 .ok_or(LiteralError::Malformed("it has an invalid Unicode escape"))?;
             i += 2 + n;
-            match (pending_high.take(), cp) {
-                (None, 0xD800..=0xDBFF) => pending_high = Some(cp),
-                (Some(h), 0xDC00..=0xDFFF) => {
-                    push_code_point(&mut out, 0x10000 + ((h - 0xD800) << 10) + (cp - 0xDC00))?
-                }
-                (Some(_), _) | (None, 0xDC00..=0xDFFF) => {
-                    return Err(LiteralError::Malformed(
-                        "it has an unpaired Unicode surrogate",
-                    ))
-                }
-                (None, cp) => push_code_point(&mut out, cp)?,
-            }
+            push_escaped(&mut out, &mut pending_high, cp)?;
             continue;
         }
         if pending_high.is_some() {
@@ -246,18 +253,7 @@ fn decode_unicode(body: &str, escape: char) -> LResult<String> {
             i += 5;
             v
         };
-        match (pending_high.take(), cp) {
-            (None, 0xD800..=0xDBFF) => pending_high = Some(cp),
-            (Some(h), 0xDC00..=0xDFFF) => {
-                push_code_point(&mut out, 0x10000 + ((h - 0xD800) << 10) + (cp - 0xDC00))?
-            }
-            (Some(_), _) | (None, 0xDC00..=0xDFFF) => {
-                return Err(LiteralError::Malformed(
-                    "it has an unpaired Unicode surrogate",
-                ))
-            }
-            (None, cp) => push_code_point(&mut out, cp)?,
-        }
+        push_escaped(&mut out, &mut pending_high, cp)?;
     }
     if pending_high.is_some() {
         return Err(LiteralError::Malformed(
