@@ -442,39 +442,6 @@ impl<'a> Bind<'a> {
     }
 }
 
-/// Builds a Bind frame (tests and side connections).
-pub fn encode_bind(
-    portal: &[u8],
-    statement: &[u8],
-    param_formats: &[i16],
-    params: &[Option<&[u8]>],
-    result_formats: &[i16],
-) -> Bytes {
-    let mut head = Vec::with_capacity(portal.len() + statement.len() + 4 + 2 * param_formats.len());
-    for name in [portal, statement] {
-        head.extend_from_slice(name);
-        head.push(0);
-    }
-    head.extend_from_slice(&(param_formats.len() as i16).to_be_bytes());
-    for f in param_formats {
-        head.extend_from_slice(&f.to_be_bytes());
-    }
-    let mut tail = (result_formats.len() as i16).to_be_bytes().to_vec();
-    for f in result_formats {
-        tail.extend_from_slice(&f.to_be_bytes());
-    }
-    Bind {
-        portal,
-        statement,
-        head: &head,
-        param_formats: &[],
-        param_count: 0,
-        values: &[],
-        tail: &tail,
-    }
-    .encode(params.iter().copied())
-}
-
 /// Portal and statement names of a Bind message, without decoding its parameters: a Bind of a
 /// statement the proxy leaves alone is forwarded as it arrived, and the server checks the rest.
 pub fn bind_names(body: &[u8]) -> Result<(&[u8], &[u8]), FrameError> {
@@ -590,6 +557,40 @@ mod tests {
         plain.extend_from_slice(b"SCRAM-SHA-256\0\0");
         assert_eq!(strip_channel_binding(&plain).unwrap(), None);
         assert!(strip_channel_binding(&AUTH_SASL.to_be_bytes()).is_err());
+    }
+
+    /// A Bind frame built field by field, independent of the `Bind` view under test.
+    fn encode_bind(
+        portal: &[u8],
+        statement: &[u8],
+        param_formats: &[i16],
+        params: &[Option<&[u8]>],
+        result_formats: &[i16],
+    ) -> Bytes {
+        let mut b = begin(b'B', 64);
+        for name in [portal, statement] {
+            b.put_slice(name);
+            b.put_u8(0);
+        }
+        b.put_i16(param_formats.len() as i16);
+        for f in param_formats {
+            b.put_i16(*f);
+        }
+        b.put_i16(params.len() as i16);
+        for p in params {
+            match p {
+                None => b.put_i32(-1),
+                Some(v) => {
+                    b.put_i32(v.len() as i32);
+                    b.put_slice(v);
+                }
+            }
+        }
+        b.put_i16(result_formats.len() as i16);
+        for f in result_formats {
+            b.put_i16(*f);
+        }
+        finish(b)
     }
 
     #[test]
