@@ -6,8 +6,10 @@
 # over the extra transactions is the cost per transaction. (Switching instrumentation on mid-run with
 # callgrind_control does not reach the process in this container: vgdb cannot attach.)
 #
-# Usage: [PROXY_BIN=path] [POLICY=1] [AUDIT_FILE=path] [WORKLOAD=select|enc_insert]
+# Usage: [PROXY_BIN=path] [POLICY=1] [AUDIT_FILE=path] [WORKLOAD=select|enc_insert] [CG_KEEP=path]
 #        deploy/bench/callgrind.sh [TX]
+# CG_KEEP: where to copy the measured run's callgrind output, for `callgrind_annotate` (e.g. to
+# compare two builds function by function).
 # select:     pgbench -S -M extended -c 2 -j 1 (pgbench_accounts; the pass-through path)
 # enc_insert: deploy/bench/scripts/enc_insert.sql -M prepared -c 8 -j 2 (three encrypted parameters
 #             per Bind; needs POLICY=1 for encryption)
@@ -24,6 +26,8 @@ bin=${PROXY_BIN:-target/release/pgcloak}
 work=$(mktemp -d)
 cleanup() { [ -n "${vg_pid:-}" ] && kill "$vg_pid" 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
+# shellcheck source=deploy/bench/common.sh
+. deploy/bench/common.sh
 
 case $workload in
   select)
@@ -43,28 +47,14 @@ case $workload in
   *) echo "unknown WORKLOAD $workload" >&2; exit 2;;
 esac
 
-policy_line=""
-[ "${POLICY:-0}" = 1 ] && policy_line="policy = \"$PWD/deploy/examples/policy.toml\""
+policy=""
+[ "${POLICY:-0}" = 1 ] && policy="$PWD/deploy/examples/policy.toml"
 
 # Runs pgcloak under callgrind while pgbench runs $1 transactions per client; prints the instruction total.
 measure() {
   local cport=$((20000 + RANDOM % 20000)) out
   rm -f "$work"/cg.out* "$work"/*.key "$work"/keyring.json
-  cat > "$work/pgcloak.toml" <<TOML
-listen = "127.0.0.1:$cport"
-upstream = "$host:$port"
-workers = 1
-$policy_line
-[upstream_tls]
-mode = "disable"
-[catalog]
-user = "$user"
-[keys]
-master_key_file = "$work/master.key"
-keyring = "$work/keyring.json"
-[audit]
-file = "${AUDIT_FILE:-}"
-TOML
+  pgcloak_config "$cport" "$policy" "workers = 1"
   "$bin" keys init --config "$work/pgcloak.toml" >/dev/null
   RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" \
     "$bin" serve --config "$work/pgcloak.toml" 2>"$work/pgcloak.log" &
@@ -83,6 +73,7 @@ TOML
 
 per_client=$((tx / clients))
 full=$(measure "$per_client")
+[ -n "${CG_KEEP:-}" ] && cat "$work"/cg.out* > "$CG_KEEP"
 base=$(measure 1)
 extra=$(( (per_client - 1) * clients ))
 echo "workload $workload: $full instructions for $((per_client * clients)) transactions, $base for $clients (start-up); $(( (full - base) / extra )) per transaction"

@@ -36,14 +36,16 @@ INI
   bouncer_pid=$!
 }
 
-# Starts target/release/pgcloak on 127.0.0.1:$1 in front of $host:$port in the background, with the
-# policy file $2 if given and the audit file sink only when AUDIT_FILE names one; sets cloak_pid.
-start_pgcloak() {
-  local bin=${PROXY_BIN:-target/release/pgcloak} policy_line=""
+# Writes $work/pgcloak.toml: listen on 127.0.0.1:$1 in front of $host:$port, the policy file $2 if
+# given, the top-level lines $3 if given (e.g. `workers = 1`), keys under $work, and the audit file
+# sink only when AUDIT_FILE names one.
+pgcloak_config() {
+  local policy_line=""
   [ -n "${2:-}" ] && policy_line="policy = \"$2\""
   cat > "$work/pgcloak.toml" <<TOML
 listen = "127.0.0.1:$1"
 upstream = "$host:$port"
+${3:-}
 $policy_line
 [upstream_tls]
 mode = "disable"
@@ -55,6 +57,13 @@ keyring = "$work/keyring.json"
 [audit]
 file = "${AUDIT_FILE:-}"
 TOML
+}
+
+# Starts target/release/pgcloak on 127.0.0.1:$1 in front of $host:$port in the background, with the
+# policy file $2 if given and the audit file sink only when AUDIT_FILE names one; sets cloak_pid.
+start_pgcloak() {
+  local bin=${PROXY_BIN:-target/release/pgcloak}
+  pgcloak_config "$1" "${2:-}"
   # Builds from before `keys` existed (benchmarks of old commits) need no key.
   if "$bin" --help | grep -q '^  keys'; then
     "$bin" keys init --config "$work/pgcloak.toml" >/dev/null
