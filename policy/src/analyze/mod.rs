@@ -18,7 +18,9 @@
 //! - values reaching an encrypted column must be literals or parameters (the proxy encrypts them);
 //! - anything the analysis does not understand in a statement that names a protected table is refused.
 
+mod copy;
 mod expr;
+mod from;
 mod predicate;
 mod query;
 mod scope;
