@@ -398,6 +398,12 @@ impl<'a> Bind<'a> {
         self.values().nth(i).flatten()
     }
 
+    /// The length of this Bind as a frame (tag and length field included): what a rewritten Bind
+    /// needs before its values grow.
+    pub fn frame_len(&self) -> usize {
+        5 + self.head.len() + 2 + self.values.len() + self.tail.len()
+    }
+
     /// The result format codes.
     pub fn result_formats(&self) -> impl Iterator<Item = i16> + 'a {
         self.tail
@@ -422,10 +428,7 @@ impl<'a> Bind<'a> {
 
     /// A Bind frame of the same names and formats with these parameter values (`None`: NULL).
     pub fn encode<'v>(&self, params: impl ExactSizeIterator<Item = Option<&'v [u8]>>) -> Bytes {
-        let mut b = begin(
-            b'B',
-            self.head.len() + self.values.len() + self.tail.len() + 2,
-        );
+        let mut b = begin(b'B', self.frame_len());
         b.put_slice(self.head);
         b.put_i16(params.len() as i16);
         for p in params {

@@ -113,9 +113,9 @@ pub fn rewrite_bind(
     }
     // One pass: each value is copied, or encrypted straight onto the end of the new frame (no
     // buffer per value); the frame's length is filled in at the end.
-    let mut out = Vec::with_capacity(
-        bind.head().len() + bind.tail().len() + 64 + nparams * 8 + params.len() * 96,
-    );
+    // Room for the Bind as sent and ~96 bytes of envelope growth per encrypted value: one
+    // allocation, no regrowth for typical values.
+    let mut out = Vec::with_capacity(bind.frame_len() + params.len() * 96);
     out.push(b'B');
     out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(bind.head());

@@ -129,34 +129,51 @@ pub fn encrypt_wire_into(
     Ok(())
 }
 
-/// Turns the bytes `buf[start..]` into bytea's text form `\x<hex>` in place. Written back to front:
-/// byte `i` is read before its two digits go to `2 + 2i` and `3 + 2i`, which only ever overwrite bytes
-/// already read.
+/// Turns the bytes `buf[start..]` into bytea's text form `\x<hex>` in place. The `n` bytes grow to
+/// `n + 1` two-byte pairs: pair 0 becomes `\x`, pair `1 + i` the digits of byte `i`. Written back to
+/// front, two input bytes (one pair, `k`) at a time: their digits go to pairs `2k + 1` and `2k + 2`,
+/// which are past `k` and so already read.
 fn hex_in_place(buf: &mut Vec<u8>, start: usize) {
     let n = buf.len().saturating_sub(start);
     buf.resize(start + 2 + 2 * n, 0);
     let Some(region) = buf.get_mut(start..) else {
         return;
     };
-    for i in (0..n).rev() {
-        let b = region.get(i).copied().unwrap_or_default();
-        if let Some(pair) = region.get_mut(2 + 2 * i..4 + 2 * i) {
-            pair.copy_from_slice(&[hex_digit(b >> 4), hex_digit(b & 0x0f)]);
+    let (pairs, _) = region.as_chunks_mut::<2>();
+    for k in (0..n.div_ceil(2)).rev() {
+        let Some(&[b0, b1]) = pairs.get(k) else {
+            continue;
+        };
+        // With `n` odd the last pair's second byte is padding: its pair `n + 1` does not exist.
+        if let Some(p) = pairs.get_mut(2 * k + 2) {
+            *p = hex_pair(b1);
+        }
+        if let Some(p) = pairs.get_mut(2 * k + 1) {
+            *p = hex_pair(b0);
         }
     }
-    if let Some(prefix) = region.get_mut(..2) {
-        prefix.copy_from_slice(b"\\x");
+    if let Some(p) = pairs.first_mut() {
+        *p = *b"\\x";
     }
 }
 
-/// The lower-case hex digit of a nibble (`n` < 16).
-fn hex_digit(n: u8) -> u8 {
-    if n < 10 {
-        b'0' + n
-    } else {
-        b'a' + (n - 10)
-    }
+/// The two lower-case hex digits of a byte.
+fn hex_pair(b: u8) -> [u8; 2] {
+    // A u8 index into a 256-entry table: never out of range, and the check compiles away.
+    HEX_PAIRS.get(usize::from(b)).copied().unwrap_or_default()
 }
+
+/// The hex digits of every byte value, in value order.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [DIGITS[i >> 4], DIGITS[i & 0x0f]];
+        i += 1;
+    }
+    t
+};
 
 impl ColumnTarget<'_> {
     /// Canonical plaintext of a text-format value of the logical type.
@@ -210,6 +227,25 @@ mod tests {
         assert_eq!(quote_sql("it's"), "'it''s'");
         assert_eq!(quote_sql("\\x00ff"), "E'\\\\x00ff'");
         assert_eq!(quote_sql("a\\'b"), "E'a\\\\''b'");
+    }
+
+    #[test]
+    fn hex_in_place_matches_formatted_hex_at_every_length_and_offset() {
+        let mut rng = pgcloak_testkit::Rng::new(7);
+        for n in 0..70usize {
+            for start in [0usize, 1, 5] {
+                let prefix: Vec<u8> = (0..start).map(|_| rng.next() as u8).collect();
+                let bytes: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+                let mut buf = [prefix.clone(), bytes.clone()].concat();
+                hex_in_place(&mut buf, start);
+                let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                assert_eq!(
+                    buf,
+                    [prefix, format!("\\x{hex}").into_bytes()].concat(),
+                    "n={n}"
+                );
+            }
+        }
     }
 
     #[test]
