@@ -181,18 +181,9 @@ pub fn to_text(ty: LogicalType, canonical: &[u8]) -> Result<Vec<u8>> {
     match ty {
         LogicalType::Text | LogicalType::Jsonb => Ok(canonical.to_vec()),
         LogicalType::Bytea => {
-            const DIGITS: &[u8; 16] = b"0123456789abcdef";
-            #[allow(
-                clippy::indexing_slicing,
-                reason = "a nibble (`n & 0xf`) is below 16, the length of the digit table"
-            )]
-            let digit = |n: u8| DIGITS[usize::from(n & 0xf)];
             let mut out = Vec::with_capacity(2 + canonical.len() * 2);
-            out.extend_from_slice(b"\\x");
-            for &b in canonical {
-                out.push(digit(b >> 4));
-                out.push(digit(b));
-            }
+            out.extend_from_slice(canonical);
+            bytea_text_in_place(&mut out, 0);
             Ok(out)
         }
         LogicalType::Int4 => Ok(i32::from_be_bytes(fixed::<4>(ty, C, canonical)?)
@@ -412,6 +403,57 @@ fn bytea_general(text: &[u8], out: &mut Vec<u8>) -> Result<()> {
         };
     }
 }
+
+/// Turns the bytes `buf[start..]` into bytea's text form (what [`to_text`] gives for `bytea`) `\x<hex>` in place. The `n` bytes grow to
+/// `n + 1` two-byte pairs: pair 0 becomes `\x`, pair `1 + i` the digits of byte `i`. Written back to
+/// front, two input bytes (one pair, `k`) at a time: their digits go to pairs `2k + 1` and `2k + 2`,
+/// which are past `k` and so already read.
+pub fn bytea_text_in_place(buf: &mut Vec<u8>, start: usize) {
+    let n = buf.len().saturating_sub(start);
+    buf.resize(start + 2 + 2 * n, 0);
+    let Some(region) = buf.get_mut(start..) else {
+        return;
+    };
+    let (pairs, _) = region.as_chunks_mut::<2>();
+    for k in (0..n.div_ceil(2)).rev() {
+        let Some(&[b0, b1]) = pairs.get(k) else {
+            continue;
+        };
+        // With `n` odd the last pair's second byte is padding: its pair `n + 1` does not exist.
+        if let Some(p) = pairs.get_mut(2 * k + 2) {
+            *p = hex_pair(b1);
+        }
+        if let Some(p) = pairs.get_mut(2 * k + 1) {
+            *p = hex_pair(b0);
+        }
+    }
+    if let Some(p) = pairs.first_mut() {
+        *p = *b"\\x";
+    }
+}
+
+/// The two lower-case hex digits of a byte.
+fn hex_pair(b: u8) -> [u8; 2] {
+    // A u8 index into a 256-entry table: never out of range, and the check compiles away.
+    HEX_PAIRS.get(usize::from(b)).copied().unwrap_or_default()
+}
+
+/// The hex digits of every byte value, in value order.
+#[allow(
+    clippy::indexing_slicing,
+    reason = "evaluated at compile time, where an out-of-bounds index is a build error; \
+              `i < 256`, the table's length, and `i >> 4`, `i & 0x0f` below 16"
+)]
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [DIGITS[i >> 4], DIGITS[i & 0x0f]];
+        i += 1;
+    }
+    t
+};
 
 /// [`HEX_DIGIT`] as the high and the low half of a byte; bit 8 set for a byte that is no digit.
 const HEX_HIGH: [u16; 256] = hex_halves(4);

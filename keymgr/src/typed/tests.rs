@@ -511,3 +511,22 @@ fn text_values_must_be_utf8_without_nul() {
         assert!(e.contains("UTF-8"), "{e}");
     }
 }
+
+#[test]
+fn bytea_text_in_place_matches_formatted_hex_at_every_length_and_offset() {
+    for n in 0..70usize {
+        for start in [0usize, 1, 5] {
+            let prefix: Vec<u8> = (0..start).map(|i| (i * 7 + 3) as u8).collect();
+            // Stepping by 37 (odd) visits every byte value across the lengths.
+            let bytes: Vec<u8> = (0..n).map(|i| (i * 37 + n * 11) as u8).collect();
+            let mut buf = [prefix.clone(), bytes.clone()].concat();
+            bytea_text_in_place(&mut buf, start);
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(
+                buf,
+                [prefix, format!("\\x{hex}").into_bytes()].concat(),
+                "n={n} start={start}"
+            );
+        }
+    }
+}

@@ -26,7 +26,7 @@ pub fn stored_text(storage: Storage, stored: &[u8]) -> Vec<u8> {
         Storage::Bytea => {
             let mut out = Vec::with_capacity(2 + stored.len() * 2);
             out.extend_from_slice(stored);
-            hex_in_place(&mut out, 0);
+            typed::bytea_text_in_place(&mut out, 0);
             out
         }
         Storage::Text => stored.to_vec(),
@@ -124,56 +124,10 @@ pub fn encrypt_wire_into(
         .encrypt_into(canonical, storage.encoding(), out)
         .map_err(|e| RewriteError::from_key(cipher.column(), e))?;
     if (storage, format) == (Storage::Bytea, Format::Text) {
-        hex_in_place(out, start);
+        typed::bytea_text_in_place(out, start);
     }
     Ok(())
 }
-
-/// Turns the bytes `buf[start..]` into bytea's text form `\x<hex>` in place. The `n` bytes grow to
-/// `n + 1` two-byte pairs: pair 0 becomes `\x`, pair `1 + i` the digits of byte `i`. Written back to
-/// front, two input bytes (one pair, `k`) at a time: their digits go to pairs `2k + 1` and `2k + 2`,
-/// which are past `k` and so already read.
-fn hex_in_place(buf: &mut Vec<u8>, start: usize) {
-    let n = buf.len().saturating_sub(start);
-    buf.resize(start + 2 + 2 * n, 0);
-    let Some(region) = buf.get_mut(start..) else {
-        return;
-    };
-    let (pairs, _) = region.as_chunks_mut::<2>();
-    for k in (0..n.div_ceil(2)).rev() {
-        let Some(&[b0, b1]) = pairs.get(k) else {
-            continue;
-        };
-        // With `n` odd the last pair's second byte is padding: its pair `n + 1` does not exist.
-        if let Some(p) = pairs.get_mut(2 * k + 2) {
-            *p = hex_pair(b1);
-        }
-        if let Some(p) = pairs.get_mut(2 * k + 1) {
-            *p = hex_pair(b0);
-        }
-    }
-    if let Some(p) = pairs.first_mut() {
-        *p = *b"\\x";
-    }
-}
-
-/// The two lower-case hex digits of a byte.
-fn hex_pair(b: u8) -> [u8; 2] {
-    // A u8 index into a 256-entry table: never out of range, and the check compiles away.
-    HEX_PAIRS.get(usize::from(b)).copied().unwrap_or_default()
-}
-
-/// The hex digits of every byte value, in value order.
-const HEX_PAIRS: [[u8; 2]; 256] = {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut t = [[0u8; 2]; 256];
-    let mut i = 0;
-    while i < 256 {
-        t[i] = [DIGITS[i >> 4], DIGITS[i & 0x0f]];
-        i += 1;
-    }
-    t
-};
 
 impl ColumnTarget<'_> {
     /// Canonical plaintext of a text-format value of the logical type.
@@ -227,25 +181,6 @@ mod tests {
         assert_eq!(quote_sql("it's"), "'it''s'");
         assert_eq!(quote_sql("\\x00ff"), "E'\\\\x00ff'");
         assert_eq!(quote_sql("a\\'b"), "E'a\\\\''b'");
-    }
-
-    #[test]
-    fn hex_in_place_matches_formatted_hex_at_every_length_and_offset() {
-        let mut rng = pgcloak_testkit::Rng::new(7);
-        for n in 0..70usize {
-            for start in [0usize, 1, 5] {
-                let prefix: Vec<u8> = (0..start).map(|_| rng.next() as u8).collect();
-                let bytes: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
-                let mut buf = [prefix.clone(), bytes.clone()].concat();
-                hex_in_place(&mut buf, start);
-                let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-                assert_eq!(
-                    buf,
-                    [prefix, format!("\\x{hex}").into_bytes()].concat(),
-                    "n={n}"
-                );
-            }
-        }
     }
 
     #[test]
