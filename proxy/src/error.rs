@@ -3,6 +3,8 @@
 
 use thiserror::Error;
 
+use crate::protocol::reader::Malformed;
+
 /// A configuration file or value that cannot be used.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -77,4 +79,31 @@ pub enum SessionError {
     Rewrite(#[from] crate::rewrite::RewriteError),
     #[error("server refused the session: {code} {message}")]
     ServerRefused { code: String, message: String },
+}
+
+impl From<Malformed> for FrameError {
+    fn from(m: Malformed) -> Self {
+        FrameError::Malformed {
+            what: m.what,
+            detail: m.detail,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::reader::Reader;
+
+    #[test]
+    fn a_malformed_body_becomes_a_frame_error_naming_it() {
+        let f: FrameError = Reader::new(b"", "x").err("bad").into();
+        assert_eq!(
+            f,
+            FrameError::Malformed {
+                what: "x",
+                detail: "bad"
+            }
+        );
+    }
 }

@@ -41,7 +41,7 @@ pub enum KeysError {
         source: pgcloak_keymgr::KeyError,
     },
     #[error("policy: {0}")]
-    Policy(#[from] crate::services::PolicyLoadError),
+    Policy(#[from] crate::policy_file::PolicyLoadError),
     #[error(transparent)]
     Catalog(#[from] crate::catalog::CatalogError),
     #[error("cannot create table pgcloak.keyring: {0}")]
@@ -319,7 +319,7 @@ fn now_rfc3339() -> String {
 
 /// Encrypted columns of the configured policy, with their modes.
 pub fn policy_encrypted_columns(cfg: &Config) -> Result<Vec<(String, Mode)>, KeysError> {
-    let policy = crate::services::load_policy(cfg)?;
+    let policy = crate::policy_file::load_policy(cfg)?;
     Ok(policy
         .columns()
         .iter()

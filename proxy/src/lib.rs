@@ -24,6 +24,7 @@ pub mod event_loop;
 pub mod keys;
 pub mod logging;
 pub mod migrate;
+pub mod policy_file;
 pub mod protocol;
 pub mod rewrite;
 pub mod server;

@@ -24,7 +24,8 @@ use crate::catalog::CatalogError;
 use crate::config::Config;
 use crate::error::ConfigError;
 use crate::keys::KeysError;
-use crate::services::{PolicyLoadError, Services};
+use crate::policy_file::PolicyLoadError;
+use crate::services::Services;
 use crate::session;
 use crate::state::Shared;
 
@@ -65,7 +66,7 @@ pub async fn serve(
     // off the runtime's threads.
     let cfg = config.clone();
     let loaded = tokio::task::spawn_blocking(move || -> Result<_, ServeError> {
-        let policy = crate::services::load_policy(&cfg)?;
+        let policy = crate::policy_file::load_policy(&cfg)?;
         // The master key also keys the audit trail: no key, no service.
         let master = crate::keys::load_master_key(&cfg)?;
         let (keyring, created) = crate::keys::load_for_serve(&cfg, &master)?;

@@ -500,34 +500,6 @@ async fn view_definitions(
         .collect())
 }
 
-/// The configured policy file could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum PolicyLoadError {
-    #[error("cannot read policy file {file}: {cause}")]
-    Read {
-        file: String,
-        #[source]
-        cause: std::io::Error,
-    },
-    /// It does not parse or check (the error names the file, line and fix).
-    #[error(transparent)]
-    Invalid(#[from] pgcloak_policy::PolicyError),
-}
-
-/// Loads and parses the configured policy; no policy file means an empty policy (nothing protected).
-pub fn load_policy(config: &Config) -> Result<Policy, PolicyLoadError> {
-    match &config.policy {
-        None => Ok(Policy::parse("", "(no policy)")?),
-        Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|cause| PolicyLoadError::Read {
-                file: p.display().to_string(),
-                cause,
-            })?;
-            Ok(Policy::parse(&text, &p.display().to_string())?)
-        }
-    }
-}
-
 /// Reloads the policy and the keyring on SIGHUP and when their files change (polled every second; a
 /// keyring in PostgreSQL is re-read every 10 seconds). A policy that does not parse, or a keyring that
 /// does not open with the master key, is reported and the previous one stays in force.
@@ -567,7 +539,7 @@ pub async fn watch_reloads(
             let now = stamp(Some(path));
             if forced || now != last_policy {
                 last_policy = now;
-                match load_policy(&config) {
+                match crate::policy_file::load_policy(&config) {
                     Ok(p) => {
                         let version = p.version_hex().to_string();
                         guard.set_policy(p);

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pgcloak::config::Config;
+use pgcloak::policy_file::PolicyLoadError;
 use pgcloak::server::{serve, ServeError};
-use pgcloak::services::PolicyLoadError;
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::{cluster, connect, pgcloak, SUPERPASS, SUPERUSER};

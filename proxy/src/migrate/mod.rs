@@ -297,7 +297,7 @@ pub enum MigrateError {
     #[error("column {column} is not encrypted in the policy ({location}: encrypt = \"none\"); set encrypt = \"randomized\" or \"deterministic\" there first")]
     NotEncrypted { column: String, location: String },
     #[error(transparent)]
-    Policy(#[from] crate::services::PolicyLoadError),
+    Policy(#[from] crate::policy_file::PolicyLoadError),
 
     // ---- keys ---------------------------------------------------------------------------------
     #[error(transparent)]

@@ -34,7 +34,7 @@ pub(super) fn resolve_policy_column(config: &Config, column: &str) -> Result<Tar
             config: config.source.display().to_string(),
         });
     };
-    let policy = crate::services::load_policy(config)?;
+    let policy = crate::policy_file::load_policy(config)?;
     // Policy names are folded the way PostgreSQL folds unquoted identifiers (lower case).
     let cp = policy
         .columns()

@@ -2,9 +2,7 @@
 //! (`messages.rs`), the ones it rewrites (Bind, Parse, RowDescription, DataRow, ParameterDescription in
 //! `rewrite/`) and binary arrays. Every read checks its bounds; a short or inconsistent body is a
 //! [`Malformed`] naming the message, what is wrong and who sent it, which converts into the error of
-//! the layer that reads ([`FrameError`] here, `RewriteError` in `rewrite/`).
-
-use crate::error::FrameError;
+//! the layer that reads (`FrameError` in `error.rs`, `RewriteError` in `rewrite/`).
 
 /// Who sent the bytes being read: decides which side a fault is blamed on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,15 +19,6 @@ pub struct Malformed {
     pub what: &'static str,
     /// What is wrong with it.
     pub detail: &'static str,
-}
-
-impl From<Malformed> for FrameError {
-    fn from(m: Malformed) -> Self {
-        FrameError::Malformed {
-            what: m.what,
-            detail: m.detail,
-        }
-    }
 }
 
 /// What a read past the end reports.
@@ -178,13 +167,5 @@ mod tests {
         assert_eq!(r.done().unwrap_err().sender, Sender::Server);
         assert!(r.cstr().is_err(), "unterminated");
         assert_eq!(r.remaining(), b"b");
-        let f: FrameError = r.err("bad").into();
-        assert_eq!(
-            f,
-            FrameError::Malformed {
-                what: "x",
-                detail: "bad"
-            }
-        );
     }
 }
