@@ -11,6 +11,12 @@ use tokio_util::sync::CancellationToken;
 
 use pgcloak::config::{Config, DEFAULT_CONFIG_FILE};
 
+/// mimalloc instead of glibc's allocator: audit events are built on the session threads and freed
+/// by the audit writer and its sinks on others, a cross-thread free per field that glibc's arenas
+/// make expensive (deploy/bench/RESULTS.md, issue 19).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "pgcloak",
