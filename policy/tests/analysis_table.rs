@@ -509,6 +509,12 @@ fn general_sql() {
         ("app", "SELECT * FROM generate_series(1, 3)", "allow"),
         ("app", "SELECT * FROM customers, generate_series(1, 3)", "allow out=P,D:email,D:phone,D:ssn,D:salary,P,P"),
         ("app", "SELECT g.*, c.email FROM generate_series(1, 3) g, customers c", "deny~position of result column"),
+        // Function arguments in FROM are checked whether positional or named.
+        ("app", "SELECT 1 FROM customers c, LATERAL f(lower(c.email))", "deny~cannot work on ciphertext"),
+        ("app", "SELECT 1 FROM customers c, LATERAL f(x => lower(c.email))", "deny~cannot work on ciphertext"),
+        ("app", "SELECT 1 FROM customers c, f(x => lower(c.email))", "deny~cannot work on ciphertext"),
+        ("app", "SELECT 1 FROM customers c, LATERAL f(x := lower(c.email))", "deny~cannot work on ciphertext"),
+        ("default", "SELECT 1 FROM customers c, f(x => c.email)", "deny~may not read column public.customers.email"),
         ("app", "TABLE customers", "deny~could not be analysed"),
         ("app", "SELECT 1; SELECT email FROM customers WHERE phone = '1'", "allow | allow enc=#1:phone out=D:email"),
         ("app", "BEGIN; UPDATE customers SET phone = '5' WHERE id = 2; COMMIT", "allow | allow enc=#0:phone | allow"),

@@ -229,6 +229,33 @@ impl Analyzer<'_> {
         })
     }
 
+    /// The arguments of a function in FROM, positional or named (`f(x => e)`, `f(x := e)`): each
+    /// expression is computed on, so a protected column cannot reach the function unchecked.
+    fn function_args_in_from(
+        &mut self,
+        args: &[sqlparser::ast::FunctionArg],
+        sc: &Scope<'_>,
+    ) -> R<()> {
+        use sqlparser::ast::{FunctionArg, FunctionArgExpr};
+        for a in args {
+            let (FunctionArg::Unnamed(FunctionArgExpr::Expr(e))
+            | FunctionArg::Named {
+                arg: FunctionArgExpr::Expr(e),
+                ..
+            }
+            | FunctionArg::ExprNamed {
+                arg: FunctionArgExpr::Expr(e),
+                ..
+            }) = a
+            else {
+                continue;
+            };
+            let v = self.eval(e, sc)?;
+            self.consume(v, Use::Compute)?;
+        }
+        Ok(())
+    }
+
     /// One table factor: the relations it brings into scope and its `*` columns.
     pub(super) fn factor(&mut self, tf: &TableFactor, sc: &Scope<'_>) -> R<(Vec<Rel>, StarList)> {
         match tf {
@@ -237,22 +264,7 @@ impl Analyzer<'_> {
             } => {
                 if let Some(args) = args {
                     // A set-returning function in FROM.
-                    for a in &args.args {
-                        if let sqlparser::ast::FunctionArg::Unnamed(
-                            sqlparser::ast::FunctionArgExpr::Expr(e),
-                        ) = a
-                        {
-                            let v = self.eval(e, sc)?;
-                            self.consume(v, Use::Compute)?;
-                        } else if let sqlparser::ast::FunctionArg::Named {
-                            arg: sqlparser::ast::FunctionArgExpr::Expr(e),
-                            ..
-                        } = a
-                        {
-                            let v = self.eval(e, sc)?;
-                            self.consume(v, Use::Compute)?;
-                        }
-                    }
+                    self.function_args_in_from(&args.args, sc)?;
                     let rel = self.opaque_rel(
                         name_parts(name).and_then(|p| p.last().cloned()),
                         alias.as_ref(),
@@ -290,15 +302,7 @@ impl Analyzer<'_> {
             TableFactor::Function {
                 args, alias, name, ..
             } => {
-                for a in args {
-                    if let sqlparser::ast::FunctionArg::Unnamed(
-                        sqlparser::ast::FunctionArgExpr::Expr(e),
-                    ) = a
-                    {
-                        let v = self.eval(e, sc)?;
-                        self.consume(v, Use::Compute)?;
-                    }
-                }
+                self.function_args_in_from(args, sc)?;
                 let rel = self.opaque_rel(
                     name_parts(name).and_then(|p| p.last().cloned()),
                     alias.as_ref(),
