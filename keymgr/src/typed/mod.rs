@@ -180,12 +180,7 @@ pub fn to_text(ty: LogicalType, canonical: &[u8]) -> Result<Vec<u8>> {
     const C: &str = "canonical";
     match ty {
         LogicalType::Text | LogicalType::Jsonb => Ok(canonical.to_vec()),
-        LogicalType::Bytea => {
-            let mut out = Vec::with_capacity(2 + canonical.len() * 2);
-            out.extend_from_slice(canonical);
-            bytea_text_in_place(&mut out, 0);
-            Ok(out)
-        }
+        LogicalType::Bytea => Ok(bytea_text(canonical)),
         LogicalType::Int4 => Ok(i32::from_be_bytes(fixed::<4>(ty, C, canonical)?)
             .to_string()
             .into_bytes()),
@@ -404,7 +399,15 @@ fn bytea_general(text: &[u8], out: &mut Vec<u8>) -> Result<()> {
     }
 }
 
-/// Turns the bytes `buf[start..]` into bytea's text form (what [`to_text`] gives for `bytea`) `\x<hex>` in place. The `n` bytes grow to
+/// bytea's text form of `bytes`: `\x<hex>`.
+pub fn bytea_text(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + bytes.len() * 2);
+    out.extend_from_slice(bytes);
+    bytea_text_in_place(&mut out, 0);
+    out
+}
+
+/// Turns the bytes `buf[start..]` into bytea's text form `\x<hex>` in place. The `n` bytes grow to
 /// `n + 1` two-byte pairs: pair 0 becomes `\x`, pair `1 + i` the digits of byte `i`. Written back to
 /// front, two input bytes (one pair, `k`) at a time: their digits go to pairs `2k + 1` and `2k + 2`,
 /// which are past `k` and so already read.

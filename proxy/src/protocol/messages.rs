@@ -401,7 +401,12 @@ impl<'a> Bind<'a> {
     /// The length of this Bind as a frame (tag and length field included): what a rewritten Bind
     /// needs before its values grow.
     pub fn frame_len(&self) -> usize {
-        5 + self.head.len() + 2 + self.values.len() + self.tail.len()
+        5 + self.body_len()
+    }
+
+    /// The length of this Bind's body as sent.
+    fn body_len(&self) -> usize {
+        self.head.len() + 2 + self.values.len() + self.tail.len()
     }
 
     /// The result format codes.
@@ -428,7 +433,7 @@ impl<'a> Bind<'a> {
 
     /// A Bind frame of the same names and formats with these parameter values (`None`: NULL).
     pub fn encode<'v>(&self, params: impl ExactSizeIterator<Item = Option<&'v [u8]>>) -> Bytes {
-        let mut b = begin(b'B', self.frame_len());
+        let mut b = begin(b'B', self.body_len());
         b.put_slice(self.head);
         b.put_i16(params.len() as i16);
         for p in params {

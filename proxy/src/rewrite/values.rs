@@ -23,12 +23,7 @@ pub fn encrypt_for_storage(
 /// `text` (what a text-format parameter or a COPY field carries, before any COPY escaping).
 pub fn stored_text(storage: Storage, stored: &[u8]) -> Vec<u8> {
     match storage {
-        Storage::Bytea => {
-            let mut out = Vec::with_capacity(2 + stored.len() * 2);
-            out.extend_from_slice(stored);
-            typed::bytea_text_in_place(&mut out, 0);
-            out
-        }
+        Storage::Bytea => typed::bytea_text(stored),
         Storage::Text => stored.to_vec(),
     }
 }
