@@ -24,7 +24,7 @@
 
 use ring::digest;
 
-use crate::event::{AuditEvent, Checkpoint, ColumnAccess};
+use crate::event::{AuditEvent, Checkpoint, ColumnAccess, Decision, Kind, NewEvent, What, Who};
 
 /// `prev_hash` of the first event of a chain.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -128,6 +128,104 @@ fn write_columns(out: &mut String, cols: &[ColumnAccess]) {
     out.push(']');
 }
 
+/// Appends the fields of [`Who`] in canonical order, each with its leading comma.
+#[allow(clippy::too_many_arguments)]
+fn write_who_fields(
+    out: &mut String,
+    session: &str,
+    client: &str,
+    user: &str,
+    role: Option<&str>,
+    database: &str,
+    application: &str,
+) {
+    out.push_str(",\"session\":");
+    write_json_str(out, session);
+    out.push_str(",\"client\":");
+    write_json_str(out, client);
+    out.push_str(",\"user\":");
+    write_json_str(out, user);
+    out.push_str(",\"role\":");
+    write_opt_str(out, role);
+    out.push_str(",\"database\":");
+    write_json_str(out, database);
+    out.push_str(",\"application\":");
+    write_json_str(out, application);
+}
+
+/// The piece of the canonical form an [`crate::EventSource`] keeps.
+pub(crate) fn write_who(out: &mut String, w: &Who) {
+    write_who_fields(
+        out,
+        &w.session,
+        &w.client,
+        &w.user,
+        w.role.as_deref(),
+        &w.database,
+        &w.application,
+    );
+}
+
+/// Appends `kind` through `columns` in canonical order, with the leading comma.
+fn write_what_fields(
+    out: &mut String,
+    kind: Kind,
+    statement: Option<&str>,
+    fingerprint: Option<&str>,
+    tables: &[String],
+    columns: &[ColumnAccess],
+) {
+    out.push_str(",\"kind\":\"");
+    out.push_str(kind.as_str());
+    out.push_str("\",\"statement\":");
+    write_opt_str(out, statement);
+    out.push_str(",\"fingerprint\":");
+    write_opt_str(out, fingerprint);
+    out.push_str(",\"tables\":[");
+    for (i, t) in tables.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_json_str(out, t);
+    }
+    out.push_str("],\"columns\":");
+    write_columns(out, columns);
+}
+
+/// The piece of the canonical form an [`crate::EventStatement`] keeps.
+pub(crate) fn write_what(out: &mut String, w: &What) {
+    write_what_fields(
+        out,
+        w.kind,
+        w.statement.as_deref(),
+        w.fingerprint.as_deref(),
+        &w.tables,
+        &w.columns,
+    );
+}
+
+/// Appends `decision` through `sqlstate` and the key of `prev_hash` (`,"prev_hash":`).
+fn write_outcome(
+    out: &mut String,
+    decision: Decision,
+    reason: Option<&str>,
+    rows: Option<u64>,
+    duration_us: Option<u64>,
+    sqlstate: Option<&str>,
+) {
+    out.push_str(",\"decision\":\"");
+    out.push_str(decision.as_str());
+    out.push_str("\",\"reason\":");
+    write_opt_str(out, reason);
+    out.push_str(",\"rows\":");
+    write_opt_u64(out, rows);
+    out.push_str(",\"duration_us\":");
+    write_opt_u64(out, duration_us);
+    out.push_str(",\"sqlstate\":");
+    write_opt_str(out, sqlstate);
+    out.push_str(",\"prev_hash\":");
+}
+
 /// Appends the canonical form of `ev` (everything but `hash`) to `out`.
 pub fn write_canonical(out: &mut String, ev: &AuditEvent) {
     out.push_str("{\"seq\":");
@@ -136,46 +234,97 @@ pub fn write_canonical(out: &mut String, ev: &AuditEvent) {
     write_json_str(out, &ev.ts);
     out.push_str(",\"instance\":");
     write_json_str(out, &ev.instance);
-    out.push_str(",\"session\":");
-    write_json_str(out, &ev.session);
-    out.push_str(",\"client\":");
-    write_json_str(out, &ev.client);
-    out.push_str(",\"user\":");
-    write_json_str(out, &ev.user);
-    out.push_str(",\"role\":");
-    write_opt_str(out, ev.role.as_deref());
-    out.push_str(",\"database\":");
-    write_json_str(out, &ev.database);
-    out.push_str(",\"application\":");
-    write_json_str(out, &ev.application);
-    out.push_str(",\"kind\":\"");
-    out.push_str(ev.kind.as_str());
-    out.push_str("\",\"statement\":");
-    write_opt_str(out, ev.statement.as_deref());
-    out.push_str(",\"fingerprint\":");
-    write_opt_str(out, ev.fingerprint.as_deref());
-    out.push_str(",\"tables\":[");
-    for (i, t) in ev.tables.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        write_json_str(out, t);
-    }
-    out.push_str("],\"columns\":");
-    write_columns(out, &ev.columns);
-    out.push_str(",\"decision\":\"");
-    out.push_str(ev.decision.as_str());
-    out.push_str("\",\"reason\":");
-    write_opt_str(out, ev.reason.as_deref());
-    out.push_str(",\"rows\":");
-    write_opt_u64(out, ev.rows);
-    out.push_str(",\"duration_us\":");
-    write_opt_u64(out, ev.duration_us);
-    out.push_str(",\"sqlstate\":");
-    write_opt_str(out, ev.sqlstate.as_deref());
-    out.push_str(",\"prev_hash\":");
+    write_who_fields(
+        out,
+        &ev.session,
+        &ev.client,
+        &ev.user,
+        ev.role.as_deref(),
+        &ev.database,
+        &ev.application,
+    );
+    write_what_fields(
+        out,
+        ev.kind,
+        ev.statement.as_deref(),
+        ev.fingerprint.as_deref(),
+        &ev.tables,
+        &ev.columns,
+    );
+    write_outcome(
+        out,
+        ev.decision,
+        ev.reason.as_deref(),
+        ev.rows,
+        ev.duration_us,
+        ev.sqlstate.as_deref(),
+    );
     write_json_str(out, &ev.prev_hash);
     out.push('}');
+}
+
+/// `,"instance":"…"` as every event line of `instance` carries it (the writer formats it once).
+pub(crate) fn instance_json(instance: &str) -> String {
+    let mut s = String::with_capacity(instance.len() + 16);
+    s.push_str(",\"instance\":");
+    write_json_str(&mut s, instance);
+    s
+}
+
+/// The line of a new event (without the newline): the same bytes [`seal`] gives for the
+/// [`AuditEvent`] it stands for, built from the pieces its [`crate::EventSource`] and
+/// [`crate::EventStatement`] formatted once. `ne.ts` must be set. Also returns the hash (as
+/// its 64 hex characters are at the end of the line, [`line_hash`] reads them back).
+pub(crate) fn seal_new(seq: u64, instance_json: &str, ne: &NewEvent, prev_hash: &str) -> String {
+    let mut line = String::with_capacity(
+        ne.who.json().len() + ne.what.json().len() + instance_json.len() + 400,
+    );
+    line.push_str("{\"seq\":");
+    write_u64(&mut line, seq);
+    line.push_str(",\"ts\":\"");
+    crate::event::write_ts(
+        &mut line,
+        ne.ts.unwrap_or_else(time::OffsetDateTime::now_utc),
+    );
+    line.push('"');
+    line.push_str(instance_json);
+    line.push_str(ne.who.json());
+    line.push_str(ne.what.json());
+    write_outcome(
+        &mut line,
+        ne.decision,
+        ne.reason.as_deref(),
+        ne.rows,
+        ne.duration_us,
+        ne.sqlstate.as_deref(),
+    );
+    // The writer's own hash: 64 hex digits, nothing to escape.
+    line.push('"');
+    line.push_str(prev_hash);
+    line.push_str("\"}");
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(prev_hash.as_bytes());
+    ctx.update(line.as_bytes());
+    let digest = ctx.finish();
+    line.pop();
+    line.push_str(",\"hash\":\"");
+    push_hex(&mut line, digest.as_ref());
+    line.push_str("\"}");
+    line
+}
+
+/// The `hash` of an event line written by [`seal`] or [`seal_new`].
+pub(crate) fn line_hash(line: &str) -> &str {
+    // The line ends with `"<64 hex>"}`.
+    let end = line.len().saturating_sub(2);
+    line.get(end.saturating_sub(64)..end).unwrap_or("")
+}
+
+/// The `prev_hash` of an event line written by [`seal`] or [`seal_new`].
+pub(crate) fn line_prev_hash(line: &str) -> &str {
+    // … `"prev_hash":"<64 hex>","hash":"<64 hex>"}`: 2 + 64 + `","hash":"` (10) from the end.
+    let end = line.len().saturating_sub(2 + 64 + 10);
+    line.get(end.saturating_sub(64)..end).unwrap_or("")
 }
 
 /// The canonical form of `ev` as a string.
@@ -196,18 +345,24 @@ pub fn chain_hash(prev_hash: &str, canonical: &str) -> String {
 /// Lowercase hex of `bytes`. `hex::encode` collects chars one by one (~1,000 instructions for a
 /// SHA-256, once per audit event); this writes the bytes directly.
 pub fn lower_hex(bytes: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = Vec::with_capacity(bytes.len() * 2);
-    for &b in bytes {
-        out.push(HEX[(b >> 4) as usize]);
-        out.push(HEX[(b & 0xf) as usize]);
-    }
-    // Every byte pushed is an ASCII hex digit.
-    String::from_utf8(out).unwrap_or_default()
+    let mut out = String::with_capacity(bytes.len() * 2);
+    push_hex(&mut out, bytes);
+    out
 }
 
-/// Fills in `ev.hash` from its other fields and returns its line (without the newline).
-pub fn seal(ev: &mut AuditEvent) -> String {
+/// Appends the lowercase hex of `bytes` to `out`.
+pub fn push_hex(out: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for &b in bytes {
+        out.push(HEX[(b >> 4) as usize] as char);
+        out.push(HEX[(b & 0xf) as usize] as char);
+    }
+}
+
+/// Fills in `ev.hash` from its other fields and returns its line (without the newline): the
+/// reference the writer's [`seal_new`] is tested against.
+#[cfg(test)]
+pub(crate) fn seal(ev: &mut AuditEvent) -> String {
     let mut line = String::with_capacity(600);
     write_canonical(&mut line, ev);
     ev.hash = chain_hash(&ev.prev_hash, &line);
@@ -388,9 +543,7 @@ mod tests {
             kind in 0usize..14,
             deny in any::<bool>(),
         ) -> AuditEvent {
-            let kinds = [Kind::Connect, Kind::Disconnect, Kind::AuthFailed, Kind::Select, Kind::Insert,
-                Kind::Update, Kind::Delete, Kind::Copy, Kind::Ddl, Kind::Other, Kind::Gap, Kind::Start,
-                Kind::Shutdown, Kind::Error];
+            let kinds = Kind::ALL;
             AuditEvent {
                 seq,
                 ts: texts[0].clone(),
@@ -432,6 +585,75 @@ mod tests {
             prop_assert_eq!(chain_hash(&back.prev_hash, &canonical(&back)), ev.hash);
             // One line: no raw newline may survive escaping.
             prop_assert!(!line.contains('\n') && !line.contains('\r'));
+        }
+
+        /// The writer's line, built from pieces formatted once per session and per statement, is
+        /// byte for byte the line [`seal`] gives for the same record (NUL replaced as the writer
+        /// replaces it), and the hashes read back from it are the record's.
+        #[test]
+        fn writer_line_is_the_sealed_line(
+            ev in any_event(),
+            secs in 0i64..253_402_300_799,
+            micros in 0u32..1_000_000,
+            prev in prop::collection::vec(any::<u8>(), 32),
+        ) {
+            use crate::event::{clean, format_ts, EventSource, EventStatement};
+            let t = time::OffsetDateTime::from_unix_timestamp(secs).unwrap()
+                + time::Duration::microseconds(micros.into());
+            let prev_hash = lower_hex(&prev);
+            let ne = NewEvent {
+                ts: Some(t),
+                who: EventSource::new(Who {
+                    session: ev.session.clone(),
+                    client: ev.client.clone(),
+                    user: ev.user.clone(),
+                    role: ev.role.clone(),
+                    database: ev.database.clone(),
+                    application: ev.application.clone(),
+                }),
+                what: EventStatement::new(What {
+                    kind: ev.kind,
+                    statement: ev.statement.clone(),
+                    fingerprint: ev.fingerprint.clone(),
+                    tables: ev.tables.clone(),
+                    columns: ev.columns.clone(),
+                }),
+                decision: ev.decision,
+                reason: ev.reason.clone().map(clean),
+                rows: ev.rows,
+                duration_us: ev.duration_us,
+                sqlstate: ev.sqlstate.clone().map(clean),
+            };
+            let instance = clean(ev.instance.clone());
+            let line = seal_new(ev.seq, &instance_json(&instance), &ne, &prev_hash);
+
+            let c = |s: &String| clean(s.clone());
+            let mut want = AuditEvent {
+                ts: format_ts(t),
+                instance,
+                session: c(&ev.session),
+                client: c(&ev.client),
+                user: c(&ev.user),
+                role: ev.role.as_ref().map(c),
+                database: c(&ev.database),
+                application: c(&ev.application),
+                statement: ev.statement.as_ref().map(c),
+                fingerprint: ev.fingerprint.as_ref().map(c),
+                tables: ev.tables.iter().map(c).collect(),
+                columns: ev.columns.iter().map(|col| ColumnAccess {
+                    name: c(&col.name),
+                    class: c(&col.class),
+                    access: c(&col.access),
+                }).collect(),
+                reason: ev.reason.as_ref().map(c),
+                sqlstate: ev.sqlstate.as_ref().map(c),
+                prev_hash: prev_hash.clone(),
+                ..ev
+            };
+            let want_line = seal(&mut want);
+            prop_assert_eq!(&line, &want_line);
+            prop_assert_eq!(line_hash(&line), want.hash.as_str());
+            prop_assert_eq!(line_prev_hash(&line), prev_hash.as_str());
         }
 
         #[test]

@@ -1,5 +1,7 @@
 //! The audit event model: what the proxy hands in (`NewEvent`) and what the chain stores (`AuditEvent`).
 
+use std::sync::{Arc, OnceLock};
+
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -32,6 +34,24 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Every kind.
+    pub const ALL: [Kind; 14] = [
+        Kind::Connect,
+        Kind::Disconnect,
+        Kind::AuthFailed,
+        Kind::Select,
+        Kind::Insert,
+        Kind::Update,
+        Kind::Delete,
+        Kind::Copy,
+        Kind::Ddl,
+        Kind::Other,
+        Kind::Gap,
+        Kind::Start,
+        Kind::Shutdown,
+        Kind::Error,
+    ];
+
     /// The text form used in records, tables and filters.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -112,13 +132,9 @@ pub struct ColumnAccess {
     pub access: String,
 }
 
-/// What the proxy fills in for one event. The writer adds `seq`, `instance`, `prev_hash` and
-/// `hash` (and `ts` when the caller leaves it `None`). Never put literals, parameter values,
-/// passwords or key material in any field.
+/// Who an event is about: the fields that stay the same for a whole session.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct NewEvent {
-    /// When the statement ended; `None`: the time the writer sequences the event.
-    pub ts: Option<OffsetDateTime>,
+pub struct Who {
     pub session: String,
     /// `ip:port` of the client.
     pub client: String,
@@ -127,12 +143,188 @@ pub struct NewEvent {
     pub role: Option<String>,
     pub database: String,
     pub application: String,
+}
+
+/// [`Who`], cleaned and formatted into its piece of the canonical form once: a session builds it
+/// when it starts (and again when its role is known) and shares it with every event it records,
+/// so the writer neither copies nor escapes these six fields per statement.
+#[derive(Debug, PartialEq, Eq)]
+pub struct EventSource {
+    who: Who,
+    /// `,"session":…,"client":…,"user":…,"role":…,"database":…,"application":…`
+    json: String,
+}
+
+impl EventSource {
+    pub fn new(who: Who) -> Arc<EventSource> {
+        Arc::new(EventSource::build(who))
+    }
+
+    fn build(who: Who) -> EventSource {
+        let who = Who {
+            session: clean(who.session),
+            client: clean(who.client),
+            user: clean(who.user),
+            role: who.role.map(clean),
+            database: clean(who.database),
+            application: clean(who.application),
+        };
+        let mut json = String::with_capacity(
+            96 + who.session.len()
+                + who.client.len()
+                + who.user.len()
+                + who.role.as_ref().map_or(4, String::len)
+                + who.database.len()
+                + who.application.len(),
+        );
+        crate::canonical::write_who(&mut json, &who);
+        EventSource { who, json }
+    }
+
+    /// The empty source (every field empty, no role), shared.
+    pub fn none() -> Arc<EventSource> {
+        static NONE: OnceLock<Arc<EventSource>> = OnceLock::new();
+        NONE.get_or_init(|| EventSource::new(Who::default()))
+            .clone()
+    }
+
+    pub fn who(&self) -> &Who {
+        &self.who
+    }
+
+    pub(crate) fn json(&self) -> &str {
+        &self.json
+    }
+}
+
+/// What an event is about: the fields that stay the same for every execution of one statement.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct What {
     pub kind: Kind,
     /// Normalised statement text (literals replaced by placeholders).
     pub statement: Option<String>,
     pub fingerprint: Option<String>,
     pub tables: Vec<String>,
     pub columns: Vec<ColumnAccess>,
+}
+
+/// [`What`], cleaned, cut to [`MAX_STATEMENT_BYTES`] and formatted into its piece of the canonical
+/// form once: the proxy keeps it with a prepared statement, so a statement executed a million
+/// times is copied and escaped once, not a million times.
+#[derive(Debug, PartialEq, Eq)]
+pub struct EventStatement {
+    what: What,
+    /// `,"kind":…,"statement":…,"fingerprint":…,"tables":[…],"columns":[…]`
+    json: String,
+}
+
+impl EventStatement {
+    pub fn new(what: What) -> Arc<EventStatement> {
+        Arc::new(EventStatement::build(what))
+    }
+
+    fn build(what: What) -> EventStatement {
+        let what = What {
+            kind: what.kind,
+            statement: what.statement.map(|s| cap_statement(clean(s))),
+            fingerprint: what.fingerprint.map(clean),
+            tables: what.tables.into_iter().map(clean).collect(),
+            columns: what
+                .columns
+                .into_iter()
+                .map(|c| ColumnAccess {
+                    name: clean(c.name),
+                    class: clean(c.class),
+                    access: clean(c.access),
+                })
+                .collect(),
+        };
+        let mut json = String::with_capacity(
+            128 + what.statement.as_ref().map_or(0, String::len)
+                + what.tables.iter().map(|t| t.len() + 3).sum::<usize>()
+                + what
+                    .columns
+                    .iter()
+                    .map(|c| c.name.len() + c.class.len() + c.access.len() + 36)
+                    .sum::<usize>(),
+        );
+        crate::canonical::write_what(&mut json, &what);
+        EventStatement { what, json }
+    }
+
+    /// An event of `kind` about no statement (connect, disconnect, …), shared per kind.
+    pub fn bare(kind: Kind) -> Arc<EventStatement> {
+        static BARE: OnceLock<Vec<Arc<EventStatement>>> = OnceLock::new();
+        let all = BARE.get_or_init(|| {
+            Kind::ALL
+                .iter()
+                .map(|&kind| {
+                    EventStatement::new(What {
+                        kind,
+                        ..What::default()
+                    })
+                })
+                .collect()
+        });
+        all.iter()
+            .find(|s| s.what.kind == kind)
+            .cloned()
+            .unwrap_or_else(|| {
+                EventStatement::new(What {
+                    kind,
+                    ..What::default()
+                })
+            })
+    }
+
+    pub fn what(&self) -> &What {
+        &self.what
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.what.kind
+    }
+
+    pub(crate) fn json(&self) -> &str {
+        &self.json
+    }
+}
+
+/// PostgreSQL text cannot hold NUL; every stored string has it replaced, so every sink stores the
+/// same record.
+pub(crate) fn clean(s: String) -> String {
+    if s.as_bytes().contains(&0) {
+        s.replace('\0', "\u{FFFD}")
+    } else {
+        s
+    }
+}
+
+/// Longest statement text stored; longer text is cut (at a char boundary) and marked, so one
+/// huge statement cannot exceed a sink's message limit and block it forever.
+pub const MAX_STATEMENT_BYTES: usize = 64 * 1024;
+
+fn cap_statement(s: String) -> String {
+    if s.len() <= MAX_STATEMENT_BYTES {
+        return s;
+    }
+    let mut cut = MAX_STATEMENT_BYTES;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}…[{} bytes cut]", &s[..cut], s.len() - cut)
+}
+
+/// What the proxy hands in for one event: who and what (shared, formatted once) and how this one
+/// execution went. The writer adds `seq`, `instance`, `prev_hash` and `hash` (and `ts` when the
+/// caller leaves it `None`). Never put literals, parameter values, passwords or key material in
+/// any field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    /// When the statement ended; `None`: the time the writer sequences the event.
+    pub ts: Option<OffsetDateTime>,
+    pub who: Arc<EventSource>,
+    pub what: Arc<EventStatement>,
     pub decision: Decision,
     pub reason: Option<String>,
     /// Rows returned or affected.
@@ -142,12 +334,22 @@ pub struct NewEvent {
 }
 
 impl NewEvent {
-    /// An event of `kind` with every other field empty.
+    /// An event of `kind` from nobody about no statement, every other field empty.
     pub fn new(kind: Kind) -> NewEvent {
         NewEvent {
-            kind,
-            ..NewEvent::default()
+            ts: None,
+            who: EventSource::none(),
+            what: EventStatement::bare(kind),
+            decision: Decision::Allow,
+            reason: None,
+            rows: None,
+            duration_us: None,
+            sqlstate: None,
         }
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.what.kind()
     }
 }
 
@@ -202,20 +404,20 @@ pub struct Checkpoint {
 
 /// Formats a time the way records store it: UTC, RFC 3339, exactly six fractional digits, `Z`.
 pub fn format_ts(t: OffsetDateTime) -> String {
+    let mut s = String::with_capacity(27);
+    write_ts(&mut s, t);
+    s
+}
+
+/// Appends [`format_ts`] of `t` to `out`.
+pub fn write_ts(out: &mut String, t: OffsetDateTime) {
     let t = t.to_offset(time::UtcOffset::UTC);
-    fn digits(out: &mut [u8], mut v: u32) {
-        for b in out.iter_mut().rev() {
-            *b = b'0' + (v % 10) as u8;
-            v /= 10;
-        }
-    }
     let year = t.year();
     if !(0..=9999).contains(&year) {
         // Outside RFC 3339's four-digit years; never produced by a real clock.
         use std::fmt::Write;
-        let mut s = String::new();
         let _ = write!(
-            s,
+            out,
             "{year:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
             u8::from(t.month()),
             t.day(),
@@ -224,7 +426,13 @@ pub fn format_ts(t: OffsetDateTime) -> String {
             t.second(),
             t.microsecond()
         );
-        return s;
+        return;
+    }
+    fn digits(out: &mut [u8], mut v: u32) {
+        for b in out.iter_mut().rev() {
+            *b = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
     }
     let mut b = *b"0000-00-00T00:00:00.000000Z";
     digits(&mut b[0..4], year as u32);
@@ -234,8 +442,8 @@ pub fn format_ts(t: OffsetDateTime) -> String {
     digits(&mut b[14..16], t.minute() as u32);
     digits(&mut b[17..19], t.second() as u32);
     digits(&mut b[20..26], t.microsecond());
-    // Only ASCII was written.
-    String::from_utf8_lossy(&b).into_owned()
+    // Only ASCII digits were written into an ASCII template.
+    out.push_str(std::str::from_utf8(&b).unwrap_or("0000-00-00T00:00:00.000000Z"));
 }
 
 /// Parses a time given by a user or read from a record: RFC 3339, or a bare date `YYYY-MM-DD`
@@ -270,22 +478,11 @@ mod tests {
 
     #[test]
     fn kinds_round_trip_through_text() {
-        for k in [
-            Kind::Connect,
-            Kind::Disconnect,
-            Kind::AuthFailed,
-            Kind::Select,
-            Kind::Insert,
-            Kind::Update,
-            Kind::Delete,
-            Kind::Copy,
-            Kind::Ddl,
-            Kind::Other,
-            Kind::Gap,
-            Kind::Start,
-            Kind::Shutdown,
-            Kind::Error,
-        ] {
+        let mut names: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Kind::ALL.len());
+        for k in Kind::ALL {
             assert_eq!(Kind::parse(k.as_str()), Some(k));
             assert_eq!(
                 serde_json::to_string(&k).unwrap(),

@@ -3,7 +3,8 @@
 //! file, PostgreSQL table, NATS JetStream), verification and querying.
 //!
 //! # Layout
-//! - `event.rs`     [`NewEvent`] (what the proxy fills in), [`AuditEvent`] (what is stored), kinds
+//! - `event.rs`     [`NewEvent`] (what the proxy fills in), [`EventSource`] and [`EventStatement`]
+//!   (its parts formatted once and shared), [`AuditEvent`] (what is stored), kinds
 //! - `canonical.rs` the exact line format, canonical form, hash and checkpoint message
 //! - `signer.rs`    [`CheckpointSigner`] (the proxy passes its key in), [`parse_public_key`]
 //! - `config.rs`    [`AuditConfig`], plain data mapped from the proxy's TOML
@@ -30,19 +31,20 @@ pub mod verify;
 
 pub use canonical::{
     canonical, chain_hash, checkpoint_line, checkpoint_message, event_line, lower_hex, parse_line,
-    record_line, Record, CHECKPOINT_DOMAIN, GENESIS,
+    push_hex, record_line, Record, CHECKPOINT_DOMAIN, GENESIS,
 };
 pub use config::{AuditConfig, NatsConfig, OnFailure, PgSinkConfig};
 pub use error::{AuditError, AuditUnavailable, UnavailableReason};
 pub use event::{
-    format_ts, parse_time, AuditEvent, Checkpoint, ColumnAccess, Decision, Kind, NewEvent,
+    format_ts, parse_time, write_ts, AuditEvent, Checkpoint, ColumnAccess, Decision, EventSource,
+    EventStatement, Kind, NewEvent, What, Who, MAX_STATEMENT_BYTES,
 };
 pub use signer::{
     format_public_key, parse_public_key, verify_signature, CheckpointSigner, RingSigner,
 };
 pub use sink::file::{chain_files, rotated_files};
 pub use sink::postgres::describe_pg_error;
-pub use writer::{AuditHandle, AuditStatus, Auditor, SinkStatus, MAX_STATEMENT_BYTES};
+pub use writer::{AuditHandle, AuditStatus, Auditor, SinkStatus};
 
 #[cfg(test)]
 mod tests;

@@ -15,22 +15,27 @@ fn signer() -> Arc<RingSigner> {
 
 fn ev(i: u64) -> NewEvent {
     NewEvent {
-        session: "s1".into(),
-        client: "127.0.0.1:5555".into(),
-        user: "alice".into(),
-        role: Some("app".into()),
-        database: "shop".into(),
-        application: "test".into(),
-        statement: Some(format!(
-            "SELECT phone FROM customers WHERE id = $1 /* {i} */"
-        )),
-        fingerprint: Some("fp".into()),
-        tables: vec!["public.customers".into()],
-        columns: vec![ColumnAccess {
-            name: "public.customers.phone".into(),
-            class: "confidential".into(),
-            access: "masked".into(),
-        }],
+        who: EventSource::new(Who {
+            session: "s1".into(),
+            client: "127.0.0.1:5555".into(),
+            user: "alice".into(),
+            role: Some("app".into()),
+            database: "shop".into(),
+            application: "test".into(),
+        }),
+        what: EventStatement::new(What {
+            kind: Kind::Select,
+            statement: Some(format!(
+                "SELECT phone FROM customers WHERE id = $1 /* {i} */"
+            )),
+            fingerprint: Some("fp".into()),
+            tables: vec!["public.customers".into()],
+            columns: vec![ColumnAccess {
+                name: "public.customers.phone".into(),
+                class: "confidential".into(),
+                access: "masked".into(),
+            }],
+        }),
         rows: Some(i),
         duration_us: Some(5),
         sqlstate: Some("00000".into()),
@@ -436,8 +441,16 @@ async fn nul_characters_are_replaced_so_every_sink_stores_the_same_record() {
         .await
         .unwrap();
     h.record(NewEvent {
-        statement: Some("SELECT '\0'".into()),
-        user: "a\0b".into(),
+        what: EventStatement::new(What {
+            kind: Kind::Select,
+            statement: Some("SELECT '\0'".into()),
+            ..What::default()
+        }),
+        who: EventSource::new(Who {
+            user: "a\0b".into(),
+            ..Who::default()
+        }),
+        reason: Some("r\0".into()),
         ..NewEvent::new(Kind::Select)
     })
     .unwrap();
@@ -446,6 +459,7 @@ async fn nul_characters_are_replaced_so_every_sink_stores_the_same_record() {
     let e = &events(&path)[1];
     assert_eq!(e.user, "a\u{FFFD}b");
     assert_eq!(e.statement.as_deref(), Some("SELECT '\u{FFFD}'"));
+    assert_eq!(e.reason.as_deref(), Some("r\u{FFFD}"));
 }
 
 #[tokio::test]
@@ -514,7 +528,11 @@ async fn huge_statements_are_cut_and_marked() {
         .unwrap();
     let long = "é".repeat(MAX_STATEMENT_BYTES); // 2 bytes each
     h.record(NewEvent {
-        statement: Some(long),
+        what: EventStatement::new(What {
+            kind: Kind::Insert,
+            statement: Some(long),
+            ..What::default()
+        }),
         ..NewEvent::new(Kind::Insert)
     })
     .unwrap();

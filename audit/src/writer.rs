@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use crate::canonical::{self, GENESIS};
 use crate::config::{AuditConfig, OnFailure};
 use crate::error::{AuditError, AuditUnavailable, UnavailableReason};
-use crate::event::{format_ts, AuditEvent, Checkpoint, Kind, NewEvent};
+use crate::event::{clean, format_ts, Checkpoint, EventSource, Kind, NewEvent, Who};
 use crate::signer::{encode_signature, CheckpointSigner};
 use crate::sink::{self, Entry, Sink, SinkState, Tail};
 
@@ -352,7 +352,9 @@ pub(crate) async fn start_with_sinks(
             "audit writer started; new chain".to_string(),
         ),
     };
+    let instance = clean(instance);
     let chain = Chain {
+        instance_json: canonical::instance_json(&instance),
         instance,
         seq,
         prev_hash,
@@ -377,7 +379,10 @@ pub(crate) async fn start_with_sinks(
 
 /// The hash chain of one instance.
 struct Chain {
+    /// The instance name, NUL replaced (see [`clean`]).
     instance: String,
+    /// `,"instance":"…"`, formatted once.
+    instance_json: String,
     seq: u64,
     prev_hash: String,
     since_checkpoint: u64,
@@ -385,79 +390,35 @@ struct Chain {
     signer: Arc<dyn CheckpointSigner>,
 }
 
-/// PostgreSQL text cannot hold NUL; replace it everywhere so every sink stores the same record.
-fn clean(s: String) -> String {
-    if s.contains('\0') {
-        s.replace('\0', "\u{FFFD}")
-    } else {
-        s
-    }
-}
-
-fn clean_opt(s: Option<String>) -> Option<String> {
-    s.map(clean)
-}
-
-/// Longest statement text stored; longer text is cut (at a char boundary) and marked, so one
-/// huge statement cannot exceed a sink's message limit and block it forever.
-pub const MAX_STATEMENT_BYTES: usize = 64 * 1024;
-
-fn cap_statement(s: String) -> String {
-    if s.len() <= MAX_STATEMENT_BYTES {
-        return s;
-    }
-    let mut cut = MAX_STATEMENT_BYTES;
-    while !s.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    format!("{}…[{} bytes cut]", &s[..cut], s.len() - cut)
-}
-
 impl Chain {
-    fn event(&mut self, ne: NewEvent) -> Arc<Entry> {
+    fn event(&mut self, mut ne: NewEvent) -> Arc<Entry> {
         self.seq += 1;
-        let ts = format_ts(ne.ts.unwrap_or_else(time::OffsetDateTime::now_utc));
-        let mut ev = AuditEvent {
-            seq: self.seq,
-            ts,
-            instance: clean(self.instance.clone()),
-            session: clean(ne.session),
-            client: clean(ne.client),
-            user: clean(ne.user),
-            role: clean_opt(ne.role),
-            database: clean(ne.database),
-            application: clean(ne.application),
-            kind: ne.kind,
-            statement: clean_opt(ne.statement).map(cap_statement),
-            fingerprint: clean_opt(ne.fingerprint),
-            tables: ne.tables.into_iter().map(clean).collect(),
-            columns: ne
-                .columns
-                .into_iter()
-                .map(|mut c| {
-                    c.name = clean(c.name);
-                    c.class = clean(c.class);
-                    c.access = clean(c.access);
-                    c
-                })
-                .collect(),
-            decision: ne.decision,
-            reason: clean_opt(ne.reason),
-            rows: ne.rows,
-            duration_us: ne.duration_us,
-            sqlstate: clean_opt(ne.sqlstate),
-            prev_hash: std::mem::take(&mut self.prev_hash),
-            hash: String::new(),
-        };
-        let line = canonical::seal(&mut ev);
-        self.prev_hash = ev.hash.clone();
+        ne.ts.get_or_insert_with(time::OffsetDateTime::now_utc);
+        ne.reason = ne.reason.map(clean);
+        ne.sqlstate = ne.sqlstate.map(clean);
+        let line = canonical::seal_new(self.seq, &self.instance_json, &ne, &self.prev_hash);
+        self.prev_hash.clear();
+        self.prev_hash.push_str(canonical::line_hash(&line));
         self.since_checkpoint += 1;
-        Arc::new(Entry::Event { ev, line })
+        Arc::new(Entry::Event {
+            seq: self.seq,
+            ne,
+            line,
+        })
     }
 
     fn system_event(&mut self, kind: Kind, reason: String) -> Arc<Entry> {
+        static SYSTEM: std::sync::OnceLock<Arc<EventSource>> = std::sync::OnceLock::new();
+        let who = SYSTEM
+            .get_or_init(|| {
+                EventSource::new(Who {
+                    application: "pgcloak".into(),
+                    ..Who::default()
+                })
+            })
+            .clone();
         self.event(NewEvent {
-            application: "pgcloak".into(),
+            who,
             reason: Some(reason),
             ..NewEvent::new(kind)
         })
@@ -465,7 +426,7 @@ impl Chain {
 
     fn checkpoint(&mut self) -> Arc<Entry> {
         let ts = format_ts(time::OffsetDateTime::now_utc());
-        let instance = clean(self.instance.clone());
+        let instance = self.instance.clone();
         let msg = canonical::checkpoint_message(&instance, self.seq, &self.prev_hash, &ts);
         let cp = Checkpoint {
             seq: self.seq,

@@ -41,8 +41,15 @@ async fn nats_sink_receives_every_record_in_order() {
     let (h, task) = Auditor::start(cfg, signer.clone(), "node-n").await.unwrap();
     for i in 0..30u64 {
         h.record(NewEvent {
-            user: format!("user{}", i % 3),
-            statement: Some(format!("SELECT $1 /* {i} */")),
+            who: EventSource::new(Who {
+                user: format!("user{}", i % 3),
+                ..Who::default()
+            }),
+            what: EventStatement::new(What {
+                kind: Kind::Select,
+                statement: Some(format!("SELECT $1 /* {i} */")),
+                ..What::default()
+            }),
             rows: Some(i),
             ..NewEvent::new(Kind::Select)
         })

@@ -44,27 +44,32 @@ fn pg(db: &str) -> PgSinkConfig {
 fn ev(i: u64) -> NewEvent {
     let user = ["alice", "bob", "carol"][i as usize % 3];
     NewEvent {
-        session: format!("s{}", i % 4),
-        client: "10.0.0.7:51234".into(),
-        user: user.into(),
-        role: Some(if user == "carol" { "support" } else { "app" }.into()),
-        database: "shop".into(),
-        application: "psql \"quoted\", with comma".into(),
-        statement: Some(format!(
-            "SELECT name, phone FROM customers WHERE id = $1 -- ünïcode {i}"
-        )),
-        fingerprint: Some("fp1".into()),
-        tables: vec!["public.customers".into()],
-        columns: vec![ColumnAccess {
-            name: "public.customers.phone".into(),
-            class: "confidential".into(),
-            access: if user == "carol" {
-                "masked"
-            } else {
-                "plaintext"
-            }
-            .into(),
-        }],
+        who: EventSource::new(Who {
+            session: format!("s{}", i % 4),
+            client: "10.0.0.7:51234".into(),
+            user: user.into(),
+            role: Some(if user == "carol" { "support" } else { "app" }.into()),
+            database: "shop".into(),
+            application: "psql \"quoted\", with comma".into(),
+        }),
+        what: EventStatement::new(What {
+            kind: Kind::Select,
+            statement: Some(format!(
+                "SELECT name, phone FROM customers WHERE id = $1 -- ünïcode {i}"
+            )),
+            fingerprint: Some("fp1".into()),
+            tables: vec!["public.customers".into()],
+            columns: vec![ColumnAccess {
+                name: "public.customers.phone".into(),
+                class: "confidential".into(),
+                access: if user == "carol" {
+                    "masked"
+                } else {
+                    "plaintext"
+                }
+                .into(),
+            }],
+        }),
         decision: if matches!(i % 5, 0) {
             Decision::Deny
         } else {

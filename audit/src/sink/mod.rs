@@ -14,15 +14,23 @@ use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::event::{AuditEvent, Checkpoint};
+use crate::event::{Checkpoint, NewEvent};
 
-/// One sequenced record with its line (no newline), shared by every sink.
-// Always behind an `Arc`, so the variant size difference costs nothing.
-#[allow(clippy::large_enum_variant)]
+/// One sequenced record with its line (no newline), shared by every sink. An event keeps what
+/// the proxy handed in (its `ts` set) rather than a parsed copy of the line: the file and NATS
+/// sinks only write the line, the PostgreSQL sink reads the fields from `ne` and the hashes from
+/// the line.
 #[derive(Debug)]
 pub(crate) enum Entry {
-    Event { ev: AuditEvent, line: String },
-    Checkpoint { cp: Checkpoint, line: String },
+    Event {
+        seq: u64,
+        ne: NewEvent,
+        line: String,
+    },
+    Checkpoint {
+        cp: Checkpoint,
+        line: String,
+    },
 }
 
 impl Entry {

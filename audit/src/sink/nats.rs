@@ -69,7 +69,7 @@ impl NatsSink {
 
     fn msg_id(&self, e: &Entry) -> String {
         match e {
-            Entry::Event { ev, .. } => format!("{}:{}", self.instance, ev.seq),
+            Entry::Event { seq, .. } => format!("{}:{}", self.instance, seq),
             Entry::Checkpoint { cp, .. } => format!("{}:cp:{}", self.instance, cp.seq),
         }
     }

@@ -198,6 +198,8 @@ struct Conn {
 pub(crate) struct PgSink {
     cfg: PgSinkConfig,
     conn: Option<Conn>,
+    /// The instance name as records store it (NUL replaced).
+    instance: String,
 }
 
 impl PgSink {
@@ -209,6 +211,7 @@ impl PgSink {
         let mut sink = PgSink {
             cfg: cfg.clone(),
             conn: None,
+            instance: crate::event::clean(instance.to_string()),
         };
         let err = |action, reason| AuditError::Postgres {
             target: cfg.target(),
@@ -263,6 +266,7 @@ impl PgSink {
     }
 
     async fn write_entries(&mut self, entries: &[Arc<Entry>]) -> Result<(), String> {
+        let instance = self.instance.clone();
         let conn = self.ensure().await?;
         let mut seq = Vec::new();
         let mut cols: [Vec<Option<String>>; 18] = Default::default();
@@ -272,33 +276,35 @@ impl PgSink {
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for e in entries {
             match &**e {
-                Entry::Event { ev, .. } => {
-                    seq.push(ev.seq as i64);
+                Entry::Event { seq: n, ne, line } => {
+                    seq.push(*n as i64);
+                    let who = ne.who.who();
+                    let what = ne.what.what();
                     let vals = [
-                        Some(ev.ts.clone()),
-                        Some(ev.instance.clone()),
-                        Some(ev.session.clone()),
-                        Some(ev.client.clone()),
-                        Some(ev.user.clone()),
-                        ev.role.clone(),
-                        Some(ev.database.clone()),
-                        Some(ev.application.clone()),
-                        Some(ev.kind.as_str().to_string()),
-                        ev.statement.clone(),
-                        ev.fingerprint.clone(),
-                        Some(serde_json::to_string(&ev.tables).unwrap_or_default()),
-                        Some(serde_json::to_string(&ev.columns).unwrap_or_default()),
-                        Some(ev.decision.as_str().to_string()),
-                        ev.reason.clone(),
-                        ev.sqlstate.clone(),
-                        Some(ev.prev_hash.clone()),
-                        Some(ev.hash.clone()),
+                        ne.ts.map(crate::event::format_ts),
+                        Some(instance.clone()),
+                        Some(who.session.clone()),
+                        Some(who.client.clone()),
+                        Some(who.user.clone()),
+                        who.role.clone(),
+                        Some(who.database.clone()),
+                        Some(who.application.clone()),
+                        Some(what.kind.as_str().to_string()),
+                        what.statement.clone(),
+                        what.fingerprint.clone(),
+                        Some(serde_json::to_string(&what.tables).unwrap_or_default()),
+                        Some(serde_json::to_string(&what.columns).unwrap_or_default()),
+                        Some(ne.decision.as_str().to_string()),
+                        ne.reason.clone(),
+                        ne.sqlstate.clone(),
+                        Some(crate::canonical::line_prev_hash(line).to_string()),
+                        Some(crate::canonical::line_hash(line).to_string()),
                     ];
                     for (c, v) in cols.iter_mut().zip(vals) {
                         c.push(v);
                     }
-                    rows.push(ev.rows.map(|n| n as i64));
-                    dur.push(ev.duration_us.map(|n| n as i64));
+                    rows.push(ne.rows.map(|n| n as i64));
+                    dur.push(ne.duration_us.map(|n| n as i64));
                 }
                 Entry::Checkpoint { cp, .. } => {
                     c_inst.push(cp.instance.clone());

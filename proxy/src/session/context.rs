@@ -76,6 +76,9 @@ pub struct StmtCtx {
     /// The last RowDescription seen for this statement and what it was rewritten to: libpq describes
     /// the portal on every execution of a prepared statement, with the same bytes each time.
     pub last_description: Mutex<Option<Described>>,
+    /// What its audit events say about it (kind, text, fingerprint, tables, columns), formatted
+    /// at its first event and shared by every later execution.
+    pub audit: std::sync::OnceLock<Arc<pgcloak_audit::EventStatement>>,
 }
 
 /// A RowDescription as the server sent it, the frame the client gets instead (`None`: unchanged),
@@ -142,6 +145,7 @@ impl StmtCtx {
             any_params: std::sync::OnceLock::new(),
             param_storage: std::sync::OnceLock::new(),
             last_description: Mutex::new(None),
+            audit: std::sync::OnceLock::new(),
         }
     }
 

@@ -1,7 +1,11 @@
 //! The audit events a session records: connect, disconnect, auth_failed and error, and one per
 //! statement (normalised text, the plan's tables and columns, the outcome).
 
-use pgcloak_audit::{ColumnAccess, Decision, Kind, NewEvent};
+use std::sync::Arc;
+
+use pgcloak_audit::{
+    ColumnAccess, Decision, EventSource, EventStatement, Kind, NewEvent, What, Who,
+};
 use pgcloak_policy::StatementKind;
 
 use super::context::StmtCtx;
@@ -22,14 +26,28 @@ pub fn kind_of(k: StatementKind) -> Kind {
 
 fn base(info: &SessionInfo, kind: Kind) -> NewEvent {
     NewEvent {
-        session: info.audit_session.clone(),
-        client: info.audit_client.clone(),
-        user: info.user.clone(),
-        role: info.role.clone(),
-        database: info.database.clone(),
-        application: info.application.clone(),
+        who: info.audit_source.clone(),
         ..NewEvent::new(kind)
     }
+}
+
+/// Who a session is, as its audit events carry it (formatted once, shared by every event).
+pub fn source(
+    id: u64,
+    client: std::net::SocketAddr,
+    user: &str,
+    role: Option<&str>,
+    database: &str,
+    application: &str,
+) -> Arc<EventSource> {
+    EventSource::new(Who {
+        session: id.to_string(),
+        client: client.to_string(),
+        user: user.to_string(),
+        role: role.map(str::to_string),
+        database: database.to_string(),
+        application: application.to_string(),
+    })
 }
 
 /// connect / disconnect / auth_failed / error.
@@ -50,31 +68,48 @@ pub fn session_event(
     ev
 }
 
-/// One statement's event: normalised text, plan's tables and columns, the outcome.
+/// What a statement's events say about it: kind, normalised text, fingerprint, the plan's tables
+/// and columns. Built at its first event, then shared.
+fn statement_record(s: &StmtCtx) -> Arc<EventStatement> {
+    s.audit
+        .get_or_init(|| {
+            let (tables, columns) = match s.statement_plan() {
+                Some(p) => (
+                    p.tables.clone(),
+                    p.columns
+                        .iter()
+                        .map(|c| ColumnAccess {
+                            name: c.name.clone(),
+                            class: c.class.as_str().to_string(),
+                            access: c.access.as_str().to_string(),
+                        })
+                        .collect(),
+                ),
+                None => (Vec::new(), Vec::new()),
+            };
+            EventStatement::new(What {
+                kind: kind_of(s.kind),
+                statement: Some(s.text.clone()),
+                // As `format!("{:016x}")` but without the formatter.
+                fingerprint: Some(pgcloak_audit::lower_hex(&s.fingerprint.to_be_bytes())),
+                tables,
+                columns,
+            })
+        })
+        .clone()
+}
+
+/// One statement's event: who, what (shared), and this execution's outcome.
 pub fn statement_event(info: &SessionInfo, outcome: &Outcome) -> NewEvent {
     let stmt: Option<&StmtCtx> = outcome.stmt.as_deref();
-    let mut ev = base(info, stmt.map(|s| kind_of(s.kind)).unwrap_or(Kind::Other));
+    let mut ev = base(info, Kind::Other);
     ev.ts = Some(time::OffsetDateTime::now_utc());
     ev.rows = outcome.rows;
     ev.duration_us = Some(outcome.started.elapsed().as_micros() as u64);
     ev.sqlstate = outcome.sqlstate.clone();
     ev.decision = Decision::Allow;
     if let Some(s) = stmt {
-        ev.statement = Some(s.text.clone());
-        // As `format!("{:016x}")` but without the formatter (~700 instructions per statement).
-        ev.fingerprint = Some(pgcloak_audit::lower_hex(&s.fingerprint.to_be_bytes()));
-        if let Some(p) = s.statement_plan() {
-            ev.tables = p.tables.clone();
-            ev.columns = p
-                .columns
-                .iter()
-                .map(|c| ColumnAccess {
-                    name: c.name.clone(),
-                    class: c.class.as_str().to_string(),
-                    access: c.access.as_str().to_string(),
-                })
-                .collect();
-        }
+        ev.what = statement_record(s);
         if let Some(r) = &s.refusal {
             ev.decision = Decision::Deny;
             ev.reason = Some(r.message.clone());

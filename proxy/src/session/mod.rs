@@ -38,10 +38,9 @@ use startup::Opening;
 pub struct SessionInfo {
     pub id: u64,
     pub client: SocketAddr,
-    /// `id` and `client` as the audit trail writes them, formatted once (every audited statement
-    /// carries both).
-    pub audit_session: String,
-    pub audit_client: String,
+    /// Who this session is in its audit events: built when it starts and again when its role is
+    /// known ([`SessionInfo::set_role`]), formatted once and shared by every event.
+    pub audit_source: Arc<pgcloak_audit::EventSource>,
     pub user: String,
     pub database: String,
     pub application: String,
@@ -49,6 +48,21 @@ pub struct SessionInfo {
     /// The policy role (first listed policy role the login user is a member of, else `default`);
     /// `None` until known. Statements re-resolve it, so revocation applies from the next statement.
     pub role: Option<String>,
+}
+
+impl SessionInfo {
+    /// Sets the policy role (and the audit source that carries it).
+    pub fn set_role(&mut self, role: String) {
+        self.role = Some(role);
+        self.audit_source = events::source(
+            self.id,
+            self.client,
+            &self.user,
+            self.role.as_deref(),
+            &self.database,
+            &self.application,
+        );
+    }
 }
 
 /// What a session has told about itself so far, for ending it from outside: the panic handler of its
@@ -96,8 +110,7 @@ pub fn panicked(
                 Some(reason),
             ),
             None => pgcloak_audit::NewEvent {
-                session: id.to_string(),
-                client: peer.to_string(),
+                who: events::source(id, peer, "", None, "", ""),
                 sqlstate: Some("XX000".into()),
                 decision: pgcloak_audit::Decision::Deny,
                 reason: Some(reason),
@@ -181,14 +194,21 @@ pub async fn run(
         return;
     };
 
+    let application = startup.param("application_name").unwrap_or("");
     let info = SessionInfo {
         id,
         client: peer,
-        audit_session: id.to_string(),
-        audit_client: peer.to_string(),
+        audit_source: events::source(
+            id,
+            peer,
+            startup.user(),
+            None,
+            startup.database(),
+            application,
+        ),
         user: startup.user().to_string(),
         database: startup.database().to_string(),
-        application: startup.param("application_name").unwrap_or("").to_string(),
+        application: application.to_string(),
         tls: client.is_tls(),
         role: None,
     };
@@ -328,12 +348,12 @@ async fn admit(shared: &Shared, info: &mut SessionInfo) -> Result<(), (&'static 
     let guard = &shared.services;
     let policy = guard.policy();
     if policy.roles().is_empty() {
-        info.role = Some(policy.default_role().name.clone());
+        info.set_role(policy.default_role().name.clone());
     } else {
         match guard.memberships(&info.database, &info.user).await {
             Ok(m) => {
                 let names: Vec<&str> = m.iter().map(String::as_str).collect();
-                info.role = Some(policy.role_for(&names).name.clone());
+                info.set_role(policy.role_for(&names).name.clone());
             }
             Err(e) if policy.protected_table_names().is_empty() => {
                 debug!("role membership unknown: {e}");
