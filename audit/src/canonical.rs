@@ -129,7 +129,6 @@ fn write_columns(out: &mut String, cols: &[ColumnAccess]) {
 }
 
 /// Appends the fields of [`Who`] in canonical order, each with its leading comma.
-#[allow(clippy::too_many_arguments)]
 fn write_who_fields(
     out: &mut String,
     session: &str,
@@ -271,21 +270,23 @@ pub(crate) fn instance_json(instance: &str) -> String {
     s
 }
 
-/// The line of a new event (without the newline): the same bytes [`seal`] gives for the
-/// [`AuditEvent`] it stands for, built from the pieces its [`crate::EventSource`] and
-/// [`crate::EventStatement`] formatted once. `ne.ts` must be set. Also returns the hash (as
-/// its 64 hex characters are at the end of the line, [`line_hash`] reads them back).
-pub(crate) fn seal_new(seq: u64, instance_json: &str, ne: &NewEvent, prev_hash: &str) -> String {
+/// The line of a new event at time `ts` (without the newline): the same bytes [`seal`] gives for
+/// the [`AuditEvent`] it stands for, built from the pieces its [`crate::EventSource`] and
+/// [`crate::EventStatement`] formatted once. [`line_hash`] reads its hash back.
+pub(crate) fn seal_new(
+    seq: u64,
+    ts: time::OffsetDateTime,
+    instance_json: &str,
+    ne: &NewEvent,
+    prev_hash: &str,
+) -> String {
     let mut line = String::with_capacity(
         ne.who.json().len() + ne.what.json().len() + instance_json.len() + 400,
     );
     line.push_str("{\"seq\":");
     write_u64(&mut line, seq);
     line.push_str(",\"ts\":\"");
-    crate::event::write_ts(
-        &mut line,
-        ne.ts.unwrap_or_else(time::OffsetDateTime::now_utc),
-    );
+    crate::event::write_ts(&mut line, ts);
     line.push('"');
     line.push_str(instance_json);
     line.push_str(ne.who.json());
@@ -302,10 +303,7 @@ pub(crate) fn seal_new(seq: u64, instance_json: &str, ne: &NewEvent, prev_hash: 
     line.push('"');
     line.push_str(prev_hash);
     line.push_str("\"}");
-    let mut ctx = digest::Context::new(&digest::SHA256);
-    ctx.update(prev_hash.as_bytes());
-    ctx.update(line.as_bytes());
-    let digest = ctx.finish();
+    let digest = chain_digest(prev_hash, &line);
     line.pop();
     line.push_str(",\"hash\":\"");
     push_hex(&mut line, digest.as_ref());
@@ -336,10 +334,15 @@ pub fn canonical(ev: &AuditEvent) -> String {
 
 /// `lowercase_hex(SHA-256(prev_hash ‖ canonical))`.
 pub fn chain_hash(prev_hash: &str, canonical: &str) -> String {
+    lower_hex(chain_digest(prev_hash, canonical).as_ref())
+}
+
+/// `SHA-256(prev_hash ‖ canonical)`.
+fn chain_digest(prev_hash: &str, canonical: &str) -> digest::Digest {
     let mut ctx = digest::Context::new(&digest::SHA256);
     ctx.update(prev_hash.as_bytes());
     ctx.update(canonical.as_bytes());
-    lower_hex(ctx.finish().as_ref())
+    ctx.finish()
 }
 
 /// Lowercase hex of `bytes`. `hex::encode` collects chars one by one (~1,000 instructions for a
@@ -625,7 +628,7 @@ mod tests {
                 sqlstate: ev.sqlstate.clone().map(clean),
             };
             let instance = clean(ev.instance.clone());
-            let line = seal_new(ev.seq, &instance_json(&instance), &ne, &prev_hash);
+            let line = seal_new(ev.seq, t, &instance_json(&instance), &ne, &prev_hash);
 
             let c = |s: &String| clean(s.clone());
             let mut want = AuditEvent {

@@ -157,10 +157,6 @@ pub struct EventSource {
 
 impl EventSource {
     pub fn new(who: Who) -> Arc<EventSource> {
-        Arc::new(EventSource::build(who))
-    }
-
-    fn build(who: Who) -> EventSource {
         let who = Who {
             session: clean(who.session),
             client: clean(who.client),
@@ -169,16 +165,9 @@ impl EventSource {
             database: clean(who.database),
             application: clean(who.application),
         };
-        let mut json = String::with_capacity(
-            96 + who.session.len()
-                + who.client.len()
-                + who.user.len()
-                + who.role.as_ref().map_or(4, String::len)
-                + who.database.len()
-                + who.application.len(),
-        );
+        let mut json = String::new();
         crate::canonical::write_who(&mut json, &who);
-        EventSource { who, json }
+        Arc::new(EventSource { who, json })
     }
 
     /// The empty source (every field empty, no role), shared.
@@ -220,10 +209,6 @@ pub struct EventStatement {
 
 impl EventStatement {
     pub fn new(what: What) -> Arc<EventStatement> {
-        Arc::new(EventStatement::build(what))
-    }
-
-    fn build(what: What) -> EventStatement {
         let what = What {
             kind: what.kind,
             statement: what.statement.map(|s| cap_statement(clean(s))),
@@ -239,17 +224,9 @@ impl EventStatement {
                 })
                 .collect(),
         };
-        let mut json = String::with_capacity(
-            128 + what.statement.as_ref().map_or(0, String::len)
-                + what.tables.iter().map(|t| t.len() + 3).sum::<usize>()
-                + what
-                    .columns
-                    .iter()
-                    .map(|c| c.name.len() + c.class.len() + c.access.len() + 36)
-                    .sum::<usize>(),
-        );
+        let mut json = String::new();
         crate::canonical::write_what(&mut json, &what);
-        EventStatement { what, json }
+        Arc::new(EventStatement { what, json })
     }
 
     /// An event of `kind` about no statement (connect, disconnect, …), shared per kind.
@@ -279,10 +256,6 @@ impl EventStatement {
 
     pub fn what(&self) -> &What {
         &self.what
-    }
-
-    pub fn kind(&self) -> Kind {
-        self.what.kind
     }
 
     pub(crate) fn json(&self) -> &str {
@@ -346,10 +319,6 @@ impl NewEvent {
             duration_us: None,
             sqlstate: None,
         }
-    }
-
-    pub fn kind(&self) -> Kind {
-        self.what.kind()
     }
 }
 

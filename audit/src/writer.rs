@@ -393,10 +393,11 @@ struct Chain {
 impl Chain {
     fn event(&mut self, mut ne: NewEvent) -> Arc<Entry> {
         self.seq += 1;
-        ne.ts.get_or_insert_with(time::OffsetDateTime::now_utc);
+        // Kept in `ne` too: the PostgreSQL sink stores the same time.
+        let ts = *ne.ts.get_or_insert_with(time::OffsetDateTime::now_utc);
         ne.reason = ne.reason.map(clean);
         ne.sqlstate = ne.sqlstate.map(clean);
-        let line = canonical::seal_new(self.seq, &self.instance_json, &ne, &self.prev_hash);
+        let line = canonical::seal_new(self.seq, ts, &self.instance_json, &ne, &self.prev_hash);
         self.prev_hash.clear();
         self.prev_hash.push_str(canonical::line_hash(&line));
         self.since_checkpoint += 1;

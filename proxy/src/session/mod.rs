@@ -38,8 +38,9 @@ use startup::Opening;
 pub struct SessionInfo {
     pub id: u64,
     pub client: SocketAddr,
-    /// Who this session is in its audit events: built when it starts and again when its role is
-    /// known ([`SessionInfo::set_role`]), formatted once and shared by every event.
+    /// Who this session is in its audit events, derived from the fields below: built when it
+    /// starts and again when its role is known ([`SessionInfo::set_role`]), formatted once and
+    /// shared by every event.
     pub audit_source: Arc<pgcloak_audit::EventSource>,
     pub user: String,
     pub database: String,
@@ -54,6 +55,11 @@ impl SessionInfo {
     /// Sets the policy role (and the audit source that carries it).
     pub fn set_role(&mut self, role: String) {
         self.role = Some(role);
+        self.refresh_audit_source();
+    }
+
+    /// Rebuilds `audit_source` from the other fields.
+    fn refresh_audit_source(&mut self) {
         self.audit_source = events::source(
             self.id,
             self.client,
@@ -194,24 +200,17 @@ pub async fn run(
         return;
     };
 
-    let application = startup.param("application_name").unwrap_or("");
-    let info = SessionInfo {
+    let mut info = SessionInfo {
         id,
         client: peer,
-        audit_source: events::source(
-            id,
-            peer,
-            startup.user(),
-            None,
-            startup.database(),
-            application,
-        ),
+        audit_source: pgcloak_audit::EventSource::none(),
         user: startup.user().to_string(),
         database: startup.database().to_string(),
-        application: application.to_string(),
+        application: startup.param("application_name").unwrap_or("").to_string(),
         tls: client.is_tls(),
         role: None,
     };
+    info.refresh_audit_source();
     witness.record(&info);
     debug!(user = %info.user, database = %info.database, tls = info.tls, "client startup");
 
@@ -305,7 +304,6 @@ pub async fn run(
             return;
         }
     };
-    let mut info = info;
     if let Err((code, msg)) = admit(&shared, &mut info).await {
         warn!(user = %info.user, "{msg}");
         let _ = client_out
