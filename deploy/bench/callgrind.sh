@@ -6,13 +6,16 @@
 # over the extra transactions is the cost per transaction. (Switching instrumentation on mid-run with
 # callgrind_control does not reach the process in this container: vgdb cannot attach.)
 #
-# Usage: [PROXY_BIN=path] [POLICY=1] [AUDIT_FILE=path] [WORKLOAD=select|enc_insert] [CG_KEEP=path]
+# Usage: [PROXY_BIN=path] [POLICY=1] [AUDIT_FILE=path] [WORKLOAD=select|enc_insert|enc_read] [CG_KEEP=path]
 #        deploy/bench/callgrind.sh [TX]
-# CG_KEEP: where to copy the measured run's callgrind output, for `callgrind_annotate` (e.g. to
-# compare two builds function by function).
+# CG_KEEP: where to copy the measured run's callgrind output (and the start-up run's, to
+# CG_KEEP.base), for `callgrind_annotate` (e.g. to compare two builds function by function).
 # select:     pgbench -S -M extended -c 2 -j 1 (pgbench_accounts; the pass-through path)
 # enc_insert: deploy/bench/scripts/enc_insert.sql -M prepared -c 8 -j 2 (three encrypted parameters
 #             per Bind; needs POLICY=1 for encryption)
+# enc_read:   deploy/bench/scripts/enc_read.sql -M prepared -c 8 -j 2 (point reads of three encrypted
+#             columns; 10,000 rows are loaded through pgcloak in both runs, so their cost cancels;
+#             POLICY=0 gives the plaintext twin)
 # Needs PostgreSQL on $PGHOST:$PGPORT (default 127.0.0.1:5432) as $PGUSER (default postgres) without a
 # password, pgbench and valgrind. Prints the total and the instructions per measured transaction.
 set -euo pipefail
@@ -36,13 +39,16 @@ case $workload in
       || { psql -h "$host" -p "$port" -U "$user" -d postgres -qc "CREATE DATABASE $db" >/dev/null;
            pgbench -h "$host" -p "$port" -U "$user" -i -s 1 -q "$db" >/dev/null 2>&1; }
     clients=2; bench=(-S -M extended -c 2 -j 1);;
-  enc_insert)
+  enc_insert|enc_read)
     db=pgcloak_cg_enc
+    # The example policy stores the encrypted int4 salary in bytea; the plaintext twin keeps int4.
+    salary_type=bytea
+    [ "${POLICY:-0}" = 1 ] || salary_type=int
     psql -h "$host" -p "$port" -U "$user" -d postgres -qc 'DO $$BEGIN CREATE ROLE app; EXCEPTION WHEN duplicate_object THEN NULL; END$$' >/dev/null
     psql -h "$host" -p "$port" -U "$user" -d postgres -qc "DROP DATABASE IF EXISTS $db" >/dev/null
     psql -h "$host" -p "$port" -U "$user" -d postgres -qc "CREATE DATABASE $db" >/dev/null
     psql -h "$host" -p "$port" -U "$user" -d "$db" -qc \
-      "CREATE TABLE customers (id int PRIMARY KEY, email text, phone text, ssn text, salary bytea, notes text)" >/dev/null
+      "CREATE TABLE customers (id int PRIMARY KEY, email text, phone text, ssn text, salary $salary_type, notes text)" >/dev/null
     clients=8; bench=(-M prepared -c 8 -j 2 -f "deploy/bench/scripts/$workload.sql");;
   *) echo "unknown WORKLOAD $workload" >&2; exit 2;;
 esac
@@ -63,6 +69,15 @@ measure() {
     pg_isready -q -h 127.0.0.1 -p "$cport" && break
     sleep 0.5
   done
+  if [ "$workload" = enc_read ]; then
+    psql -h 127.0.0.1 -p "$cport" -U "$user" -d "$db" -qc "TRUNCATE customers" >/dev/null
+    for chunk in $(seq 0 19); do
+      seq $((chunk * 500 + 1)) $((chunk * 500 + 500)) \
+        | awk '{printf "%s(%d,'"'"'u%d@example.com'"'"','"'"'555-%04d'"'"',%d)", (NR>1?",":""), $1, $1, $1 % 10000, $1 * 10}' \
+        | { printf "INSERT INTO customers (id, email, phone, salary) VALUES "; cat; echo ";"; } \
+        | psql -h 127.0.0.1 -p "$cport" -U "$user" -d "$db" -q -v ON_ERROR_STOP=1 >/dev/null
+    done
+  fi
   pgbench -h 127.0.0.1 -p "$cport" -U "$user" -n "${bench[@]}" -t "$1" "$db" >/dev/null
   kill -TERM "$vg_pid"
   wait "$vg_pid" 2>/dev/null || true
@@ -75,5 +90,7 @@ per_client=$((tx / clients))
 full=$(measure "$per_client")
 [ -n "${CG_KEEP:-}" ] && cat "$work"/cg.out* > "$CG_KEEP"
 base=$(measure 1)
+# The start-up run too, to subtract function by function (callgrind_annotate of each, then diff).
+[ -n "${CG_KEEP:-}" ] && cat "$work"/cg.out* > "$CG_KEEP.base"
 extra=$(( (per_client - 1) * clients ))
 echo "workload $workload: $full instructions for $((per_client * clients)) transactions, $base for $clients (start-up); $(( (full - base) / extra )) per transaction"
