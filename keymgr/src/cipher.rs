@@ -133,7 +133,7 @@ impl ColumnCipher {
             expanded
                 .iter()
                 .position(|v| v.version == active)
-                .ok_or_else(|| KeyError::Internal {
+                .ok_or(KeyError::Internal {
                     what: "active key version missing",
                 })?;
         Ok(ColumnCipher {
@@ -277,7 +277,7 @@ impl ColumnCipher {
                 tag.as_ref()
                     .first_chunk::<NONCE_LEN>()
                     .copied()
-                    .ok_or_else(|| KeyError::Internal {
+                    .ok_or(KeyError::Internal {
                         what: "HMAC-SHA256 tag shorter than a nonce",
                     })
             }
@@ -310,7 +310,7 @@ impl ColumnCipher {
                 out.resize(start + armored_len, 0);
                 let at = start + armored_len - raw_len;
                 seal_with_nonce_at(vk, nonce, plaintext, out, at).and_then(|()| {
-                    let room = out.get_mut(start..).ok_or_else(|| KeyError::Internal {
+                    let room = out.get_mut(start..).ok_or(KeyError::Internal {
                         what: "armour room past the end of the buffer",
                     })?;
                     envelope::armor_in_place(room);
@@ -368,14 +368,14 @@ impl ColumnCipher {
     /// plaintext. On error `buf[start..]` holds unspecified bytes (no plaintext of a value that
     /// failed authentication is ever released) and should be truncated away.
     pub fn decrypt_in_place(&self, buf: &mut Vec<u8>, start: usize) -> Result<()> {
-        let env = Envelope::parse(buf.get(start..).ok_or_else(|| KeyError::Internal {
+        let env = Envelope::parse(buf.get(start..).ok_or(KeyError::Internal {
             what: "value offset past the end of the buffer",
         })?)?;
         let vk = self.opening_key(&env)?;
         let nonce = env.nonce();
         let sealed = start + HEADER_LEN + NONCE_LEN;
         // The envelope parsed, so it is at least MIN_RAW_LEN bytes long and this never fails.
-        let body = buf.get_mut(sealed..).ok_or_else(|| KeyError::Internal {
+        let body = buf.get_mut(sealed..).ok_or(KeyError::Internal {
             what: "envelope shorter than its header and nonce",
         })?;
         let len = self.open(vk, nonce, body)?;

@@ -297,7 +297,7 @@ impl<'a> Envelope<'a> {
                 reason: "unknown envelope format version",
             });
         }
-        let mode = Mode::from_byte(mode).ok_or_else(|| KeyError::MalformedEnvelope {
+        let mode = Mode::from_byte(mode).ok_or(KeyError::MalformedEnvelope {
             reason: "unknown encryption mode byte",
         })?;
         Ok(Envelope {

@@ -170,7 +170,7 @@ pub fn to_binary_in_place(ty: LogicalType, buf: &mut Vec<u8>, start: usize) -> R
 /// The value at `buf[start..]` of the `*_in_place` conversions; a `start` past the end of `buf` is
 /// the caller's bug.
 fn value_at(buf: &[u8], start: usize) -> Result<&[u8]> {
-    buf.get(start..).ok_or_else(|| KeyError::Internal {
+    buf.get(start..).ok_or(KeyError::Internal {
         what: "value offset past the end of the buffer",
     })
 }

@@ -87,7 +87,7 @@ pub fn actions_for(outputs: &[Output], n_fields: usize) -> Result<Vec<ColumnActi
         }
         let slot = actions
             .get_mut(o.index)
-            .ok_or_else(|| RewriteError::MalformedServerMessage {
+            .ok_or(RewriteError::MalformedServerMessage {
                 what: "RowDescription",
                 detail: "it has fewer columns than the statement's plan protects",
             })?;
@@ -227,7 +227,7 @@ impl RowShape {
         let mut cols = Vec::with_capacity(rd.fields.len());
         for (i, f) in rd.fields.iter().enumerate() {
             let format =
-                Format::from_code(f.format).ok_or_else(|| RewriteError::MalformedServerMessage {
+                Format::from_code(f.format).ok_or(RewriteError::MalformedServerMessage {
                     what: "RowDescription",
                     detail: "a format code is neither 0 (text) nor 1 (binary)",
                 })?;
