@@ -53,6 +53,8 @@ struct Common {
     shutdown: Notify,
     done: watch::Sender<Option<Result<(), String>>>,
     last_seq: AtomicU64,
+    /// When the last signed checkpoint was made (ms since the Unix epoch; 0: none yet).
+    last_checkpoint_ms: AtomicU64,
 }
 
 impl Common {
@@ -105,6 +107,8 @@ pub struct AuditStatus {
     pub dropped: u64,
     /// The last seq assigned.
     pub last_seq: u64,
+    /// Time since the last signed checkpoint (`None`: none yet).
+    pub checkpoint_age: Option<Duration>,
     pub sinks: Vec<SinkStatus>,
 }
 
@@ -115,6 +119,10 @@ pub struct SinkStatus {
     /// Records assigned to this sink and not yet stored.
     pub backlog: usize,
     pub last_error: Option<String>,
+    /// Records stored since start.
+    pub written: u64,
+    /// Failed writes since start (each retried).
+    pub failures: u64,
 }
 
 impl AuditHandle {
@@ -211,6 +219,10 @@ impl AuditHandle {
             queued: self.inner.tx.max_capacity() - self.inner.tx.capacity(),
             dropped: self.dropped(),
             last_seq: c.last_seq.load(Ordering::Relaxed),
+            checkpoint_age: match c.last_checkpoint_ms.load(Ordering::Relaxed) {
+                0 => None,
+                ms => Some(Duration::from_millis(unix_ms().saturating_sub(ms))),
+            },
             sinks: c
                 .sinks
                 .iter()
@@ -219,6 +231,8 @@ impl AuditHandle {
                     healthy: s.is_healthy(),
                     backlog: s.backlog.load(Ordering::Relaxed),
                     last_error: s.last_error(),
+                    written: s.written.load(Ordering::Relaxed),
+                    failures: s.failures.load(Ordering::Relaxed),
                 })
                 .collect(),
         }
@@ -242,6 +256,12 @@ impl AuditHandle {
             )),
         }
     }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Starts the audit writer.
@@ -322,6 +342,7 @@ pub(crate) async fn start_with_sinks(
         shutdown: Notify::new(),
         done,
         last_seq: AtomicU64::new(0),
+        last_checkpoint_ms: AtomicU64::new(0),
     });
 
     let mut senders = Vec::new();
@@ -461,6 +482,11 @@ impl Writer {
         self.common
             .last_seq
             .store(self.chain.seq, Ordering::Relaxed);
+        if out.iter().any(|e| matches!(**e, Entry::Checkpoint { .. })) {
+            self.common
+                .last_checkpoint_ms
+                .store(unix_ms(), Ordering::Relaxed);
+        }
         for (tx, st) in &self.senders {
             st.backlog.fetch_add(out.len(), Ordering::AcqRel);
             if tx.send(out.clone()).is_err() {

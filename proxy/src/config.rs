@@ -46,6 +46,14 @@ struct RawConfig {
     /// Extension: the other instances of the fleet by number, `"2" = "host:port"`, so a CancelRequest
     /// that a load balancer sends to the wrong instance is passed on to the one holding the session.
     peers: Option<std::collections::BTreeMap<String, String>>,
+    /// Extension: the operations listener (`/metrics`, `/healthz`, `/readyz`).
+    admin: Option<RawAdmin>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -247,6 +255,8 @@ pub struct Config {
     pub peer_id: Option<u8>,
     /// Other instances by fleet number: where to pass on their CancelRequests (`host:port`).
     pub peers: std::collections::BTreeMap<u8, String>,
+    /// `[admin] listen`: where `/metrics`, `/healthz` and `/readyz` are served (`None`: off).
+    pub admin_listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -422,6 +432,23 @@ fn resolve(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, ConfigErr
             ))
         }
     };
+    let admin_listen = match raw.admin.and_then(|a| a.listen).filter(|l| !l.is_empty()) {
+        None => None,
+        Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
+            invalid(
+                path,
+                "admin.listen",
+                format!("`{text}` is not an address; write it as ip:port, e.g. \"127.0.0.1:9930\""),
+            )
+        })?),
+    };
+    if admin_listen == Some(listen) {
+        return Err(invalid(
+            path,
+            "admin.listen",
+            "is the same address as `listen`; give the admin listener a port of its own",
+        ));
+    }
     let mut peers = std::collections::BTreeMap::new();
     for (k, v) in raw.peers.unwrap_or_default() {
         let key = format!("peers.{k}");
@@ -717,6 +744,7 @@ fn resolve(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, ConfigErr
         log,
         peer_id,
         peers,
+        admin_listen,
     })
 }
 

@@ -15,7 +15,10 @@
 //! - [`tls`]: rustls configurations (ring provider only).
 //! - [`logging`]: tracing subscriber set-up.
 //! - [`error`]: the crate's error enums, split by who is at fault.
+//! - [`metrics`]: per-thread counters folded into the Prometheus text on scrape.
+//! - [`admin`]: the `[admin]` HTTP listener: `/metrics`, `/healthz`, `/readyz`.
 
+pub mod admin;
 pub mod audit_setup;
 pub mod catalog;
 pub mod config;
@@ -23,6 +26,7 @@ pub mod error;
 pub mod event_loop;
 pub mod keys;
 pub mod logging;
+pub mod metrics;
 pub mod migrate;
 pub mod policy_file;
 pub mod protocol;

@@ -45,6 +45,12 @@ pub enum ServeError {
     Derive(#[from] pgcloak_keymgr::KeyError),
     #[error("cannot start the audit trail ([audit] in the config): {0}")]
     Audit(#[from] pgcloak_audit::AuditError),
+    #[error("cannot listen on {addr} (config key `admin.listen`): {source}")]
+    Admin {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot start the session threads (config key `workers`): {0}")]
     Workers(#[source] std::io::Error),
     /// The thread loading the policy and keys ended abnormally (the message is its panic's).
@@ -101,6 +107,12 @@ pub async fn serve(
         crate::timer::Timers::new(tokio::runtime::Handle::current()),
     ));
     let shared = Shared::new(config.clone(), services.clone())?;
+    if let Some(addr) = config.admin_listen {
+        let admin = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Admin { addr, source })?;
+        tokio::spawn(crate::admin::serve(admin, shared.clone(), shutdown.clone()));
+    }
     let workers = Workers::start(config.workers).map_err(ServeError::Workers)?;
     tokio::spawn(crate::services::watch_reloads(
         services,

@@ -87,6 +87,33 @@ pub struct Services {
     /// The runtime with timers (the main one): session threads have none, so their timeouts are
     /// armed there, and side connections are opened and driven there.
     pub timers: crate::timer::Timers,
+    /// Reload and catalog-load counts, for `/metrics`.
+    pub stats: ServiceStats,
+}
+
+/// How reloads and catalog loads went (counted off the data path).
+#[derive(Debug)]
+pub struct ServiceStats {
+    pub policy_reloads: std::sync::atomic::AtomicU64,
+    pub policy_reload_failures: std::sync::atomic::AtomicU64,
+    /// False while the last policy reload failed (the previous policy is in force).
+    pub last_policy_reload_ok: std::sync::atomic::AtomicBool,
+    pub keyring_reload_failures: std::sync::atomic::AtomicU64,
+    pub catalog_loads: std::sync::atomic::AtomicU64,
+    pub catalog_load_failures: std::sync::atomic::AtomicU64,
+}
+
+impl Default for ServiceStats {
+    fn default() -> ServiceStats {
+        ServiceStats {
+            policy_reloads: Default::default(),
+            policy_reload_failures: Default::default(),
+            last_policy_reload_ok: std::sync::atomic::AtomicBool::new(true),
+            keyring_reload_failures: Default::default(),
+            catalog_loads: Default::default(),
+            catalog_load_failures: Default::default(),
+        }
+    }
 }
 
 impl Services {
@@ -110,6 +137,7 @@ impl Services {
             catalog_version: std::sync::atomic::AtomicU64::new(1),
             mask_key,
             timers,
+            stats: ServiceStats::default(),
         }
     }
 
@@ -319,8 +347,14 @@ impl Services {
         }
         let loaded = self.load_catalog(&mut state, database).await;
         match &loaded {
-            Ok(_) => state.catalog_failed = None,
+            Ok(_) => {
+                self.stats.catalog_loads.fetch_add(1, Ordering::Relaxed);
+                state.catalog_failed = None
+            }
             Err(e) => {
+                self.stats
+                    .catalog_load_failures
+                    .fetch_add(1, Ordering::Relaxed);
                 warn!(database, "{e}; retried in {CATALOG_RETRY:?}");
                 state.catalog_failed = Some((Instant::now(), e.clone()));
             }
@@ -543,9 +577,24 @@ pub async fn watch_reloads(
                     Ok(p) => {
                         let version = p.version_hex().to_string();
                         guard.set_policy(p);
+                        guard.stats.policy_reloads.fetch_add(1, Ordering::Relaxed);
+                        guard
+                            .stats
+                            .last_policy_reload_ok
+                            .store(true, Ordering::Relaxed);
                         info!(policy = %path.display(), version = %version, "policy reloaded");
                     }
-                    Err(e) => warn!("policy reload failed, keeping the previous policy: {e}"),
+                    Err(e) => {
+                        guard
+                            .stats
+                            .policy_reload_failures
+                            .fetch_add(1, Ordering::Relaxed);
+                        guard
+                            .stats
+                            .last_policy_reload_ok
+                            .store(false, Ordering::Relaxed);
+                        warn!("policy reload failed, keeping the previous policy: {e}")
+                    }
                 }
             }
         }
@@ -574,8 +623,20 @@ pub async fn watch_reloads(
                         guard.set_keyring(keyring);
                     }
                 }
-                Ok(Err(e)) => warn!("keyring reload failed, keeping the previous keyring: {e}"),
-                Err(e) => warn!("keyring reload failed: {e}"),
+                Ok(Err(e)) => {
+                    guard
+                        .stats
+                        .keyring_reload_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    warn!("keyring reload failed, keeping the previous keyring: {e}")
+                }
+                Err(e) => {
+                    guard
+                        .stats
+                        .keyring_reload_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    warn!("keyring reload failed: {e}")
+                }
             }
         }
     }

@@ -41,6 +41,8 @@ pub struct Shared {
     pub kill: KillSwitch,
     /// Policy, plans, keys, audit, catalogs.
     pub services: Arc<crate::services::Services>,
+    /// Counters for `/metrics` (crate::admin).
+    pub metrics: Arc<crate::metrics::Metrics>,
     next_session: AtomicU64,
 }
 
@@ -67,6 +69,7 @@ impl Shared {
             cancel: DashMap::new(),
             kill: KillSwitch::default(),
             services,
+            metrics: Arc::new(crate::metrics::Metrics::default()),
             next_session: AtomicU64::new(1),
         }))
     }

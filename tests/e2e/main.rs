@@ -13,6 +13,7 @@ mod drivers;
 mod lifecycle;
 mod matrix;
 mod migrate;
+mod operations;
 mod robustness;
 mod tls;
 mod wire;

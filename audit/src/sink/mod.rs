@@ -6,7 +6,7 @@ pub(crate) mod nats;
 pub(crate) mod postgres;
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -86,6 +86,9 @@ pub(crate) struct SinkState {
     last_error: Mutex<Option<String>>,
     /// Set by the file sink when it wants a checkpoint soon (to rotate).
     pub want_checkpoint: AtomicBool,
+    /// Records stored, and failed writes (for metrics).
+    pub written: AtomicU64,
+    pub failures: AtomicU64,
 }
 
 impl SinkState {
@@ -96,6 +99,8 @@ impl SinkState {
             backlog: AtomicUsize::new(0),
             last_error: Mutex::new(None),
             want_checkpoint: AtomicBool::new(false),
+            written: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
         }
     }
 
@@ -180,6 +185,7 @@ pub(crate) async fn run_sink(
             Ok(()) => {
                 pending.drain(..n);
                 state.backlog.fetch_sub(n, Ordering::AcqRel);
+                state.written.fetch_add(n as u64, Ordering::Relaxed);
                 state.set_ok();
                 backoff = BACKOFF_START;
             }
@@ -187,6 +193,8 @@ pub(crate) async fn run_sink(
                 let done = f.written.min(n);
                 pending.drain(..done);
                 state.backlog.fetch_sub(done, Ordering::AcqRel);
+                state.written.fetch_add(done as u64, Ordering::Relaxed);
+                state.failures.fetch_add(1, Ordering::Relaxed);
                 state.set_failing(&f.error);
                 if let Some(d) = deadline {
                     if Instant::now() >= d {

@@ -242,7 +242,14 @@ impl<R: AsyncRead + ReadReady + Unpin> FrameReader<R> {
         self.buf.reserve(want);
         match self.inner.read_buf(&mut self.buf).await {
             Ok(0) => Err(ReadError::Eof),
-            Ok(_) => Ok(()),
+            Ok(n) => {
+                let direction = self.direction;
+                crate::metrics::with(|c| match direction {
+                    Direction::Frontend => c.client_bytes.add(n as u64),
+                    Direction::Backend => c.server_bytes.add(n as u64),
+                });
+                Ok(())
+            }
             Err(e) => Err(ReadError::Io(e)),
         }
     }

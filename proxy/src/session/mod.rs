@@ -152,6 +152,22 @@ pub fn panicked(
     }
 }
 
+/// Counts a client session in the metrics from its start (past the connection limit) to its end.
+struct OpenSession;
+
+impl OpenSession {
+    fn count() -> OpenSession {
+        crate::metrics::with(|c| c.sessions_opened.add(1));
+        OpenSession
+    }
+}
+
+impl Drop for OpenSession {
+    fn drop(&mut self) {
+        crate::metrics::with(|c| c.sessions_closed.add(1));
+    }
+}
+
 /// Runs one client connection to its end. Never panics the process; every failure is logged (and a
 /// panic in pgcloak's code ends only this session: see [`panicked`]).
 pub async fn run(
@@ -189,6 +205,10 @@ pub async fn run(
     };
 
     let Ok(_permit) = shared.limit.clone().try_acquire_owned() else {
+        shared
+            .metrics
+            .refused_max_connections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let e = startup::refuse(
             &mut client,
             "53300",
@@ -212,6 +232,8 @@ pub async fn run(
     };
     info.refresh_audit_source();
     witness.record(&info);
+    crate::metrics::attach(&shared.metrics);
+    let _open = OpenSession::count();
     debug!(user = %info.user, database = %info.database, tls = info.tls, "client startup");
 
     let server = tokio::select! {

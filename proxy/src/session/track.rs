@@ -91,10 +91,35 @@ impl Pending {
     }
 }
 
+/// How a client ran a statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// A Query message.
+    Simple,
+    /// Parse/Bind/Execute.
+    Extended,
+    /// A FunctionCall message.
+    Function,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 3] = [Protocol::Simple, Protocol::Extended, Protocol::Function];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Simple => "simple",
+            Protocol::Extended => "extended",
+            Protocol::Function => "function",
+        }
+    }
+}
+
 /// One statement's outcome, reported when the server finishes it.
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub started: Instant,
+    /// Which protocol ran the statement (for the latency metrics).
+    pub protocol: Protocol,
     /// Rows from the command tag, when it has a count.
     pub rows: Option<u64>,
     /// SQLSTATE of the error, `None` on success.
@@ -191,6 +216,7 @@ impl Tracker {
                     // Never reached the server's attention, but the client's statement was still
                     // refused.
                     self.done.push(Outcome {
+                        protocol: Protocol::Extended,
                         started,
                         rows: None,
                         sqlstate: stmt.refusal.as_ref().map(|r| r.sqlstate.to_string()),
@@ -299,6 +325,7 @@ impl Tracker {
                         let stmt = stmts.get(*next).cloned();
                         *next += 1;
                         self.done.push(Outcome {
+                            protocol: Protocol::Simple,
                             started: *started,
                             rows,
                             sqlstate: None,
@@ -309,6 +336,7 @@ impl Tracker {
                         if let Some(Pending::Execute { started, stmt, .. }) = self.queue.pop_front()
                         {
                             self.done.push(Outcome {
+                                protocol: Protocol::Extended,
                                 started,
                                 rows,
                                 sqlstate: None,
@@ -336,6 +364,7 @@ impl Tracker {
                         // The rest of the string is not run.
                         *next = stmts.len();
                         self.done.push(Outcome {
+                            protocol: Protocol::Simple,
                             started: *started,
                             rows: None,
                             sqlstate: Some(code),
@@ -345,6 +374,7 @@ impl Tracker {
                     }
                     Some(Pending::FunctionCall { started }) => {
                         self.done.push(Outcome {
+                            protocol: Protocol::Function,
                             started: *started,
                             rows: None,
                             sqlstate: Some(code),
@@ -354,6 +384,7 @@ impl Tracker {
                     }
                     Some(Pending::Refusal { started, stmt }) => {
                         self.done.push(Outcome {
+                            protocol: Protocol::Extended,
                             started: *started,
                             rows: None,
                             sqlstate: Some(code),
@@ -386,6 +417,7 @@ impl Tracker {
                                 }
                                 Some(Pending::Refusal { started, stmt }) => {
                                     self.done.push(Outcome {
+                                        protocol: Protocol::Extended,
                                         started,
                                         rows: None,
                                         sqlstate: stmt
@@ -402,6 +434,7 @@ impl Tracker {
                         self.done.insert(
                             0,
                             Outcome {
+                                protocol: Protocol::Extended,
                                 started,
                                 rows: None,
                                 sqlstate: Some(code),
@@ -415,6 +448,7 @@ impl Tracker {
             b'V' => {
                 if let Some(Pending::FunctionCall { started }) = self.queue.front() {
                     self.done.push(Outcome {
+                        protocol: Protocol::Function,
                         started: *started,
                         rows: None,
                         sqlstate: None,

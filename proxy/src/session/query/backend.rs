@@ -338,8 +338,19 @@ impl Backend<'_> {
                 }
             }
         }
+        let micros = outcome.started.elapsed().as_micros() as u64;
+        crate::metrics::with(|c| {
+            let stmt = outcome.stmt.as_deref();
+            c.statement(
+                stmt.map_or(pgcloak_policy::StatementKind::Other, |s| s.kind),
+                stmt.and_then(|s| s.refusal.as_ref()).map(|r| r.sqlstate),
+                outcome.sqlstate.is_some(),
+                outcome.protocol,
+                micros,
+            )
+        });
         debug!(
-            duration_us = outcome.started.elapsed().as_micros() as u64,
+            duration_us = micros,
             rows = outcome.rows,
             sqlstate = outcome.sqlstate.as_deref().unwrap_or(""),
             "statement finished"

@@ -1,0 +1,673 @@
+//! Counters for `GET /metrics` (crate::admin), kept so that counting costs the data path nothing
+//! it would notice: each session thread owns one [`ThreadCounters`] block and is its only writer,
+//! so a count is a plain load and store on a cache line no other thread writes (no lock, no
+//! `lock`-prefixed instruction, no shared atomic per message). A scrape reads every block and
+//! adds them up; a value it reads may be a few increments behind, never torn.
+//!
+//! A session finds its thread's block with [`with`] (a thread-local), registered by [`attach`]
+//! when the thread starts its first session.
+
+use std::cell::RefCell;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use pgcloak_policy::StatementKind;
+
+use crate::session::track::Protocol;
+
+/// A count written by one thread only (see the module docs).
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `n`. Only the owning thread may call this: a load and a store, not a read-modify-write.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Statement kinds, in label order.
+pub const KINDS: [StatementKind; 7] = [
+    StatementKind::Select,
+    StatementKind::Insert,
+    StatementKind::Update,
+    StatementKind::Delete,
+    StatementKind::Copy,
+    StatementKind::Ddl,
+    StatementKind::Other,
+];
+
+fn kind_index(k: StatementKind) -> usize {
+    KINDS
+        .iter()
+        .position(|&x| x == k)
+        .unwrap_or(KINDS.len() - 1)
+}
+
+/// SQLSTATEs pgcloak refuses statements with (docs/CONTRACT.md); anything else counts as `other`.
+pub const REFUSAL_CODES: [&str; 7] = [
+    "42501", "0A000", "22003", "22P02", "42804", "58000", "XX000",
+];
+
+/// Upper bounds of the statement latency buckets, in microseconds (`+Inf` follows).
+pub const LATENCY_BUCKETS_US: [u64; 14] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 5_000_000,
+];
+
+/// One protocol's latency histogram: counts per bucket (not cumulative; the scrape sums them).
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [Counter; LATENCY_BUCKETS_US.len() + 1],
+    sum_us: Counter,
+}
+
+impl Histogram {
+    #[inline]
+    fn observe(&self, us: u64) {
+        let i = LATENCY_BUCKETS_US.partition_point(|&b| b < us);
+        if let Some(b) = self.buckets.get(i) {
+            b.add(1);
+        }
+        self.sum_us.add(us);
+    }
+}
+
+/// What one session thread counted.
+#[derive(Debug, Default)]
+pub struct ThreadCounters {
+    pub sessions_opened: Counter,
+    pub sessions_closed: Counter,
+    /// Statements finished, by kind and decision (0 allow, 1 deny).
+    statements: [[Counter; 2]; KINDS.len()],
+    /// Proxy refusals by SQLSTATE (the last slot: any other).
+    refusals: [Counter; REFUSAL_CODES.len() + 1],
+    /// Statements the server answered with an error.
+    pub server_errors: Counter,
+    latency: [Histogram; Protocol::ALL.len()],
+    /// Bytes read from clients and from servers.
+    pub client_bytes: Counter,
+    pub server_bytes: Counter,
+}
+
+impl ThreadCounters {
+    /// Counts one finished statement.
+    pub fn statement(
+        &self,
+        kind: StatementKind,
+        refused: Option<&str>,
+        server_error: bool,
+        protocol: Protocol,
+        micros: u64,
+    ) {
+        let row = &self.statements[kind_index(kind)];
+        row[usize::from(refused.is_some())].add(1);
+        if let Some(code) = refused {
+            let i = REFUSAL_CODES
+                .iter()
+                .position(|&c| c == code)
+                .unwrap_or(REFUSAL_CODES.len());
+            self.refusals[i].add(1);
+        } else if server_error {
+            self.server_errors.add(1);
+        }
+        let p = Protocol::ALL
+            .iter()
+            .position(|&x| x == protocol)
+            .unwrap_or(0);
+        self.latency[p].observe(micros);
+    }
+}
+
+/// Every thread's counters, plus the few counted off the session threads.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    threads: Mutex<Vec<Arc<ThreadCounters>>>,
+    /// Clients refused because `max_connections` were open (counted by the session threads, but
+    /// rare enough for one shared atomic).
+    pub refused_max_connections: AtomicU64,
+}
+
+thread_local! {
+    /// This thread's counters and the registry they belong to (tests run several proxies in one
+    /// process, each with its own session threads).
+    static LOCAL: RefCell<Option<(usize, Arc<ThreadCounters>)>> = const { RefCell::new(None) };
+}
+
+/// Registers this thread's counters with `metrics` (once per thread; cheap afterwards).
+pub fn attach(metrics: &Metrics) {
+    let id = metrics as *const Metrics as usize;
+    LOCAL.with(|l| {
+        let mut l = l.borrow_mut();
+        if l.as_ref().is_some_and(|(owner, _)| *owner == id) {
+            return;
+        }
+        let c = Arc::new(ThreadCounters::default());
+        if let Ok(mut threads) = metrics.threads.lock() {
+            threads.push(c.clone());
+        }
+        *l = Some((id, c));
+    });
+}
+
+/// Runs `f` with this thread's counters (nothing when the thread has none: not a session thread).
+#[inline]
+pub fn with(f: impl FnOnce(&ThreadCounters)) {
+    LOCAL.with(|l| {
+        if let Some((_, c)) = &*l.borrow() {
+            f(c);
+        }
+    });
+}
+
+/// State read at scrape time from outside the counters.
+#[derive(Debug, Default)]
+pub struct Gauges {
+    pub max_connections: u64,
+    pub policy_generation: u64,
+    pub policy_version: String,
+    pub policy_reloads: u64,
+    pub policy_reload_failures: u64,
+    pub last_policy_reload_ok: bool,
+    pub keyring_generation: u64,
+    pub keyring_reload_failures: u64,
+    /// Per encrypted column: (column, active key version).
+    pub key_versions: Vec<(String, u32)>,
+    pub catalog_loads: u64,
+    pub catalog_load_failures: u64,
+    pub plan_cache_entries: u64,
+    pub audit: Option<pgcloak_audit::AuditStatus>,
+    /// Seconds since the audit writer's last signed checkpoint.
+    pub audit_checkpoint_age: Option<f64>,
+    pub uptime_seconds: f64,
+}
+
+impl Metrics {
+    /// The Prometheus text exposition (format 0.0.4) of the counters and `g`.
+    pub fn render(&self, g: &Gauges) -> String {
+        let threads: Vec<Arc<ThreadCounters>> =
+            self.threads.lock().map(|t| t.clone()).unwrap_or_default();
+        let sum = |f: &dyn Fn(&ThreadCounters) -> u64| threads.iter().map(|t| f(t)).sum::<u64>();
+        let mut out = String::with_capacity(8 * 1024);
+
+        let opened = sum(&|t| t.sessions_opened.get());
+        let closed = sum(&|t| t.sessions_closed.get());
+        header(&mut out, "pgcloak_up", "gauge", "1 while the proxy serves.");
+        line(&mut out, "pgcloak_up", "", 1);
+        header(
+            &mut out,
+            "pgcloak_uptime_seconds",
+            "gauge",
+            "Seconds since the proxy started serving.",
+        );
+        linef(&mut out, "pgcloak_uptime_seconds", "", g.uptime_seconds);
+        header(
+            &mut out,
+            "pgcloak_client_connections",
+            "gauge",
+            "Client sessions open now.",
+        );
+        line(
+            &mut out,
+            "pgcloak_client_connections",
+            "",
+            opened.saturating_sub(closed),
+        );
+        header(
+            &mut out,
+            "pgcloak_client_connections_total",
+            "counter",
+            "Client sessions started.",
+        );
+        line(&mut out, "pgcloak_client_connections_total", "", opened);
+        header(
+            &mut out,
+            "pgcloak_client_connections_refused_total",
+            "counter",
+            "Clients refused with 53300 because max_connections sessions were open.",
+        );
+        line(
+            &mut out,
+            "pgcloak_client_connections_refused_total",
+            "",
+            self.refused_max_connections.load(Ordering::Relaxed),
+        );
+        header(
+            &mut out,
+            "pgcloak_max_connections",
+            "gauge",
+            "The max_connections setting.",
+        );
+        line(&mut out, "pgcloak_max_connections", "", g.max_connections);
+
+        header(
+            &mut out,
+            "pgcloak_statements_total",
+            "counter",
+            "Statements finished, by kind and policy decision.",
+        );
+        for (k, kind) in KINDS.iter().enumerate() {
+            for (d, decision) in ["allow", "deny"].iter().enumerate() {
+                let n = sum(&|t| t.statements[k][d].get());
+                line(
+                    &mut out,
+                    "pgcloak_statements_total",
+                    &format!("kind=\"{}\",decision=\"{decision}\"", kind.as_str()),
+                    n,
+                );
+            }
+        }
+        header(
+            &mut out,
+            "pgcloak_refusals_total",
+            "counter",
+            "Statements pgcloak refused, by SQLSTATE.",
+        );
+        for (i, code) in REFUSAL_CODES
+            .iter()
+            .copied()
+            .chain(std::iter::once("other"))
+            .enumerate()
+        {
+            let n = sum(&|t| t.refusals[i].get());
+            line(
+                &mut out,
+                "pgcloak_refusals_total",
+                &format!("sqlstate=\"{code}\""),
+                n,
+            );
+        }
+        header(
+            &mut out,
+            "pgcloak_server_errors_total",
+            "counter",
+            "Statements the server answered with an error.",
+        );
+        line(
+            &mut out,
+            "pgcloak_server_errors_total",
+            "",
+            sum(&|t| t.server_errors.get()),
+        );
+
+        header(
+            &mut out,
+            "pgcloak_statement_duration_seconds",
+            "histogram",
+            "Statement latency as the proxy sees it (first message to the server's last answer), by protocol.",
+        );
+        for (p, protocol) in Protocol::ALL.iter().enumerate() {
+            let label = format!("protocol=\"{}\"", protocol.as_str());
+            let mut cumulative = 0u64;
+            for (b, le) in LATENCY_BUCKETS_US.iter().enumerate() {
+                cumulative += sum(&|t| t.latency[p].buckets[b].get());
+                let _ = writeln!(
+                    out,
+                    "pgcloak_statement_duration_seconds_bucket{{{label},le=\"{}\"}} {cumulative}",
+                    *le as f64 / 1e6
+                );
+            }
+            cumulative += sum(&|t| t.latency[p].buckets[LATENCY_BUCKETS_US.len()].get());
+            let _ = writeln!(
+                out,
+                "pgcloak_statement_duration_seconds_bucket{{{label},le=\"+Inf\"}} {cumulative}"
+            );
+            let sum_us = sum(&|t| t.latency[p].sum_us.get());
+            let _ = writeln!(
+                out,
+                "pgcloak_statement_duration_seconds_sum{{{label}}} {}",
+                sum_us as f64 / 1e6
+            );
+            let _ = writeln!(
+                out,
+                "pgcloak_statement_duration_seconds_count{{{label}}} {cumulative}"
+            );
+        }
+
+        header(
+            &mut out,
+            "pgcloak_received_bytes_total",
+            "counter",
+            "Bytes read, from clients and from servers.",
+        );
+        line(
+            &mut out,
+            "pgcloak_received_bytes_total",
+            "from=\"client\"",
+            sum(&|t| t.client_bytes.get()),
+        );
+        line(
+            &mut out,
+            "pgcloak_received_bytes_total",
+            "from=\"server\"",
+            sum(&|t| t.server_bytes.get()),
+        );
+
+        header(
+            &mut out,
+            "pgcloak_policy_generation",
+            "gauge",
+            "Bumped by every policy reload and protected-view change; `version` is the policy file's hash.",
+        );
+        line(
+            &mut out,
+            "pgcloak_policy_generation",
+            &format!("version=\"{}\"", escape(&g.policy_version)),
+            g.policy_generation,
+        );
+        header(
+            &mut out,
+            "pgcloak_policy_reloads_total",
+            "counter",
+            "Policy reloads, by result.",
+        );
+        line(
+            &mut out,
+            "pgcloak_policy_reloads_total",
+            "result=\"ok\"",
+            g.policy_reloads,
+        );
+        line(
+            &mut out,
+            "pgcloak_policy_reloads_total",
+            "result=\"failed\"",
+            g.policy_reload_failures,
+        );
+        header(
+            &mut out,
+            "pgcloak_policy_last_reload_ok",
+            "gauge",
+            "1 when the last policy reload succeeded (or none was tried), 0 when it failed and the previous policy stays in force.",
+        );
+        line(
+            &mut out,
+            "pgcloak_policy_last_reload_ok",
+            "",
+            u64::from(g.last_policy_reload_ok),
+        );
+        header(
+            &mut out,
+            "pgcloak_keyring_generation",
+            "gauge",
+            "Generation of the keyring in force.",
+        );
+        line(
+            &mut out,
+            "pgcloak_keyring_generation",
+            "",
+            g.keyring_generation,
+        );
+        header(
+            &mut out,
+            "pgcloak_keyring_reload_failures_total",
+            "counter",
+            "Keyring reloads that failed (the previous keyring stays in force).",
+        );
+        line(
+            &mut out,
+            "pgcloak_keyring_reload_failures_total",
+            "",
+            g.keyring_reload_failures,
+        );
+        header(
+            &mut out,
+            "pgcloak_key_active_version",
+            "gauge",
+            "The key version new values of each encrypted column are written with.",
+        );
+        for (column, version) in &g.key_versions {
+            line(
+                &mut out,
+                "pgcloak_key_active_version",
+                &format!("column=\"{}\"", escape(column)),
+                u64::from(*version),
+            );
+        }
+        header(
+            &mut out,
+            "pgcloak_catalog_loads_total",
+            "counter",
+            "Catalog loads (table, column and view metadata of a database), by result.",
+        );
+        line(
+            &mut out,
+            "pgcloak_catalog_loads_total",
+            "result=\"ok\"",
+            g.catalog_loads,
+        );
+        line(
+            &mut out,
+            "pgcloak_catalog_loads_total",
+            "result=\"failed\"",
+            g.catalog_load_failures,
+        );
+        header(
+            &mut out,
+            "pgcloak_plan_cache_entries",
+            "gauge",
+            "Analysed statements cached.",
+        );
+        line(
+            &mut out,
+            "pgcloak_plan_cache_entries",
+            "",
+            g.plan_cache_entries,
+        );
+
+        if let Some(a) = &g.audit {
+            header(
+                &mut out,
+                "pgcloak_audit_healthy",
+                "gauge",
+                "1 when every audit sink is writing and the queue has room.",
+            );
+            line(&mut out, "pgcloak_audit_healthy", "", u64::from(a.healthy));
+            header(
+                &mut out,
+                "pgcloak_audit_queue_depth",
+                "gauge",
+                "Audit events waiting to be sequenced.",
+            );
+            line(&mut out, "pgcloak_audit_queue_depth", "", a.queued as u64);
+            header(
+                &mut out,
+                "pgcloak_audit_events_dropped_total",
+                "counter",
+                "Audit events lost (queue or sink backlog full); each loss is also chained as a gap event.",
+            );
+            line(
+                &mut out,
+                "pgcloak_audit_events_dropped_total",
+                "",
+                a.dropped,
+            );
+            header(
+                &mut out,
+                "pgcloak_audit_last_seq",
+                "gauge",
+                "The last sequence number assigned in this instance's chain.",
+            );
+            line(&mut out, "pgcloak_audit_last_seq", "", a.last_seq);
+            header(
+                &mut out,
+                "pgcloak_audit_sink_healthy",
+                "gauge",
+                "1 while the sink's last write succeeded.",
+            );
+            for s in &a.sinks {
+                line(
+                    &mut out,
+                    "pgcloak_audit_sink_healthy",
+                    &format!("sink=\"{}\"", escape(&s.name)),
+                    u64::from(s.healthy),
+                );
+            }
+            header(
+                &mut out,
+                "pgcloak_audit_sink_backlog",
+                "gauge",
+                "Records handed to the sink and not yet stored.",
+            );
+            for s in &a.sinks {
+                line(
+                    &mut out,
+                    "pgcloak_audit_sink_backlog",
+                    &format!("sink=\"{}\"", escape(&s.name)),
+                    s.backlog as u64,
+                );
+            }
+            header(
+                &mut out,
+                "pgcloak_audit_sink_written_total",
+                "counter",
+                "Records (events and checkpoints) the sink stored.",
+            );
+            for s in &a.sinks {
+                line(
+                    &mut out,
+                    "pgcloak_audit_sink_written_total",
+                    &format!("sink=\"{}\"", escape(&s.name)),
+                    s.written,
+                );
+            }
+            header(
+                &mut out,
+                "pgcloak_audit_sink_failures_total",
+                "counter",
+                "Failed writes of the sink (each is retried).",
+            );
+            for s in &a.sinks {
+                line(
+                    &mut out,
+                    "pgcloak_audit_sink_failures_total",
+                    &format!("sink=\"{}\"", escape(&s.name)),
+                    s.failures,
+                );
+            }
+            if let Some(age) = g.audit_checkpoint_age {
+                header(
+                    &mut out,
+                    "pgcloak_audit_checkpoint_age_seconds",
+                    "gauge",
+                    "Seconds since the last signed checkpoint.",
+                );
+                linef(&mut out, "pgcloak_audit_checkpoint_age_seconds", "", age);
+            }
+        }
+        out
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn line(out: &mut String, name: &str, labels: &str, v: u64) {
+    if labels.is_empty() {
+        let _ = writeln!(out, "{name} {v}");
+    } else {
+        let _ = writeln!(out, "{name}{{{labels}}} {v}");
+    }
+}
+
+fn linef(out: &mut String, name: &str, labels: &str, v: f64) {
+    if labels.is_empty() {
+        let _ = writeln!(out, "{name} {v}");
+    } else {
+        let _ = writeln!(out, "{name}{{{labels}}} {v}");
+    }
+}
+
+/// A label value as the exposition format writes it (backslash, quote and newline escaped).
+fn escape(v: &str) -> String {
+    let mut s = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => s.push_str("\\\\"),
+            '"' => s.push_str("\\\""),
+            '\n' => s.push_str("\\n"),
+            c => s.push(c),
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_from_every_thread_are_summed_and_histograms_are_cumulative() {
+        let m = Arc::new(Metrics::default());
+        let handles: Vec<_> = (0..3)
+            .map(|i| {
+                let m = m.clone();
+                std::thread::spawn(move || {
+                    attach(&m);
+                    attach(&m);
+                    with(|c| {
+                        c.sessions_opened.add(2);
+                        c.sessions_closed.add(1);
+                        c.statement(StatementKind::Select, None, false, Protocol::Extended, 300);
+                        c.statement(
+                            StatementKind::Select,
+                            Some("42501"),
+                            false,
+                            Protocol::Simple,
+                            50 + i,
+                        );
+                        c.statement(
+                            StatementKind::Ddl,
+                            Some("12345"),
+                            false,
+                            Protocol::Simple,
+                            9_000_000,
+                        );
+                        c.statement(StatementKind::Insert, None, true, Protocol::Extended, 100);
+                        c.client_bytes.add(10);
+                    });
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let text = m.render(&Gauges::default());
+        let has = |l: &str| assert!(text.lines().any(|x| x == l), "missing {l:?} in\n{text}");
+        has("pgcloak_client_connections 3");
+        has("pgcloak_client_connections_total 6");
+        has(r#"pgcloak_statements_total{kind="select",decision="allow"} 3"#);
+        has(r#"pgcloak_statements_total{kind="select",decision="deny"} 3"#);
+        has(r#"pgcloak_statements_total{kind="ddl",decision="deny"} 3"#);
+        has(r#"pgcloak_refusals_total{sqlstate="42501"} 3"#);
+        has(r#"pgcloak_refusals_total{sqlstate="other"} 3"#);
+        has("pgcloak_server_errors_total 3");
+        // 100 µs is in the first bucket (le is inclusive), 300 µs in the second.
+        has(r#"pgcloak_statement_duration_seconds_bucket{protocol="extended",le="0.0001"} 3"#);
+        has(r#"pgcloak_statement_duration_seconds_bucket{protocol="extended",le="0.00025"} 3"#);
+        has(r#"pgcloak_statement_duration_seconds_bucket{protocol="extended",le="0.0005"} 6"#);
+        has(r#"pgcloak_statement_duration_seconds_bucket{protocol="simple",le="5"} 3"#);
+        has(r#"pgcloak_statement_duration_seconds_bucket{protocol="simple",le="+Inf"} 6"#);
+        has(r#"pgcloak_statement_duration_seconds_count{protocol="simple"} 6"#);
+        has(r#"pgcloak_received_bytes_total{from="client"} 30"#);
+        // A thread that never attached counts nothing and does not fail.
+        with(|c| c.client_bytes.add(1_000));
+        assert!(m
+            .render(&Gauges::default())
+            .contains(r#"{from="client"} 30"#));
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}

@@ -1,0 +1,283 @@
+//! The operations listener (`[admin] listen`): `/metrics` parsed by a real exposition-format parser
+//! (Python's prometheus_client), `/healthz`, `/readyz` with a live and with a dead upstream.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::harness::{cluster, connect, free_port, venv_python, Proxy, ProxyOptions};
+
+/// `GET path` over a fresh connection: (status code, body).
+fn get(port: u16, method: &str, path: &str) -> (u16, String) {
+    // The admin listener opens once the proxy has loaded its policy and keys, a little after the
+    // client listener the harness waits for.
+    let mut tries = 0;
+    let mut s = loop {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(_) if tries < 100 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("admin listener on {port}: {e}"),
+        }
+    };
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let status = raw
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {raw:?}"));
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+/// Every sample of the exposition, as prometheus_client's parser reads it:
+/// `name{k="v",...}` (labels sorted) -> value.
+fn parse_metrics(text: &str) -> std::collections::BTreeMap<String, f64> {
+    let py = venv_python();
+    assert!(
+        py.exists(),
+        "{} missing: run scripts/test (it installs prometheus_client into target/venv)",
+        py.display()
+    );
+    let script = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+out = {}
+for fam in text_string_to_metric_families(sys.stdin.read()):
+    for s in fam.samples:
+        labels = ",".join('%s="%s"' % (k, v) for k, v in sorted(s.labels.items()))
+        out[s.name + ("{" + labels + "}" if labels else "")] = s.value
+print(json.dumps(out))
+"#;
+    let mut child = Command::new(py)
+        .arg("-c")
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "prometheus_client rejected the exposition: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+const POLICY: &str = r#"
+[[column]]
+name = "public.accounts.email"
+class = "confidential"
+encrypt = "deterministic"
+type = "text"
+
+[[role]]
+name = "app"
+read = { confidential = "plaintext" }
+write = ["confidential"]
+
+[default]
+read = { confidential = "deny" }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_health_and_readiness() {
+    let c = cluster();
+    let db = c.fresh_db("ops_metrics");
+    c.psql_direct(
+        &db,
+        "CREATE TABLE accounts (id int PRIMARY KEY, email text); GRANT ALL ON accounts TO PUBLIC",
+    );
+    let admin = free_port();
+    let audit = tempfile::tempdir().unwrap();
+    let audit_file = audit.path().join("audit.jsonl");
+    let proxy = Proxy::start_with(ProxyOptions {
+        policy: Some(POLICY.into()),
+        extra: format!(
+            "[admin]\nlisten = \"127.0.0.1:{admin}\"\n[audit]\nfile = \"{}\"\n",
+            audit_file.display()
+        ),
+        ..Default::default()
+    });
+
+    assert_eq!(get(admin, "GET", "/healthz"), (200, "ok\n".into()));
+    let (status, body) = get(admin, "GET", "/readyz");
+    assert_eq!(status, 200, "{body}");
+    let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ready["ready"], true, "{body}");
+
+    // Two sessions: the app role writes and reads (extended and simple protocol), alice (the
+    // default role) is refused the protected column.
+    let app = connect(&proxy.url("app_user", "app-pw", &db)).await;
+    for i in 0..5 {
+        app.execute(
+            "INSERT INTO accounts VALUES ($1, $2)",
+            &[&i, &format!("u{i}@example.com")],
+        )
+        .await
+        .unwrap();
+    }
+    for i in 0..7 {
+        let row = app
+            .query_one("SELECT email FROM accounts WHERE id = $1", &[&(i % 5)])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, String>(0), format!("u{}@example.com", i % 5));
+    }
+    app.simple_query("SELECT count(*) FROM accounts")
+        .await
+        .unwrap();
+    let alice = connect(&proxy.alice(&db)).await;
+    let err = alice
+        .simple_query("SELECT email FROM accounts")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("42501"));
+    let _ = alice.simple_query("SELECT * FROM no_such_table").await;
+
+    let (status, text) = get(admin, "GET", "/metrics");
+    assert_eq!(status, 200);
+    let m = parse_metrics(&text);
+    let v = |k: &str| -> f64 {
+        *m.get(k)
+            .unwrap_or_else(|| panic!("no sample {k} in\n{text}"))
+    };
+    assert_eq!(v("pgcloak_up"), 1.0);
+    assert_eq!(v("pgcloak_client_connections"), 2.0);
+    assert!(v("pgcloak_client_connections_total") >= 2.0);
+    assert_eq!(
+        v(r#"pgcloak_statements_total{decision="allow",kind="insert"}"#),
+        5.0
+    );
+    // 7 extended reads, 1 simple count(*), and the failing select of a missing table.
+    assert_eq!(
+        v(r#"pgcloak_statements_total{decision="allow",kind="select"}"#),
+        9.0
+    );
+    assert_eq!(
+        v(r#"pgcloak_statements_total{decision="deny",kind="select"}"#),
+        1.0
+    );
+    assert_eq!(v(r#"pgcloak_refusals_total{sqlstate="42501"}"#), 1.0);
+    assert_eq!(v("pgcloak_server_errors_total"), 1.0);
+    assert_eq!(
+        v(r#"pgcloak_statement_duration_seconds_count{protocol="extended"}"#),
+        12.0
+    );
+    assert_eq!(
+        v(r#"pgcloak_statement_duration_seconds_bucket{le="+Inf",protocol="extended"}"#),
+        12.0
+    );
+    assert!(v(r#"pgcloak_statement_duration_seconds_sum{protocol="extended"}"#) > 0.0);
+    assert!(v(r#"pgcloak_received_bytes_total{from="client"}"#) > 0.0);
+    assert!(v(r#"pgcloak_received_bytes_total{from="server"}"#) > 0.0);
+    assert_eq!(
+        v(r#"pgcloak_key_active_version{column="public.accounts.email"}"#),
+        1.0
+    );
+    assert!(v("pgcloak_keyring_generation") >= 1.0);
+    assert!(v("pgcloak_catalog_loads_total{result=\"ok\"}") >= 1.0);
+    assert_eq!(v("pgcloak_audit_healthy"), 1.0);
+    let sink = format!("sink=\"file {}\"", audit_file.display());
+    assert_eq!(v(&format!("pgcloak_audit_sink_healthy{{{sink}}}")), 1.0);
+    // Statements are audited within a few milliseconds of their end.
+    let written =
+        |text: &str| parse_metrics(text)[&format!("pgcloak_audit_sink_written_total{{{sink}}}")];
+    let mut w = written(&text);
+    for _ in 0..50 {
+        if w >= 16.0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        w = written(&get(admin, "GET", "/metrics").1);
+    }
+    assert!(w >= 16.0, "audit records written: {w}");
+    // No statement text or value reaches the exposition.
+    assert!(!text.contains("example.com") && !text.contains("accounts WHERE"));
+
+    drop(app);
+    drop(alice);
+    let mut closed = 0.0;
+    for _ in 0..50 {
+        closed = parse_metrics(&get(admin, "GET", "/metrics").1)["pgcloak_client_connections"];
+        if closed == 0.0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        closed, 0.0,
+        "sessions still counted as open after the clients left"
+    );
+
+    assert_eq!(get(admin, "GET", "/nope").0, 404);
+    assert_eq!(get(admin, "POST", "/metrics").0, 405);
+    let (status, body) = get(admin, "HEAD", "/healthz");
+    assert_eq!((status, body.as_str()), (200, ""));
+    let mut s = TcpStream::connect(("127.0.0.1", admin)).unwrap();
+    s.write_all(b"garbage\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 400"), "{raw}");
+    // The listener still serves after a bad request.
+    assert_eq!(get(admin, "GET", "/healthz").0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_names_a_dead_upstream() {
+    let admin = free_port();
+    // Nothing listens on this port.
+    let dead = free_port();
+    let _proxy = Proxy::start_with(ProxyOptions {
+        upstream_port: Some(dead),
+        extra: format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n"),
+        ..Default::default()
+    });
+    assert_eq!(get(admin, "GET", "/healthz").0, 200);
+    let (status, body) = get(admin, "GET", "/readyz");
+    assert_eq!(status, 503, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["ready"], false);
+    let why = v["not_ready"]["upstream"].as_str().unwrap_or_default();
+    assert!(why.contains(&format!("127.0.0.1:{dead}")), "{body}");
+}
+
+#[test]
+fn a_bad_admin_address_is_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (listen, needle) in [
+        ("\"localhost-9930\"", "`localhost-9930` is not an address"),
+        ("\"127.0.0.1:6432\"", "same address as `listen`"),
+    ] {
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(
+            &cfg,
+            format!("listen = \"127.0.0.1:6432\"\n[admin]\nlisten = {listen}\n"),
+        )
+        .unwrap();
+        let out = crate::harness::pgcloak(&["check", "--config", cfg.to_str().unwrap()], &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            err.contains("admin.listen") && err.contains(needle),
+            "{err}"
+        );
+    }
+}
