@@ -46,11 +46,26 @@ pub const KINDS: [StatementKind; 7] = [
     StatementKind::Other,
 ];
 
+#[inline]
 fn kind_index(k: StatementKind) -> usize {
-    KINDS
-        .iter()
-        .position(|&x| x == k)
-        .unwrap_or(KINDS.len() - 1)
+    match k {
+        StatementKind::Select => 0,
+        StatementKind::Insert => 1,
+        StatementKind::Update => 2,
+        StatementKind::Delete => 3,
+        StatementKind::Copy => 4,
+        StatementKind::Ddl => 5,
+        StatementKind::Other => 6,
+    }
+}
+
+#[inline]
+fn protocol_index(p: Protocol) -> usize {
+    match p {
+        Protocol::Simple => 0,
+        Protocol::Extended => 1,
+        Protocol::Function => 2,
+    }
 }
 
 /// SQLSTATEs pgcloak refuses statements with (docs/CONTRACT.md); anything else counts as `other`.
@@ -101,6 +116,7 @@ pub struct ThreadCounters {
 
 impl ThreadCounters {
     /// Counts one finished statement.
+    #[inline]
     pub fn statement(
         &self,
         kind: StatementKind,
@@ -109,22 +125,28 @@ impl ThreadCounters {
         protocol: Protocol,
         micros: u64,
     ) {
-        let row = &self.statements[kind_index(kind)];
-        row[usize::from(refused.is_some())].add(1);
+        if let Some(row) = self.statements.get(kind_index(kind)) {
+            row[usize::from(refused.is_some())].add(1);
+        }
         if let Some(code) = refused {
-            let i = REFUSAL_CODES
-                .iter()
-                .position(|&c| c == code)
-                .unwrap_or(REFUSAL_CODES.len());
-            self.refusals[i].add(1);
+            self.refused(code);
         } else if server_error {
             self.server_errors.add(1);
         }
-        let p = Protocol::ALL
+        if let Some(h) = self.latency.get(protocol_index(protocol)) {
+            h.observe(micros);
+        }
+    }
+
+    #[cold]
+    fn refused(&self, code: &str) {
+        let i = REFUSAL_CODES
             .iter()
-            .position(|&x| x == protocol)
-            .unwrap_or(0);
-        self.latency[p].observe(micros);
+            .position(|&c| c == code)
+            .unwrap_or(REFUSAL_CODES.len());
+        if let Some(c) = self.refusals.get(i) {
+            c.add(1);
+        }
     }
 }
 
