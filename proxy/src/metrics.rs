@@ -109,6 +109,9 @@ pub struct ThreadCounters {
     /// Statements the server answered with an error.
     pub server_errors: Counter,
     latency: [Histogram; Protocol::ALL.len()],
+    /// Plan cache lookups that found the statement's analysis, and those that analysed it.
+    pub plan_hits: Counter,
+    pub plan_misses: Counter,
     /// Bytes read from clients and from servers.
     pub client_bytes: Counter,
     pub server_bytes: Counter,
@@ -471,6 +474,24 @@ impl Metrics {
             "pgcloak_catalog_loads_total",
             "result=\"failed\"",
             g.catalog_load_failures,
+        );
+        header(
+            &mut out,
+            "pgcloak_plan_cache_lookups_total",
+            "counter",
+            "Analyses of statements naming protected tables, by whether the plan cache had them.",
+        );
+        line(
+            &mut out,
+            "pgcloak_plan_cache_lookups_total",
+            "result=\"hit\"",
+            sum(&|t| t.plan_hits.get()),
+        );
+        line(
+            &mut out,
+            "pgcloak_plan_cache_lookups_total",
+            "result=\"miss\"",
+            sum(&|t| t.plan_misses.get()),
         );
         header(
             &mut out,

@@ -203,9 +203,16 @@ impl Services {
         catalog: &Catalog,
     ) -> Arc<Plan> {
         let key = PlanKey::of(lexed, &role.name, policy, catalog);
-        self.plans.get_or_insert_with(&key, lexed.fingerprint, || {
+        let mut analysed = false;
+        let plan = self.plans.get_or_insert_with(&key, lexed.fingerprint, || {
+            analysed = true;
             analyze(sql, lexed, catalog, policy, role)
-        })
+        });
+        crate::metrics::with(|c| match analysed {
+            true => c.plan_misses.add(1),
+            false => c.plan_hits.add(1),
+        });
+        plan
     }
 
     fn db(&self, database: &str) -> Arc<AsyncMutex<DbState>> {

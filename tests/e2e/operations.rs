@@ -194,6 +194,9 @@ async fn metrics_health_and_readiness() {
     );
     assert!(v("pgcloak_keyring_generation") >= 1.0);
     assert!(v("pgcloak_catalog_loads_total{result=\"ok\"}") >= 1.0);
+    // The insert and the select were analysed once each (per role) and then found in the cache.
+    assert!(v(r#"pgcloak_plan_cache_lookups_total{result="miss"}"#) >= 2.0);
+    assert!(v(r#"pgcloak_plan_cache_lookups_total{result="hit"}"#) >= 1.0);
     assert_eq!(v("pgcloak_audit_healthy"), 1.0);
     let sink = format!("sink=\"file {}\"", audit_file.display());
     assert_eq!(v(&format!("pgcloak_audit_sink_healthy{{{sink}}}")), 1.0);
