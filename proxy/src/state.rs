@@ -29,9 +29,8 @@ pub struct CancelTarget {
 /// State shared by all sessions of one proxy; passed in, never global, so tests can run many proxies.
 pub struct Shared {
     pub config: Arc<Config>,
-    pub tls_acceptor: Option<TlsAcceptor>,
-    /// DER of the certificate presented to clients.
-    pub tls_cert: Option<Vec<u8>>,
+    /// Client-facing TLS: the acceptor and the certificate it presents, reloaded on SIGHUP.
+    pub client_tls: ClientTls,
     pub upstream_tls: Option<TlsConnector>,
     /// The server process id (as handed to clients, with our own secret) -> the server's key.
     pub cancel: DashMap<u32, CancelTarget>,
@@ -52,19 +51,12 @@ impl Shared {
         config: Arc<Config>,
         services: Arc<crate::services::Services>,
     ) -> Result<Arc<Shared>, ConfigError> {
-        let (tls_acceptor, tls_cert) = match &config.tls {
-            Some(t) => {
-                let (cfg, cert) = crate::tls::server_config(t)?;
-                (Some(TlsAcceptor::from(cfg)), Some(cert))
-            }
-            None => (None, None),
-        };
+        let client_tls = ClientTls::load(config.tls.clone())?;
         let upstream_tls = crate::tls::upstream_config(&config)?.map(TlsConnector::from);
         Ok(Arc::new(Shared {
             limit: Arc::new(Semaphore::new(config.max_connections as usize)),
             config,
-            tls_acceptor,
-            tls_cert,
+            client_tls,
             upstream_tls,
             cancel: DashMap::new(),
             kill: KillSwitch::default(),
@@ -76,6 +68,59 @@ impl Shared {
 
     pub fn next_session_id(&self) -> u64 {
         self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// The client-facing TLS acceptor and the DER of the certificate it presents (compared with the
+/// upstream's for SCRAM channel binding), swapped whole by [`ClientTls::reload`]: a handshake uses
+/// one pair from start to end, new handshakes use the new pair.
+pub struct TlsPair {
+    pub acceptor: TlsAcceptor,
+    pub cert: Vec<u8>,
+}
+
+/// `[tls]`, reloadable.
+pub struct ClientTls {
+    config: Option<crate::config::TlsConfig>,
+    current: std::sync::RwLock<Option<Arc<TlsPair>>>,
+}
+
+impl ClientTls {
+    pub fn load(config: Option<crate::config::TlsConfig>) -> Result<ClientTls, ConfigError> {
+        let current = match &config {
+            Some(t) => Some(Arc::new(Self::read(t)?)),
+            None => None,
+        };
+        Ok(ClientTls {
+            config,
+            current: std::sync::RwLock::new(current),
+        })
+    }
+
+    fn read(t: &crate::config::TlsConfig) -> Result<TlsPair, ConfigError> {
+        let (cfg, cert) = crate::tls::server_config(t)?;
+        Ok(TlsPair {
+            acceptor: TlsAcceptor::from(cfg),
+            cert,
+        })
+    }
+
+    /// The pair new handshakes use (`None`: no `[tls]`).
+    pub fn current(&self) -> Option<Arc<TlsPair>> {
+        self.current.read().map(|c| c.clone()).unwrap_or(None)
+    }
+
+    /// Reads `[tls] cert` and `key` again; on success new handshakes present the new certificate.
+    /// On failure the pair in force stays and the error names the file. `Ok(false)`: no `[tls]`.
+    pub fn reload(&self) -> Result<bool, ConfigError> {
+        let Some(t) = &self.config else {
+            return Ok(false);
+        };
+        let pair = Arc::new(Self::read(t)?);
+        if let Ok(mut c) = self.current.write() {
+            *c = Some(pair);
+        }
+        Ok(true)
     }
 }
 

@@ -192,7 +192,7 @@ pub async fn run(
         },
         _ = shared.kill.killed() => return,
     };
-    let (mut client, leftover, startup) = match opening {
+    let (mut client, leftover, startup, presented) = match opening {
         Opening::Cancel { process_id, secret } => {
             cancel::relay(&shared, process_id, &secret).await;
             return;
@@ -201,7 +201,8 @@ pub async fn run(
             client,
             leftover,
             startup,
-        } => (client, leftover, startup),
+            presented,
+        } => (client, leftover, startup, presented),
     };
 
     let Ok(_permit) = shared.limit.clone().try_acquire_owned() else {
@@ -261,8 +262,9 @@ pub async fn run(
         client_tls: client.is_tls(),
         upstream_tls: server.is_tls(),
         same_certificate: client.is_tls()
-            && shared.tls_cert.is_some()
-            && server.server_cert() == shared.tls_cert,
+            && presented
+                .as_ref()
+                .is_some_and(|p| server.server_cert().as_deref() == Some(&p.cert[..])),
     };
     let (cr, cw) = client.split();
     let (sr, sw) = server.split();

@@ -10,7 +10,9 @@ use crate::config::ClientTlsMode;
 use crate::error::{FrameError, SessionError};
 use crate::protocol::messages::{error_response, Severity};
 use crate::protocol::startup::{self, StartupMessage, StartupPacket};
-use crate::state::Shared;
+use std::sync::Arc;
+
+use crate::state::{Shared, TlsPair};
 
 /// What the first packets asked for.
 pub enum Opening {
@@ -24,6 +26,8 @@ pub enum Opening {
         client: Stream,
         leftover: BytesMut,
         startup: StartupMessage,
+        /// The TLS pair the client's handshake used (`None`: plaintext).
+        presented: Option<Arc<TlsPair>>,
     },
 }
 
@@ -67,9 +71,12 @@ pub async fn refuse(
 pub async fn negotiate(tcp: Conn, shared: &Shared) -> Result<Opening, SessionError> {
     let mut stream = Stream::Plain(tcp);
     let mut buf = BytesMut::with_capacity(1024);
+    // One certificate for this whole negotiation, even if a reload swaps it meanwhile.
+    let tls_pair = shared.client_tls.current();
+    let mut presented: Option<Arc<TlsPair>> = None;
 
     // Direct TLS (sslnegotiation=direct): the first byte is a TLS handshake record.
-    if let (Stream::Plain(tcp), Some(acceptor)) = (&stream, &shared.tls_acceptor) {
+    if let (Stream::Plain(tcp), Some(pair)) = (&stream, &tls_pair) {
         let mut first = [0u8; 1];
         let n = tcp.peek(&mut first).await.map_err(SessionError::ClientIo)?;
         if n == 0 {
@@ -79,11 +86,13 @@ pub async fn negotiate(tcp: Conn, shared: &Shared) -> Result<Opening, SessionErr
             let Stream::Plain(tcp) = stream else {
                 unreachable!()
             };
-            let tls = acceptor
+            let tls = pair
+                .acceptor
                 .accept(tcp)
                 .await
                 .map_err(SessionError::ClientTls)?;
             stream = Stream::ClientTls(Box::new(tls));
+            presented = Some(pair.clone());
         }
     }
 
@@ -99,14 +108,16 @@ pub async fn negotiate(tcp: Conn, shared: &Shared) -> Result<Opening, SessionErr
                         detail: "data sent before the TLS handshake",
                     }));
                 }
-                match (&shared.tls_acceptor, stream) {
-                    (Some(acceptor), Stream::Plain(mut tcp)) => {
+                match (&tls_pair, stream) {
+                    (Some(pair), Stream::Plain(mut tcp)) => {
                         tcp.write_all(b"S").await.map_err(SessionError::ClientIo)?;
-                        let tls = acceptor
+                        let tls = pair
+                            .acceptor
                             .accept(tcp)
                             .await
                             .map_err(SessionError::ClientTls)?;
                         stream = Stream::ClientTls(Box::new(tls));
+                        presented = Some(pair.clone());
                     }
                     (_, mut s) => {
                         s.write_all(b"N").await.map_err(SessionError::ClientIo)?;
@@ -163,6 +174,7 @@ pub async fn negotiate(tcp: Conn, shared: &Shared) -> Result<Opening, SessionErr
                     client: stream,
                     leftover: buf,
                     startup,
+                    presented,
                 });
             }
         }
