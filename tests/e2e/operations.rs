@@ -284,3 +284,46 @@ fn a_bad_admin_address_is_refused_naming_the_key() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_names_a_failing_audit_sink_and_metrics_count_its_failures() {
+    // Every write to /dev/full fails with ENOSPC: the file sink fails from its first record on.
+    let admin = free_port();
+    let proxy = Proxy::start_with(ProxyOptions {
+        extra: format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n[audit]\nfile = \"/dev/full\"\n"),
+        ..Default::default()
+    });
+    let mut body = String::new();
+    for _ in 0..100 {
+        let (status, b) = get(admin, "GET", "/readyz");
+        body = b;
+        if status == 503 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["ready"], false, "{body}");
+    let why = v["not_ready"]["audit sink file /dev/full"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(why.contains("No space left on device"), "{body}");
+    // Block mode: nothing runs unaudited.
+    let err = tokio_postgres::connect(&proxy.alice("postgres"), tokio_postgres::NoTls)
+        .await
+        .err()
+        .map(|e| crate::harness::error_text(&e))
+        .unwrap_or_default();
+    assert!(err.contains("cannot be audited"), "{err}");
+    let m = parse_metrics(&get(admin, "GET", "/metrics").1);
+    assert_eq!(m["pgcloak_audit_healthy"], 0.0);
+    assert_eq!(
+        m[r#"pgcloak_audit_sink_healthy{sink="file /dev/full"}"#],
+        0.0
+    );
+    assert!(m[r#"pgcloak_audit_sink_failures_total{sink="file /dev/full"}"#] >= 1.0);
+    assert_eq!(
+        m[r#"pgcloak_audit_sink_written_total{sink="file /dev/full"}"#],
+        0.0
+    );
+}
