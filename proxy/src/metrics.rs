@@ -112,6 +112,8 @@ pub struct ThreadCounters {
     /// Plan cache lookups that found the statement's analysis, and those that analysed it.
     pub plan_hits: Counter,
     pub plan_misses: Counter,
+    /// Protected values in result rows (DataRow and COPY TO), by what became of them.
+    values: [Counter; 4],
     /// Bytes read from clients and from servers.
     pub client_bytes: Counter,
     pub server_bytes: Counter,
@@ -148,6 +150,59 @@ impl ThreadCounters {
             .position(|&c| c == code)
             .unwrap_or(REFUSAL_CODES.len());
         if let Some(c) = self.refusals.get(i) {
+            c.add(1);
+        }
+    }
+}
+
+/// What became of one protected value on its way to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueOutcome {
+    /// Decrypted and shown in plaintext.
+    Decrypted,
+    /// Shown masked.
+    Masked,
+    /// Shown as NULL: a `null` read policy, or a value this role may not read in plaintext, or one
+    /// that is not a value of the column (e.g. another column's ciphertext).
+    Nulled,
+    /// The statement failed on it: a damaged envelope, a value that does not authenticate, a key
+    /// version the keyring does not hold.
+    Failed,
+}
+
+impl ValueOutcome {
+    const ALL: [ValueOutcome; 4] = [
+        ValueOutcome::Decrypted,
+        ValueOutcome::Masked,
+        ValueOutcome::Nulled,
+        ValueOutcome::Failed,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            ValueOutcome::Decrypted => "decrypted",
+            ValueOutcome::Masked => "masked",
+            ValueOutcome::Nulled => "nulled",
+            ValueOutcome::Failed => "failed",
+        }
+    }
+
+    #[inline]
+    fn index(self) -> usize {
+        match self {
+            ValueOutcome::Decrypted => 0,
+            ValueOutcome::Masked => 1,
+            ValueOutcome::Nulled => 2,
+            ValueOutcome::Failed => 3,
+        }
+    }
+}
+
+impl ThreadCounters {
+    /// Counts one protected value presented (or failed).
+    #[inline]
+    pub fn value(&self, outcome: ValueOutcome) {
+        if let Some(c) = self.values.get(outcome.index()) {
             c.add(1);
         }
     }
@@ -358,6 +413,20 @@ impl Metrics {
             );
         }
 
+        header(
+            &mut out,
+            "pgcloak_values_total",
+            "counter",
+            "Protected values in result rows and COPY TO output, by what the client received: decrypted, masked, nulled, or failed (the statement failed on a damaged or unauthentic value).",
+        );
+        for outcome in ValueOutcome::ALL {
+            line(
+                &mut out,
+                "pgcloak_values_total",
+                &format!("outcome=\"{}\"", outcome.as_str()),
+                sum(&|t| t.values.get(outcome.index()).map_or(0, Counter::get)),
+            );
+        }
         header(
             &mut out,
             "pgcloak_received_bytes_total",

@@ -87,11 +87,16 @@ name = "public.accounts.email"
 class = "confidential"
 encrypt = "deterministic"
 type = "text"
+mask = "email"
 
 [[role]]
 name = "app"
 read = { confidential = "plaintext" }
 write = ["confidential"]
+
+[[role]]
+name = "support"
+read = { confidential = "masked" }
 
 [default]
 read = { confidential = "deny" }
@@ -186,6 +191,9 @@ async fn metrics_health_and_readiness() {
         12.0
     );
     assert!(v(r#"pgcloak_statement_duration_seconds_sum{protocol="extended"}"#) > 0.0);
+    // The 7 reads decrypted one email each; alice's refusal presented nothing.
+    assert_eq!(v(r#"pgcloak_values_total{outcome="decrypted"}"#), 7.0);
+    assert_eq!(v(r#"pgcloak_values_total{outcome="failed"}"#), 0.0);
     assert!(v(r#"pgcloak_received_bytes_total{from="client"}"#) > 0.0);
     assert!(v(r#"pgcloak_received_bytes_total{from="server"}"#) > 0.0);
     assert_eq!(
@@ -214,6 +222,30 @@ async fn metrics_health_and_readiness() {
     assert!(w >= 16.0, "audit records written: {w}");
     // No statement text or value reaches the exposition.
     assert!(!text.contains("example.com") && !text.contains("accounts WHERE"));
+
+    // Masked for the support role; a value that does not authenticate fails its statement.
+    let support = connect(&proxy.url("support_user", "support-pw", &db)).await;
+    let rows = support
+        .query("SELECT email FROM accounts WHERE id < 2", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    c.psql_direct(
+        &db,
+        "UPDATE accounts SET email = overlay(email placing \
+         CASE WHEN substr(email, 20, 1) = 'A' THEN 'B' ELSE 'A' END from 20 for 1) WHERE id = 4",
+    );
+    let broken = connect(&proxy.url("app_user", "app-pw", &db)).await;
+    assert!(broken
+        .query("SELECT email FROM accounts WHERE id = 4", &[])
+        .await
+        .is_err());
+    let m = parse_metrics(&get(admin, "GET", "/metrics").1);
+    assert_eq!(m[r#"pgcloak_values_total{outcome="masked"}"#], 2.0);
+    assert_eq!(m[r#"pgcloak_values_total{outcome="failed"}"#], 1.0);
+    assert_eq!(m[r#"pgcloak_values_total{outcome="decrypted"}"#], 7.0);
+    drop(support);
+    drop(broken);
 
     drop(app);
     drop(alice);

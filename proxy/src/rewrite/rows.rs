@@ -437,6 +437,28 @@ pub(crate) fn present(
     ctx: &RowCtx<'_>,
     out: &mut Vec<u8>,
 ) -> Result<Presented> {
+    let r = present_value(value, col, ctx, out);
+    let counted = match (&col.action, &r) {
+        (ColumnAction::PassThrough, _) => None,
+        (_, Err(_)) => Some(crate::metrics::ValueOutcome::Failed),
+        (_, Ok(Presented::Null)) => Some(crate::metrics::ValueOutcome::Nulled),
+        (ColumnAction::Decrypt { .. }, Ok(Presented::Written)) => {
+            Some(crate::metrics::ValueOutcome::Decrypted)
+        }
+        (_, Ok(Presented::Written)) => Some(crate::metrics::ValueOutcome::Masked),
+    };
+    if let Some(outcome) = counted {
+        crate::metrics::with(|c| c.value(outcome));
+    }
+    r
+}
+
+fn present_value(
+    value: &[u8],
+    col: &ColSpec,
+    ctx: &RowCtx<'_>,
+    out: &mut Vec<u8>,
+) -> Result<Presented> {
     let start = out.len();
     match &col.action {
         ColumnAction::PassThrough => {
