@@ -88,11 +88,14 @@ async fn events_are_chained_checkpointed_and_verify() {
         ..file_config(&path)
     };
     let (h, task) = Auditor::start(cfg, s.clone(), "node-1").await.unwrap();
+    assert_eq!(h.status().checkpoint_age, None, "no checkpoint yet");
     for i in 0..25 {
         h.record(ev(i)).unwrap();
     }
     h.shutdown().await.unwrap();
     task.await.unwrap().unwrap();
+    let age = h.status().checkpoint_age.expect("checkpoints were made");
+    assert!(age < std::time::Duration::from_secs(10), "{age:?}");
 
     let recs = records(&path);
     let evs = events(&path);

@@ -482,11 +482,6 @@ impl Writer {
         self.common
             .last_seq
             .store(self.chain.seq, Ordering::Relaxed);
-        if out.iter().any(|e| matches!(**e, Entry::Checkpoint { .. })) {
-            self.common
-                .last_checkpoint_ms
-                .store(unix_ms(), Ordering::Relaxed);
-        }
         for (tx, st) in &self.senders {
             st.backlog.fetch_add(out.len(), Ordering::AcqRel);
             if tx.send(out.clone()).is_err() {
@@ -496,10 +491,18 @@ impl Writer {
         }
     }
 
+    /// A signed checkpoint, its time noted for `AuditStatus::checkpoint_age`.
+    fn checkpoint(&mut self) -> Arc<Entry> {
+        self.common
+            .last_checkpoint_ms
+            .store(unix_ms(), Ordering::Relaxed);
+        self.chain.checkpoint()
+    }
+
     fn push_event(&mut self, out: &mut Vec<Arc<Entry>>, e: Arc<Entry>) {
         out.push(e);
         if self.chain.since_checkpoint >= self.checkpoint_every {
-            out.push(self.chain.checkpoint());
+            out.push(self.checkpoint());
         }
     }
 
@@ -583,7 +586,7 @@ impl Writer {
                     .chain
                     .system_event(Kind::Shutdown, "audit writer shutting down".into());
                 out.push(e);
-                out.push(self.chain.checkpoint());
+                out.push(self.checkpoint());
                 self.send(out);
                 break;
             }
@@ -594,7 +597,7 @@ impl Writer {
             if self.chain.since_checkpoint > 0
                 && (rotate || self.chain.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL)
             {
-                out.push(self.chain.checkpoint());
+                out.push(self.checkpoint());
             }
             self.send(out);
         }

@@ -182,10 +182,6 @@ fn gauges(shared: &Shared, started: Instant) -> Gauges {
         catalog_loads: stats.catalog_loads.load(Relaxed),
         catalog_load_failures: stats.catalog_load_failures.load(Relaxed),
         plan_cache_entries: services.plans.len() as u64,
-        audit_checkpoint_age: audit
-            .as_ref()
-            .and_then(|a| a.checkpoint_age)
-            .map(|d| d.as_secs_f64()),
         audit,
         uptime_seconds: started.elapsed().as_secs_f64(),
     }
@@ -211,16 +207,6 @@ async fn readiness(shared: &Shared) -> Response {
                 shared.config.upstream
             ),
         )),
-    }
-    if !shared
-        .services
-        .stats
-        .last_policy_reload_ok
-        .load(std::sync::atomic::Ordering::Relaxed)
-    {
-        // Still serving with the previous policy, so this is reported but not a reason to take the
-        // instance out of a balancer.
-        debug!("readyz: the last policy reload failed; the previous policy is in force");
     }
     if let Some(audit) = &shared.services.audit {
         let status = audit.status();

@@ -12,6 +12,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use pgcloak_audit::SinkStatus;
 use pgcloak_policy::StatementKind;
 
 use crate::session::track::Protocol;
@@ -266,8 +267,6 @@ pub struct Gauges {
     pub catalog_load_failures: u64,
     pub plan_cache_entries: u64,
     pub audit: Option<pgcloak_audit::AuditStatus>,
-    /// Seconds since the audit writer's last signed checkpoint.
-    pub audit_checkpoint_age: Option<f64>,
     pub uptime_seconds: f64,
 }
 
@@ -277,79 +276,58 @@ impl Metrics {
         let threads: Vec<Arc<ThreadCounters>> =
             self.threads.lock().map(|t| t.clone()).unwrap_or_default();
         let sum = |f: &dyn Fn(&ThreadCounters) -> u64| threads.iter().map(|t| f(t)).sum::<u64>();
-        let mut out = String::with_capacity(8 * 1024);
-
+        let mut x = Exposition(String::with_capacity(8 * 1024));
         let opened = sum(&|t| t.sessions_opened.get());
         let closed = sum(&|t| t.sessions_closed.get());
-        header(&mut out, "pgcloak_up", "gauge", "1 while the proxy serves.");
-        line(&mut out, "pgcloak_up", "", 1);
-        header(
-            &mut out,
+        x.single("pgcloak_up", GAUGE, "1 while the proxy serves.", 1);
+        x.single(
             "pgcloak_uptime_seconds",
-            "gauge",
+            GAUGE,
             "Seconds since the proxy started serving.",
+            g.uptime_seconds,
         );
-        linef(&mut out, "pgcloak_uptime_seconds", "", g.uptime_seconds);
-        header(
-            &mut out,
+        x.single(
             "pgcloak_client_connections",
-            "gauge",
+            GAUGE,
             "Client sessions open now.",
-        );
-        line(
-            &mut out,
-            "pgcloak_client_connections",
-            "",
             opened.saturating_sub(closed),
         );
-        header(
-            &mut out,
+        x.single(
             "pgcloak_client_connections_total",
-            "counter",
+            COUNTER,
             "Client sessions started.",
+            opened,
         );
-        line(&mut out, "pgcloak_client_connections_total", "", opened);
-        header(
-            &mut out,
+        x.single(
             "pgcloak_client_connections_refused_total",
-            "counter",
+            COUNTER,
             "Clients refused with 53300 because max_connections sessions were open.",
-        );
-        line(
-            &mut out,
-            "pgcloak_client_connections_refused_total",
-            "",
             self.refused_max_connections.load(Ordering::Relaxed),
         );
-        header(
-            &mut out,
+        x.single(
             "pgcloak_max_connections",
-            "gauge",
+            GAUGE,
             "The max_connections setting.",
+            g.max_connections,
         );
-        line(&mut out, "pgcloak_max_connections", "", g.max_connections);
 
-        header(
-            &mut out,
+        x.family(
             "pgcloak_statements_total",
-            "counter",
+            COUNTER,
             "Statements finished, by kind and policy decision.",
         );
         for (k, kind) in KINDS.iter().enumerate() {
             for (d, decision) in ["allow", "deny"].iter().enumerate() {
-                let n = sum(&|t| t.statements[k][d].get());
-                line(
-                    &mut out,
+                x.sample(
                     "pgcloak_statements_total",
                     &format!("kind=\"{}\",decision=\"{decision}\"", kind.as_str()),
-                    n,
+                    sum(&|t| t.statements[k][d].get()),
                 );
             }
         }
-        header(
-            &mut out,
+        x.family(
             "pgcloak_refusals_total",
-            "counter",
+            COUNTER,
             "Statements pgcloak refused, by SQLSTATE.",
         );
         for (i, code) in REFUSAL_CODES
@@ -358,29 +336,20 @@ impl Metrics {
             .chain(std::iter::once("other"))
             .enumerate()
         {
-            let n = sum(&|t| t.refusals[i].get());
-            line(
-                &mut out,
+            x.sample(
                 "pgcloak_refusals_total",
                 &format!("sqlstate=\"{code}\""),
-                n,
+                sum(&|t| t.refusals[i].get()),
             );
         }
-        header(
-            &mut out,
+        x.single(
             "pgcloak_server_errors_total",
-            "counter",
+            COUNTER,
             "Statements the server answered with an error.",
-        );
-        line(
-            &mut out,
-            "pgcloak_server_errors_total",
-            "",
             sum(&|t| t.server_errors.get()),
         );
 
-        header(
-            &mut out,
+        x.family(
             "pgcloak_statement_duration_seconds",
             "histogram",
             "Statement latency as the proxy sees it (first message to the server's last answer), by protocol.",
@@ -390,312 +359,237 @@ impl Metrics {
             let mut cumulative = 0u64;
             for (b, le) in LATENCY_BUCKETS_US.iter().enumerate() {
                 cumulative += sum(&|t| t.latency[p].buckets[b].get());
-                let _ = writeln!(
-                    out,
-                    "pgcloak_statement_duration_seconds_bucket{{{label},le=\"{}\"}} {cumulative}",
-                    *le as f64 / 1e6
+                x.sample(
+                    "pgcloak_statement_duration_seconds_bucket",
+                    &format!("{label},le=\"{}\"", *le as f64 / 1e6),
+                    cumulative,
                 );
             }
             cumulative += sum(&|t| t.latency[p].buckets[LATENCY_BUCKETS_US.len()].get());
-            let _ = writeln!(
-                out,
-                "pgcloak_statement_duration_seconds_bucket{{{label},le=\"+Inf\"}} {cumulative}"
+            x.sample(
+                "pgcloak_statement_duration_seconds_bucket",
+                &format!("{label},le=\"+Inf\""),
+                cumulative,
             );
-            let sum_us = sum(&|t| t.latency[p].sum_us.get());
-            let _ = writeln!(
-                out,
-                "pgcloak_statement_duration_seconds_sum{{{label}}} {}",
-                sum_us as f64 / 1e6
+            x.sample(
+                "pgcloak_statement_duration_seconds_sum",
+                &label,
+                sum(&|t| t.latency[p].sum_us.get()) as f64 / 1e6,
             );
-            let _ = writeln!(
-                out,
-                "pgcloak_statement_duration_seconds_count{{{label}}} {cumulative}"
+            x.sample(
+                "pgcloak_statement_duration_seconds_count",
+                &label,
+                cumulative,
             );
         }
 
-        header(
-            &mut out,
+        x.family(
             "pgcloak_values_total",
-            "counter",
+            COUNTER,
             "Protected values in result rows and COPY TO output, by what the client received: decrypted, masked, nulled, or failed (the statement failed on a damaged or unauthentic value).",
         );
         for outcome in ValueOutcome::ALL {
-            line(
-                &mut out,
+            x.sample(
                 "pgcloak_values_total",
                 &format!("outcome=\"{}\"", outcome.as_str()),
                 sum(&|t| t.values.get(outcome.index()).map_or(0, Counter::get)),
             );
         }
-        header(
-            &mut out,
+        x.family(
             "pgcloak_received_bytes_total",
-            "counter",
+            COUNTER,
             "Bytes read, from clients and from servers.",
         );
-        line(
-            &mut out,
+        x.sample(
             "pgcloak_received_bytes_total",
             "from=\"client\"",
             sum(&|t| t.client_bytes.get()),
         );
-        line(
-            &mut out,
+        x.sample(
             "pgcloak_received_bytes_total",
             "from=\"server\"",
             sum(&|t| t.server_bytes.get()),
         );
 
-        header(
-            &mut out,
+        x.family(
             "pgcloak_policy_generation",
-            "gauge",
+            GAUGE,
             "Bumped by every policy reload and protected-view change; `version` is the policy file's hash.",
         );
-        line(
-            &mut out,
+        x.sample(
             "pgcloak_policy_generation",
             &format!("version=\"{}\"", escape(&g.policy_version)),
             g.policy_generation,
         );
-        header(
-            &mut out,
+        x.results(
             "pgcloak_policy_reloads_total",
-            "counter",
             "Policy reloads, by result.",
+            [
+                ("ok", g.policy_reloads),
+                ("failed", g.policy_reload_failures),
+            ],
         );
-        line(
-            &mut out,
-            "pgcloak_policy_reloads_total",
-            "result=\"ok\"",
-            g.policy_reloads,
-        );
-        line(
-            &mut out,
-            "pgcloak_policy_reloads_total",
-            "result=\"failed\"",
-            g.policy_reload_failures,
-        );
-        header(
-            &mut out,
+        x.single(
             "pgcloak_policy_last_reload_ok",
-            "gauge",
+            GAUGE,
             "1 when the last policy reload succeeded (or none was tried), 0 when it failed and the previous policy stays in force.",
-        );
-        line(
-            &mut out,
-            "pgcloak_policy_last_reload_ok",
-            "",
             u64::from(g.last_policy_reload_ok),
         );
-        header(
-            &mut out,
+        x.single(
             "pgcloak_keyring_generation",
-            "gauge",
+            GAUGE,
             "Generation of the keyring in force.",
-        );
-        line(
-            &mut out,
-            "pgcloak_keyring_generation",
-            "",
             g.keyring_generation,
         );
-        header(
-            &mut out,
+        x.single(
             "pgcloak_keyring_reload_failures_total",
-            "counter",
+            COUNTER,
             "Keyring reloads that failed (the previous keyring stays in force).",
-        );
-        line(
-            &mut out,
-            "pgcloak_keyring_reload_failures_total",
-            "",
             g.keyring_reload_failures,
         );
-        header(
-            &mut out,
+        x.family(
             "pgcloak_key_active_version",
-            "gauge",
+            GAUGE,
             "The key version new values of each encrypted column are written with.",
         );
         for (column, version) in &g.key_versions {
-            line(
-                &mut out,
+            x.sample(
                 "pgcloak_key_active_version",
                 &format!("column=\"{}\"", escape(column)),
-                u64::from(*version),
+                *version,
             );
         }
-        header(
-            &mut out,
+        x.results(
             "pgcloak_catalog_loads_total",
-            "counter",
             "Catalog loads (table, column and view metadata of a database), by result.",
+            [("ok", g.catalog_loads), ("failed", g.catalog_load_failures)],
         );
-        line(
-            &mut out,
-            "pgcloak_catalog_loads_total",
-            "result=\"ok\"",
-            g.catalog_loads,
-        );
-        line(
-            &mut out,
-            "pgcloak_catalog_loads_total",
-            "result=\"failed\"",
-            g.catalog_load_failures,
-        );
-        header(
-            &mut out,
+        x.results(
             "pgcloak_plan_cache_lookups_total",
-            "counter",
             "Analyses of statements naming protected tables, by whether the plan cache had them.",
+            [
+                ("hit", sum(&|t| t.plan_hits.get())),
+                ("miss", sum(&|t| t.plan_misses.get())),
+            ],
         );
-        line(
-            &mut out,
-            "pgcloak_plan_cache_lookups_total",
-            "result=\"hit\"",
-            sum(&|t| t.plan_hits.get()),
-        );
-        line(
-            &mut out,
-            "pgcloak_plan_cache_lookups_total",
-            "result=\"miss\"",
-            sum(&|t| t.plan_misses.get()),
-        );
-        header(
-            &mut out,
+        x.single(
             "pgcloak_plan_cache_entries",
-            "gauge",
+            GAUGE,
             "Analysed statements cached.",
-        );
-        line(
-            &mut out,
-            "pgcloak_plan_cache_entries",
-            "",
             g.plan_cache_entries,
         );
 
         if let Some(a) = &g.audit {
-            header(
-                &mut out,
+            x.single(
                 "pgcloak_audit_healthy",
-                "gauge",
+                GAUGE,
                 "1 when every audit sink is writing and the queue has room.",
+                u64::from(a.healthy),
             );
-            line(&mut out, "pgcloak_audit_healthy", "", u64::from(a.healthy));
-            header(
-                &mut out,
+            x.single(
                 "pgcloak_audit_queue_depth",
-                "gauge",
+                GAUGE,
                 "Audit events waiting to be sequenced.",
+                a.queued,
             );
-            line(&mut out, "pgcloak_audit_queue_depth", "", a.queued as u64);
-            header(
-                &mut out,
+            x.single(
                 "pgcloak_audit_events_dropped_total",
-                "counter",
+                COUNTER,
                 "Audit events lost (queue or sink backlog full); each loss is also chained as a gap event.",
-            );
-            line(
-                &mut out,
-                "pgcloak_audit_events_dropped_total",
-                "",
                 a.dropped,
             );
-            header(
-                &mut out,
+            x.single(
                 "pgcloak_audit_last_seq",
-                "gauge",
+                GAUGE,
                 "The last sequence number assigned in this instance's chain.",
+                a.last_seq,
             );
-            line(&mut out, "pgcloak_audit_last_seq", "", a.last_seq);
-            header(
-                &mut out,
-                "pgcloak_audit_sink_healthy",
-                "gauge",
-                "1 while the sink's last write succeeded.",
-            );
-            for s in &a.sinks {
-                line(
-                    &mut out,
+            let per_sink: [SinkFamily; 4] = [
+                (
                     "pgcloak_audit_sink_healthy",
-                    &format!("sink=\"{}\"", escape(&s.name)),
-                    u64::from(s.healthy),
-                );
-            }
-            header(
-                &mut out,
-                "pgcloak_audit_sink_backlog",
-                "gauge",
-                "Records handed to the sink and not yet stored.",
-            );
-            for s in &a.sinks {
-                line(
-                    &mut out,
+                    GAUGE,
+                    "1 while the sink's last write succeeded.",
+                    |s| u64::from(s.healthy),
+                ),
+                (
                     "pgcloak_audit_sink_backlog",
-                    &format!("sink=\"{}\"", escape(&s.name)),
-                    s.backlog as u64,
-                );
-            }
-            header(
-                &mut out,
-                "pgcloak_audit_sink_written_total",
-                "counter",
-                "Records (events and checkpoints) the sink stored.",
-            );
-            for s in &a.sinks {
-                line(
-                    &mut out,
+                    GAUGE,
+                    "Records handed to the sink and not yet stored.",
+                    |s| s.backlog as u64,
+                ),
+                (
                     "pgcloak_audit_sink_written_total",
-                    &format!("sink=\"{}\"", escape(&s.name)),
-                    s.written,
-                );
-            }
-            header(
-                &mut out,
-                "pgcloak_audit_sink_failures_total",
-                "counter",
-                "Failed writes of the sink (each is retried).",
-            );
-            for s in &a.sinks {
-                line(
-                    &mut out,
+                    COUNTER,
+                    "Records (events and checkpoints) the sink stored.",
+                    |s| s.written,
+                ),
+                (
                     "pgcloak_audit_sink_failures_total",
-                    &format!("sink=\"{}\"", escape(&s.name)),
-                    s.failures,
-                );
+                    COUNTER,
+                    "Failed writes of the sink (each is retried).",
+                    |s| s.failures,
+                ),
+            ];
+            for (name, kind, help, value) in per_sink {
+                x.family(name, kind, help);
+                for s in &a.sinks {
+                    x.sample(name, &format!("sink=\"{}\"", escape(&s.name)), value(s));
+                }
             }
-            if let Some(age) = g.audit_checkpoint_age {
-                header(
-                    &mut out,
+            if let Some(age) = a.checkpoint_age {
+                x.single(
                     "pgcloak_audit_checkpoint_age_seconds",
-                    "gauge",
+                    GAUGE,
                     "Seconds since the last signed checkpoint.",
+                    age.as_secs_f64(),
                 );
-                linef(&mut out, "pgcloak_audit_checkpoint_age_seconds", "", age);
             }
         }
-        out
+        x.0
     }
 }
 
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
+/// A per-sink family: name, type, help, and the sample of one sink.
+type SinkFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&SinkStatus) -> u64,
+);
 
-fn line(out: &mut String, name: &str, labels: &str, v: u64) {
-    if labels.is_empty() {
-        let _ = writeln!(out, "{name} {v}");
-    } else {
-        let _ = writeln!(out, "{name}{{{labels}}} {v}");
+const GAUGE: &str = "gauge";
+const COUNTER: &str = "counter";
+
+/// The exposition being written.
+struct Exposition(String);
+
+impl Exposition {
+    /// A family's `# HELP` and `# TYPE` lines; its samples follow.
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
     }
-}
 
-fn linef(out: &mut String, name: &str, labels: &str, v: f64) {
-    if labels.is_empty() {
-        let _ = writeln!(out, "{name} {v}");
-    } else {
-        let _ = writeln!(out, "{name}{{{labels}}} {v}");
+    /// One sample; `labels` is `k="v",...` (escaped) or empty.
+    fn sample(&mut self, name: &str, labels: &str, v: impl std::fmt::Display) {
+        if labels.is_empty() {
+            let _ = writeln!(self.0, "{name} {v}");
+        } else {
+            let _ = writeln!(self.0, "{name}{{{labels}}} {v}");
+        }
+    }
+
+    /// A family of one unlabelled sample.
+    fn single(&mut self, name: &str, kind: &str, help: &str, v: impl std::fmt::Display) {
+        self.family(name, kind, help);
+        self.sample(name, "", v);
+    }
+
+    /// A counter family labelled by `result`.
+    fn results<const N: usize>(&mut self, name: &str, help: &str, counts: [(&str, u64); N]) {
+        self.family(name, COUNTER, help);
+        for (result, n) in counts {
+            self.sample(name, &format!("result=\"{result}\""), n);
+        }
     }
 }
 

@@ -208,9 +208,12 @@ impl Services {
             analysed = true;
             analyze(sql, lexed, catalog, policy, role)
         });
-        crate::metrics::with(|c| match analysed {
-            true => c.plan_misses.add(1),
-            false => c.plan_hits.add(1),
+        crate::metrics::with(|c| {
+            if analysed {
+                c.plan_misses.add(1)
+            } else {
+                c.plan_hits.add(1)
+            }
         });
         plan
     }
