@@ -31,11 +31,14 @@ pub enum Kind {
     /// Extension: pgcloak ended a session because of an internal error (a panic in its code);
     /// `sqlstate` is `XX000`, `reason` says what failed. Only that session was ended.
     Error,
+    /// Extension: a command of the admin console (`dbname=pgcloak`): `statement` is the command,
+    /// `decision` and `sqlstate` its outcome; also a refused attempt to open the console.
+    Admin,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 14] = [
+    pub const ALL: [Kind; 15] = [
         Kind::Connect,
         Kind::Disconnect,
         Kind::AuthFailed,
@@ -50,6 +53,7 @@ impl Kind {
         Kind::Start,
         Kind::Shutdown,
         Kind::Error,
+        Kind::Admin,
     ];
 
     /// The text form used in records, tables and filters.
@@ -69,6 +73,7 @@ impl Kind {
             Kind::Start => "start",
             Kind::Shutdown => "shutdown",
             Kind::Error => "error",
+            Kind::Admin => "admin",
         }
     }
 
@@ -89,6 +94,7 @@ impl Kind {
             "start" => Kind::Start,
             "shutdown" => Kind::Shutdown,
             "error" => Kind::Error,
+            "admin" => Kind::Admin,
             _ => return None,
         })
     }

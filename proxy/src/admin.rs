@@ -11,7 +11,7 @@
 //! kinds, SQLSTATEs, protocol names, column names and audit sink names.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -28,7 +28,6 @@ const UPSTREAM_PROBE: Duration = Duration::from_secs(1);
 
 /// Serves the admin listener until `shutdown` fires.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
-    let started = Instant::now();
     info!(listen = ?listener.local_addr().ok(), "admin listener serving /metrics, /healthz, /readyz");
     loop {
         let accepted = tokio::select! {
@@ -39,7 +38,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
             Ok((stream, peer)) => {
                 let shared = shared.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = handle(stream, &shared, started).await {
+                    if let Err(e) = handle(stream, &shared).await {
                         debug!(client = %peer, error = %e, "admin request failed");
                     }
                 });
@@ -69,7 +68,7 @@ impl Response {
     }
 }
 
-async fn handle(mut stream: TcpStream, shared: &Shared, started: Instant) -> std::io::Result<()> {
+async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(1024);
     let read = tokio::time::timeout(READ_TIMEOUT, async {
         let mut chunk = [0u8; 1024];
@@ -96,7 +95,7 @@ async fn handle(mut stream: TcpStream, shared: &Shared, started: Instant) -> std
         match parse_request_line(&head) {
             Some((method, path)) => {
                 let head_only = method == "HEAD";
-                (route(method, path, shared, started).await, head_only)
+                (route(method, path, shared).await, head_only)
             }
             None => (
                 Response::text("400 Bad Request", "malformed request line\n"),
@@ -138,7 +137,7 @@ fn parse_request_line(head: &[u8]) -> Option<(&str, &str)> {
     Some((method, path))
 }
 
-async fn route(method: &str, path: &str, shared: &Shared, started: Instant) -> Response {
+async fn route(method: &str, path: &str, shared: &Shared) -> Response {
     if method != "GET" && method != "HEAD" {
         return Response::text("405 Method Not Allowed", "only GET and HEAD\n");
     }
@@ -148,7 +147,7 @@ async fn route(method: &str, path: &str, shared: &Shared, started: Instant) -> R
         "/metrics" => Response {
             status: "200 OK",
             content_type: "text/plain; version=0.0.4; charset=utf-8",
-            body: shared.metrics.render(&gauges(shared, started)),
+            body: shared.metrics.render(&gauges(shared)),
         },
         _ => Response::text(
             "404 Not Found",
@@ -158,7 +157,8 @@ async fn route(method: &str, path: &str, shared: &Shared, started: Instant) -> R
 }
 
 /// What `/metrics` reads from outside the counters.
-fn gauges(shared: &Shared, started: Instant) -> Gauges {
+/// The scrape-time state of `shared` (also what the console's `SHOW STATS` lists).
+pub fn gauges(shared: &Shared) -> Gauges {
     use std::sync::atomic::Ordering::Relaxed;
     let services = &shared.services;
     let policy = services.policy();
@@ -183,7 +183,7 @@ fn gauges(shared: &Shared, started: Instant) -> Gauges {
         catalog_load_failures: stats.catalog_load_failures.load(Relaxed),
         plan_cache_entries: services.plans.len() as u64,
         audit,
-        uptime_seconds: started.elapsed().as_secs_f64(),
+        uptime_seconds: shared.started.elapsed().as_secs_f64(),
     }
 }
 

@@ -54,6 +54,8 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     listen: Option<String>,
+    users: Option<Vec<String>>,
+    database: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -257,6 +259,10 @@ pub struct Config {
     pub peers: std::collections::BTreeMap<u8, String>,
     /// `[admin] listen`: where `/metrics`, `/healthz` and `/readyz` are served (`None`: off).
     pub admin_listen: Option<SocketAddr>,
+    /// `[admin] users`: the login users who may open the admin console (`dbname=pgcloak`).
+    pub admin_users: Vec<String>,
+    /// `[admin] database`: the database an admin console login authenticates against.
+    pub admin_database: String,
 }
 
 impl Config {
@@ -432,7 +438,36 @@ fn resolve(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, ConfigErr
             ))
         }
     };
-    let admin_listen = match raw.admin.and_then(|a| a.listen).filter(|l| !l.is_empty()) {
+    let raw_admin = raw.admin.unwrap_or(RawAdmin {
+        listen: None,
+        users: None,
+        database: None,
+    });
+    let admin_users = raw_admin.users.unwrap_or_default();
+    if let Some(bad) = admin_users
+        .iter()
+        .find(|u| u.is_empty() || u.contains('\0'))
+    {
+        return Err(invalid(
+            path,
+            "admin.users",
+            format!(
+                "`{bad}` is not a user name; list PostgreSQL login names, e.g. users = [\"dba\"]"
+            ),
+        ));
+    }
+    let admin_database = match raw_admin.database {
+        None => "postgres".to_string(),
+        Some(d) if d.is_empty() || d == crate::console::DATABASE || d.contains('\0') => {
+            return Err(invalid(
+                path,
+                "admin.database",
+                format!("`{d}` cannot be authenticated against; name a database that exists in PostgreSQL (default \"postgres\")"),
+            ))
+        }
+        Some(d) => d,
+    };
+    let admin_listen = match raw_admin.listen.filter(|l| !l.is_empty()) {
         None => None,
         Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
             invalid(
@@ -745,6 +780,8 @@ fn resolve(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, ConfigErr
         peer_id,
         peers,
         admin_listen,
+        admin_users,
+        admin_database,
     })
 }
 

@@ -67,6 +67,8 @@ pub enum SessionError {
     IdleTimeout(std::time::Duration),
     #[error("session ended by proxy shutdown")]
     Shutdown,
+    #[error("session ended by KILL from the admin console (user {by})")]
+    Killed { by: String },
     /// The proxy refused the session during startup or authentication (the client was told why).
     #[error("{code}: {message}")]
     Refused {

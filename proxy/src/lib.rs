@@ -17,11 +17,15 @@
 //! - [`error`]: the crate's error enums, split by who is at fault.
 //! - [`metrics`]: per-thread counters folded into the Prometheus text on scrape.
 //! - [`admin`]: the `[admin]` HTTP listener: `/metrics`, `/healthz`, `/readyz`.
+//! - [`console`]: the admin console a listed user reaches with `dbname=pgcloak`.
+//! - [`registry`]: the sessions being served, as the console lists and ends them.
+//! - [`reload`]: policy, keyring and TLS reloads (SIGHUP, file changes, the console's `RELOAD`).
 
 pub mod admin;
 pub mod audit_setup;
 pub mod catalog;
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod event_loop;
 pub mod keys;
@@ -30,6 +34,8 @@ pub mod metrics;
 pub mod migrate;
 pub mod policy_file;
 pub mod protocol;
+pub mod registry;
+pub mod reload;
 pub mod rewrite;
 pub mod server;
 pub mod services;

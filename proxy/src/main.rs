@@ -99,7 +99,8 @@ enum AuditCommand {
         column: Option<String>,
         #[arg(long, value_parser = ["allow", "deny"])]
         decision: Option<String>,
-        /// connect, disconnect, auth_failed, select, insert, update, delete, copy, ddl, other
+        /// connect, disconnect, auth_failed, select, insert, update, delete, copy, ddl, other, gap, start,
+        /// shutdown, error, admin
         #[arg(long)]
         kind: Option<String>,
         /// RFC 3339 time or date (inclusive)

@@ -106,10 +106,8 @@ pub async fn serve(
         mask_key,
         crate::timer::Timers::new(tokio::runtime::Handle::current()),
     ));
-    let shared = Shared::new(config.clone(), services.clone())?;
-    if config.tls.is_some() {
-        tokio::spawn(reload_tls_on_hangup(shared.clone(), shutdown.clone()));
-    }
+    let (trigger, reload_requests) = crate::reload::channel();
+    let shared = Shared::new(config.clone(), services, trigger)?;
     if let Some(addr) = config.admin_listen {
         let admin = TcpListener::bind(addr)
             .await
@@ -117,10 +115,10 @@ pub async fn serve(
         tokio::spawn(crate::admin::serve(admin, shared.clone(), shutdown.clone()));
     }
     let workers = Workers::start(config.workers).map_err(ServeError::Workers)?;
-    tokio::spawn(crate::services::watch_reloads(
-        services,
-        config.clone(),
+    tokio::spawn(crate::reload::watch(
+        shared.clone(),
         master,
+        reload_requests,
         shutdown.clone(),
     ));
     run(listener, shared, workers, shutdown).await;
@@ -130,32 +128,6 @@ pub async fn serve(
         }
     }
     Ok(())
-}
-
-/// Reloads the client-facing certificate and key (`[tls] cert`, `key`) on SIGHUP; new handshakes
-/// use the new pair, sessions already open keep theirs. A pair that does not load is reported and
-/// the one in force stays. (The policy and keyring reload on the same signal: crate::services.)
-async fn reload_tls_on_hangup(shared: Arc<Shared>, shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => {
-            warn!(error = %e, "cannot listen for SIGHUP; the TLS certificate reloads only on restart");
-            return;
-        }
-    };
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = hup.recv() => if r.is_none() { return },
-        }
-        match shared.client_tls.reload() {
-            Ok(_) => info!("TLS certificate and key reloaded"),
-            Err(e) => {
-                warn!("TLS certificate reload failed, keeping the certificate in force: {e}")
-            }
-        }
-    }
 }
 
 /// Binds the configured listen address.

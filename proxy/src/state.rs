@@ -42,6 +42,12 @@ pub struct Shared {
     pub services: Arc<crate::services::Services>,
     /// Counters for `/metrics` (crate::admin).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The sessions being served (the admin console lists and ends them).
+    pub sessions: crate::registry::Registry,
+    /// Asks the reload task to reload policy, keyring and TLS (the console's `RELOAD`).
+    pub reload: crate::reload::Trigger,
+    /// When the proxy started serving.
+    pub started: std::time::Instant,
     next_session: AtomicU64,
 }
 
@@ -50,6 +56,7 @@ impl Shared {
     pub fn new(
         config: Arc<Config>,
         services: Arc<crate::services::Services>,
+        reload: crate::reload::Trigger,
     ) -> Result<Arc<Shared>, ConfigError> {
         let client_tls = ClientTls::load(config.tls.clone())?;
         let upstream_tls = crate::tls::upstream_config(&config)?.map(TlsConnector::from);
@@ -62,6 +69,9 @@ impl Shared {
             kill: KillSwitch::default(),
             services,
             metrics: Arc::new(crate::metrics::Metrics::default()),
+            sessions: crate::registry::Registry::default(),
+            reload,
+            started: std::time::Instant::now(),
             next_session: AtomicU64::new(1),
         }))
     }

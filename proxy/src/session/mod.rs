@@ -236,6 +236,12 @@ pub async fn run(
     crate::metrics::attach(&shared.metrics);
     let _open = OpenSession::count();
     debug!(user = %info.user, database = %info.database, tls = info.tls, "client startup");
+    let console = info.database == crate::console::DATABASE;
+    if console && !crate::console::allowed(&cfg, &info.user) {
+        let (msg, hint) = crate::console::refusal(&shared, &info);
+        let _ = startup::refuse(&mut client, "42501", &msg, Some(hint)).await;
+        return;
+    }
 
     let server = tokio::select! {
         r = upstream::connect(&shared) => r,
@@ -274,7 +280,12 @@ pub async fn run(
     let mut server_in = FrameReader::new(sr, BytesMut::new(), Direction::Backend, max);
     let mut server_out = Outbox::new(sw);
 
-    if let Err(e) = server_out.send_now(&startup.raw).await {
+    let first = if console {
+        crate::console::startup_for(&startup, &cfg)
+    } else {
+        startup.raw.clone()
+    };
+    if let Err(e) = server_out.send_now(&first).await {
         warn!(error = %e, "cannot send startup to upstream");
         let msg = format!(
             "pgcloak: lost connection to upstream PostgreSQL at {}: {e}",
@@ -328,6 +339,16 @@ pub async fn run(
             return;
         }
     };
+    if console {
+        // Authenticated by PostgreSQL: from here on pgcloak answers.
+        let _ = server_out
+            .send_now(&crate::protocol::messages::terminate())
+            .await;
+        server_out.shutdown().await;
+        drop(ready);
+        crate::console::serve(&shared, &info, &mut client_in, &mut client_out).await;
+        return;
+    }
     if let Err((code, msg)) = admit(&shared, &mut info).await {
         warn!(user = %info.user, "{msg}");
         let _ = client_out
@@ -345,10 +366,13 @@ pub async fn run(
     }
     info!(user = %info.user, database = %info.database, application = %info.application, role = info.role.as_deref().unwrap_or(""), "session started");
     let started = std::time::Instant::now();
+    let live = Arc::new(crate::registry::Live::new(&info, false));
+    let _listed = shared.sessions.register(live.clone());
 
     let end = query::run(
         &shared,
         &info,
+        &live,
         &encoding,
         &mut client_in,
         &mut client_out,

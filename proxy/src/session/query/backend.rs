@@ -116,6 +116,10 @@ impl Backend<'_> {
                 None
             }
             b'Z' | b'c' => {
+                if frame.tag == b'Z' {
+                    self.live
+                        .set_ready(frame.body().first().copied().unwrap_or(b'I'));
+                }
                 self.end_copy_out();
                 self.rows = None;
                 self.rows_known = false;
@@ -328,6 +332,7 @@ impl Backend<'_> {
 
     pub(super) fn statement_done(&mut self, outcome: crate::session::track::Outcome) {
         self.statements += 1;
+        self.live.set_statements(self.statements);
         let guard = &self.shared.services;
         if outcome.sqlstate.is_none() {
             if let Some(s) = &outcome.stmt {

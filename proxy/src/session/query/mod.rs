@@ -31,6 +31,7 @@ use crate::config::Config;
 use crate::error::SessionError;
 use crate::protocol::messages::{self, error_response, terminate, Severity};
 use crate::protocol::FrameRef;
+use crate::registry::Live;
 use crate::rewrite::{CopyInRewriter, CopyOutRewriter, RowShape};
 use crate::services::Services;
 use crate::session::track::{Action, Barrier, BarrierKind, Pending, Tracker};
@@ -60,6 +61,8 @@ pub enum End {
 struct Frontend<'a> {
     shared: &'a Shared,
     info: &'a SessionInfo,
+    /// This session as the admin console sees it.
+    live: &'a Live,
     tracker: &'a Mutex<Tracker>,
     /// Prepared statements by name.
     statements: NameMap<Arc<StmtCtx>>,
@@ -93,6 +96,7 @@ struct Frontend<'a> {
 struct Backend<'a> {
     shared: &'a Shared,
     info: &'a SessionInfo,
+    live: &'a Live,
     tracker: &'a Mutex<Tracker>,
     /// The last server message was a FATAL ErrorResponse.
     saw_fatal: bool,
@@ -193,9 +197,11 @@ fn audit_unavailable(shared: &Shared, audit: &pgcloak_audit::AuditHandle) -> Opt
 }
 
 /// Runs both pumps until either side ends the session.
+#[allow(clippy::too_many_arguments)]
 pub async fn run<CR, CW, SR, SW>(
     shared: &Shared,
     info: &SessionInfo,
+    live: &Live,
     encoding: &ClientEncoding,
     client_in: &mut FrameReader<CR>,
     client_out: &mut Outbox<CW>,
@@ -213,6 +219,7 @@ where
     let mut frontend = Frontend {
         shared,
         info,
+        live,
         tracker: &tracker,
         statements: NameMap::default(),
         portals: NameMap::default(),
@@ -230,6 +237,7 @@ where
     let mut backend = Backend {
         shared,
         info,
+        live,
         tracker: &tracker,
         saw_fatal: false,
         statements: 0,
@@ -262,8 +270,12 @@ where
             activity
         ));
         let killed = std::pin::pin!(async {
-            shared.kill.killed().await;
-            End::Error(SessionError::Shutdown)
+            tokio::select! {
+                () = shared.kill.killed() => End::Error(SessionError::Shutdown),
+                () = live.killed() => End::Error(SessionError::Killed {
+                    by: live.killed_by().unwrap_or_default(),
+                }),
+            }
         });
         super::select3::select3(c2s, s2c, killed).await
     };
@@ -293,6 +305,7 @@ where
                 Err(e) => return End::Error(SessionError::Client(e)),
             };
             let len = frame.bytes.len();
+            fe.live.set_active();
             let forward = match fe.on_frame(&frame) {
                 Step::Original => Ok(Forward::Original),
                 Step::Statement => fe.on_statement(&frame).await,
@@ -449,6 +462,11 @@ where
     }
 }
 
+/// What a client killed from the admin console is told.
+pub fn killed_message(by: &str) -> String {
+    format!("pgcloak: terminating connection due to administrator command (KILL by {by} in the pgcloak admin console)")
+}
+
 /// Tells the client why the session ends (when it is still there) and closes both sides.
 pub async fn finish<CW, SW>(
     cfg: &Config,
@@ -491,6 +509,7 @@ pub async fn finish<CW, SW>(
                 "57P01",
                 "pgcloak: terminating connection because the proxy is shutting down".to_string(),
             )),
+            SessionError::Killed { by } => Some(("57P01", killed_message(by))),
             SessionError::Rewrite(e) => {
                 warn!("closing session: {e}");
                 // A server message the proxy cannot process safely: the session ends as an
