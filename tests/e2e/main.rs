@@ -10,6 +10,7 @@ mod cli;
 mod clients;
 mod console;
 mod dataplane;
+mod deploy;
 mod drivers;
 mod lifecycle;
 mod matrix;
