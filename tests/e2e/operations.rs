@@ -416,3 +416,113 @@ fn the_systemd_unit_verifies_and_is_hardened() {
         "systemd-analyze said nothing of a bad value: {said}"
     );
 }
+
+/// The README's "Guided first run", step by step, on the demo data `scripts/dev-proxy --demo`
+/// applies (deploy/examples/demo.sql) and the example policy, with psql as the README uses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guided_first_run_works() {
+    let c = cluster();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    // Applied twice: dev-proxy --demo may run again on the same server.
+    for _ in 0..2 {
+        let out = Command::new("psql")
+            .arg(c.direct_url("postgres"))
+            .args(["-X", "-q", "-f"])
+            .arg(repo.join("deploy/examples/demo.sql"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "demo.sql: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let admin = free_port();
+    let audit = tempfile::tempdir().unwrap();
+    let audit_file = audit.path().join("audit.jsonl");
+    let proxy = Proxy::start_with(ProxyOptions {
+        policy: Some(std::fs::read_to_string(repo.join("deploy/examples/policy.toml")).unwrap()),
+        extra: format!(
+            "[admin]\nlisten = \"127.0.0.1:{admin}\"\nusers = [\"postgres\"]\n[audit]\nfile = \"{}\"\n",
+            audit_file.display()
+        ),
+        ..Default::default()
+    });
+    let url = |user: &str| proxy.url(user, "demo", "pgcloak_demo");
+    let run = |url: &str, sql: &str| crate::harness::psql(url, &["-X", "-A", "-t", "-c", sql]);
+
+    let (ok, _, err) = run(
+        &url("demo_app"),
+        "INSERT INTO customers (id, name, email, phone, ssn, salary) \
+         VALUES (1, 'Ada Lovelace', 'ada@example.com', '+44 20 7946 0018', '123-45-6789', 5200)",
+    );
+    assert!(ok, "{err}");
+    let stored = c.psql_direct(
+        "pgcloak_demo",
+        "SELECT email, phone, ssn, salary FROM customers",
+    );
+    assert!(
+        !stored.contains("ada@example.com") && !stored.contains("0018"),
+        "{stored}"
+    );
+    assert!(
+        stored.starts_with("pgc1:") && stored.contains("|\\xc1"),
+        "{stored}"
+    );
+    let (ok, out, err) = run(
+        &url("demo_app"),
+        "SELECT name, email, phone, ssn, salary FROM customers",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.trim(),
+        "Ada Lovelace|ada@example.com|+44 20 7946 0018|123-45-6789|5200"
+    );
+    let (ok, out, err) = run(
+        &url("demo_support"),
+        "SELECT name, email, phone, ssn FROM customers",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "Ada Lovelace|a***@example.com|****0018|****");
+    let (ok, _, err) = run(&url("demo_default"), "SELECT name, email FROM customers");
+    assert!(!ok);
+    assert!(
+        err.contains("may not read column public.customers.email"),
+        "{err}"
+    );
+
+    let mut summary = String::new();
+    for _ in 0..50 {
+        let (_, out, _) = proxy.cli(&[
+            "audit",
+            "query",
+            "--user",
+            "demo_default",
+            "--file",
+            audit_file.to_str().unwrap(),
+        ]);
+        summary = out;
+        if summary.contains("deny") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        summary.contains("public.customers.email=deny")
+            && summary.contains("SELECT name, email FROM customers"),
+        "{summary}"
+    );
+    let m = parse_metrics(&get(admin, "GET", "/metrics").1);
+    assert_eq!(m["pgcloak_values_total{outcome=\"decrypted\"}"], 4.0);
+    assert_eq!(m["pgcloak_values_total{outcome=\"masked\"}"], 3.0);
+    let (ok, out, err) = crate::harness::psql(
+        &proxy.url(
+            crate::harness::SUPERUSER,
+            crate::harness::SUPERPASS,
+            "pgcloak",
+        ),
+        &["-X", "-A", "-t", "-c", "SHOW SESSIONS"],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("|console|"), "{out}");
+}
