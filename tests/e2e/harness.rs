@@ -336,6 +336,8 @@ pub struct ProxyOptions {
     pub env: Vec<(String, String)>,
     /// Policy file content (written next to the config and referenced from it).
     pub policy: Option<String>,
+    /// The port to listen on (default: a free one).
+    pub port: Option<u16>,
 }
 
 pub fn pgcloak_bin() -> PathBuf {
@@ -360,7 +362,7 @@ impl Proxy {
     pub fn start_with(opts: ProxyOptions) -> Proxy {
         let c = cluster();
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
+        let port = opts.port.unwrap_or_else(free_port);
         let upstream = opts.upstream_port.unwrap_or(c.port);
         let catalog = if opts.extra.contains("[catalog]") {
             String::new()

@@ -12,6 +12,7 @@ mod console;
 mod dataplane;
 mod deploy;
 mod drivers;
+mod fleet;
 mod lifecycle;
 mod matrix;
 mod migrate;

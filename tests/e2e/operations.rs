@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::harness::{cluster, connect, free_port, venv_python, Proxy, ProxyOptions};
 
 /// `GET path` over a fresh connection: (status code, body).
-fn get(port: u16, method: &str, path: &str) -> (u16, String) {
+pub(crate) fn get(port: u16, method: &str, path: &str) -> (u16, String) {
     // The admin listener opens once the proxy has loaded its policy and keys, a little after the
     // client listener the harness waits for.
     let mut tries = 0;
@@ -41,7 +41,7 @@ fn get(port: u16, method: &str, path: &str) -> (u16, String) {
 
 /// Every sample of the exposition, as prometheus_client's parser reads it:
 /// `name{k="v",...}` (labels sorted) -> value.
-fn parse_metrics(text: &str) -> std::collections::BTreeMap<String, f64> {
+pub(crate) fn parse_metrics(text: &str) -> std::collections::BTreeMap<String, f64> {
     let py = venv_python();
     assert!(
         py.exists(),
