@@ -82,20 +82,23 @@ fn shape(ty: LogicalType, formats: &[i16]) -> Option<RowShape> {
     let rd = RowDescription::parse(&row_description([25, 17, 25, 25])).ok()?;
     let actions = [
         ColumnAction::Decrypt {
+            class: pgcloak_policy::Class::Confidential,
             column: DET.into(),
             ty,
         },
         ColumnAction::Decrypt {
+            class: pgcloak_policy::Class::Confidential,
             column: RND.into(),
             ty,
         },
         ColumnAction::Mask {
+            class: pgcloak_policy::Class::Confidential,
             column: DET.into(),
             ty,
             mask: Mask::Last4,
             encrypted: true,
         },
-        ColumnAction::Null,
+        ColumnAction::Null { class: pgcloak_policy::Class::Confidential },
     ];
     let mut s = RowShape::new(&rd, &actions).ok()?;
     s.set_result_formats(formats).ok()?;
@@ -104,6 +107,7 @@ fn shape(ty: LogicalType, formats: &[i16]) -> Option<RowShape> {
 
 fn copy_info(format: CopyFormat, ty: P, selector: u8) -> CopyInfo {
     let key = |column: &str| ColumnKey {
+        class: pgcloak_policy::Class::Confidential,
         column: column.into(),
         mode: EncryptMode::Deterministic,
         logical_type: ty,
@@ -163,7 +167,7 @@ fuzz_target!(|data: &[u8]| {
         // A text value encrypted on the way in decrypts to itself on the way out.
         1 => {
             // Column 0 of the row description is `text`: the server sends the armoured envelope.
-            let target = ColumnTarget::new(kr, DET, LogicalType::Text, Storage::Text).unwrap();
+            let target = ColumnTarget::new(kr, DET, LogicalType::Text, Storage::Text, pgcloak_policy::Class::Confidential).unwrap();
             let Ok(text) = std::str::from_utf8(rest) else {
                 return;
             };
@@ -181,7 +185,7 @@ fuzz_target!(|data: &[u8]| {
         }
         // A Bind of arbitrary bytes with encrypted parameters, scalar and array.
         2 => {
-            let t = ColumnTarget::new(kr, DET, ty, storage).unwrap();
+            let t = ColumnTarget::new(kr, DET, ty, storage, pgcloak_policy::Class::Confidential).unwrap();
             let params = [
                 BindParam {
                     index: 1,
@@ -206,7 +210,7 @@ fuzz_target!(|data: &[u8]| {
         }
         // Arrays in text and binary format.
         3 => {
-            let t = ColumnTarget::new(kr, DET, ty, storage).unwrap();
+            let t = ColumnTarget::new(kr, DET, ty, storage, pgcloak_policy::Class::Confidential).unwrap();
             let _ = encrypt_text_array(&t, rest, selector & 16 != 0);
             let _ = encrypt_binary_array(&t, rest, selector & 16 != 0);
         }
@@ -239,6 +243,7 @@ fuzz_target!(|data: &[u8]| {
                 },
                 CopyOutColumn {
                     action: ColumnAction::Decrypt {
+                        class: pgcloak_policy::Class::Confidential,
                         column: DET.into(),
                         ty,
                     },
@@ -246,6 +251,7 @@ fuzz_target!(|data: &[u8]| {
                 },
                 CopyOutColumn {
                     action: ColumnAction::Mask {
+                        class: pgcloak_policy::Class::Confidential,
                         column: RND.into(),
                         ty,
                         mask: Mask::Email,

@@ -28,6 +28,8 @@ pub struct Encrypt {
     pub column: String,
     pub mode: EncryptMode,
     pub logical_type: LogicalType,
+    /// The column's class (for counting values per class).
+    pub class: Class,
     /// The value is an array (`col = ANY($1)`, `col = ANY('{a,b}')`): encrypt each element.
     pub array: bool,
     /// The value is stored (INSERT, UPDATE SET, ON CONFLICT), not compared: PostgreSQL's assignment
@@ -121,6 +123,7 @@ pub enum OutputAction {
     Decrypt {
         column: String,
         logical_type: LogicalType,
+        class: Class,
     },
     /// Decrypt if the column is encrypted, then mask; the client sees type `text`.
     Mask {
@@ -128,9 +131,10 @@ pub enum OutputAction {
         mask: Mask,
         logical_type: LogicalType,
         encrypted: bool,
+        class: Class,
     },
     /// Replace every value with NULL (type `text` to the client).
-    Null,
+    Null { class: Class },
 }
 
 /// One result column, in order.
@@ -215,6 +219,8 @@ pub struct ColumnKey {
     pub column: String,
     pub mode: EncryptMode,
     pub logical_type: LogicalType,
+    /// The column's class (for counting values per class).
+    pub class: Class,
 }
 
 /// One column of COPY data, in data order.

@@ -113,8 +113,9 @@ pub struct ThreadCounters {
     /// Plan cache lookups that found the statement's analysis, and those that analysed it.
     pub plan_hits: Counter,
     pub plan_misses: Counter,
-    /// Protected values in result rows (DataRow and COPY TO), by what became of them.
-    values: [Counter; 4],
+    /// Protected values by column class and by what became of them: in result rows (DataRow and
+    /// COPY TO) and, encrypted, on the way in.
+    values: [[Counter; ValueOutcome::ALL.len()]; pgcloak_policy::Class::ALL.len()],
     /// Bytes read from clients and from servers.
     pub client_bytes: Counter,
     pub server_bytes: Counter,
@@ -169,14 +170,17 @@ pub enum ValueOutcome {
     /// The statement failed on it: a damaged envelope, a value that does not authenticate, a key
     /// version the keyring does not hold.
     Failed,
+    /// Encrypted on its way in (a parameter, a literal, a COPY FROM field, an equality term).
+    Encrypted,
 }
 
 impl ValueOutcome {
-    const ALL: [ValueOutcome; 4] = [
+    const ALL: [ValueOutcome; 5] = [
         ValueOutcome::Decrypted,
         ValueOutcome::Masked,
         ValueOutcome::Nulled,
         ValueOutcome::Failed,
+        ValueOutcome::Encrypted,
     ];
 
     fn as_str(self) -> &'static str {
@@ -185,6 +189,7 @@ impl ValueOutcome {
             ValueOutcome::Masked => "masked",
             ValueOutcome::Nulled => "nulled",
             ValueOutcome::Failed => "failed",
+            ValueOutcome::Encrypted => "encrypted",
         }
     }
 
@@ -195,6 +200,7 @@ impl ValueOutcome {
             ValueOutcome::Masked => 1,
             ValueOutcome::Nulled => 2,
             ValueOutcome::Failed => 3,
+            ValueOutcome::Encrypted => 4,
         }
     }
 }
@@ -202,8 +208,12 @@ impl ValueOutcome {
 impl ThreadCounters {
     /// Counts one protected value presented (or failed).
     #[inline]
-    pub fn value(&self, outcome: ValueOutcome) {
-        if let Some(c) = self.values.get(outcome.index()) {
+    pub fn value(&self, class: pgcloak_policy::Class, outcome: ValueOutcome) {
+        if let Some(c) = self
+            .values
+            .get(class as usize)
+            .and_then(|v| v.get(outcome.index()))
+        {
             c.add(1);
         }
     }
@@ -386,14 +396,25 @@ impl Metrics {
         x.family(
             "pgcloak_values_total",
             COUNTER,
-            "Protected values in result rows and COPY TO output, by what the client received: decrypted, masked, nulled, or failed (the statement failed on a damaged or unauthentic value).",
+            "Values of policy columns by class: in result rows and COPY TO output by what the client received (decrypted, masked, nulled, or failed: the statement failed on a damaged or unauthentic value), and encrypted on the way in.",
         );
-        for outcome in ValueOutcome::ALL {
-            x.sample(
-                "pgcloak_values_total",
-                &format!("outcome=\"{}\"", outcome.as_str()),
-                sum(&|t| t.values.get(outcome.index()).map_or(0, Counter::get)),
-            );
+        for class in pgcloak_policy::Class::ALL {
+            for outcome in ValueOutcome::ALL {
+                x.sample(
+                    "pgcloak_values_total",
+                    &format!(
+                        "class=\"{}\",outcome=\"{}\"",
+                        class.as_str(),
+                        outcome.as_str()
+                    ),
+                    sum(&|t| {
+                        t.values
+                            .get(class as usize)
+                            .and_then(|v| v.get(outcome.index()))
+                            .map_or(0, Counter::get)
+                    }),
+                );
+            }
         }
         x.family(
             "pgcloak_received_bytes_total",

@@ -192,8 +192,15 @@ async fn metrics_health_and_readiness() {
     );
     assert!(v(r#"pgcloak_statement_duration_seconds_sum{protocol="extended"}"#) > 0.0);
     // The 7 reads decrypted one email each; alice's refusal presented nothing.
-    assert_eq!(v(r#"pgcloak_values_total{outcome="decrypted"}"#), 7.0);
-    assert_eq!(v(r#"pgcloak_values_total{outcome="failed"}"#), 0.0);
+    let values = |class: &str, outcome: &str| {
+        format!("pgcloak_values_total{{class=\"{class}\",outcome=\"{outcome}\"}}")
+    };
+    assert_eq!(v(&values("confidential", "decrypted")), 7.0);
+    assert_eq!(v(&values("confidential", "failed")), 0.0);
+    // The 5 inserts encrypted one email each; no other class saw a value.
+    assert_eq!(v(&values("confidential", "encrypted")), 5.0);
+    assert_eq!(v(&values("sensitive", "encrypted")), 0.0);
+    assert_eq!(v(&values("sensitive", "decrypted")), 0.0);
     assert!(v(r#"pgcloak_received_bytes_total{from="client"}"#) > 0.0);
     assert!(v(r#"pgcloak_received_bytes_total{from="server"}"#) > 0.0);
     assert_eq!(
@@ -241,9 +248,9 @@ async fn metrics_health_and_readiness() {
         .await
         .is_err());
     let m = parse_metrics(&get(admin, "GET", "/metrics").1);
-    assert_eq!(m[r#"pgcloak_values_total{outcome="masked"}"#], 2.0);
-    assert_eq!(m[r#"pgcloak_values_total{outcome="failed"}"#], 1.0);
-    assert_eq!(m[r#"pgcloak_values_total{outcome="decrypted"}"#], 7.0);
+    assert_eq!(m[&values("confidential", "masked")], 2.0);
+    assert_eq!(m[&values("confidential", "failed")], 1.0);
+    assert_eq!(m[&values("confidential", "decrypted")], 7.0);
     drop(support);
     drop(broken);
 
@@ -513,8 +520,16 @@ async fn the_guided_first_run_works() {
         "{summary}"
     );
     let m = parse_metrics(&get(admin, "GET", "/metrics").1);
-    assert_eq!(m["pgcloak_values_total{outcome=\"decrypted\"}"], 4.0);
-    assert_eq!(m["pgcloak_values_total{outcome=\"masked\"}"], 3.0);
+    let values = |class: &str, outcome: &str| {
+        m[&format!("pgcloak_values_total{{class=\"{class}\",outcome=\"{outcome}\"}}")]
+    };
+    // email, phone, ssn (confidential) and salary (sensitive): encrypted once, decrypted once;
+    // support saw the three confidential ones masked.
+    assert_eq!(values("confidential", "encrypted"), 3.0);
+    assert_eq!(values("sensitive", "encrypted"), 1.0);
+    assert_eq!(values("confidential", "decrypted"), 3.0);
+    assert_eq!(values("sensitive", "decrypted"), 1.0);
+    assert_eq!(values("confidential", "masked"), 3.0);
     let (ok, out, err) = crate::harness::psql(
         &proxy.url(
             crate::harness::SUPERUSER,

@@ -126,6 +126,7 @@ impl Analyzer<'_> {
                                     column: cp.qualified_name(),
                                     mode: cp.encrypt,
                                     logical_type: cp.logical_type,
+                                    class: cp.class,
                                 });
                             }
                         }

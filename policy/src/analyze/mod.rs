@@ -364,6 +364,7 @@ impl<'a> Analyzer<'a> {
             column: cp.qualified_name(),
             mode: cp.encrypt,
             logical_type: cp.logical_type,
+            class: cp.class,
             array,
             assignment: stored,
             sites: vec![Site { token, role }],
@@ -419,6 +420,7 @@ impl<'a> Analyzer<'a> {
                         Access::Plaintext if cp.encrypt.is_encrypted() => OutputAction::Decrypt {
                             column: name.clone(),
                             logical_type: cp.logical_type,
+                            class: cp.class,
                         },
                         Access::Plaintext => OutputAction::PassThrough,
                         Access::Masked => OutputAction::Mask {
@@ -426,13 +428,14 @@ impl<'a> Analyzer<'a> {
                             mask: cp.mask,
                             logical_type: cp.logical_type,
                             encrypted: cp.encrypt.is_encrypted(),
+                            class: cp.class,
                         },
-                        Access::Null => OutputAction::Null,
+                        Access::Null => OutputAction::Null { class: cp.class },
                         Access::Deny => {
                             return Err(Fail::Deny(format!("pgcloak: column {name} is denied")));
                         }
                     };
-                    if action != OutputAction::Null {
+                    if !matches!(action, OutputAction::Null { .. }) {
                         classified |= cp.class.is_classified();
                     }
                     (Source::Direct(name), action)

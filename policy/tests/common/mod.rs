@@ -134,7 +134,7 @@ pub fn summary_of(sp: &StatementPlan) -> String {
                 OutputAction::PassThrough => "P".to_string(),
                 OutputAction::Decrypt { column, .. } => format!("D:{}", short_col(column)),
                 OutputAction::Mask { column, .. } => format!("M:{}", short_col(column)),
-                OutputAction::Null => "N".to_string(),
+                OutputAction::Null { .. } => "N".to_string(),
             })
             .collect();
         s.push_str(&format!(" out={}", parts.join(",")));

@@ -19,7 +19,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use pgcloak_keymgr::{Keyring, LogicalType};
-use pgcloak_policy::{CopyFormat, CopyInfo};
+use pgcloak_policy::{Class, CopyFormat, CopyInfo};
 
 use super::error::{Result, RewriteError};
 use super::escape::{decode_escape, Dialect};
@@ -249,6 +249,7 @@ enum Eol {
 #[derive(Debug, Clone)]
 struct InCol {
     column: String,
+    class: Class,
     ty: LogicalType,
     storage: Storage,
     /// CSV `FORCE_NULL`: a quoted field equal to the null string is NULL too.
@@ -312,6 +313,7 @@ impl CopyInRewriter {
                     }
                     Some(InCol {
                         column: k.column.clone(),
+                        class: k.class,
                         ty: k.logical_type,
                         storage,
                         force_null: c.force_null,
@@ -697,7 +699,9 @@ fn seal_field(
     }
     .map_err(|e| copy_value_error(&col.column, e))?;
     scratch.clear();
-    encrypt_wire_into(cipher, col.storage, &canonical, format, scratch)
+    encrypt_wire_into(cipher, col.storage, &canonical, format, scratch)?;
+    crate::metrics::with(|c| c.value(col.class, crate::metrics::ValueOutcome::Encrypted));
+    Ok(())
 }
 
 /// A COPY field that is no value of its column's type, named by column, never by value.

@@ -81,6 +81,7 @@ pub mod values;
 mod testkit;
 
 use pgcloak_keymgr::{ColumnCipher, Encoding, Keyring, LogicalType};
+use pgcloak_policy::Class;
 
 pub use copy::{CopyInRewriter, CopyOutColumn, CopyOutRewriter};
 pub use error::{Result, RewriteError};
@@ -241,6 +242,8 @@ pub struct ColumnTarget<'k> {
     pub ty: LogicalType,
     /// How the column stores envelopes.
     pub storage: Storage,
+    /// The column's class (values are counted per class).
+    pub class: Class,
 }
 
 impl<'k> ColumnTarget<'k> {
@@ -250,6 +253,7 @@ impl<'k> ColumnTarget<'k> {
         column: &str,
         ty: LogicalType,
         storage: Storage,
+        class: Class,
     ) -> Result<ColumnTarget<'k>> {
         let cipher = keyring.cipher(column).ok_or_else(|| RewriteError::NoKey {
             column: column.to_string(),
@@ -258,6 +262,7 @@ impl<'k> ColumnTarget<'k> {
             cipher,
             ty,
             storage,
+            class,
         })
     }
 
@@ -268,7 +273,7 @@ impl<'k> ColumnTarget<'k> {
         e: &pgcloak_policy::Encrypt,
         storage: Storage,
     ) -> Result<ColumnTarget<'k>> {
-        ColumnTarget::new(keyring, &e.column, e.logical_type, storage)
+        ColumnTarget::new(keyring, &e.column, e.logical_type, storage, e.class)
     }
 
     /// `schema.table.column`.

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use pgcloak_keymgr::{envelope, typed, Envelope, KeyError, Keyring, LogicalType};
-use pgcloak_policy::{apply_mask, Mask, MaskedValue, Output, OutputAction};
+use pgcloak_policy::{apply_mask, Class, Mask, MaskedValue, Output, OutputAction};
 
 use super::error::{Result, RewriteError};
 use super::params::{frame, put_i32_at};
@@ -31,6 +31,7 @@ pub enum ColumnAction {
         column: String,
         /// Logical type presented.
         ty: LogicalType,
+        class: Class,
     },
     /// Decrypt if `encrypted`, then mask; presented as `text`.
     Mask {
@@ -42,9 +43,10 @@ pub enum ColumnAction {
         mask: Mask,
         /// Whether stored values are envelopes.
         encrypted: bool,
+        class: Class,
     },
     /// Every value becomes NULL; presented as `text`.
-    Null,
+    Null { class: Class },
 }
 
 impl ColumnAction {
@@ -55,22 +57,26 @@ impl ColumnAction {
             OutputAction::Decrypt {
                 column,
                 logical_type: t,
+                class,
             } => ColumnAction::Decrypt {
                 column: column.clone(),
                 ty: *t,
+                class: *class,
             },
             OutputAction::Mask {
                 column,
                 mask,
                 logical_type: t,
                 encrypted,
+                class,
             } => ColumnAction::Mask {
                 column: column.clone(),
                 ty: *t,
                 mask: *mask,
                 encrypted: *encrypted,
+                class: *class,
             },
-            OutputAction::Null => ColumnAction::Null,
+            OutputAction::Null { class } => ColumnAction::Null { class: *class },
         }
     }
 }
@@ -319,7 +325,7 @@ pub fn rewrite_row_description(body: &[u8], actions: &[ColumnAction]) -> Result<
                 f.typlen = type_len(*ty);
                 f.typmod = -1;
             }
-            ColumnAction::Mask { .. } | ColumnAction::Null => {
+            ColumnAction::Mask { .. } | ColumnAction::Null { .. } => {
                 f.type_oid = 25;
                 f.typlen = -1;
                 f.typmod = -1;
@@ -437,19 +443,21 @@ pub(crate) fn present(
     ctx: &RowCtx<'_>,
     out: &mut Vec<u8>,
 ) -> Result<Presented> {
+    use crate::metrics::ValueOutcome;
     let r = present_value(value, col, ctx, out);
-    let counted = match (&col.action, &r) {
-        (ColumnAction::PassThrough, _) => None,
-        (_, Err(_)) => Some(crate::metrics::ValueOutcome::Failed),
-        (_, Ok(Presented::Null)) => Some(crate::metrics::ValueOutcome::Nulled),
-        (ColumnAction::Decrypt { .. }, Ok(Presented::Written)) => {
-            Some(crate::metrics::ValueOutcome::Decrypted)
-        }
-        (_, Ok(Presented::Written)) => Some(crate::metrics::ValueOutcome::Masked),
+    let class = match &col.action {
+        ColumnAction::PassThrough => return r,
+        ColumnAction::Decrypt { class, .. }
+        | ColumnAction::Mask { class, .. }
+        | ColumnAction::Null { class } => *class,
     };
-    if let Some(outcome) = counted {
-        crate::metrics::with(|c| c.value(outcome));
-    }
+    let outcome = match (&col.action, &r) {
+        (_, Err(_)) => ValueOutcome::Failed,
+        (_, Ok(Presented::Null)) => ValueOutcome::Nulled,
+        (ColumnAction::Decrypt { .. }, Ok(Presented::Written)) => ValueOutcome::Decrypted,
+        (_, Ok(Presented::Written)) => ValueOutcome::Masked,
+    };
+    crate::metrics::with(|c| c.value(class, outcome));
     r
 }
 
@@ -465,8 +473,8 @@ fn present_value(
             out.extend_from_slice(value);
             Ok(Presented::Written)
         }
-        ColumnAction::Null => Ok(Presented::Null),
-        ColumnAction::Decrypt { column, ty } => {
+        ColumnAction::Null { .. } => Ok(Presented::Null),
+        ColumnAction::Decrypt { column, ty, .. } => {
             let Some(own) = open(value, col, column, *ty, ctx, out)? else {
                 return Ok(Presented::Null);
             };
@@ -492,6 +500,7 @@ fn present_value(
             ty,
             mask,
             encrypted,
+            ..
         } => {
             let text = if *encrypted {
                 if open(value, col, column, *ty, ctx, out)?.is_none() {

@@ -68,7 +68,14 @@ impl Kit {
         ty: LogicalType,
         storage: Storage,
     ) -> ColumnTarget<'k> {
-        ColumnTarget::new(keyring, column, ty, storage).unwrap()
+        ColumnTarget::new(
+            keyring,
+            column,
+            ty,
+            storage,
+            pgcloak_policy::Class::Confidential,
+        )
+        .unwrap()
     }
 }
 

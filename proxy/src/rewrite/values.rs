@@ -101,7 +101,9 @@ pub fn param_value_into(
     out: &mut Vec<u8>,
 ) -> Result<()> {
     let canonical = target.canonical_from_wire(value, format)?;
-    encrypt_wire_into(target.cipher, target.storage, &canonical, format, out)
+    encrypt_wire_into(target.cipher, target.storage, &canonical, format, out)?;
+    target.count();
+    Ok(())
 }
 
 /// Encrypts a canonical plaintext under the column's active key version and appends the stored
@@ -148,16 +150,27 @@ impl ColumnTarget<'_> {
     /// Encrypts a canonical plaintext under the active version, in the storage's form
     /// ([`encrypt_for_storage`]).
     pub fn encrypt(&self, canonical: &[u8]) -> Result<Vec<u8>> {
-        encrypt_for_storage(self.cipher, self.storage, canonical)
+        let stored = encrypt_for_storage(self.cipher, self.storage, canonical)?;
+        self.count();
+        Ok(stored)
+    }
+
+    /// Counts one value encrypted on its way in.
+    #[inline]
+    fn count(&self) {
+        crate::metrics::with(|c| c.value(self.class, crate::metrics::ValueOutcome::Encrypted));
     }
 
     /// The stored forms an equality lookup must match, newest key version first: every live version
     /// for a deterministic column with several versions, else just the active one.
     pub fn encrypt_variants(&self, canonical: &[u8]) -> Result<Vec<Vec<u8>>> {
         if self.has_variants() {
-            self.cipher
+            let variants = self
+                .cipher
                 .equality_variants(canonical, self.storage.encoding())
-                .map_err(|e| RewriteError::from_key(self.column(), e))
+                .map_err(|e| RewriteError::from_key(self.column(), e))?;
+            self.count();
+            Ok(variants)
         } else {
             Ok(vec![self.encrypt(canonical)?])
         }

@@ -594,15 +594,20 @@ fn column_action(data: &DataCtx, schema: &str, table: &str, column: &str) -> Opt
     let name = col.qualified_name();
     let ty = col.logical_type;
     Some(match data.role().read(col.class) {
-        Access::Plaintext if encrypted => ColumnAction::Decrypt { column: name, ty },
+        Access::Plaintext if encrypted => ColumnAction::Decrypt {
+            column: name,
+            ty,
+            class: col.class,
+        },
         Access::Plaintext => ColumnAction::PassThrough,
         Access::Masked => ColumnAction::Mask {
             column: name,
             ty,
             mask: col.mask,
             encrypted,
+            class: col.class,
         },
-        Access::Null | Access::Deny => ColumnAction::Null,
+        Access::Null | Access::Deny => ColumnAction::Null { class: col.class },
     })
 }
 

@@ -18,6 +18,7 @@ fn copy_info(
                 force_not_null: false,
                 name: name.to_string(),
                 encrypt: enc.map(|(column, t)| ColumnKey {
+                    class: pgcloak_policy::Class::Confidential,
                     column: column.to_string(),
                     mode: EncryptMode::Deterministic,
                     logical_type: t,
@@ -82,6 +83,7 @@ fn read_back(kit: &Kit, info: &CopyInfo, data: &[u8]) -> Vec<u8> {
             action: match &c.encrypt {
                 None => ColumnAction::PassThrough,
                 Some(k) => ColumnAction::Decrypt {
+                    class: pgcloak_policy::Class::Confidential,
                     column: k.column.clone(),
                     ty: k.logical_type,
                 },
@@ -458,7 +460,9 @@ fn copy_in_needs_storage_and_key_and_binary_copy_out_is_refused() {
     let mut out_info = customers(CopyFormat::Binary);
     out_info.direction = CopyDirection::To;
     let cols = vec![CopyOutColumn {
-        action: ColumnAction::Null,
+        action: ColumnAction::Null {
+            class: pgcloak_policy::Class::Confidential,
+        },
         storage: None,
     }];
     assert!(CopyOutRewriter::new(&out_info, cols).is_err());
@@ -522,6 +526,7 @@ fn copy_out_masks_nulls_and_decrypts() {
         },
         CopyOutColumn {
             action: ColumnAction::Decrypt {
+                class: pgcloak_policy::Class::Confidential,
                 column: EMAIL.into(),
                 ty: LogicalType::Text,
             },
@@ -529,6 +534,7 @@ fn copy_out_masks_nulls_and_decrypts() {
         },
         CopyOutColumn {
             action: ColumnAction::Mask {
+                class: pgcloak_policy::Class::Confidential,
                 column: PHONE.into(),
                 ty: LogicalType::Text,
                 mask: Mask::Last4,
@@ -537,7 +543,9 @@ fn copy_out_masks_nulls_and_decrypts() {
             storage: Some(Storage::Bytea),
         },
         CopyOutColumn {
-            action: ColumnAction::Null,
+            action: ColumnAction::Null {
+                class: pgcloak_policy::Class::Confidential,
+            },
             storage: None,
         },
     ];
@@ -582,6 +590,7 @@ fn copy_out_csv_keeps_the_servers_quoting() {
         },
         CopyOutColumn {
             action: ColumnAction::Decrypt {
+                class: pgcloak_policy::Class::Confidential,
                 column: EMAIL.into(),
                 ty: LogicalType::Text,
             },
@@ -634,11 +643,13 @@ fn copy_parsers_never_panic_on_random_bytes() {
             .map(|k| CopyOutColumn {
                 action: if k == 1 {
                     ColumnAction::Decrypt {
+                        class: pgcloak_policy::Class::Confidential,
                         column: EMAIL.into(),
                         ty: LogicalType::Int4,
                     }
                 } else {
                     ColumnAction::Mask {
+                        class: pgcloak_policy::Class::Confidential,
                         column: PHONE.into(),
                         ty: LogicalType::Date,
                         mask: Mask::Email,

@@ -65,6 +65,7 @@ fn values_of(frame: &[u8]) -> Vec<Option<Vec<u8>>> {
 
 fn decrypt(column: &str, ty: LogicalType) -> ColumnAction {
     ColumnAction::Decrypt {
+        class: pgcloak_policy::Class::Confidential,
         column: column.to_string(),
         ty,
     }
@@ -87,12 +88,15 @@ fn row_description_round_trip_and_rewrite() {
         ColumnAction::PassThrough,
         decrypt(SALARY, LogicalType::Int8),
         ColumnAction::Mask {
+            class: pgcloak_policy::Class::Confidential,
             column: PHONE.into(),
             ty: LogicalType::Text,
             mask: Mask::Last4,
             encrypted: true,
         },
-        ColumnAction::Null,
+        ColumnAction::Null {
+            class: pgcloak_policy::Class::Confidential,
+        },
     ];
     let (frame, shape) = rewrite_row_description(&body, &actions).unwrap();
     assert_eq!(frame[0], b'T');
@@ -142,6 +146,7 @@ fn actions_from_plan_outputs() {
         out(
             2,
             OutputAction::Decrypt {
+                class: pgcloak_policy::Class::Confidential,
                 column: EMAIL.into(),
                 logical_type: pgcloak_policy::LogicalType::Text,
             },
@@ -242,12 +247,15 @@ fn data_row_nulls_mixed_actions_and_backstop() {
         decrypt(SALARY, LogicalType::Int4),
         decrypt(EMAIL, LogicalType::Text),
         ColumnAction::Mask {
+            class: pgcloak_policy::Class::Confidential,
             column: PHONE.into(),
             ty: LogicalType::Text,
             mask: Mask::Last4,
             encrypted: true,
         },
-        ColumnAction::Null,
+        ColumnAction::Null {
+            class: pgcloak_policy::Class::Confidential,
+        },
         // A value encrypted for SECRET where EMAIL is expected: NULL, never decrypted.
         decrypt(EMAIL, LogicalType::Text),
         // NOTES' value where EMAIL is expected, but the role may read NOTES: decrypted.
@@ -421,6 +429,7 @@ fn masks_per_type_and_format() {
                     _ => stored.clone(),
                 };
                 let action = ColumnAction::Mask {
+                    class: pgcloak_policy::Class::Confidential,
                     column: NOTES.into(),
                     ty: *ty,
                     mask: *mask,
@@ -448,6 +457,7 @@ fn masks_per_type_and_format() {
         // An unencrypted masked column, binary format of its own type.
         let bin = typed::to_binary(*ty, &canonical).unwrap();
         let action = ColumnAction::Mask {
+            class: pgcloak_policy::Class::Confidential,
             column: "public.customers.plain".into(),
             ty: *ty,
             mask: *mask,
@@ -466,6 +476,7 @@ fn masks_per_type_and_format() {
     }
     // The hash mask is keyed: same value, same pseudonym; no plaintext in it.
     let action = ColumnAction::Mask {
+        class: pgcloak_policy::Class::Confidential,
         column: EMAIL.into(),
         ty: LogicalType::Text,
         mask: Mask::Hash,
@@ -538,6 +549,7 @@ fn malformed_rows_never_panic() {
         decrypt(EMAIL, LogicalType::Text),
         decrypt(SALARY, LogicalType::Int4),
         ColumnAction::Mask {
+            class: pgcloak_policy::Class::Confidential,
             column: PHONE.into(),
             ty: LogicalType::Date,
             mask: Mask::Hash,
