@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -28,7 +28,12 @@ const UPSTREAM_PROBE: Duration = Duration::from_secs(1);
 
 /// Serves the admin listener until `shutdown` fires.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
-    info!(listen = ?listener.local_addr().ok(), "admin listener serving /metrics, /healthz, /readyz");
+    let scheme = if shared.config.admin_tls {
+        "https"
+    } else {
+        "http"
+    };
+    info!(listen = ?listener.local_addr().ok(), scheme, "admin listener serving /metrics, /healthz, /readyz");
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -38,7 +43,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
             Ok((stream, peer)) => {
                 let shared = shared.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = handle(stream, &shared).await {
+                    if let Err(e) = accept(stream, &shared).await {
                         debug!(client = %peer, error = %e, "admin request failed");
                     }
                 });
@@ -68,7 +73,31 @@ impl Response {
     }
 }
 
-async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
+/// Serves one connection: over TLS with the `[tls]` pair in force when `[admin] tls` is on (a
+/// SIGHUP reload applies to the next connection), else plain.
+async fn accept(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
+    if !shared.config.admin_tls {
+        return handle(stream, shared).await;
+    }
+    let Some(pair) = shared.client_tls.current() else {
+        return Err(std::io::Error::other(
+            "[admin] tls is on but no [tls] pair is loaded",
+        ));
+    };
+    match tokio::time::timeout(READ_TIMEOUT, pair.http_acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => handle(tls, shared).await,
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "TLS handshake not finished within 5 s",
+        )),
+    }
+}
+
+async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    shared: &Shared,
+) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(1024);
     let read = tokio::time::timeout(READ_TIMEOUT, async {
         let mut chunk = [0u8; 1024];

@@ -56,6 +56,7 @@ struct RawAdmin {
     listen: Option<String>,
     users: Option<Vec<String>>,
     database: Option<String>,
+    tls: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -263,6 +264,8 @@ pub struct Config {
     pub admin_users: Vec<String>,
     /// `[admin] database`: the database an admin console login authenticates against.
     pub admin_database: String,
+    /// `[admin] tls`: the operations listener speaks HTTPS with the `[tls]` certificate.
+    pub admin_tls: bool,
 }
 
 impl Config {
@@ -442,7 +445,9 @@ fn resolve(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, ConfigErr
         listen: None,
         users: None,
         database: None,
+        tls: None,
     });
+    let admin_tls = raw_admin.tls.unwrap_or(false);
     let admin_users = raw_admin.users.unwrap_or_default();
     if let Some(bad) = admin_users
         .iter()
@@ -753,6 +758,13 @@ fn resolve(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, ConfigErr
     };
 
     let secs = |v: Option<u64>, d: u64| Duration::from_secs(v.unwrap_or(d));
+    if admin_tls && tls.is_none() {
+        return Err(invalid(
+            path,
+            "admin.tls",
+            "is true but there is no [tls] section; the operations listener serves the [tls] certificate, so configure [tls] cert and key (or set admin.tls = false)",
+        ));
+    }
     Ok(Config {
         source: path.to_path_buf(),
         listen,
@@ -782,6 +794,7 @@ fn resolve(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, ConfigErr
         admin_listen,
         admin_users,
         admin_database,
+        admin_tls,
     })
 }
 

@@ -86,6 +86,9 @@ impl Shared {
 /// one pair from start to end, new handshakes use the new pair.
 pub struct TlsPair {
     pub acceptor: TlsAcceptor,
+    /// The same certificate and key for the operations listener (ALPN `http/1.1`, not
+    /// `postgresql`).
+    pub http_acceptor: TlsAcceptor,
     pub cert: Vec<u8>,
 }
 
@@ -109,8 +112,11 @@ impl ClientTls {
 
     fn read(t: &crate::config::TlsConfig) -> Result<TlsPair, ConfigError> {
         let (cfg, cert) = crate::tls::server_config(t)?;
+        let mut http = (*cfg).clone();
+        http.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(TlsPair {
             acceptor: TlsAcceptor::from(cfg),
+            http_acceptor: TlsAcceptor::from(Arc::new(http)),
             cert,
         })
     }

@@ -304,24 +304,92 @@ async fn readyz_names_a_dead_upstream() {
 #[test]
 fn a_bad_admin_address_is_refused_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
-    for (listen, needle) in [
-        ("\"localhost-9930\"", "`localhost-9930` is not an address"),
-        ("\"127.0.0.1:6432\"", "same address as `listen`"),
+    for (admin, key, needle) in [
+        (
+            "listen = \"localhost-9930\"",
+            "admin.listen",
+            "`localhost-9930` is not an address",
+        ),
+        (
+            "listen = \"127.0.0.1:6432\"",
+            "admin.listen",
+            "same address as `listen`",
+        ),
+        (
+            "listen = \"127.0.0.1:9930\"\ntls = true",
+            "admin.tls",
+            "no [tls] section",
+        ),
+        ("users = [\"\"]", "admin.users", "is not a user name"),
+        (
+            "database = \"pgcloak\"",
+            "admin.database",
+            "cannot be authenticated against",
+        ),
     ] {
         let cfg = dir.path().join("c.toml");
         std::fs::write(
             &cfg,
-            format!("listen = \"127.0.0.1:6432\"\n[admin]\nlisten = {listen}\n"),
+            format!("listen = \"127.0.0.1:6432\"\n[admin]\n{admin}\n"),
         )
         .unwrap();
         let out = crate::harness::pgcloak(&["check", "--config", cfg.to_str().unwrap()], &[]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success());
-        assert!(
-            err.contains("admin.listen") && err.contains(needle),
-            "{err}"
-        );
+        assert!(err.contains(key) && err.contains(needle), "{err}");
     }
+}
+
+/// `[admin] tls = true`: the operations listener speaks HTTPS with the `[tls]` certificate (curl
+/// verifies it against the test CA) and nothing in plain HTTP.
+#[test]
+fn the_admin_listener_serves_https_with_the_tls_certificate() {
+    let c = cluster();
+    let admin = free_port();
+    let _proxy = Proxy::start_with(ProxyOptions {
+        extra: format!(
+            "[tls]\ncert = \"{}\"\nkey = \"{}\"\n[upstream_tls]\nmode = \"disable\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\ntls = true\n",
+            c.proxy_cert.display(),
+            c.proxy_key.display()
+        ),
+        ..Default::default()
+    });
+    let curl = |path: &str| {
+        let mut last = String::new();
+        for _ in 0..100 {
+            let out = Command::new("curl")
+                .args(["-sS", "--fail", "--cacert"])
+                .arg(&c.ca_file)
+                .args([
+                    "--resolve",
+                    &format!("localhost:{admin}:127.0.0.1"),
+                    &format!("https://localhost:{admin}{path}"),
+                ])
+                .output()
+                .expect("curl");
+            if out.status.success() {
+                return String::from_utf8_lossy(&out.stdout).to_string();
+            }
+            last = String::from_utf8_lossy(&out.stderr).to_string();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("curl https {path}: {last}");
+    };
+    assert_eq!(curl("/healthz"), "ok\n");
+    let m = parse_metrics(&curl("/metrics"));
+    assert_eq!(m["pgcloak_up"], 1.0);
+    // Plain HTTP gets no answer.
+    let mut s = TcpStream::connect(("127.0.0.1", admin)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    assert!(
+        !answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
