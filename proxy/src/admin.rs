@@ -194,7 +194,22 @@ pub fn gauges(shared: &Shared) -> Gauges {
     let keyring = services.keyring();
     let stats = &services.stats;
     let audit = services.audit.as_ref().map(|a| a.status());
+    let sessions = shared.sessions.list();
+    let sessions_by_state = crate::registry::Live::METRIC_STATES
+        .iter()
+        .map(|&s| {
+            let n = sessions.iter().filter(|l| l.metric_state() == s).count();
+            (s, n as u64)
+        })
+        .collect();
     Gauges {
+        catalog_ages: services
+            .catalog_ages()
+            .into_iter()
+            .map(|(db, age)| (db, age.as_secs_f64()))
+            .collect(),
+        sessions_by_state,
+        server_connections: sessions.iter().filter(|l| !l.is_console()).count() as u64,
         max_connections: u64::from(shared.config.max_connections),
         policy_generation: services.policy_generation(),
         policy_version: policy.version_hex().to_string(),

@@ -275,6 +275,12 @@ pub struct Gauges {
     pub key_versions: Vec<(String, u32)>,
     pub catalog_loads: u64,
     pub catalog_load_failures: u64,
+    /// Per database with a catalog snapshot: seconds since it was loaded.
+    pub catalog_ages: Vec<(String, f64)>,
+    /// Sessions being served now by state ([`crate::registry::Live::state`]), and how many of
+    /// them hold a server connection (every session but admin console ones).
+    pub sessions_by_state: Vec<(&'static str, u64)>,
+    pub server_connections: u64,
     pub plan_cache_entries: u64,
     pub audit: Option<pgcloak_audit::AuditStatus>,
     pub uptime_seconds: f64,
@@ -301,6 +307,20 @@ impl Metrics {
             GAUGE,
             "Client sessions open now.",
             opened.saturating_sub(closed),
+        );
+        x.family(
+            "pgcloak_client_sessions",
+            GAUGE,
+            "Client sessions being served now, by state: active (a statement is running), idle, idle_in_transaction, idle_in_transaction_aborted, console (admin console).",
+        );
+        for (state, n) in &g.sessions_by_state {
+            x.sample("pgcloak_client_sessions", &format!("state=\"{state}\""), n);
+        }
+        x.single(
+            "pgcloak_server_connections",
+            GAUGE,
+            "Connections to PostgreSQL held for client sessions (one per session; pgcloak does not pool, so no client ever waits for one).",
+            g.server_connections,
         );
         x.single(
             "pgcloak_client_connections_total",
@@ -478,6 +498,18 @@ impl Metrics {
                 "pgcloak_key_active_version",
                 &format!("column=\"{}\"", escape(column)),
                 *version,
+            );
+        }
+        x.family(
+            "pgcloak_catalog_age_seconds",
+            GAUGE,
+            "Seconds since each database's catalog snapshot was loaded (reloaded after 30 s or DDL).",
+        );
+        for (db, age) in &g.catalog_ages {
+            x.sample(
+                "pgcloak_catalog_age_seconds",
+                &format!("database=\"{}\"", escape(db)),
+                age,
             );
         }
         x.results(

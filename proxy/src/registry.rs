@@ -119,6 +119,31 @@ impl Live {
         self.state.store(status, Ordering::Relaxed);
     }
 
+    /// Every state [`Live::metric_state`] names, in order.
+    pub const METRIC_STATES: [&'static str; 5] = [
+        "active",
+        "idle",
+        "idle_in_transaction",
+        "idle_in_transaction_aborted",
+        "console",
+    ];
+
+    /// The state as a metric label ([`Live::METRIC_STATES`]).
+    pub fn metric_state(&self) -> &'static str {
+        match self.state.load(Ordering::Relaxed) {
+            ACTIVE => "active",
+            CONSOLE => "console",
+            b'T' => "idle_in_transaction",
+            b'E' => "idle_in_transaction_aborted",
+            _ => "idle",
+        }
+    }
+
+    /// Whether this is an admin console session (it holds no server connection).
+    pub fn is_console(&self) -> bool {
+        self.state.load(Ordering::Relaxed) == CONSOLE
+    }
+
     /// As `pg_stat_activity.state` words it (plus `console` for an admin console session).
     pub fn state(&self) -> &'static str {
         match self.state.load(Ordering::Relaxed) {

@@ -328,6 +328,17 @@ impl Services {
         }
     }
 
+    /// Every database with a catalog snapshot and the time since it was loaded.
+    pub fn catalog_ages(&self) -> Vec<(String, Duration)> {
+        let mut ages: Vec<(String, Duration)> = self
+            .catalogs
+            .iter()
+            .map(|c| (c.key().clone(), c.value().loaded.elapsed()))
+            .collect();
+        ages.sort();
+        ages
+    }
+
     /// The catalog snapshot of `database` if one was loaded, and whether it is still fresh; no waiting.
     pub fn catalog_snapshot(&self, database: &str) -> Option<(Arc<DbCatalog>, bool)> {
         self.catalogs.get(database).map(|c| {

@@ -139,6 +139,14 @@ async fn admin_console_commands_kill_reload_and_refusals() {
     assert!(stats
         .iter()
         .any(|r| get(r, "metric") == "pgcloak_statements_total"));
+    let in_tx = stats
+        .iter()
+        .find(|r| {
+            get(r, "metric") == "pgcloak_client_sessions"
+                && get(r, "labels") == "state=\"idle_in_transaction\""
+        })
+        .expect("sessions by state");
+    assert_eq!(get(in_tx, "value"), "1");
 
     let policy = rows(&admin.simple_query("SHOW POLICY").await.unwrap());
     let col = policy

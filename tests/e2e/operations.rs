@@ -166,6 +166,10 @@ async fn metrics_health_and_readiness() {
     };
     assert_eq!(v("pgcloak_up"), 1.0);
     assert_eq!(v("pgcloak_client_connections"), 2.0);
+    assert_eq!(v(r#"pgcloak_client_sessions{state="idle"}"#), 2.0);
+    assert_eq!(v(r#"pgcloak_client_sessions{state="active"}"#), 0.0);
+    assert_eq!(v("pgcloak_server_connections"), 2.0);
+    assert!(v(&format!("pgcloak_catalog_age_seconds{{database=\"{db}\"}}")) >= 0.0);
     assert!(v("pgcloak_client_connections_total") >= 2.0);
     assert_eq!(
         v(r#"pgcloak_statements_total{decision="allow",kind="insert"}"#),
