@@ -16,6 +16,9 @@
 //! - [`typed`] — PostgreSQL text/binary wire formats ⇄ canonical plaintext bytes.
 //! - [`envelope`] — the ciphertext byte layout, [`armor`]/[`dearmor`], [`looks_like_envelope`].
 //! - [`cipher`] — [`ColumnCipher`]: encrypt/decrypt one column under its key versions.
+//! - [`subject`] — data subjects: [`SubjectRef`] (keyed HMAC of a subject id), per-subject data
+//!   keys wrapped by the master key ([`SubjectKeyWrapper`]), a bounded LRU of unwrapped keys
+//!   ([`KeyCache`]).
 //! - [`keyring`] — [`KeyringDoc`] (the editable JSON document of wrapped keys), [`Keyring`] (the
 //!   unlocked data-path view), [`KeyringStore`] + [`update_with_retry`] (compare-and-swap writes).
 //! - [`error`] — [`KeyError`], the one error enum, and [`StoreError`].
@@ -139,6 +142,7 @@ pub mod envelope;
 pub mod error;
 pub mod keyring;
 pub mod secret;
+pub mod subject;
 pub mod typed;
 pub mod types;
 
@@ -153,6 +157,9 @@ pub use keyring::{
     VersionInfo,
 };
 pub use secret::{verify_audit_signature, AuditSigningKey, MasterKey};
+pub use subject::{
+    KeyCache, SubjectDek, SubjectKeyId, SubjectKeyWrapper, SubjectRef, SubjectRefKey,
+};
 pub use types::{LogicalType, Mode};
 
 #[cfg(test)]
