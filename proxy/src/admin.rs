@@ -252,6 +252,20 @@ async fn readiness(shared: &Shared) -> Response {
             ),
         )),
     }
+    let stats = &shared.services.stats;
+    let mut catalogs: Vec<(String, String)> = stats
+        .catalog_errors
+        .iter()
+        .map(|e| (format!("catalog {}", e.key()), e.value().clone()))
+        .collect();
+    catalogs.sort();
+    problems.extend(catalogs);
+    if let Some(e) = stats.keyring_error.lock().ok().and_then(|e| e.clone()) {
+        problems.push((
+            "keyring".into(),
+            format!("the last reload failed ({e}); the previous keyring is in force"),
+        ));
+    }
     if let Some(audit) = &shared.services.audit {
         let status = audit.status();
         for s in status.sinks.iter().filter(|s| !s.healthy) {

@@ -155,6 +155,9 @@ async fn reload_keyring(
                 info!(generation, created = created.len(), "keyring reloaded");
                 services.set_keyring(keyring);
             }
+            if let Ok(mut e) = services.stats.keyring_error.lock() {
+                *e = None;
+            }
             Ok(format!("generation {generation}"))
         }
         Err(e) => {
@@ -163,6 +166,9 @@ async fn reload_keyring(
                 .keyring_reload_failures
                 .fetch_add(1, Ordering::Relaxed);
             warn!("keyring reload failed, keeping the previous keyring: {e}");
+            if let Ok(mut last) = services.stats.keyring_error.lock() {
+                *last = Some(e.clone());
+            }
             Err(format!("{e}; the previous keyring stays in force"))
         }
     }

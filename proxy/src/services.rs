@@ -101,6 +101,10 @@ pub struct ServiceStats {
     pub keyring_reload_failures: std::sync::atomic::AtomicU64,
     pub catalog_loads: std::sync::atomic::AtomicU64,
     pub catalog_load_failures: std::sync::atomic::AtomicU64,
+    /// Databases whose last catalog load failed, with the error (for `/readyz`).
+    pub catalog_errors: DashMap<String, String>,
+    /// Why the last keyring reload failed, while the previous keyring is in force.
+    pub keyring_error: std::sync::Mutex<Option<String>>,
 }
 
 impl Default for ServiceStats {
@@ -112,6 +116,8 @@ impl Default for ServiceStats {
             keyring_reload_failures: Default::default(),
             catalog_loads: Default::default(),
             catalog_load_failures: Default::default(),
+            catalog_errors: DashMap::new(),
+            keyring_error: std::sync::Mutex::new(None),
         }
     }
 }
@@ -247,7 +253,17 @@ impl Services {
                 .timers
                 .run(async move { crate::catalog::connect(&cfg).await })
                 .await
-                .unwrap_or(Err(CatalogError::ShuttingDown))?;
+                .unwrap_or(Err(CatalogError::ShuttingDown));
+            let opened = match opened {
+                Ok(c) => c,
+                Err(e) => {
+                    self.stats
+                        .catalog_errors
+                        .insert(database.to_string(), e.to_string());
+                    return Err(e);
+                }
+            };
+            self.stats.catalog_errors.remove(database);
             state.client = Some(opened);
             info!(database, "catalog connection opened");
         }
@@ -370,6 +386,7 @@ impl Services {
         match &loaded {
             Ok(_) => {
                 self.stats.catalog_loads.fetch_add(1, Ordering::Relaxed);
+                self.stats.catalog_errors.remove(database);
                 state.catalog_failed = None
             }
             Err(e) => {
@@ -377,6 +394,9 @@ impl Services {
                     .catalog_load_failures
                     .fetch_add(1, Ordering::Relaxed);
                 warn!(database, "{e}; retried in {CATALOG_RETRY:?}");
+                self.stats
+                    .catalog_errors
+                    .insert(database.to_string(), e.to_string());
                 state.catalog_failed = Some((Instant::now(), e.clone()));
             }
         }

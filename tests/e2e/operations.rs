@@ -613,3 +613,76 @@ async fn the_guided_first_run_works() {
     assert!(ok, "{err}");
     assert!(out.contains("|console|"), "{out}");
 }
+
+/// `/readyz` names a database whose catalog cannot be loaded (the `[catalog]` login fails) and a
+/// keyring whose reload failed, and is ready again once each is mended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_names_a_failing_catalog_login_and_a_failed_keyring_reload() {
+    let c = cluster();
+    let db = c.fresh_db("ops_ready_catalog");
+    c.psql_direct(
+        &db,
+        "CREATE TABLE accounts (id int, email text); GRANT ALL ON accounts TO PUBLIC",
+    );
+    let admin = free_port();
+    let proxy = Proxy::start_with(ProxyOptions {
+        policy: Some(
+            "[[column]]\nname = \"public.accounts.email\"\nclass = \"confidential\"\nencrypt = \"deterministic\"\n\
+             [default]\nread = { confidential = \"plaintext\" }\n"
+                .into(),
+        ),
+        extra: format!(
+            "[admin]\nlisten = \"127.0.0.1:{admin}\"\n[catalog]\nuser = \"{}\"\npassword = \"wrong\"\ndatabase = \"postgres\"\n",
+            crate::harness::SUPERUSER
+        ),
+        ..Default::default()
+    });
+    assert_eq!(get(admin, "GET", "/readyz").0, 200);
+    let alice = connect(&proxy.alice(&db)).await;
+    let err = alice
+        .simple_query("SELECT email FROM accounts")
+        .await
+        .unwrap_err();
+    // Refused, failing closed, naming the catalog login.
+    let text = crate::harness::error_text(&err);
+    assert!(
+        text.contains("catalog connection") && text.contains("is refused"),
+        "{text}"
+    );
+    let (status, body) = get(admin, "GET", "/readyz");
+    assert_eq!(status, 503, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let why = v["not_ready"][format!("catalog {db}")]
+        .as_str()
+        .unwrap_or_else(|| panic!("{body}"));
+    assert!(
+        why.contains("password") || why.contains("authentication"),
+        "{body}"
+    );
+    drop(alice);
+
+    // A keyring that no longer opens: the previous one serves, /readyz says so; mended, ready.
+    let keyring = proxy.dir.path().join("keyring.json");
+    let good = std::fs::read(&keyring).unwrap();
+    std::fs::write(&keyring, b"{ not a keyring").unwrap();
+    proxy.signal("HUP");
+    let mut body = String::new();
+    for _ in 0..100 {
+        body = get(admin, "GET", "/readyz").1;
+        if body.contains("\"keyring\"") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(body.contains("the previous keyring is in force"), "{body}");
+    std::fs::write(&keyring, good).unwrap();
+    proxy.signal("HUP");
+    for _ in 0..100 {
+        body = get(admin, "GET", "/readyz").1;
+        if !body.contains("\"keyring\"") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!body.contains("\"keyring\""), "{body}");
+}
