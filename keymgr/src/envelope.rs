@@ -205,7 +205,7 @@ const BASE64URL_SHIFTED: [[u32; 256]; 4] = {
 /// Its own code rather than the base64 crate's decoder: that one is built for long inputs and spends
 /// about 700 instructions on the ~60 characters of an armoured value, read for every protected value
 /// of every row; this loop spends about a third of that.
-fn decode_base64url_into(text: &[u8], out: &mut Vec<u8>) -> bool {
+pub(crate) fn decode_base64url_into(text: &[u8], out: &mut Vec<u8>) -> bool {
     let tail = text.len() % 4;
     if tail == 1 {
         return false;

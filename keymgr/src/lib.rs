@@ -77,6 +77,12 @@
 //! [`looks_like_envelope`] checks magic + version + mode + length (raw) or that lead + length
 //! (armoured), without any cryptography.
 //!
+//! **Format 2** (subject-keyed values, [`subject`]): the same layout with format byte `02` and the
+//! 16-byte [`SubjectRef`] after the key version (a 28-byte header), encrypted under the subject's
+//! own data key (`HKDF(subject DEK, "pgcloak subject enc key v1")`, and `"... mac key v1"` for the
+//! deterministic nonce); armoured it starts with `pgc1:wQoC`. The column path ([`Envelope::parse`],
+//! [`ColumnCipher`]) refuses it; [`SubjectHeader`] reads which key opens it.
+//!
 //! # Keys and modes
 //!
 //! Each column has a data key (DEK, 32 random bytes) per key version. From each DEK, HKDF-SHA256
@@ -158,7 +164,8 @@ pub use keyring::{
 };
 pub use secret::{verify_audit_signature, AuditSigningKey, MasterKey};
 pub use subject::{
-    KeyCache, SubjectDek, SubjectKeyId, SubjectKeyWrapper, SubjectRef, SubjectRefKey,
+    KeyCache, SubjectCipher, SubjectDek, SubjectHeader, SubjectKeyId, SubjectKeyWrapper,
+    SubjectRef, SubjectRefKey,
 };
 pub use types::{LogicalType, Mode};
 

@@ -24,8 +24,10 @@ use ring::hmac;
 use ring::rand::SystemRandom;
 use zeroize::Zeroizing;
 
+use crate::envelope::{Encoding, ARMOR_PREFIX, MAGIC, MAX_PLAINTEXT_LEN, NONCE_LEN, TAG_LEN};
 use crate::error::{KeyError, Result};
-use crate::secret::{fill_random, MasterKey, KEY_LEN};
+use crate::secret::{fill_random, hkdf32, MasterKey, KEY_LEN};
+use crate::Mode;
 
 /// HKDF label: master key -> HMAC key of subject references.
 const INFO_SUBJECT_REF: &[u8] = b"pgcloak subject reference key v1";
@@ -439,12 +441,350 @@ impl<K: Hash + Eq + Clone, V> KeyCache<K, V> {
     }
 }
 
+/// HKDF label: subject data key -> AES-256-GCM key.
+const INFO_SUBJECT_ENC: &[u8] = b"pgcloak subject enc key v1";
+/// HKDF label: subject data key -> HMAC key of the deterministic (synthetic) nonce.
+const INFO_SUBJECT_MAC: &[u8] = b"pgcloak subject mac key v1";
+
+/// Envelope format version of subject-keyed values.
+pub const SUBJECT_FORMAT_VERSION: u8 = 2;
+/// Header of a subject-keyed envelope: magic (2) + format (1) + mode (1) + column key id (4) + key
+/// version (4) + subject reference (16).
+pub const SUBJECT_HEADER_LEN: usize = 12 + SUBJECT_REF_LEN;
+/// Shortest subject-keyed raw envelope (empty plaintext): header, nonce, tag.
+pub const SUBJECT_MIN_RAW_LEN: usize = SUBJECT_HEADER_LEN + NONCE_LEN + TAG_LEN;
+
+/// The header of a subject-keyed envelope: which key opens it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubjectHeader {
+    /// Randomized or deterministic (within the subject).
+    pub mode: Mode,
+    /// The column key id, subject and version of the key.
+    pub key: SubjectKeyId,
+}
+
+impl SubjectHeader {
+    /// Reads the header of a stored value in either encoding; `None` when it is not a
+    /// subject-keyed envelope (e.g. a column-keyed one, or plaintext).
+    pub fn of_stored(stored: &[u8]) -> Option<SubjectHeader> {
+        let raw = raw_of(stored).ok()?;
+        SubjectHeader::parse(&raw).ok()
+    }
+
+    /// Parses the header of a raw subject-keyed envelope.
+    pub fn parse(raw: &[u8]) -> Result<SubjectHeader> {
+        if raw.first_chunk::<2>() != Some(&MAGIC) {
+            return Err(KeyError::NotAnEnvelope);
+        }
+        let Some(h) = raw.first_chunk::<SUBJECT_HEADER_LEN>() else {
+            return Err(KeyError::MalformedEnvelope {
+                reason: "it is shorter than a subject envelope header, nonce and tag",
+            });
+        };
+        if raw.len() < SUBJECT_MIN_RAW_LEN {
+            return Err(KeyError::MalformedEnvelope {
+                reason: "it is shorter than a subject envelope header, nonce and tag",
+            });
+        }
+        let [_, _, format, mode, k0, k1, k2, k3, v0, v1, v2, v3, subject @ ..] = *h;
+        if format != SUBJECT_FORMAT_VERSION {
+            return Err(KeyError::MalformedEnvelope {
+                reason: "not a subject-keyed envelope",
+            });
+        }
+        let mode = Mode::from_byte(mode).ok_or(KeyError::MalformedEnvelope {
+            reason: "unknown encryption mode byte",
+        })?;
+        Ok(SubjectHeader {
+            mode,
+            key: SubjectKeyId {
+                subject: SubjectRef(subject),
+                key_id: u32::from_be_bytes([k0, k1, k2, k3]),
+                version: u32::from_be_bytes([v0, v1, v2, v3]),
+            },
+        })
+    }
+
+    fn bytes(&self) -> [u8; SUBJECT_HEADER_LEN] {
+        let mut h = [0u8; SUBJECT_HEADER_LEN];
+        let parts: [&[u8]; 5] = [
+            &MAGIC,
+            &[SUBJECT_FORMAT_VERSION, self.mode.byte()],
+            &self.key.key_id.to_be_bytes(),
+            &self.key.version.to_be_bytes(),
+            &self.key.subject.0,
+        ];
+        let mut at = 0;
+        for p in parts {
+            for (o, b) in h.iter_mut().skip(at).zip(p) {
+                *o = *b;
+            }
+            at += p.len();
+        }
+        h
+    }
+}
+
+/// The raw envelope of a stored value: dearmoured when it is armoured text, else as stored.
+fn raw_of(stored: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>> {
+    match stored.strip_prefix(ARMOR_PREFIX) {
+        Some(body) => {
+            let mut raw = Vec::new();
+            if !crate::envelope::decode_base64url_into(body, &mut raw) {
+                return Err(KeyError::MalformedEnvelope {
+                    reason: "the armoured text is not valid base64",
+                });
+            }
+            Ok(std::borrow::Cow::Owned(raw))
+        }
+        None => Ok(std::borrow::Cow::Borrowed(stored)),
+    }
+}
+
+/// Encrypts and decrypts one column's values of one subject under one key version: AES-256-GCM
+/// with random nonces (randomized) or HMAC-synthetic nonces (deterministic: equal values of the same
+/// subject encrypt equally, across subjects they differ). The envelope (format 2) names the subject
+/// reference, so a reader knows which key to fetch; the associated data binds the value to its
+/// header and column, so it neither opens under another subject's key nor in another column.
+pub struct SubjectCipher {
+    column: String,
+    header: SubjectHeader,
+    aead: LessSafeKey,
+    /// HMAC state with the associated data absorbed (deterministic only).
+    mac: Option<hmac::Context>,
+    ad: Vec<u8>,
+    rng: SystemRandom,
+}
+
+impl std::fmt::Debug for SubjectCipher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubjectCipher")
+            .field("column", &self.column)
+            .field("header", &self.header)
+            .field("keys", &"[redacted]")
+            .finish()
+    }
+}
+
+impl SubjectCipher {
+    /// The cipher of `column` (`schema.table.column`) for the subject key `id` in `mode`.
+    pub fn new(
+        column: &str,
+        mode: Mode,
+        id: SubjectKeyId,
+        dek: &SubjectDek,
+    ) -> Result<SubjectCipher> {
+        let header = SubjectHeader { mode, key: id };
+        let enc = hkdf32(dek.expose(), INFO_SUBJECT_ENC);
+        let unbound = UnboundKey::new(&AES_256_GCM, &enc[..]).map_err(|_| KeyError::Internal {
+            what: "AES-256-GCM key setup",
+        })?;
+        let mut ad = Vec::with_capacity(SUBJECT_HEADER_LEN + 4 + column.len());
+        ad.extend_from_slice(&header.bytes());
+        ad.extend_from_slice(&(column.len() as u32).to_be_bytes());
+        ad.extend_from_slice(column.as_bytes());
+        let mac = match mode {
+            Mode::Randomized => None,
+            Mode::Deterministic => {
+                let k = hkdf32(dek.expose(), INFO_SUBJECT_MAC);
+                let mut ctx = hmac::Context::with_key(&hmac::Key::new(hmac::HMAC_SHA256, &k[..]));
+                ctx.update(&ad);
+                Some(ctx)
+            }
+        };
+        Ok(SubjectCipher {
+            column: column.to_string(),
+            header,
+            aead: LessSafeKey::new(unbound),
+            mac,
+            ad,
+            rng: SystemRandom::new(),
+        })
+    }
+
+    /// The key this cipher uses.
+    pub fn key(&self) -> SubjectKeyId {
+        self.header.key
+    }
+
+    /// Encrypts a canonical plaintext into a stored value in `encoding`.
+    pub fn encrypt(&self, plaintext: &[u8], encoding: Encoding) -> Result<Vec<u8>> {
+        if plaintext.len() > MAX_PLAINTEXT_LEN {
+            return Err(KeyError::ValueTooLarge {
+                len: plaintext.len(),
+                max: MAX_PLAINTEXT_LEN,
+            });
+        }
+        let nonce = match &self.mac {
+            None => {
+                let mut n = [0u8; NONCE_LEN];
+                fill_random(&self.rng, &mut n)?;
+                n
+            }
+            Some(mac) => {
+                let mut ctx = mac.clone();
+                ctx.update(plaintext);
+                let tag = ctx.sign();
+                tag.as_ref()
+                    .first_chunk::<NONCE_LEN>()
+                    .copied()
+                    .ok_or(KeyError::Internal {
+                        what: "HMAC-SHA256 tag shorter than a nonce",
+                    })?
+            }
+        };
+        let mut raw = Vec::with_capacity(SUBJECT_MIN_RAW_LEN + plaintext.len());
+        raw.extend_from_slice(&self.header.bytes());
+        raw.extend_from_slice(&nonce);
+        raw.extend_from_slice(plaintext);
+        let body = raw
+            .get_mut(SUBJECT_HEADER_LEN + NONCE_LEN..)
+            .ok_or(KeyError::Internal {
+                what: "subject envelope shorter than its header",
+            })?;
+        let tag = self
+            .aead
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(&self.ad[..]),
+                body,
+            )
+            .map_err(|_| KeyError::Internal {
+                what: "seal a subject value",
+            })?;
+        raw.extend_from_slice(tag.as_ref());
+        Ok(match encoding {
+            Encoding::Raw => raw,
+            Encoding::Armored => crate::envelope::armor(&raw).into_bytes(),
+        })
+    }
+
+    /// Decrypts a stored value (raw or armoured) of this column and subject key. Fails when it is
+    /// not a subject envelope, names another subject, column key or version, or was altered.
+    pub fn decrypt(&self, stored: &[u8]) -> Result<Vec<u8>> {
+        let raw = raw_of(stored)?;
+        let header = SubjectHeader::parse(&raw)?;
+        if header != self.header {
+            return Err(KeyError::DecryptFailed {
+                column: self.column.clone(),
+            });
+        }
+        let nonce = raw
+            .get(SUBJECT_HEADER_LEN..)
+            .and_then(<[u8]>::first_chunk::<NONCE_LEN>)
+            .copied()
+            .ok_or(KeyError::MalformedEnvelope {
+                reason: "it is shorter than a subject envelope header, nonce and tag",
+            })?;
+        let mut body = raw
+            .get(SUBJECT_HEADER_LEN + NONCE_LEN..)
+            .unwrap_or_default()
+            .to_vec();
+        let len = self
+            .aead
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(&self.ad[..]),
+                &mut body,
+            )
+            .map(|p| p.len())
+            .map_err(|_| KeyError::DecryptFailed {
+                column: self.column.clone(),
+            })?;
+        body.truncate(len);
+        Ok(body)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn master(seed: u8) -> MasterKey {
         MasterKey::from_bytes(&[seed; KEY_LEN]).unwrap()
+    }
+
+    fn subject_cipher(mode: Mode, subject: &[u8], version: u32) -> (SubjectCipher, SubjectDek) {
+        let w = SubjectKeyWrapper::new(&master(1)).unwrap();
+        let id = SubjectKeyId {
+            subject: SubjectRefKey::new(&master(1)).reference(subject),
+            key_id: 9,
+            version,
+        };
+        let (dek, _) = w.generate(&id).unwrap();
+        (
+            SubjectCipher::new("public.customers.email", mode, id, &dek).unwrap(),
+            dek,
+        )
+    }
+
+    #[test]
+    fn subject_values_round_trip_and_name_their_key() {
+        for mode in [Mode::Randomized, Mode::Deterministic] {
+            let (c, _) = subject_cipher(mode, b"42", 1);
+            for enc in [Encoding::Raw, Encoding::Armored] {
+                let stored = c.encrypt(b"ada@example.com", enc).unwrap();
+                assert_eq!(c.decrypt(&stored).unwrap(), b"ada@example.com");
+                let h = SubjectHeader::of_stored(&stored).expect("a subject envelope");
+                assert_eq!(h.key, c.key());
+                assert_eq!(h.mode, mode);
+                if enc == Encoding::Armored {
+                    assert!(
+                        stored.starts_with(b"pgc1:wQoC"),
+                        "{:?}",
+                        String::from_utf8_lossy(&stored)
+                    );
+                }
+                // Not a column-keyed envelope: the column path refuses it rather than guessing.
+                assert!(crate::envelope::decode_any(&stored).is_err());
+            }
+            let a = c.encrypt(b"x", Encoding::Raw).unwrap();
+            let b = c.encrypt(b"x", Encoding::Raw).unwrap();
+            assert_eq!(a == b, mode == Mode::Deterministic);
+            assert_eq!(
+                c.encrypt(b"", Encoding::Raw).unwrap().len(),
+                SUBJECT_MIN_RAW_LEN
+            );
+        }
+    }
+
+    #[test]
+    fn subject_values_do_not_open_under_another_subject_version_column_or_when_altered() {
+        let (c, dek) = subject_cipher(Mode::Deterministic, b"42", 1);
+        let stored = c.encrypt(b"secret", Encoding::Raw).unwrap();
+        // Deterministic within a subject, not across subjects.
+        let (other, _) = subject_cipher(Mode::Deterministic, b"43", 1);
+        assert_ne!(other.encrypt(b"secret", Encoding::Raw).unwrap(), stored);
+        assert!(other.decrypt(&stored).is_err());
+        let (v2, _) = subject_cipher(Mode::Deterministic, b"42", 2);
+        assert!(v2.decrypt(&stored).is_err());
+        let elsewhere =
+            SubjectCipher::new("public.customers.phone", Mode::Deterministic, c.key(), &dek)
+                .unwrap();
+        assert!(elsewhere.decrypt(&stored).is_err(), "bound to its column");
+        for i in [3, 13, SUBJECT_HEADER_LEN + 2, stored.len() - 1] {
+            let mut t = stored.clone();
+            t[i] ^= 1;
+            assert!(c.decrypt(&t).is_err(), "byte {i} altered");
+        }
+        assert!(c.decrypt(&stored[..SUBJECT_MIN_RAW_LEN - 1]).is_err());
+        assert!(c.decrypt(b"plain text").is_err());
+        assert!(SubjectHeader::of_stored(b"plain text").is_none());
+        assert!(format!("{c:?}").contains("redacted"));
+    }
+
+    #[test]
+    fn column_keyed_envelopes_are_not_subject_envelopes() {
+        let kr_cipher = crate::cipher::tests::test_cipher(Mode::Randomized, "public.t.c", 1);
+        let stored = kr_cipher.encrypt_as(b"v", Encoding::Armored).unwrap();
+        assert!(SubjectHeader::of_stored(&stored).is_none());
+        let raw = kr_cipher.encrypt(b"v").unwrap();
+        assert!(SubjectHeader::parse(&raw).is_err());
+        // And a column cipher does not open a subject value.
+        let (c, _) = subject_cipher(Mode::Randomized, b"42", 1);
+        assert!(kr_cipher
+            .decrypt(&c.encrypt(b"v", Encoding::Raw).unwrap())
+            .is_err());
     }
 
     #[test]
