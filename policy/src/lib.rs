@@ -89,7 +89,8 @@ pub use lexer::{
 };
 pub use mask::{apply_mask, Mask, MaskedValue};
 pub use model::{
-    Access, Class, ColumnPolicy, EncryptMode, LogicalType, Policy, RolePolicy, RoleRef,
+    Access, Class, ColumnPolicy, EncryptMode, Erased, KeyScope, LogicalType, Policy, RolePolicy,
+    RoleRef, TablePolicy,
 };
 pub use plan::{
     ColumnKey, ColumnTouch, CopyColumn, CopyDirection, CopyEndpoint, CopyFormat, CopyInfo,

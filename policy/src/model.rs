@@ -160,6 +160,43 @@ pub struct ColumnPolicy {
     pub logical_type: LogicalType,
     /// The mask a `masked` reader sees; `redact` when the entry names none.
     pub mask: Mask,
+    /// Whose key encrypts the values: the column's (default) or each row's subject's.
+    pub key: KeyScope,
+    /// What a value of an erased subject reads as (subject-keyed columns).
+    pub erased: Erased,
+    /// Line of the entry in the policy file.
+    pub line: usize,
+}
+
+/// `key = "column" | "subject"` of a `[[column]]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeyScope {
+    /// One key per column (and key version).
+    #[default]
+    Column,
+    /// One key per subject (the person the row belongs to, named by its table's `subject`) per
+    /// column and key version: destroying a subject's keys erases its values everywhere.
+    Subject,
+}
+
+/// `erased = "null" | "marker"`: what a value of an erased subject reads as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Erased {
+    /// NULL (the default).
+    #[default]
+    Null,
+    /// The text `[erased]` (text columns only).
+    Marker,
+}
+
+/// One `[[table]]` entry: whose rows the table holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TablePolicy {
+    pub schema: String,
+    pub table: String,
+    /// The column naming the subject each row belongs to (`id` on a customers table,
+    /// `customer_id` on orders).
+    pub subject: String,
     /// Line of the entry in the policy file.
     pub line: usize,
 }
@@ -232,6 +269,8 @@ struct TableEntry {
 pub struct Policy {
     file: String,
     columns: Vec<ColumnPolicy>,
+    /// `[[table]]` entries (subject columns), in file order.
+    tables: Vec<TablePolicy>,
     /// schema -> table -> its policy columns (nested so lookups by `&str` allocate nothing).
     schemas: HashMap<String, HashMap<String, TableEntry>>,
     table_names: Vec<String>,
@@ -247,6 +286,8 @@ struct RawPolicy {
     #[serde(default)]
     column: Vec<Spanned<RawColumn>>,
     #[serde(default)]
+    table: Vec<Spanned<RawTable>>,
+    #[serde(default)]
     role: Vec<Spanned<RawRole>>,
     #[serde(default)]
     default: Option<Spanned<RawDefault>>,
@@ -261,6 +302,15 @@ struct RawColumn {
     #[serde(rename = "type")]
     ty: Option<Spanned<String>>,
     mask: Option<Spanned<String>>,
+    key: Option<Spanned<String>>,
+    erased: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTable {
+    name: Option<Spanned<String>>,
+    subject: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -524,6 +574,64 @@ impl Policy {
                     }
                 },
             };
+            let key_scope = match &col.key {
+                None => KeyScope::Column,
+                Some(k) => match k.get_ref().as_str() {
+                    "column" => KeyScope::Column,
+                    "subject" => KeyScope::Subject,
+                    other => {
+                        ctx.err(
+                            k.span(),
+                            format!("unknown key `{other}`; use \"column\" (one key per column) or \"subject\" (one key per data subject)"),
+                        );
+                        ok = false;
+                        KeyScope::Column
+                    }
+                },
+            };
+            if key_scope == KeyScope::Subject && encrypt == EncryptMode::None {
+                ctx.err(
+                    span.clone(),
+                    format!(
+                        "column `{}` has key = \"subject\" but is not encrypted; add encrypt = \"randomized\" or \"deterministic\"",
+                        name.get_ref()
+                    ),
+                );
+                ok = false;
+            }
+            let erased = match &col.erased {
+                None => Erased::Null,
+                Some(e) => match e.get_ref().as_str() {
+                    "null" => Erased::Null,
+                    "marker" if logical_type == LogicalType::Text => Erased::Marker,
+                    "marker" => {
+                        ctx.err(
+                            e.span(),
+                            format!("erased = \"marker\" needs a text column, `{}` is {logical_type}; use erased = \"null\"", name.get_ref()),
+                        );
+                        ok = false;
+                        Erased::Null
+                    }
+                    other => {
+                        ctx.err(
+                            e.span(),
+                            format!("unknown erased `{other}`; use \"null\" or \"marker\""),
+                        );
+                        ok = false;
+                        Erased::Null
+                    }
+                },
+            };
+            if col.erased.is_some() && key_scope != KeyScope::Subject && ok {
+                ctx.err(
+                    span.clone(),
+                    format!(
+                        "column `{}` sets `erased` but is not subject-keyed; add key = \"subject\" or drop `erased`",
+                        name.get_ref()
+                    ),
+                );
+                ok = false;
+            }
             if !ok || !valid_parts {
                 continue;
             }
@@ -552,9 +660,13 @@ impl Policy {
                 encrypt,
                 logical_type,
                 mask,
+                key: key_scope,
+                erased,
                 line: ctx.line_of(name.span().start),
             });
         }
+
+        let tables = parse_tables(&mut ctx, &raw.table, &columns);
 
         let mut roles: Vec<RolePolicy> = Vec::new();
         let mut role_lines: HashMap<String, usize> = HashMap::new();
@@ -643,6 +755,7 @@ impl Policy {
         Ok(Policy {
             file: file.to_string(),
             columns,
+            tables,
             schemas,
             table_names,
             roles,
@@ -650,6 +763,18 @@ impl Policy {
             version,
             version_hex,
         })
+    }
+
+    /// Every `[[table]]` entry, in file order.
+    pub fn tables(&self) -> &[TablePolicy] {
+        &self.tables
+    }
+
+    /// The `[[table]]` entry of `schema.table`, if any.
+    pub fn table_policy(&self, schema: &str, table: &str) -> Option<&TablePolicy> {
+        self.tables
+            .iter()
+            .find(|t| t.schema == schema && t.table == table)
     }
 
     /// The file name given to [`Policy::parse`].
@@ -758,4 +883,118 @@ fn toml_message(msg: &str) -> String {
 /// other cases and surrounding blanks; policy files are held to the documented spelling).
 fn parse_logical_type(s: &str) -> Option<LogicalType> {
     LogicalType::ALL.into_iter().find(|t| t.name() == s)
+}
+
+/// The `[[table]]` entries: each names a table (`schema.table`) and its subject column, once; the
+/// subject column is not itself encrypted; every subject-keyed column's table has an entry.
+fn parse_tables(
+    ctx: &mut Ctx<'_>,
+    raw: &[Spanned<RawTable>],
+    columns: &[ColumnPolicy],
+) -> Vec<TablePolicy> {
+    let mut tables: Vec<TablePolicy> = Vec::new();
+    for entry in raw {
+        let span = entry.span();
+        let t = entry.get_ref();
+        let Some(name) = &t.name else {
+            ctx.err(
+                span,
+                "[[table]] entry has no `name`; add name = \"schema.table\"".to_string(),
+            );
+            continue;
+        };
+        let parts: Vec<&str> = name.get_ref().split('.').collect();
+        let (schema, table) = match parts.as_slice() {
+            [s, t] if is_plain_identifier(s) && is_plain_identifier(t) => {
+                (s.to_string(), t.to_string())
+            }
+            _ => {
+                ctx.err(
+                    name.span(),
+                    format!(
+                        "table name `{}` is not schema.table; write it like \"public.customers\"",
+                        name.get_ref()
+                    ),
+                );
+                continue;
+            }
+        };
+        let Some(subject) = &t.subject else {
+            ctx.err(
+                span,
+                format!(
+                    "[[table]] `{}` has no `subject`; name the column that identifies whose row it is, e.g. subject = \"id\"",
+                    name.get_ref()
+                ),
+            );
+            continue;
+        };
+        if !is_plain_identifier(subject.get_ref()) {
+            ctx.err(
+                subject.span(),
+                format!(
+                    "subject `{}` is not a column name (a lower-case unquoted identifier)",
+                    subject.get_ref()
+                ),
+            );
+            continue;
+        }
+        let line = ctx.line_of(name.span().start);
+        if let Some(prev) = tables
+            .iter()
+            .find(|p| p.schema == schema && p.table == table)
+        {
+            let prev = prev.line;
+            ctx.err(
+                name.span(),
+                format!(
+                    "duplicate table `{}` (first defined at line {prev}); keep one entry",
+                    name.get_ref()
+                ),
+            );
+            continue;
+        }
+        if let Some(c) = columns
+            .iter()
+            .find(|c| c.schema == schema && c.table == table && &c.column == subject.get_ref())
+        {
+            if c.encrypt.is_encrypted() {
+                ctx.err(
+                    subject.span(),
+                    format!(
+                        "the subject column {} is encrypted (line {}); a subject column must stay plaintext, because it names whose key encrypts the row",
+                        c.qualified_name(),
+                        c.line
+                    ),
+                );
+                continue;
+            }
+        }
+        tables.push(TablePolicy {
+            schema,
+            table,
+            subject: subject.get_ref().clone(),
+            line,
+        });
+    }
+    for c in columns.iter().filter(|c| c.key == KeyScope::Subject) {
+        if !tables
+            .iter()
+            .any(|t| t.schema == c.schema && t.table == c.table)
+        {
+            ctx.issues.push(PolicyIssue {
+                file: ctx.file.to_string(),
+                line: Some(c.line),
+                message: format!(
+                    "column {} has key = \"subject\" but table {}.{} names no subject; add [[table]] name = \"{}.{}\" subject = \"<column>\"",
+                    c.qualified_name(),
+                    c.schema,
+                    c.table,
+                    c.schema,
+                    c.table
+                ),
+            });
+        }
+    }
+    tables
 }

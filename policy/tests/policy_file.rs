@@ -156,3 +156,101 @@ fn all_problems_are_collected() {
     assert_eq!(shown.lines().count(), 4);
     assert!(shown.lines().all(|l| l.starts_with("policy.toml:")));
 }
+
+const SUBJECTS: &str = r#"
+[[table]]
+name = "public.customers"
+subject = "id"
+
+[[table]]
+name = "public.orders"
+subject = "customer_id"
+
+[[column]]
+name = "public.customers.email"
+class = "confidential"
+encrypt = "deterministic"
+key = "subject"
+erased = "marker"
+
+[[column]]
+name = "public.orders.address"
+class = "confidential"
+encrypt = "randomized"
+key = "subject"
+
+[[column]]
+name = "public.customers.phone"
+class = "confidential"
+encrypt = "deterministic"
+"#;
+
+#[test]
+fn tables_name_their_subject_and_columns_choose_subject_keys() {
+    use pgcloak_policy::{Erased, KeyScope};
+    let p = Policy::parse(SUBJECTS, "policy.toml").expect("parses");
+    let t: Vec<(&str, &str)> = p
+        .tables()
+        .iter()
+        .map(|t| (t.table.as_str(), t.subject.as_str()))
+        .collect();
+    assert_eq!(t, [("customers", "id"), ("orders", "customer_id")]);
+    assert_eq!(p.table_policy("public", "orders").unwrap().line, 7);
+    assert!(p.table_policy("public", "other").is_none());
+    let email = p.column("public", "customers", "email").unwrap();
+    assert_eq!(
+        (email.key, email.erased),
+        (KeyScope::Subject, Erased::Marker)
+    );
+    let address = p.column("public", "orders", "address").unwrap();
+    assert_eq!(
+        (address.key, address.erased),
+        (KeyScope::Subject, Erased::Null)
+    );
+    let phone = p.column("public", "customers", "phone").unwrap();
+    assert_eq!(phone.key, KeyScope::Column, "column keys stay the default");
+}
+
+#[test]
+fn subject_mistakes_name_the_line_and_the_fix() {
+    let cases: [(&str, &str); 8] = [
+        (
+            "[[column]]\nname = \"public.c.email\"\nclass = \"confidential\"\nencrypt = \"randomized\"\nkey = \"subject\"\n",
+            "table public.c names no subject",
+        ),
+        (
+            "[[column]]\nname = \"public.c.email\"\nclass = \"confidential\"\nkey = \"subject\"\n[[table]]\nname = \"public.c\"\nsubject = \"id\"\n",
+            "is not encrypted",
+        ),
+        (
+            "[[column]]\nname = \"public.c.email\"\nclass = \"confidential\"\nencrypt = \"randomized\"\nkey = \"person\"\n",
+            "unknown key `person`",
+        ),
+        (
+            "[[column]]\nname = \"public.c.n\"\nclass = \"confidential\"\nencrypt = \"randomized\"\ntype = \"int4\"\nkey = \"subject\"\nerased = \"marker\"\n[[table]]\nname = \"public.c\"\nsubject = \"id\"\n",
+            "needs a text column",
+        ),
+        (
+            "[[column]]\nname = \"public.c.email\"\nclass = \"confidential\"\nencrypt = \"randomized\"\nerased = \"null\"\n",
+            "is not subject-keyed",
+        ),
+        (
+            "[[column]]\nname = \"public.c.id\"\nclass = \"confidential\"\nencrypt = \"deterministic\"\n[[table]]\nname = \"public.c\"\nsubject = \"id\"\n",
+            "subject column public.c.id is encrypted",
+        ),
+        ("[[table]]\nname = \"customers\"\nsubject = \"id\"\n", "is not schema.table"),
+        (
+            "[[table]]\nname = \"public.c\"\nsubject = \"id\"\n[[table]]\nname = \"public.c\"\nsubject = \"uid\"\n",
+            "duplicate table `public.c` (first defined at line 2)",
+        ),
+    ];
+    for (text, needle) in cases {
+        let err = Policy::parse(text, "p.toml").unwrap_err().to_string();
+        assert!(err.contains(needle), "{needle}: {err}");
+        assert!(err.contains("p.toml:"), "{err}");
+    }
+    let err = Policy::parse("[[table]]\nname = \"public.c\"\n", "p.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("has no `subject`"), "{err}");
+}

@@ -411,3 +411,52 @@ fn config_errors_are_one_clear_sentence() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/pgcloak.toml"));
     let _ = Proxy::start;
 }
+
+/// A policy with subject-keyed columns is validated (subject columns, encryption, erased) and then
+/// refused by `check` and `serve` alike, naming the column: this build does not serve subject keys
+/// yet, and never serves such a column with column keys instead.
+#[test]
+fn subject_keyed_columns_are_validated_and_refused_until_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[[table]]\nname = \"public.customers\"\nsubject = \"id\"\n\
+         [[column]]\nname = \"public.customers.email\"\nclass = \"confidential\"\nencrypt = \"randomized\"\nkey = \"subject\"\n",
+    )
+    .unwrap();
+    let cfg = dir.path().join("pgcloak.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"127.0.0.1:{}\"\nupstream = \"127.0.0.1:{}\"\npolicy = \"policy.toml\"\n",
+            crate::harness::free_port(),
+            crate::harness::free_port()
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let out = crate::harness::pgcloak(&["check", "--config", cfg], &[]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("policy.toml:5") && text.contains("not yet served"),
+        "{text}"
+    );
+    let init = crate::harness::pgcloak(&["keys", "init", "--config", cfg], &[]);
+    let serve = crate::harness::pgcloak(&["serve", "--config", cfg], &[]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&init.stderr),
+        String::from_utf8_lossy(&serve.stderr)
+    );
+    assert!(!serve.status.success(), "{text}");
+    assert!(
+        text.contains("public.customers.email") && text.contains("not yet served"),
+        "{text}"
+    );
+}
