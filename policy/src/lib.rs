@@ -73,6 +73,7 @@ pub mod analyze;
 pub mod cache;
 pub mod catalog;
 pub mod check;
+pub mod discover;
 pub mod error;
 pub mod lexer;
 pub mod mask;

@@ -66,6 +66,17 @@ pub enum CatalogError {
 }
 
 impl CatalogError {
+    /// The server's SQLSTATE, when the server answered with an error.
+    pub fn sqlstate(&self) -> Option<&str> {
+        let cause = match self {
+            CatalogError::Connect { cause, .. }
+            | CatalogError::Read { cause, .. }
+            | CatalogError::Statement(cause) => cause,
+            _ => return None,
+        };
+        cause.code().map(|c| c.code())
+    }
+
     /// A failed statement of a CLI command.
     pub fn statement(e: tokio_postgres::Error) -> CatalogError {
         CatalogError::Statement(Arc::new(e))

@@ -17,6 +17,7 @@
 //! - [`error`]: the crate's error enums, split by who is at fault.
 //! - [`metrics`]: per-thread counters folded into the Prometheus text on scrape.
 //! - [`admin`]: the `[admin]` HTTP listener: `/metrics`, `/healthz`, `/readyz`.
+//! - [`discover`]: `pgcloak discover`, sampling columns and classifying them (values never kept).
 //! - [`console`]: the admin console a listed user reaches with `dbname=pgcloak`.
 //! - [`registry`]: the sessions being served, as the console lists and ends them.
 //! - [`reload`]: policy, keyring and TLS reloads (SIGHUP, file changes, the console's `RELOAD`).
@@ -26,6 +27,7 @@ pub mod audit_setup;
 pub mod catalog;
 pub mod config;
 pub mod console;
+pub mod discover;
 pub mod error;
 pub mod event_loop;
 pub mod keys;

@@ -50,6 +50,9 @@ enum Command {
         #[command(flatten)]
         opts: pgcloak::migrate::Options,
     },
+    /// Find sensitive columns: sample each text-like column and classify it by content, structure
+    /// and name (no sampled value is ever printed).
+    Discover(pgcloak::discover::Options),
     /// Move the existing ciphertexts of COLUMN to its active key version: online, in batches, resumable.
     Reencrypt {
         /// schema.table.column
@@ -151,6 +154,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve => serve(&config_path),
         Command::Check => check(&config_path),
+        Command::Discover(opts) => discover(&config_path, &opts),
         Command::Keys(k) => keys(&config_path, k),
         Command::Audit(a) => audit(&config_path, *a),
         Command::Encrypt { column, opts } => {
@@ -170,6 +174,17 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn discover(path: &std::path::Path, opts: &pgcloak::discover::Options) -> Result<ExitCode> {
+    let config = load(path)?;
+    let policy = pgcloak::policy_file::load_policy(&config)?;
+    let report = pgcloak::discover::run(&config, opts, &policy)?;
+    print!("{}", pgcloak::discover::render(&report, opts.format));
+    for (table, why) in &report.skipped {
+        eprintln!("pgcloak discover: skipped {table}: {why}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn load(path: &std::path::Path) -> Result<Config> {

@@ -11,6 +11,7 @@ mod clients;
 mod console;
 mod dataplane;
 mod deploy;
+mod discover;
 mod drivers;
 mod fleet;
 mod lifecycle;
