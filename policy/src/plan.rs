@@ -100,6 +100,14 @@ impl Decision {
     pub fn is_allow(&self) -> bool {
         matches!(self, Decision::Allow)
     }
+
+    /// The refusal message (`None` for `Allow`).
+    pub fn message(&self) -> Option<&str> {
+        match self {
+            Decision::Allow => None,
+            Decision::Deny { message, .. } => Some(message),
+        }
+    }
 }
 
 /// Where a result column comes from.

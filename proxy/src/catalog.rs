@@ -146,6 +146,15 @@ impl CatalogConn {
         Ok(CatalogConn { rt, client })
     }
 
+    /// Runs `fut` (which may use [`CatalogConn::client`]) to completion on this connection's runtime.
+    pub fn block_on<T>(&self, fut: impl std::future::Future<Output = T>) -> T {
+        self.rt.block_on(fut)
+    }
+
+    pub fn client(&self) -> &tokio_postgres::Client {
+        &self.client
+    }
+
     pub fn batch(&self, sql: &str) -> Result<(), CatalogError> {
         self.rt
             .block_on(self.client.batch_execute(sql))

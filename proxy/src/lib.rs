@@ -18,6 +18,7 @@
 //! - [`metrics`]: per-thread counters folded into the Prometheus text on scrape.
 //! - [`admin`]: the `[admin]` HTTP listener: `/metrics`, `/healthz`, `/readyz`.
 //! - [`discover`]: `pgcloak discover`, sampling columns and classifying them (values never kept).
+//! - [`impact`]: `pgcloak policy impact`, the audit trail's statements replayed under a new policy.
 //! - [`console`]: the admin console a listed user reaches with `dbname=pgcloak`.
 //! - [`registry`]: the sessions being served, as the console lists and ends them.
 //! - [`reload`]: policy, keyring and TLS reloads (SIGHUP, file changes, the console's `RELOAD`).
@@ -30,6 +31,7 @@ pub mod console;
 pub mod discover;
 pub mod error;
 pub mod event_loop;
+pub mod impact;
 pub mod keys;
 pub mod logging;
 pub mod metrics;

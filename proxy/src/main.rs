@@ -50,6 +50,9 @@ enum Command {
         #[command(flatten)]
         opts: pgcloak::migrate::Options,
     },
+    /// Work with policies before enforcing them.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Find sensitive columns: sample each text-like column and classify it by content, structure
     /// and name (no sampled value is ever printed).
     Discover(pgcloak::discover::Options),
@@ -59,6 +62,26 @@ enum Command {
         column: String,
         #[command(flatten)]
         opts: pgcloak::migrate::Options,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Replay the audit trail's statements under NEW and list what it would newly refuse, mask,
+    /// null or limit, per user, role and statement (nothing is changed).
+    Impact {
+        /// The policy to assess.
+        #[arg(long, value_name = "NEW.toml")]
+        policy: PathBuf,
+        #[command(flatten)]
+        source: AuditSource,
+        /// Only statements from this time on (2026-01-31 or RFC 3339).
+        #[arg(long, value_name = "T")]
+        since: Option<String>,
+        #[arg(long, value_name = "T")]
+        until: Option<String>,
+        #[arg(long, default_value = "table", value_parser = ["table", "json"])]
+        format: String,
     },
 }
 
@@ -155,6 +178,13 @@ fn main() -> ExitCode {
         Command::Serve => serve(&config_path),
         Command::Check => check(&config_path),
         Command::Discover(opts) => discover(&config_path, &opts),
+        Command::Policy(PolicyCommand::Impact {
+            policy,
+            source,
+            since,
+            until,
+            format,
+        }) => policy_impact(&config_path, &policy, source, since, until, &format),
         Command::Keys(k) => keys(&config_path, k),
         Command::Audit(a) => audit(&config_path, *a),
         Command::Encrypt { column, opts } => {
@@ -184,6 +214,56 @@ fn discover(path: &std::path::Path, opts: &pgcloak::discover::Options) -> Result
     for (table, why) in &report.skipped {
         eprintln!("pgcloak discover: skipped {table}: {why}");
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn policy_impact(
+    path: &std::path::Path,
+    new_path: &std::path::Path,
+    source: AuditSource,
+    since: Option<String>,
+    until: Option<String>,
+    format: &str,
+) -> Result<ExitCode> {
+    let config = load(path)?;
+    let now = pgcloak::policy_file::load_policy(&config)?;
+    let text = std::fs::read_to_string(new_path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", new_path.display()))?;
+    let new = pgcloak_policy::Policy::parse(&text, &new_path.display().to_string())?;
+    let time = |s: &Option<String>, what: &str| -> Result<Option<time::OffsetDateTime>> {
+        match s {
+            None => Ok(None),
+            Some(t) => pgcloak_audit::parse_time(t).map(Some).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--{what} {t:?} is not a time; write 2026-01-31 or 2026-01-31T12:00:00Z"
+                )
+            }),
+        }
+    };
+    let filter = pgcloak_audit::query::Filter {
+        since: time(&since, "since")?,
+        until: time(&until, "until")?,
+        ..Default::default()
+    };
+    let events = if source.postgres {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(pgcloak_audit::query::query_postgres(
+            &pg_sink(&config),
+            &filter,
+        ))?
+    } else {
+        let file = match source.file {
+            Some(f) => f,
+            None => config.audit.file.clone().ok_or_else(|| {
+                anyhow::anyhow!("no audit file: [audit] file is \"\"; pass --file F or --postgres")
+            })?,
+        };
+        pgcloak_audit::query::query_path(&file, &filter)?
+    };
+    let changes = pgcloak::impact::impact(&config, &now, &new, &events)?;
+    print!("{}", pgcloak::impact::render(&changes, format == "json"));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -412,51 +412,13 @@ impl Services {
             .catalog_version
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let client = self.client(state, database).await?;
-        let (rows, views, definitions) = match read_catalog(client, &self.policy()).await {
-            Ok(r) => r,
-            Err((what, e)) => {
+        let snapshot = match fetch_catalog(client, &self.policy(), database, version).await {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
                 state.client = None;
-                return Err(CatalogError::read(
-                    format!("{what} of database {database}"),
-                    e,
-                ));
+                return Err(e);
             }
         };
-        let mut catalog = Catalog::new();
-        catalog.version = version;
-        for (schema, name) in &views {
-            let def = definitions.get(&(schema.clone(), name.clone()));
-            catalog.add_protected_view(schema, name, def.map(String::as_str));
-        }
-        let mut by_oid = HashMap::new();
-        let mut storage = HashMap::new();
-        for r in &rows {
-            let oid = r.get::<_, i64>(0) as u32;
-            let schema: String = r.get(1);
-            let name: String = r.get(2);
-            let nums: Vec<i16> = r.get(3);
-            let cols: Vec<String> = r.get(4);
-            let types: Vec<String> = r.get(5);
-            for (c, t) in cols.iter().zip(types) {
-                storage.insert(format!("{schema}.{name}.{c}"), t);
-            }
-            catalog.add_table(&schema, &name, cols.iter().cloned());
-            by_oid.insert(
-                oid,
-                TableInfo {
-                    schema,
-                    name,
-                    columns: nums.into_iter().zip(cols).collect(),
-                },
-            );
-        }
-        let snapshot = Arc::new(DbCatalog {
-            catalog,
-            by_oid,
-            storage,
-            loaded: Instant::now(),
-            stale: AtomicBool::new(false),
-        });
         let before = self.catalogs.insert(database.to_string(), snapshot.clone());
         let views = snapshot.catalog.protected_view_names();
         if before.is_none_or(|b| b.catalog.protected_view_names() != views) {
@@ -468,6 +430,55 @@ impl Services {
         }
         Ok(snapshot)
     }
+}
+
+/// Reads the catalog snapshot of `database` over `client` for `policy` (the views that read its
+/// protected tables); `version` numbers the snapshot. Used by [`Services::catalog`] and by offline
+/// tools (`pgcloak policy impact`).
+pub async fn fetch_catalog(
+    client: &tokio_postgres::Client,
+    policy: &Policy,
+    database: &str,
+    version: u64,
+) -> Result<DbCatalog, CatalogError> {
+    let (rows, views, definitions) = read_catalog(client, policy)
+        .await
+        .map_err(|(what, e)| CatalogError::read(format!("{what} of database {database}"), e))?;
+    let mut catalog = Catalog::new();
+    catalog.version = version;
+    for (schema, name) in &views {
+        let def = definitions.get(&(schema.clone(), name.clone()));
+        catalog.add_protected_view(schema, name, def.map(String::as_str));
+    }
+    let mut by_oid = HashMap::new();
+    let mut storage = HashMap::new();
+    for r in &rows {
+        let oid = r.get::<_, i64>(0) as u32;
+        let schema: String = r.get(1);
+        let name: String = r.get(2);
+        let nums: Vec<i16> = r.get(3);
+        let cols: Vec<String> = r.get(4);
+        let types: Vec<String> = r.get(5);
+        for (c, t) in cols.iter().zip(types) {
+            storage.insert(format!("{schema}.{name}.{c}"), t);
+        }
+        catalog.add_table(&schema, &name, cols.iter().cloned());
+        by_oid.insert(
+            oid,
+            TableInfo {
+                schema,
+                name,
+                columns: nums.into_iter().zip(cols).collect(),
+            },
+        );
+    }
+    Ok(DbCatalog {
+        catalog,
+        by_oid,
+        storage,
+        loaded: Instant::now(),
+        stale: AtomicBool::new(false),
+    })
 }
 
 /// The catalog queries of [`Services::catalog`]: every user relation with its columns, the views (and

@@ -686,3 +686,128 @@ async fn readyz_names_a_failing_catalog_login_and_a_failed_keyring_reload() {
     }
     assert!(!body.contains("\"keyring\""), "{body}");
 }
+
+/// `pgcloak policy impact`: the statements of the audit trail replayed under a new policy, for the
+/// role each user would have; exactly what would newly be refused, nulled and limited is reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_impact_reports_what_a_new_policy_would_refuse_null_and_limit() {
+    let c = cluster();
+    let db = c.fresh_db("ops_impact");
+    c.psql_direct(
+        &db,
+        "CREATE TABLE accounts (id int PRIMARY KEY, email text, notes text); GRANT ALL ON accounts TO PUBLIC",
+    );
+    let now = "[[column]]\nname = \"public.accounts.email\"\nclass = \"confidential\"\nencrypt = \"deterministic\"\nmask = \"email\"\n\
+               [[role]]\nname = \"app\"\nread = { confidential = \"plaintext\" }\nwrite = [\"confidential\"]\n\
+               [[role]]\nname = \"support\"\nread = { confidential = \"masked\" }\n\
+               [default]\nread = { confidential = \"masked\" }\n";
+    let audit = tempfile::tempdir().unwrap();
+    let audit_file = audit.path().join("audit.jsonl");
+    let proxy = Proxy::start_with(ProxyOptions {
+        policy: Some(now.into()),
+        extra: format!("[audit]\nfile = \"{}\"\n", audit_file.display()),
+        ..Default::default()
+    });
+    let app = connect(&proxy.url("app_user", "app-pw", &db)).await;
+    app.execute("INSERT INTO accounts VALUES (1, 'a@example.com', 'n')", &[])
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        app.query("SELECT email FROM accounts WHERE id = $1", &[&1])
+            .await
+            .unwrap();
+    }
+    let alice = connect(&proxy.alice(&db)).await;
+    for _ in 0..2 {
+        alice
+            .simple_query("SELECT email, notes FROM accounts")
+            .await
+            .unwrap();
+    }
+    let support = connect(&proxy.url("support_user", "support-pw", &db)).await;
+    support
+        .simple_query("SELECT id, email FROM accounts")
+        .await
+        .unwrap();
+    drop((app, alice, support));
+    // Until every statement is in the trail.
+    for _ in 0..50 {
+        let n = std::fs::read_to_string(&audit_file)
+            .unwrap_or_default()
+            .matches("\"kind\":\"select\"")
+            .count();
+        if n >= 6 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let new = audit.path().join("new.toml");
+    std::fs::write(
+        &new,
+        "[[column]]\nname = \"public.accounts.email\"\nclass = \"confidential\"\nencrypt = \"deterministic\"\nmask = \"email\"\n\
+         [[role]]\nname = \"app\"\nread = { confidential = \"plaintext\" }\nwrite = [\"confidential\"]\nmax_rows = 100\n\
+         [[role]]\nname = \"support\"\nread = { confidential = \"null\" }\n\
+         [default]\nread = { confidential = \"deny\" }\n",
+    )
+    .unwrap();
+    let (ok, out, err) = proxy.cli(&[
+        "policy",
+        "impact",
+        "--policy",
+        new.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    assert!(ok, "{out}{err}");
+    let changes: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let got: Vec<(String, String, u64)> = changes
+        .iter()
+        .map(|c| {
+            (
+                c["change"].as_str().unwrap().to_string(),
+                c["user"].as_str().unwrap().to_string(),
+                c["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let mut want = vec![
+        ("limited".to_string(), "app_user".to_string(), 3),
+        ("nulled".to_string(), "support_user".to_string(), 1),
+        ("refused".to_string(), "alice".to_string(), 2),
+    ];
+    want.sort();
+    let mut got_sorted = got.clone();
+    got_sorted.sort();
+    assert_eq!(got_sorted, want, "{out}");
+    let refused = changes.iter().find(|c| c["change"] == "refused").unwrap();
+    assert_eq!(refused["statement"], "SELECT email, notes FROM accounts");
+    assert!(refused["detail"]
+        .as_str()
+        .unwrap()
+        .contains("public.accounts.email"));
+    let nulled = changes.iter().find(|c| c["change"] == "nulled").unwrap();
+    assert_eq!(nulled["detail"], "public.accounts.email");
+    // The app's reads are newly limited (its insert is not); the table format sums it up.
+    let limited = changes.iter().find(|c| c["change"] == "limited").unwrap();
+    assert_eq!(limited["detail"], "max_rows 100");
+    assert_eq!(limited["statement"], "SELECT email FROM accounts WHERE id = $1");
+    let (ok, table, err) = proxy.cli(&["policy", "impact", "--policy", new.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(
+        table.contains("3 change(s): limited 3, nulled 1, refused 2"),
+        "{table}"
+    );
+    // The policy in force against itself changes nothing.
+    let same = proxy.dir.path().join("policy.toml");
+    let (ok, out, err) = proxy.cli(&[
+        "policy",
+        "impact",
+        "--policy",
+        same.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "[]");
+}
