@@ -107,6 +107,8 @@ pub enum Decision {
     #[default]
     Allow,
     Deny,
+    /// Extension: a shadow role's statement the policy would refuse; it was served.
+    WouldDeny,
 }
 
 impl Decision {
@@ -114,6 +116,7 @@ impl Decision {
         match self {
             Decision::Allow => "allow",
             Decision::Deny => "deny",
+            Decision::WouldDeny => "would_deny",
         }
     }
 
@@ -121,6 +124,7 @@ impl Decision {
         match s {
             "allow" => Some(Decision::Allow),
             "deny" => Some(Decision::Deny),
+            "would_deny" => Some(Decision::WouldDeny),
             _ => None,
         }
     }

@@ -219,6 +219,8 @@ pub struct RolePolicy {
     pub max_rows: Option<u64>,
     /// Whether `COPY ... TO` of classified columns is allowed (default true).
     pub copy_out: bool,
+    /// `enforce = "shadow"`: decisions are audited (`would_deny`) but not enforced on reads.
+    pub shadow: bool,
     /// Line of the entry in the policy file (0 for an implicit default).
     pub line: usize,
 }
@@ -234,7 +236,24 @@ impl RolePolicy {
             write: [true, true, false, false],
             max_rows: None,
             copy_out: true,
+            shadow: false,
             line,
+        }
+    }
+
+    /// For a shadow role: the role its statements are served with (every class readable and
+    /// writable, no limits), so writes are still encrypted while nothing is refused; the proxy
+    /// passes what this role may not read in plaintext as the server returns it. Named so that it
+    /// never collides with a PostgreSQL role (names cannot hold NUL).
+    pub fn shadow_serving(&self) -> RolePolicy {
+        RolePolicy {
+            name: format!("{}\0shadow", self.name),
+            read: [Access::Plaintext; 4],
+            write: [true; 4],
+            max_rows: None,
+            copy_out: true,
+            shadow: false,
+            line: self.line,
         }
     }
 
@@ -321,6 +340,7 @@ struct RawRole {
     write: Option<Spanned<Vec<Spanned<String>>>>,
     max_rows: Option<Spanned<i64>>,
     copy_out: Option<bool>,
+    enforce: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -330,6 +350,7 @@ struct RawDefault {
     write: Option<Spanned<Vec<Spanned<String>>>>,
     max_rows: Option<Spanned<i64>>,
     copy_out: Option<bool>,
+    enforce: Option<Spanned<String>>,
 }
 
 struct Ctx<'a> {
@@ -710,6 +731,20 @@ impl Policy {
             parse_write(&mut ctx, &r.write, &mut role.write);
             role.max_rows = parse_max_rows(&mut ctx, &r.max_rows);
             role.copy_out = r.copy_out.unwrap_or(true);
+            role.shadow = match &r.enforce {
+                None => false,
+                Some(e) => match e.get_ref().as_str() {
+                    "enforce" => false,
+                    "shadow" => true,
+                    other => {
+                        ctx.err(
+                            e.span(),
+                            format!("unknown enforce `{other}`; use \"enforce\" (the default) or \"shadow\" (audit what would be refused, refuse nothing)"),
+                        );
+                        false
+                    }
+                },
+            };
             roles.push(role);
         }
 
@@ -721,6 +756,14 @@ impl Policy {
             parse_write(&mut ctx, &d.write, &mut default.write);
             default.max_rows = parse_max_rows(&mut ctx, &d.max_rows);
             default.copy_out = d.copy_out.unwrap_or(true);
+            if let Some(e) = &d.enforce {
+                if e.get_ref() != "enforce" {
+                    ctx.err(
+                        e.span(),
+                        "the [default] section cannot be shadow (or anything but \"enforce\"): it protects every login in no listed role; shadow a listed [[role]] instead".to_string(),
+                    );
+                }
+            }
         }
 
         if !ctx.issues.is_empty() {

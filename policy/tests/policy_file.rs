@@ -254,3 +254,27 @@ fn subject_mistakes_name_the_line_and_the_fix() {
         .to_string();
     assert!(err.contains("has no `subject`"), "{err}");
 }
+
+#[test]
+fn roles_may_be_shadowed_but_not_the_default() {
+    let p = Policy::parse(
+        "[[role]]\nname = \"support\"\nenforce = \"shadow\"\n[[role]]\nname = \"app\"\nenforce = \"enforce\"\n",
+        "p.toml",
+    )
+    .unwrap();
+    assert!(p.role_named("support").unwrap().shadow);
+    assert!(!p.role_named("app").unwrap().shadow);
+    assert!(!p.default_role().shadow);
+    let serving = p.role_named("support").unwrap().shadow_serving();
+    assert!(!serving.shadow && serving.name.contains('\0'));
+    assert_eq!(serving.read(Class::Confidential), Access::Plaintext);
+    assert!(serving.may_write(Class::Confidential) && serving.max_rows.is_none());
+    let err = Policy::parse("[[role]]\nname = \"x\"\nenforce = \"maybe\"\n", "p.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("p.toml:3") && err.contains("unknown enforce `maybe`"), "{err}");
+    let err = Policy::parse("[default]\nenforce = \"shadow\"\n", "p.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cannot be shadow"), "{err}");
+}

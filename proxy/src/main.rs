@@ -123,7 +123,7 @@ enum AuditCommand {
         /// schema.table.column, table.column or column
         #[arg(long)]
         column: Option<String>,
-        #[arg(long, value_parser = ["allow", "deny"])]
+        #[arg(long, value_parser = ["allow", "deny", "would_deny"])]
         decision: Option<String>,
         /// connect, disconnect, auth_failed, select, insert, update, delete, copy, ddl, other, gap, start,
         /// shutdown, error, admin
@@ -335,6 +335,14 @@ fn check(path: &std::path::Path) -> Result<ExitCode> {
         match std::fs::read_to_string(policy_path) {
             Err(e) => problems.push(format!("{file}: cannot read: {e}")),
             Ok(text) => {
+                if let Ok(p) = pgcloak_policy::Policy::parse(&text, &file) {
+                    for r in p.roles().iter().filter(|r| r.shadow) {
+                        eprintln!(
+                            "{file}:{}: warning: role {} is in shadow mode (enforce = \"shadow\"): its statements are audited with the decision that would apply (would_deny) but nothing it reads is masked or refused; writes are still encrypted. Set enforce = \"enforce\" when the audit shows what it would break.",
+                            r.line, r.name
+                        );
+                    }
+                }
                 let offline = pgcloak_policy::check_text(&text, &file, None);
                 if !offline.is_empty() {
                     problems.extend(offline.iter().map(|p| p.to_string()));

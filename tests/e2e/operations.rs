@@ -791,7 +791,10 @@ async fn policy_impact_reports_what_a_new_policy_would_refuse_null_and_limit() {
     // The app's reads are newly limited (its insert is not); the table format sums it up.
     let limited = changes.iter().find(|c| c["change"] == "limited").unwrap();
     assert_eq!(limited["detail"], "max_rows 100");
-    assert_eq!(limited["statement"], "SELECT email FROM accounts WHERE id = $1");
+    assert_eq!(
+        limited["statement"],
+        "SELECT email FROM accounts WHERE id = $1"
+    );
     let (ok, table, err) = proxy.cli(&["policy", "impact", "--policy", new.to_str().unwrap()]);
     assert!(ok, "{err}");
     assert!(
@@ -810,4 +813,139 @@ async fn policy_impact_reports_what_a_new_policy_would_refuse_null_and_limit() {
     ]);
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "[]");
+}
+
+/// `enforce = "shadow"`: a shadow role's statements are served as stored (nothing masked or
+/// refused), audited with the decision that would apply (`would_deny` and why), and its writes are
+/// still encrypted; `check` warns about it; `[default]` cannot be shadow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_role_is_audited_not_enforced_and_still_encrypts() {
+    let c = cluster();
+    let db = c.fresh_db("ops_shadow");
+    c.psql_direct(
+        &db,
+        "CREATE TABLE accounts (id int PRIMARY KEY, email text, notes text, ssn text); GRANT ALL ON accounts TO PUBLIC",
+    );
+    let policy = "[[column]]\nname = \"public.accounts.email\"\nclass = \"confidential\"\nencrypt = \"deterministic\"\nmask = \"email\"\n\
+                  [[column]]\nname = \"public.accounts.notes\"\nclass = \"sensitive\"\nmask = \"redact\"\n\
+                  [[column]]\nname = \"public.accounts.ssn\"\nclass = \"confidential\"\n\
+                  [[role]]\nname = \"app\"\nread = { confidential = \"plaintext\", sensitive = \"plaintext\" }\nwrite = [\"confidential\", \"sensitive\"]\n\
+                  [[role]]\nname = \"support\"\nenforce = \"shadow\"\nread = { confidential = \"deny\", sensitive = \"masked\" }\n\
+                  [default]\nread = { confidential = \"deny\", sensitive = \"deny\" }\n";
+    let audit = tempfile::tempdir().unwrap();
+    let audit_file = audit.path().join("audit.jsonl");
+    let proxy = Proxy::start_with(ProxyOptions {
+        policy: Some(policy.into()),
+        extra: format!("[audit]\nfile = \"{}\"\n", audit_file.display()),
+        ..Default::default()
+    });
+    let out = crate::harness::pgcloak(
+        &["check", "--config", proxy.config_path().to_str().unwrap()],
+        &[("PGCLOAK_CATALOG__DATABASE".into(), db.clone())],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("warning: role support is in shadow mode"),
+        "{err}"
+    );
+
+    let app = connect(&proxy.url("app_user", "app-pw", &db)).await;
+    app.execute(
+        "INSERT INTO accounts VALUES (1, 'a@example.com', 'vip', '123-45-6789')",
+        &[],
+    )
+    .await
+    .unwrap();
+    let support = connect(&proxy.url("support_user", "support-pw", &db)).await;
+    // Denied and masked columns come back as stored: the plaintext ones in plaintext, the
+    // encrypted one as its ciphertext (never decrypted for a role that may not read it).
+    let row = support
+        .query_one("SELECT email, notes, ssn FROM accounts WHERE id = 1", &[])
+        .await
+        .expect("a shadow role is not refused");
+    let email: String = row.get(0);
+    assert!(email.starts_with("pgc1:"), "{email}");
+    assert_eq!(row.get::<_, String>(1), "vip");
+    assert_eq!(row.get::<_, String>(2), "123-45-6789");
+    // A write it may not make is not refused either, and the value is still encrypted.
+    support
+        .execute(
+            "INSERT INTO accounts (id, email) VALUES (2, $1)",
+            &[&"b@example.com"],
+        )
+        .await
+        .unwrap();
+    let stored = c.psql_direct(&db, "SELECT email FROM accounts WHERE id = 2");
+    assert!(stored.starts_with("pgc1:"), "{stored}");
+    let back = app
+        .query_one("SELECT email FROM accounts WHERE id = 2", &[])
+        .await
+        .unwrap();
+    assert_eq!(back.get::<_, String>(0), "b@example.com");
+    // An enforced role is refused the same statement.
+    let alice = connect(&proxy.alice(&db)).await;
+    let e = alice
+        .query("SELECT email FROM accounts WHERE id = 1", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().map(|c| c.code()), Some("42501"));
+    drop((app, support, alice));
+
+    let mut events: Vec<serde_json::Value> = Vec::new();
+    for _ in 0..50 {
+        events = std::fs::read_to_string(&audit_file)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|v: &serde_json::Value| {
+                v["user"] == "support_user" && v["kind"] != "connect" && v["kind"] != "disconnect"
+            })
+            .collect();
+        if events.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let read = events
+        .iter()
+        .find(|e| e["kind"] == "select")
+        .expect("the read");
+    assert_eq!(read["decision"], "would_deny", "{read}");
+    assert!(
+        read["reason"]
+            .as_str()
+            .unwrap()
+            .contains("public.accounts.email"),
+        "{read}"
+    );
+    assert!(read["sqlstate"].is_null());
+    let write = events
+        .iter()
+        .find(|e| e["kind"] == "insert")
+        .expect("the write");
+    assert_eq!(write["decision"], "would_deny", "{write}");
+    let (ok, out, err) = proxy.cli(&[
+        "audit",
+        "query",
+        "--decision",
+        "would_deny",
+        "--file",
+        audit_file.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("support_user"), "{out}");
+
+    // [default] cannot be shadow.
+    let bad = proxy.dir.path().join("bad.toml");
+    std::fs::write(&bad, "[default]\nenforce = \"shadow\"\n").unwrap();
+    let err = pgcloak_policy::Policy::parse(&std::fs::read_to_string(&bad).unwrap(), "bad.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("bad.toml:2") && err.contains("cannot be shadow"),
+        "{err}"
+    );
 }

@@ -18,6 +18,10 @@ pub struct DataCtx {
     pub policy: Arc<Policy>,
     pub role: String,
     pub catalog: Arc<DbCatalog>,
+    /// A shadow role's (`enforce = "shadow"`) statement: the plan its policy would enforce, whose
+    /// refusals are audited as `would_deny`; the plan served passes what the role may not read in
+    /// plaintext as the server returns it.
+    pub shadow: Option<Arc<Plan>>,
 }
 
 impl DataCtx {
@@ -55,6 +59,8 @@ pub struct StmtCtx {
     pub plan: Option<Arc<Plan>>,
     pub index: usize,
     pub refusal: Option<Refusal>,
+    /// A shadow role's statement the policy would refuse (served all the same): why.
+    pub would_deny: Option<String>,
     /// Policy, role and catalog the plan was made with (present with a plan).
     pub data: Option<Arc<DataCtx>>,
     /// The result columns as described by the server (Describe of the prepared statement, or of any
@@ -138,6 +144,7 @@ impl StmtCtx {
             plan: None,
             index: 0,
             refusal: None,
+            would_deny: None,
             data: None,
             described: Mutex::new(None),
             describe_sent: AtomicBool::new(false),

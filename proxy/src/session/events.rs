@@ -113,6 +113,9 @@ pub fn statement_event(info: &SessionInfo, outcome: &Outcome) -> NewEvent {
         if let Some(r) = &s.refusal {
             ev.decision = Decision::Deny;
             ev.reason = Some(r.message.clone());
+        } else if let Some(why) = &s.would_deny {
+            ev.decision = Decision::WouldDeny;
+            ev.reason = Some(why.clone());
         }
     }
     ev

@@ -46,10 +46,25 @@ impl Frontend<'_> {
         let role = policy.role_for(&names);
         let catalog = guard.catalog(db).await.map_err(fail)?;
         let plan = guard.plan(sql, &lexed, policy, role, &catalog.catalog);
+        if role.shadow {
+            // Served as a role that may read and write everything (so writes are still
+            // encrypted), with what this role may not read in plaintext passed as stored.
+            let serving = role.shadow_serving();
+            let served = guard.plan(sql, &lexed, policy, &serving, &catalog.catalog);
+            let served = Arc::new(shadow_served(&served, role));
+            let data = Arc::new(DataCtx {
+                role: role.name.clone(),
+                policy: policy.clone(),
+                catalog,
+                shadow: Some(plan),
+            });
+            return Ok((lexed, Some(served), Some(data)));
+        }
         let data = Arc::new(DataCtx {
             role: role.name.clone(),
             policy: policy.clone(),
             catalog,
+            shadow: None,
         });
         Ok((lexed, Some(plan), Some(data)))
     }
@@ -99,10 +114,16 @@ impl Frontend<'_> {
                             }),
                             pgcloak_policy::Decision::Allow => None,
                         });
+                let would_deny = data
+                    .and_then(|d| d.shadow.as_ref())
+                    .and_then(|p| p.statements.get(i))
+                    .and_then(|sp| sp.decision.message())
+                    .map(str::to_string);
                 Arc::new(StmtCtx {
                     plan: plan.cloned(),
                     index: i,
                     refusal,
+                    would_deny,
                     data: data.cloned(),
                     ..StmtCtx::plain(s.kind, text, fingerprint)
                 })
@@ -250,4 +271,21 @@ impl Frontend<'_> {
         }
         Ok(Forward::Original)
     }
+}
+
+/// The plan a shadow role's statement is served with: `served` (made for
+/// [`pgcloak_policy::RolePolicy::shadow_serving`]) with every result column the role may not read in
+/// plaintext passed through as the server returns it instead of decrypted.
+fn shadow_served(served: &Plan, role: &pgcloak_policy::RolePolicy) -> Plan {
+    let mut plan = served.clone();
+    for st in &mut plan.statements {
+        for o in &mut st.outputs {
+            if let pgcloak_policy::OutputAction::Decrypt { class, .. } = &o.action {
+                if role.read(*class) != pgcloak_policy::Access::Plaintext {
+                    o.action = pgcloak_policy::OutputAction::PassThrough;
+                }
+            }
+        }
+    }
+    plan
 }
