@@ -272,7 +272,10 @@ fn roles_may_be_shadowed_but_not_the_default() {
     let err = Policy::parse("[[role]]\nname = \"x\"\nenforce = \"maybe\"\n", "p.toml")
         .unwrap_err()
         .to_string();
-    assert!(err.contains("p.toml:3") && err.contains("unknown enforce `maybe`"), "{err}");
+    assert!(
+        err.contains("p.toml:3") && err.contains("unknown enforce `maybe`"),
+        "{err}"
+    );
     let err = Policy::parse("[default]\nenforce = \"shadow\"\n", "p.toml")
         .unwrap_err()
         .to_string();

@@ -57,7 +57,8 @@ impl Rng {
 fn discover(cfg: &str, db: &str, extra: &[&str]) -> (bool, String, String) {
     let mut args = vec!["discover", "--config", cfg, "--database", db, "-q"];
     args.extend_from_slice(extra);
-    let out = pgcloak(&args, &[]);
+    // Debug logging on: no sampled value may reach the log either.
+    let out = pgcloak(&args, &[("RUST_LOG".into(), "debug".into())]);
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).to_string(),
@@ -296,10 +297,10 @@ async fn discover_finds_sensitive_columns_and_no_decoys_and_never_prints_a_value
         !diff.contains("public.customers.email") && diff.contains("public.customers.card"),
         "{diff}"
     );
-    let (_, toml, _) = discover(&cfg_s, &db, &["--format", "toml"]);
+    let (_, covered, _) = discover(&cfg_s, &db, &["--format", "toml"]);
     assert!(
-        toml.contains("# public.customers.email is already in the policy"),
-        "{toml}"
+        covered.contains("# public.customers.email is already in the policy"),
+        "{covered}"
     );
 
     // A small sample of a bigger table goes through TABLESAMPLE and still finds the columns.
@@ -313,6 +314,34 @@ async fn discover_finds_sensitive_columns_and_no_decoys_and_never_prints_a_value
         .find(|f| f["column"] == "public.customers.card")
         .expect("card found from a block sample");
     assert!(card["sampled"].as_u64().unwrap() <= 20);
+
+    // Loaded, the fragment encrypts the columns it names: `pgcloak encrypt` seals the stored values.
+    write_cfg(Some(&toml));
+    let init = pgcloak(&["keys", "init", "--config", &cfg_s], &[]);
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    for col in ["public.customers.email", "public.customers.card"] {
+        let out = pgcloak(&["encrypt", col, "--config", &cfg_s, "-q"], &[]);
+        assert!(
+            out.status.success(),
+            "{col}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let stored = c.psql_direct(
+        &db,
+        "SELECT email || ' ' || card FROM customers WHERE id = 7",
+    );
+    assert!(
+        stored.starts_with("pgc1:") && stored.contains(" pgc1:") && !stored.contains("example.org"),
+        "{stored}"
+    );
+    // Discovery now sees ciphertext there, not emails.
+    let (_, json, _) = discover(&cfg_s, &db, &["--format", "json"]);
+    assert!(!json.contains("\"detector\": \"email\""), "{json}");
 
     // Bad input is named.
     let (ok, _, err) = discover(&cfg_s, &db, &["--sample", "0"]);

@@ -938,6 +938,27 @@ async fn a_shadow_role_is_audited_not_enforced_and_still_encrypts() {
     assert!(ok, "{err}");
     assert!(out.contains("support_user"), "{out}");
 
+    // Switched to enforce (a reload), the same read is refused.
+    let enforced = policy.replace("enforce = \"shadow\"\n", "");
+    std::fs::write(proxy.dir.path().join("policy.toml"), enforced).unwrap();
+    proxy.signal("HUP");
+    let support = connect(&proxy.url("support_user", "support-pw", &db)).await;
+    let mut refused = None;
+    for _ in 0..50 {
+        match support
+            .query("SELECT email, notes, ssn FROM accounts WHERE id = 1", &[])
+            .await
+        {
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let e = refused.expect("refused once enforced");
+    assert_eq!(e.code().map(|c| c.code()), Some("42501"), "{e}");
+
     // [default] cannot be shadow.
     let bad = proxy.dir.path().join("bad.toml");
     std::fs::write(&bad, "[default]\nenforce = \"shadow\"\n").unwrap();
