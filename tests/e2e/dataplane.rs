@@ -1128,3 +1128,65 @@ async fn max_rows_exceeded_inside_a_transaction_block_aborts_it() {
     assert_eq!(a.unwrap().len(), 5);
     assert_eq!(b.unwrap()[0].get::<_, i32>(0), 8);
 }
+
+/// `max_rows` holds for rows read through a cursor as for a plain statement: `FETCH 1000` from a
+/// cursor over a classified column returns the allowed rows, then 42501 (and aborts the block), in
+/// the simple and the extended protocol.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_rows_limits_a_cursor_fetch_like_a_plain_statement() {
+    let e = env("dp_maxrows_cursor");
+    let app = connect(&e.url("app_user")).await;
+    let ins = app
+        .prepare("INSERT INTO customers (id, phone) VALUES ($1, $2)")
+        .await
+        .unwrap();
+    for i in 1..=80i32 {
+        app.execute(&ins, &[&i, &format!("+44 20 7946 {i:04}")])
+            .await
+            .unwrap();
+    }
+    let support = connect(&e.url("support_user")).await;
+    support
+        .batch_execute("BEGIN; DECLARE c CURSOR FOR SELECT phone FROM customers")
+        .await
+        .unwrap();
+    let msgs = support.simple_query("FETCH 1000 FROM c").await;
+    let err = msgs.expect_err("a FETCH past max_rows is refused");
+    assert_eq!(err.code().map(|c| c.code()), Some("42501"), "{err}");
+    assert!(crate::harness::error_text(&err).contains("50"), "{err}");
+    let r = support.simple_query("SELECT 1").await;
+    assert_eq!(
+        r.err().and_then(|e| e.code().map(|c| c.code().to_string())),
+        Some("25P02".into())
+    );
+    support.batch_execute("ROLLBACK").await.unwrap();
+    // The same through the extended protocol.
+    support
+        .batch_execute("BEGIN; DECLARE e CURSOR FOR SELECT phone FROM customers")
+        .await
+        .unwrap();
+    let err = support
+        .query("FETCH 1000 FROM e", &[])
+        .await
+        .expect_err("refused in the extended protocol too");
+    assert_eq!(err.code().map(|c| c.code()), Some("42501"), "{err}");
+    support.batch_execute("ROLLBACK").await.unwrap();
+    // Within the limit a FETCH is served, masked.
+    support
+        .batch_execute("BEGIN; DECLARE d CURSOR FOR SELECT phone FROM customers ORDER BY id")
+        .await
+        .unwrap();
+    let rows: Vec<String> = support
+        .simple_query("FETCH 20 FROM d")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rows.len(), 20);
+    assert!(rows.iter().all(|p| p.starts_with("****")), "{rows:?}");
+    support.batch_execute("COMMIT").await.unwrap();
+}

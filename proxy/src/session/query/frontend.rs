@@ -60,6 +60,7 @@ impl Frontend<'_> {
             });
             return Ok((lexed, Some(served), Some(data)));
         }
+        let plan = self.with_cursors(plan);
         let data = Arc::new(DataCtx {
             role: role.name.clone(),
             policy: policy.clone(),
@@ -67,6 +68,36 @@ impl Frontend<'_> {
             shadow: None,
         });
         Ok((lexed, Some(plan), Some(data)))
+    }
+
+    /// Remembers the cursors `plan` declares, and gives its `FETCH`/`MOVE` statements the outputs
+    /// and `max_rows` of the cursor they read (declared earlier through this session): the rows of
+    /// a cursor are limited and presented as those of its query.
+    fn with_cursors(&self, plan: Arc<Plan>) -> Arc<Plan> {
+        use pgcloak_policy::CursorUse;
+        if !plan.statements.iter().any(|s| s.cursor.is_some()) {
+            return plan;
+        }
+        let mut cursors = self.cursors.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Option<Plan> = None;
+        for (i, sp) in plan.statements.iter().enumerate() {
+            match &sp.cursor {
+                Some(CursorUse::Declare(name)) if sp.decision.is_allow() => {
+                    cursors.insert(name.clone(), sp.clone());
+                }
+                Some(CursorUse::Fetch(name)) => {
+                    if let Some(declared) = cursors.get(name) {
+                        let fetched = sp.for_fetch(Some(declared));
+                        let p = out.get_or_insert_with(|| (*plan).clone());
+                        if let Some(slot) = p.statements.get_mut(i) {
+                            *slot = fetched;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        out.map(Arc::new).unwrap_or(plan)
     }
 
     /// Whether `lexed` names a view that reads a protected table (reads through one are analysed as

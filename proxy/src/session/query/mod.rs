@@ -61,6 +61,9 @@ pub enum End {
 struct Frontend<'a> {
     shared: &'a Shared,
     info: &'a SessionInfo,
+    /// The plans of the cursors this session declared through pgcloak, by name: a `FETCH` gets its
+    /// cursor's outputs and `max_rows` ([`pgcloak_policy::StatementPlan::for_fetch`]).
+    cursors: Mutex<std::collections::HashMap<String, pgcloak_policy::StatementPlan>>,
     /// This session as the admin console sees it.
     live: &'a Live,
     tracker: &'a Mutex<Tracker>,
@@ -219,6 +222,7 @@ where
     let mut frontend = Frontend {
         shared,
         info,
+        cursors: Mutex::new(std::collections::HashMap::new()),
         live,
         tracker: &tracker,
         statements: NameMap::default(),
