@@ -269,18 +269,7 @@ impl ColumnCipher {
     fn nonce(&self, vk: &VersionKey, plaintext: &[u8]) -> Result<[u8; NONCE_LEN]> {
         match &vk.mac {
             None => Ok(self.nonces.next()),
-            Some(mac) => {
-                let mut ctx = mac.clone();
-                ctx.update(plaintext);
-                let tag = ctx.sign();
-                // An HMAC-SHA256 tag is 32 bytes, so this never fails.
-                tag.as_ref()
-                    .first_chunk::<NONCE_LEN>()
-                    .copied()
-                    .ok_or(KeyError::Internal {
-                        what: "HMAC-SHA256 tag shorter than a nonce",
-                    })
-            }
+            Some(mac) => synthetic_nonce(mac, plaintext),
         }
     }
 
@@ -421,6 +410,21 @@ impl ColumnCipher {
                 column: self.column.clone(),
             })
     }
+}
+
+/// The deterministic nonce: HMAC-SHA256 over the associated data already absorbed in `mac` and the
+/// plaintext, cut to the nonce length.
+pub(crate) fn synthetic_nonce(mac: &hmac::Context, plaintext: &[u8]) -> Result<[u8; NONCE_LEN]> {
+    let mut ctx = mac.clone();
+    ctx.update(plaintext);
+    let tag = ctx.sign();
+    // An HMAC-SHA256 tag is 32 bytes, so this never fails.
+    tag.as_ref()
+        .first_chunk::<NONCE_LEN>()
+        .copied()
+        .ok_or(KeyError::Internal {
+            what: "HMAC-SHA256 tag shorter than a nonce",
+        })
 }
 
 fn seal_with_nonce(vk: &VersionKey, nonce: [u8; NONCE_LEN], plaintext: &[u8]) -> Result<Vec<u8>> {

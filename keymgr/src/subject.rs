@@ -51,35 +51,15 @@ pub struct SubjectRef(pub [u8; SUBJECT_REF_LEN]);
 impl SubjectRef {
     /// Parses 32 hex digits (either case); `None` for anything else.
     pub fn from_hex(text: &str) -> Option<SubjectRef> {
-        let bytes = text.as_bytes();
-        if bytes.len() != SUBJECT_REF_LEN * 2 {
-            return None;
-        }
         let mut out = [0u8; SUBJECT_REF_LEN];
-        for (o, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-            let hi = hex_digit(*pair.first()?)?;
-            let lo = hex_digit(*pair.get(1)?)?;
-            *o = (hi << 4) | lo;
-        }
+        hex::decode_to_slice(text, &mut out).ok()?;
         Some(SubjectRef(out))
-    }
-}
-
-fn hex_digit(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
     }
 }
 
 impl std::fmt::Display for SubjectRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        f.write_str(&hex::encode(self.0))
     }
 }
 
@@ -621,17 +601,7 @@ impl SubjectCipher {
                 fill_random(&self.rng, &mut n)?;
                 n
             }
-            Some(mac) => {
-                let mut ctx = mac.clone();
-                ctx.update(plaintext);
-                let tag = ctx.sign();
-                tag.as_ref()
-                    .first_chunk::<NONCE_LEN>()
-                    .copied()
-                    .ok_or(KeyError::Internal {
-                        what: "HMAC-SHA256 tag shorter than a nonce",
-                    })?
-            }
+            Some(mac) => crate::cipher::synthetic_nonce(mac, plaintext)?,
         };
         let mut raw = Vec::with_capacity(SUBJECT_MIN_RAW_LEN + plaintext.len());
         raw.extend_from_slice(&self.header.bytes());

@@ -380,17 +380,7 @@ fn is_cn_resident_id(v: &str) -> bool {
         return false;
     }
     let Some(&last) = b.get(17) else { return false };
-    const WEIGHTS: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
-    let sum: u32 = b
-        .iter()
-        .zip(WEIGHTS)
-        .map(|(d, w)| u32::from(d - b'0') * w)
-        .sum();
-    let check = b"10X98765432"
-        .get((sum % 11) as usize)
-        .copied()
-        .unwrap_or(0);
-    if last.to_ascii_uppercase() != check {
+    if Some(last.to_ascii_uppercase()) != gb11643_check(b) {
         return false;
     }
     // The first digit is a region (1-8, and 9 for some newer codes); the birth date must exist.
@@ -407,6 +397,17 @@ fn is_cn_resident_id(v: &str) -> bool {
         (Some(y), Some(m), Some(d)) => (1900..=2100).contains(&y) && valid_date(y, m, d),
         _ => false,
     }
+}
+
+/// The ISO 7064 MOD 11-2 check character of the first 17 digits of `digits`.
+fn gb11643_check(digits: &[u8]) -> Option<u8> {
+    const WEIGHTS: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
+    let sum: u32 = digits
+        .iter()
+        .zip(WEIGHTS)
+        .map(|(d, w)| u32::from(d.wrapping_sub(b'0')) * w)
+        .sum();
+    b"10X98765432".get((sum % 11) as usize).copied()
 }
 
 fn is_bank_card(v: &str) -> bool {
@@ -523,14 +524,15 @@ mod tests {
 
     /// A valid resident id for a birth date, with its check character computed.
     pub(crate) fn cn_id(body17: &str) -> String {
-        const WEIGHTS: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
-        let sum: u32 = body17
-            .bytes()
-            .zip(WEIGHTS)
-            .map(|(d, w)| u32::from(d - b'0') * w)
-            .sum();
-        let check = b"10X98765432"[(sum % 11) as usize] as char;
+        let check = gb11643_check(body17.as_bytes()).unwrap() as char;
         format!("{body17}{check}")
+    }
+
+    #[test]
+    fn the_check_character_matches_the_standard_s_example() {
+        // GB 11643-1999's own example number.
+        assert_eq!(gb11643_check(b"11010519491231002"), Some(b'X'));
+        assert_eq!(cn_id("11010519491231002"), "11010519491231002X");
     }
 
     #[test]

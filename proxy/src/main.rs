@@ -230,38 +230,16 @@ fn policy_impact(
     let text = std::fs::read_to_string(new_path)
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", new_path.display()))?;
     let new = pgcloak_policy::Policy::parse(&text, &new_path.display().to_string())?;
-    let time = |s: &Option<String>, what: &str| -> Result<Option<time::OffsetDateTime>> {
-        match s {
-            None => Ok(None),
-            Some(t) => pgcloak_audit::parse_time(t).map(Some).ok_or_else(|| {
-                anyhow::anyhow!(
-                    "--{what} {t:?} is not a time; write 2026-01-31 or 2026-01-31T12:00:00Z"
-                )
-            }),
-        }
-    };
     let filter = pgcloak_audit::query::Filter {
-        since: time(&since, "since")?,
-        until: time(&until, "until")?,
+        since: time_arg(&since, "since")?,
+        until: time_arg(&until, "until")?,
         ..Default::default()
     };
-    let events = if source.postgres {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(pgcloak_audit::query::query_postgres(
-            &pg_sink(&config),
-            &filter,
-        ))?
-    } else {
-        let file = match source.file {
-            Some(f) => f,
-            None => config.audit.file.clone().ok_or_else(|| {
-                anyhow::anyhow!("no audit file: [audit] file is \"\"; pass --file F or --postgres")
-            })?,
-        };
-        pgcloak_audit::query::query_path(&file, &filter)?
-    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let events = audit_events(&rt, source, &filter, || Ok(config.clone()))?;
     let changes = pgcloak::impact::impact(&config, &now, &new, &events)?;
     print!("{}", pgcloak::impact::render(&changes, format == "json"));
     Ok(ExitCode::SUCCESS)
@@ -487,6 +465,39 @@ fn pg_sink(config: &Config) -> pgcloak_audit::PgSinkConfig {
     }
 }
 
+/// A `--since`/`--until` argument as a time.
+fn time_arg(s: &Option<String>, what: &str) -> Result<Option<time::OffsetDateTime>> {
+    match s {
+        None => Ok(None),
+        Some(t) => pgcloak_audit::parse_time(t).map(Some).ok_or_else(|| {
+            anyhow::anyhow!(
+                "--{what} {t:?} is not a time; write 2026-01-31 or 2026-01-31T12:00:00Z"
+            )
+        }),
+    }
+}
+
+/// The audit events matching `filter` from `source` (the config, loaded only when needed: for the
+/// PostgreSQL table or the default file).
+fn audit_events(
+    rt: &tokio::runtime::Runtime,
+    source: AuditSource,
+    filter: &pgcloak_audit::query::Filter,
+    config: impl Fn() -> Result<Config>,
+) -> Result<Vec<pgcloak_audit::AuditEvent>> {
+    if source.postgres {
+        return Ok(rt.block_on(pgcloak_audit::query::query_postgres(
+            &pg_sink(&config()?),
+            filter,
+        ))?);
+    }
+    let file = match source.file {
+        Some(f) => f,
+        None => audit_file(&config()?, None)?,
+    };
+    Ok(pgcloak_audit::query::query_path(&file, filter)?)
+}
+
 fn audit_file(config: &Config, file: Option<PathBuf>) -> Result<PathBuf> {
     file.or_else(|| config.audit.file.clone()).ok_or_else(|| {
         anyhow::anyhow!(
@@ -590,14 +601,6 @@ fn audit(path: &std::path::Path, cmd: AuditCommand) -> Result<ExitCode> {
             format,
             summary,
         } => {
-            let time = |s: &Option<String>, what: &str| -> Result<Option<time::OffsetDateTime>> {
-                match s {
-                    None => Ok(None),
-                    Some(t) => pgcloak_audit::parse_time(t).map(Some).ok_or_else(|| {
-                        anyhow::anyhow!("--{what} {t:?} is not a time; write 2026-01-31 or 2026-01-31T12:00:00Z")
-                    }),
-                }
-            };
             let filter = pgcloak_audit::query::Filter {
                 user,
                 role,
@@ -611,23 +614,11 @@ fn audit(path: &std::path::Path, cmd: AuditCommand) -> Result<ExitCode> {
                             .ok_or_else(|| anyhow::anyhow!("--kind {k:?} is not an event kind"))?,
                     ),
                 },
-                since: time(&since, "since")?,
-                until: time(&until, "until")?,
+                since: time_arg(&since, "since")?,
+                until: time_arg(&until, "until")?,
             };
             let format: pgcloak_audit::query::Format = format.parse()?;
-            let events = if source.postgres {
-                let cfg = load(path)?;
-                rt.block_on(pgcloak_audit::query::query_postgres(
-                    &pg_sink(&cfg),
-                    &filter,
-                ))?
-            } else {
-                let file = match source.file {
-                    Some(f) => f,
-                    None => audit_file(&load(path)?, None)?,
-                };
-                pgcloak_audit::query::query_path(&file, &filter)?
-            };
+            let events = audit_events(&rt, source, &filter, || load(path))?;
             let mut out = std::io::stdout().lock();
             if summary {
                 pgcloak_audit::query::write_summary(

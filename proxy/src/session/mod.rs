@@ -345,7 +345,6 @@ pub async fn run(
             .send_now(&crate::protocol::messages::terminate())
             .await;
         server_out.shutdown().await;
-        drop(ready);
         crate::console::serve(&shared, &info, &mut client_in, &mut client_out).await;
         return;
     }
