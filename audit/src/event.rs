@@ -34,11 +34,15 @@ pub enum Kind {
     /// Extension: a command of the admin console (`dbname=pgcloak`): `statement` is the command,
     /// `decision` and `sqlstate` its outcome; also a refused attempt to open the console.
     Admin,
+    /// Extension: a step of a just-in-time grant (`pgcloak grant`): `statement` says which
+    /// (`grant 7 requested|approved|revoked|expired: ...`), `user` who took it, `reason` the
+    /// request's reason.
+    Grant,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 15] = [
+    pub const ALL: [Kind; 16] = [
         Kind::Connect,
         Kind::Disconnect,
         Kind::AuthFailed,
@@ -54,6 +58,7 @@ impl Kind {
         Kind::Shutdown,
         Kind::Error,
         Kind::Admin,
+        Kind::Grant,
     ];
 
     /// The text form used in records, tables and filters.
@@ -74,6 +79,7 @@ impl Kind {
             Kind::Shutdown => "shutdown",
             Kind::Error => "error",
             Kind::Admin => "admin",
+            Kind::Grant => "grant",
         }
     }
 
@@ -95,6 +101,7 @@ impl Kind {
             "shutdown" => Kind::Shutdown,
             "error" => Kind::Error,
             "admin" => Kind::Admin,
+            "grant" => Kind::Grant,
             _ => return None,
         })
     }

@@ -90,9 +90,10 @@ pub use lexer::{
 };
 pub use mask::{apply_mask, Mask, MaskedValue};
 pub use model::{
-    Access, Class, ColumnPolicy, EncryptMode, Erased, KeyScope, LogicalType, Policy, RolePolicy,
-    RoleRef, TablePolicy,
+    Access, Class, ColumnPolicy, EncryptMode, Erased, GrantRaise, GrantsPolicy, KeyScope, LogicalType,
+    Policy, RolePolicy, RoleRef, TablePolicy,
 };
+pub use model::parse_duration;
 pub use plan::{
     ColumnKey, ColumnTouch, CopyColumn, CopyDirection, CopyEndpoint, CopyFormat, CopyInfo,
     CursorUse, Decision, Encrypt, ExecuteArg, ExecuteInfo, InList, ListElement, Output,

@@ -75,6 +75,25 @@ pub enum Access {
 }
 
 impl Access {
+    /// How much of a value the access reveals: `deny < null < masked < plaintext`.
+    fn rank(self) -> u8 {
+        match self {
+            Access::Deny => 0,
+            Access::Null => 1,
+            Access::Masked => 2,
+            Access::Plaintext => 3,
+        }
+    }
+
+    /// The more revealing of two accesses (what a grant raises to; it never lowers).
+    pub fn raised_to(self, other: Access) -> Access {
+        if other.rank() > self.rank() {
+            other
+        } else {
+            self
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Access> {
         match s {
             "plaintext" => Some(Access::Plaintext),
@@ -221,7 +240,36 @@ pub struct RolePolicy {
     pub copy_out: bool,
     /// `enforce = "shadow"`: decisions are audited (`would_deny`) but not enforced on reads.
     pub shadow: bool,
+    /// Read access raised for one table's columns of a class (by grants, see [`RolePolicy::raised_by`]).
+    raised: Vec<TableRaise>,
     /// Line of the entry in the policy file (0 for an implicit default).
+    pub line: usize,
+}
+
+/// Read access of one table's columns of one class, above the role's access to the class.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TableRaise {
+    schema: String,
+    table: String,
+    class: Class,
+    access: Access,
+}
+
+/// What one just-in-time grant gives: `access` to the columns of `class`, of one table or of all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantRaise {
+    pub class: Class,
+    pub access: Access,
+    /// `(schema, table)`; `None`: every table.
+    pub table: Option<(String, String)>,
+}
+
+/// The `[grants]` section: who may approve just-in-time grants.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GrantsPolicy {
+    /// PostgreSQL roles whose members may approve a grant (never their own request).
+    pub approvers: Vec<String>,
+    /// Line of the section (0 when absent).
     pub line: usize,
 }
 
@@ -237,6 +285,7 @@ impl RolePolicy {
             max_rows: None,
             copy_out: true,
             shadow: false,
+            raised: Vec::new(),
             line,
         }
     }
@@ -253,8 +302,54 @@ impl RolePolicy {
             max_rows: None,
             copy_out: true,
             shadow: false,
+            raised: Vec::new(),
             line: self.line,
         }
+    }
+
+    /// This role with its read access raised by `grants` (never lowered): a grant for a class
+    /// raises the class, one for a table raises that table's columns of the class. `tag` (the
+    /// grant ids) makes the name differ from every other raise of the role, for plan caches, and
+    /// from every PostgreSQL role (it holds a NUL).
+    pub fn raised_by(&self, grants: &[GrantRaise], tag: &str) -> RolePolicy {
+        let mut role = self.clone();
+        role.name = format!("{}\0grants {tag}", self.name);
+        for g in grants {
+            match &g.table {
+                None => {
+                    if let Some(slot) = role.read.get_mut(g.class.index()) {
+                        *slot = slot.raised_to(g.access);
+                    }
+                }
+                Some((schema, table)) => {
+                    let access = role.read_at(schema, table, g.class).raised_to(g.access);
+                    role.raised
+                        .retain(|r| !(r.schema == *schema && r.table == *table && r.class == g.class));
+                    role.raised.push(TableRaise {
+                        schema: schema.clone(),
+                        table: table.clone(),
+                        class: g.class,
+                        access,
+                    });
+                }
+            }
+        }
+        role
+    }
+
+    /// Read access to the columns of `class` in `schema.table` (the class's, or what a grant
+    /// for that table raised it to).
+    pub fn read_at(&self, schema: &str, table: &str, class: Class) -> Access {
+        let base = self.read(class);
+        self.raised
+            .iter()
+            .find(|r| r.class == class && r.table == table && r.schema == schema)
+            .map_or(base, |r| base.raised_to(r.access))
+    }
+
+    /// Read access to a policy column.
+    pub fn read_column(&self, c: &ColumnPolicy) -> Access {
+        self.read_at(&c.schema, &c.table, c.class)
     }
 
     /// Read access to a class.
@@ -295,6 +390,7 @@ pub struct Policy {
     table_names: Vec<String>,
     roles: Vec<RolePolicy>,
     default: RolePolicy,
+    grants: GrantsPolicy,
     version: u64,
     version_hex: String,
 }
@@ -310,6 +406,14 @@ struct RawPolicy {
     role: Vec<Spanned<RawRole>>,
     #[serde(default)]
     default: Option<Spanned<RawDefault>>,
+    #[serde(default)]
+    grants: Option<Spanned<RawGrants>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGrants {
+    approvers: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Deserialize)]
@@ -451,6 +555,35 @@ fn parse_write(
             ),
         }
     }
+}
+
+fn parse_grants(ctx: &mut Ctx<'_>, raw: Option<&Spanned<RawGrants>>) -> GrantsPolicy {
+    let Some(raw) = raw else {
+        return GrantsPolicy::default();
+    };
+    let line = ctx.line_of(raw.span().start);
+    let Some(list) = &raw.get_ref().approvers else {
+        ctx.err(
+            raw.span(),
+            "[grants] has no `approvers`; add approvers = [\"<postgresql role>\", ...] (members of these roles approve grants)".to_string(),
+        );
+        return GrantsPolicy::default();
+    };
+    let mut approvers = Vec::new();
+    for a in list.get_ref() {
+        if a.get_ref().is_empty() {
+            ctx.err(a.span(), "an approver role name is empty; give a PostgreSQL role name".to_string());
+        } else if !approvers.contains(a.get_ref()) {
+            approvers.push(a.get_ref().clone());
+        }
+    }
+    if approvers.is_empty() && list.get_ref().is_empty() {
+        ctx.err(
+            list.span(),
+            "[grants] approvers is empty, so no grant could ever be approved; name at least one PostgreSQL role".to_string(),
+        );
+    }
+    GrantsPolicy { approvers, line }
 }
 
 fn parse_max_rows(ctx: &mut Ctx<'_>, max_rows: &Option<Spanned<i64>>) -> Option<u64> {
@@ -766,6 +899,8 @@ impl Policy {
             }
         }
 
+        let grants = parse_grants(&mut ctx, raw.grants.as_ref());
+
         if !ctx.issues.is_empty() {
             let mut issues = ctx.issues;
             issues.sort_by_key(|i| i.line.unwrap_or(0));
@@ -803,6 +938,7 @@ impl Policy {
             table_names,
             roles,
             default,
+            grants,
             version,
             version_hex,
         })
@@ -877,6 +1013,11 @@ impl Policy {
     /// Listed `[[role]]` entries, in file order.
     pub fn roles(&self) -> &[RolePolicy] {
         &self.roles
+    }
+
+    /// The `[grants]` section (no approvers when absent: grants are off).
+    pub fn grants(&self) -> &GrantsPolicy {
+        &self.grants
     }
 
     /// The `[default]` rules (for login users in no listed role).
@@ -1040,4 +1181,51 @@ fn parse_tables(
         }
     }
     tables
+}
+
+/// Parses a duration such as `90s`, `30m`, `1h`, `2d` or `1h30m` into seconds; `None` when it is
+/// not one (no unit, an unknown unit, zero, or overflow).
+pub fn parse_duration(s: &str) -> Option<u64> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            _ => return None,
+        };
+        let n: u64 = digits.parse().ok()?;
+        digits.clear();
+        total = total.checked_add(n.checked_mul(unit)?)?;
+    }
+    if !digits.is_empty() || total == 0 {
+        return None;
+    }
+    Some(total)
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::parse_duration;
+
+    #[test]
+    fn durations_parse_with_units_only() {
+        assert_eq!(parse_duration("90s"), Some(90));
+        assert_eq!(parse_duration("30m"), Some(1800));
+        assert_eq!(parse_duration("1h30m"), Some(5400));
+        assert_eq!(parse_duration("2d"), Some(172_800));
+        for bad in ["", "10", "0s", "1x", "h", "1h5", "-1h", "99999999999999999999d"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+    }
 }

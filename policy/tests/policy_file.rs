@@ -1,5 +1,7 @@
 //! Policy file parsing: the contract's example parses; every error class names file:line and the fix.
 
+mod common;
+
 use pgcloak_policy::{Access, Class, EncryptMode, LogicalType, Mask, Policy};
 
 const CONTRACT_EXAMPLE: &str = r#"[[column]]
@@ -280,4 +282,115 @@ fn roles_may_be_shadowed_but_not_the_default() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("cannot be shadow"), "{err}");
+}
+
+#[test]
+fn grants_section_names_approvers_and_rejects_nonsense() {
+    let ok = format!("{CONTRACT_EXAMPLE}\n[grants]\napprovers = [\"security\", \"dba\", \"security\"]\n");
+    let p = Policy::parse(&ok, "policy.toml").expect("parses");
+    assert_eq!(p.grants().approvers, ["security", "dba"]);
+    assert!(Policy::parse(CONTRACT_EXAMPLE, "policy.toml")
+        .expect("parses")
+        .grants()
+        .approvers
+        .is_empty());
+    for (bad, says) in [
+        ("[grants]\n", "has no `approvers`"),
+        ("[grants]\napprovers = []\n", "no grant could ever be approved"),
+        ("[grants]\napprovers = [\"\"]\n", "approver role name is empty"),
+        ("[grants]\napprovers = [\"a\"]\nttl = 3\n", "unknown field"),
+    ] {
+        let text = format!("{CONTRACT_EXAMPLE}\n{bad}");
+        let err = Policy::parse(&text, "policy.toml").expect_err(bad).to_string();
+        assert!(err.contains(says), "{bad}: {err}");
+    }
+}
+
+mod raises {
+    use super::*;
+    use pgcloak_policy::{analyze, lex, GrantRaise, OutputAction};
+
+    use crate::common;
+
+    fn output_actions(role: &pgcloak_policy::RolePolicy, sql: &str) -> Vec<String> {
+        let p = common::policy();
+        let plan = analyze(sql, &lex(sql), &common::catalog(), &p, role);
+        let sp = &plan.statements[0];
+        assert!(sp.decision.is_allow(), "{sql}: {:?}", sp.decision);
+        sp.outputs
+            .iter()
+            .map(|o| match &o.action {
+                OutputAction::Decrypt { .. } => "D",
+                OutputAction::Mask { .. } => "M",
+                OutputAction::Null { .. } => "N",
+                OutputAction::PassThrough => "P",
+            })
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn a_grant_raises_a_class_or_one_table_and_never_lowers() {
+        let p = common::policy();
+        let support = p.role_named("support").expect("support");
+        let sql = "SELECT phone, salary FROM customers";
+        assert_eq!(output_actions(support, sql), ["M", "D"]);
+        let class_wide = support.raised_by(
+            &[GrantRaise {
+                class: Class::Confidential,
+                access: Access::Plaintext,
+                table: None,
+            }],
+            "1",
+        );
+        assert_eq!(output_actions(&class_wide, sql), ["D", "D"]);
+        assert_ne!(class_wide.name, support.name, "plans are cached per name");
+        let other_table = support.raised_by(
+            &[GrantRaise {
+                class: Class::Confidential,
+                access: Access::Plaintext,
+                table: Some(("public".into(), "orders".into())),
+            }],
+            "2",
+        );
+        assert_eq!(output_actions(&other_table, sql), ["M", "D"]);
+        let this_table = support.raised_by(
+            &[GrantRaise {
+                class: Class::Confidential,
+                access: Access::Plaintext,
+                table: Some(("public".into(), "customers".into())),
+            }],
+            "3",
+        );
+        assert_eq!(output_actions(&this_table, sql), ["D", "D"]);
+        // A masked grant to a role that reads plaintext changes nothing.
+        let lower = support.raised_by(
+            &[GrantRaise {
+                class: Class::Sensitive,
+                access: Access::Masked,
+                table: None,
+            }],
+            "4",
+        );
+        assert_eq!(output_actions(&lower, sql), ["M", "D"]);
+        // The default role denies confidential: a masked grant makes it readable, masked.
+        let d = p.default_role();
+        let denied = analyze(
+            "SELECT phone FROM customers",
+            &lex("SELECT phone FROM customers"),
+            &common::catalog(),
+            &p,
+            d,
+        );
+        assert!(!denied.statements[0].decision.is_allow());
+        let masked = d.raised_by(
+            &[GrantRaise {
+                class: Class::Confidential,
+                access: Access::Masked,
+                table: Some(("public".into(), "customers".into())),
+            }],
+            "5",
+        );
+        assert_eq!(output_actions(&masked, "SELECT phone FROM customers"), ["M"]);
+    }
 }

@@ -31,6 +31,7 @@ pub mod console;
 pub mod discover;
 pub mod error;
 pub mod event_loop;
+pub mod grants;
 pub mod impact;
 pub mod keys;
 pub mod logging;

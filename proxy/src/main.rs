@@ -56,6 +56,10 @@ enum Command {
     /// Find sensitive columns: sample each text-like column and classify it by content, structure
     /// and name (no sampled value is ever printed).
     Discover(pgcloak::discover::Options),
+    /// Just-in-time access: request, approve, revoke and list grants (pgcloak.grants in the
+    /// [catalog] database).
+    #[command(subcommand)]
+    Grant(GrantCommand),
     /// Move the existing ciphertexts of COLUMN to its active key version: online, in batches, resumable.
     Reencrypt {
         /// schema.table.column
@@ -82,6 +86,56 @@ enum PolicyCommand {
         until: Option<String>,
         #[arg(long, default_value = "table", value_parser = ["table", "json"])]
         format: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum GrantCommand {
+    /// Ask for USER's access to a class (of one table, or all) to be raised for a while; pending
+    /// until someone else approves it. Logs in to PostgreSQL as --by (PGPASSWORD) to confirm who asks.
+    Request {
+        /// The login user that gets the access.
+        #[arg(long)]
+        user: String,
+        /// public, internal, sensitive or confidential
+        #[arg(long)]
+        class: String,
+        #[arg(long, value_parser = ["plaintext", "masked"])]
+        access: String,
+        /// How long it lasts once approved: 30m, 1h, 1h30m (at most 7d).
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: String,
+        /// Only this table's columns (schema.table).
+        #[arg(long)]
+        table: Option<String>,
+        /// Why (goes to the audit trail).
+        #[arg(long)]
+        reason: String,
+        /// Who asks (default: --user).
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Approve a pending request as APPROVER: a member of a [grants] approvers role of the policy,
+    /// neither its requester nor its user; logs in to PostgreSQL as APPROVER (PGPASSWORD).
+    Approve {
+        id: i64,
+        #[arg(long, value_name = "APPROVER")]
+        by: String,
+    },
+    /// End a pending or active grant now (on every running proxy within 2 seconds).
+    Revoke {
+        id: i64,
+        /// Who revokes (confirmed by logging in as them, PGPASSWORD); default: the [catalog] user.
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// List grants, newest first.
+    List {
+        /// Only grants in force now.
+        #[arg(long)]
+        active: bool,
+        #[arg(long, value_enum, default_value = "table")]
+        format: ListFormat,
     },
 }
 
@@ -186,6 +240,7 @@ fn main() -> ExitCode {
             format,
         }) => policy_impact(&config_path, &policy, source, since, until, &format),
         Command::Keys(k) => keys(&config_path, k),
+        Command::Grant(g) => grant(&config_path, g),
         Command::Audit(a) => audit(&config_path, *a),
         Command::Encrypt { column, opts } => {
             migrate(&config_path, &column, pgcloak::migrate::Op::Encrypt, &opts)
@@ -213,6 +268,73 @@ fn discover(path: &std::path::Path, opts: &pgcloak::discover::Options) -> Result
     print!("{}", pgcloak::discover::render(&report, opts.format));
     for (table, why) in &report.skipped {
         eprintln!("pgcloak discover: skipped {table}: {why}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn grant(path: &std::path::Path, cmd: GrantCommand) -> Result<ExitCode> {
+    use pgcloak::grants::cli;
+    let config = load(path)?;
+    match cmd {
+        GrantCommand::Request {
+            user,
+            class,
+            access,
+            duration,
+            table,
+            reason,
+            by,
+        } => {
+            let by = by.as_deref().unwrap_or(&user);
+            let id = cli::request(
+                &config,
+                &cli::Request {
+                    user: &user,
+                    class: &class,
+                    access: &access,
+                    duration: &duration,
+                    table: table.as_deref(),
+                    reason: &reason,
+                    by,
+                },
+            )?;
+            println!("grant {id} requested: {access} {class} for {user} for {duration}; pending until another approver runs `pgcloak grant approve {id} --by <approver>`");
+        }
+        GrantCommand::Approve { id, by } => {
+            let until = cli::approve(&config, id, &by)?;
+            println!("grant {id} approved by {by}; in force until {until} (on every running proxy within 2 seconds)");
+        }
+        GrantCommand::Revoke { id, by } => {
+            cli::revoke(&config, id, by.as_deref())?;
+            println!("grant {id} revoked; every running proxy stops applying it within 2 seconds");
+        }
+        GrantCommand::List { active, format } => {
+            let rows = cli::list(&config, active)?;
+            match format {
+                ListFormat::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+                ListFormat::Table => {
+                    println!(
+                        "{:<6} {:<16} {:<13} {:<10} {:<24} {:<9} {:<14} {:<14} {:<21} reason",
+                        "id", "user", "class", "access", "table", "state", "requested_by", "approved_by", "expires_at"
+                    );
+                    for g in rows {
+                        println!(
+                            "{:<6} {:<16} {:<13} {:<10} {:<24} {:<9} {:<14} {:<14} {:<21} {}",
+                            g.id,
+                            g.user,
+                            g.class,
+                            g.access,
+                            g.table.as_deref().unwrap_or("(any)"),
+                            g.state,
+                            g.requested_by,
+                            g.approved_by.as_deref().unwrap_or("-"),
+                            g.expires_at.as_deref().unwrap_or("-"),
+                            g.reason
+                        );
+                    }
+                }
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

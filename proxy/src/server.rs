@@ -115,6 +115,11 @@ pub async fn serve(
         tokio::spawn(crate::admin::serve(admin, shared.clone(), shutdown.clone()));
     }
     let workers = Workers::start(config.workers).map_err(ServeError::Workers)?;
+    tokio::spawn(crate::grants::poll(
+        config.clone(),
+        shared.services.clone(),
+        shutdown.clone(),
+    ));
     tokio::spawn(crate::reload::watch(
         shared.clone(),
         master,

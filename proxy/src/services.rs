@@ -89,6 +89,8 @@ pub struct Services {
     pub timers: crate::timer::Timers,
     /// Reload and catalog-load counts, for `/metrics`.
     pub stats: ServiceStats,
+    /// The just-in-time grants in force (kept current by [`crate::grants::poll`]).
+    pub grants: crate::grants::GrantState,
 }
 
 /// How reloads and catalog loads went (counted off the data path).
@@ -144,6 +146,7 @@ impl Services {
             mask_key,
             timers,
             stats: ServiceStats::default(),
+            grants: crate::grants::GrantState::default(),
         }
     }
 

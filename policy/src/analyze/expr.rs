@@ -539,7 +539,7 @@ impl Analyzer<'_> {
             match lin {
                 Lin::Direct(c) => {
                     let cp = self.col(c)?;
-                    let access = self.role.read(cp.class);
+                    let access = self.role.read_column(cp);
                     if access != crate::model::Access::Plaintext {
                         let msg = format!(
                             "pgcloak: a whole-row reference would expose column {} to role \"{}\", which reads it as {} (class {}); select the columns by name",

@@ -210,7 +210,7 @@ impl<'a> Analyzer<'a> {
         let name = cp.qualified_name();
         let role = &self.role.name;
         let class = cp.class;
-        let access = self.role.read(class);
+        let access = self.role.read_column(cp);
         match access {
             Access::Deny => {
                 return self.deny(
@@ -399,7 +399,7 @@ impl<'a> Analyzer<'a> {
                     for c in cs {
                         let cp = self.col(*c)?;
                         classified |= cp.class.is_classified();
-                        let a = if self.role.read(cp.class) == Access::Plaintext {
+                        let a = if self.role.read_column(cp) == Access::Plaintext {
                             TouchAccess::Plaintext
                         } else {
                             TouchAccess::Filter
@@ -416,7 +416,7 @@ impl<'a> Analyzer<'a> {
                     self.use_col(c, Use::Output)?;
                     let cp = self.col(c)?;
                     let name = cp.qualified_name();
-                    let action = match self.role.read(cp.class) {
+                    let action = match self.role.read_column(cp) {
                         Access::Plaintext if cp.encrypt.is_encrypted() => OutputAction::Decrypt {
                             column: name.clone(),
                             logical_type: cp.logical_type,
