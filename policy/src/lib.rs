@@ -89,11 +89,11 @@ pub use lexer::{
     lex, names_any, Idents, Lexed, Literal, LiteralKind, ParamToken, StatementKind, StatementSpan,
 };
 pub use mask::{apply_mask, Mask, MaskedValue};
-pub use model::{
-    Access, Class, ColumnPolicy, EncryptMode, Erased, GrantRaise, GrantsPolicy, KeyScope, LogicalType,
-    Policy, RolePolicy, RoleRef, TablePolicy,
-};
 pub use model::parse_duration;
+pub use model::{
+    Access, Class, ColumnPolicy, EncryptMode, Erased, GrantRaise, GrantsPolicy, KeyScope,
+    LogicalType, Policy, RolePolicy, RoleRef, TablePolicy,
+};
 pub use plan::{
     ColumnKey, ColumnTouch, CopyColumn, CopyDirection, CopyEndpoint, CopyFormat, CopyInfo,
     CursorUse, Decision, Encrypt, ExecuteArg, ExecuteInfo, InList, ListElement, Output,

@@ -323,8 +323,9 @@ impl RolePolicy {
                 }
                 Some((schema, table)) => {
                     let access = role.read_at(schema, table, g.class).raised_to(g.access);
-                    role.raised
-                        .retain(|r| !(r.schema == *schema && r.table == *table && r.class == g.class));
+                    role.raised.retain(|r| {
+                        !(r.schema == *schema && r.table == *table && r.class == g.class)
+                    });
                     role.raised.push(TableRaise {
                         schema: schema.clone(),
                         table: table.clone(),
@@ -572,7 +573,10 @@ fn parse_grants(ctx: &mut Ctx<'_>, raw: Option<&Spanned<RawGrants>>) -> GrantsPo
     let mut approvers = Vec::new();
     for a in list.get_ref() {
         if a.get_ref().is_empty() {
-            ctx.err(a.span(), "an approver role name is empty; give a PostgreSQL role name".to_string());
+            ctx.err(
+                a.span(),
+                "an approver role name is empty; give a PostgreSQL role name".to_string(),
+            );
         } else if !approvers.contains(a.get_ref()) {
             approvers.push(a.get_ref().clone());
         }
@@ -1224,7 +1228,16 @@ mod duration_tests {
         assert_eq!(parse_duration("30m"), Some(1800));
         assert_eq!(parse_duration("1h30m"), Some(5400));
         assert_eq!(parse_duration("2d"), Some(172_800));
-        for bad in ["", "10", "0s", "1x", "h", "1h5", "-1h", "99999999999999999999d"] {
+        for bad in [
+            "",
+            "10",
+            "0s",
+            "1x",
+            "h",
+            "1h5",
+            "-1h",
+            "99999999999999999999d",
+        ] {
             assert_eq!(parse_duration(bad), None, "{bad}");
         }
     }

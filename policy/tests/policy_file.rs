@@ -286,7 +286,9 @@ fn roles_may_be_shadowed_but_not_the_default() {
 
 #[test]
 fn grants_section_names_approvers_and_rejects_nonsense() {
-    let ok = format!("{CONTRACT_EXAMPLE}\n[grants]\napprovers = [\"security\", \"dba\", \"security\"]\n");
+    let ok = format!(
+        "{CONTRACT_EXAMPLE}\n[grants]\napprovers = [\"security\", \"dba\", \"security\"]\n"
+    );
     let p = Policy::parse(&ok, "policy.toml").expect("parses");
     assert_eq!(p.grants().approvers, ["security", "dba"]);
     assert!(Policy::parse(CONTRACT_EXAMPLE, "policy.toml")
@@ -296,12 +298,20 @@ fn grants_section_names_approvers_and_rejects_nonsense() {
         .is_empty());
     for (bad, says) in [
         ("[grants]\n", "has no `approvers`"),
-        ("[grants]\napprovers = []\n", "no grant could ever be approved"),
-        ("[grants]\napprovers = [\"\"]\n", "approver role name is empty"),
+        (
+            "[grants]\napprovers = []\n",
+            "no grant could ever be approved",
+        ),
+        (
+            "[grants]\napprovers = [\"\"]\n",
+            "approver role name is empty",
+        ),
         ("[grants]\napprovers = [\"a\"]\nttl = 3\n", "unknown field"),
     ] {
         let text = format!("{CONTRACT_EXAMPLE}\n{bad}");
-        let err = Policy::parse(&text, "policy.toml").expect_err(bad).to_string();
+        let err = Policy::parse(&text, "policy.toml")
+            .expect_err(bad)
+            .to_string();
         assert!(err.contains(says), "{bad}: {err}");
     }
 }
@@ -391,6 +401,9 @@ mod raises {
             }],
             "5",
         );
-        assert_eq!(output_actions(&masked, "SELECT phone FROM customers"), ["M"]);
+        assert_eq!(
+            output_actions(&masked, "SELECT phone FROM customers"),
+            ["M"]
+        );
     }
 }

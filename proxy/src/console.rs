@@ -2,7 +2,7 @@
 //! authenticated by PostgreSQL like any other (against `[admin] database`), then talks to pgcloak
 //! itself, in the simple query protocol:
 //!
-//! `SHOW SESSIONS`, `SHOW STATS`, `SHOW POLICY`, `SHOW KEYS`, `SHOW AUDIT`, `RELOAD`,
+//! `SHOW SESSIONS`, `SHOW STATS`, `SHOW POLICY`, `SHOW KEYS`, `SHOW GRANTS`, `SHOW AUDIT`, `RELOAD`,
 //! `KILL <session id>`, `SHOW HELP`.
 //!
 //! Anyone else asking for `pgcloak` is refused with `42501` before PostgreSQL is contacted. Every
@@ -27,7 +27,7 @@ use crate::state::Shared;
 /// The database name that reaches the console instead of PostgreSQL.
 pub const DATABASE: &str = "pgcloak";
 
-const HELP: &str = "SHOW SESSIONS | SHOW STATS | SHOW POLICY | SHOW KEYS | SHOW AUDIT | RELOAD | KILL <session id> | SHOW HELP";
+const HELP: &str = "SHOW SESSIONS | SHOW STATS | SHOW POLICY | SHOW KEYS | SHOW GRANTS | SHOW AUDIT | RELOAD | KILL <session id> | SHOW HELP";
 
 /// The StartupMessage an admin login is authenticated with: its own user, `[admin] database`.
 pub fn startup_for(startup: &StartupMessage, config: &Config) -> Bytes {
@@ -103,6 +103,7 @@ pub enum Command {
     Stats,
     Policy,
     Keys,
+    Grants,
     Audit,
     Help,
     Reload,
@@ -121,6 +122,7 @@ pub fn parse(text: &str) -> Result<Command, String> {
         ["SHOW", "STATS"] => Command::Stats,
         ["SHOW", "POLICY"] => Command::Policy,
         ["SHOW", "KEYS"] => Command::Keys,
+        ["SHOW", "GRANTS"] => Command::Grants,
         ["SHOW", "AUDIT"] => Command::Audit,
         ["SHOW", "HELP"] | ["HELP"] => Command::Help,
         ["RELOAD"] => Command::Reload,
@@ -321,6 +323,44 @@ fn policy(shared: &Shared) -> Table {
 }
 
 /// Key versions, never key material.
+/// The grants this proxy applies now (read from pgcloak.grants at most a second ago).
+fn grants(shared: &Shared) -> Table {
+    let mut t = Table::new(
+        "SHOW",
+        &[
+            ("id", true),
+            ("user", false),
+            ("class", false),
+            ("access", false),
+            ("table", false),
+            ("expires_at", false),
+        ],
+    );
+    for (user, g) in shared.services.grants.all() {
+        let expires = time::OffsetDateTime::from_unix_timestamp(g.expires_at as i64)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_default();
+        t.row(vec![
+            text(g.id.to_string()),
+            text(user),
+            text(g.raise.class.as_str()),
+            text(g.raise.access.as_str()),
+            text(
+                g.raise
+                    .table
+                    .as_ref()
+                    .map_or_else(|| "(any)".to_string(), |(s, t)| format!("{s}.{t}")),
+            ),
+            text(expires),
+        ]);
+    }
+    t
+}
+
 fn keys(shared: &Shared) -> Table {
     let keyring = shared.services.keyring();
     let mut t = Table::new(
@@ -425,6 +465,7 @@ async fn execute(
         Command::Stats => (stats(shared), None),
         Command::Policy => (policy(shared), None),
         Command::Keys => (keys(shared), None),
+        Command::Grants => (grants(shared), None),
         Command::Audit => (audit(shared), None),
         Command::Help => {
             let mut t = Table::new("SHOW", &[("command", false)]);

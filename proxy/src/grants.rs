@@ -106,15 +106,30 @@ impl UserGrants {
         s
     }
 
+    /// Whether two sets hold the same grants.
+    pub fn same(a: Option<&UserGrants>, b: Option<&UserGrants>) -> bool {
+        match (a, b) {
+            (None, None) => true,
+            (Some(a), Some(b)) => {
+                a.grants.len() == b.grants.len()
+                    && a.grants.iter().zip(&b.grants).all(|(x, y)| x.id == y.id)
+            }
+            _ => false,
+        }
+    }
+
     pub fn raises(&self) -> Vec<GrantRaise> {
         self.grants.iter().map(|g| g.raise.clone()).collect()
     }
 }
 
+/// The grants in force by user, as read from the table at one time.
+type ByUser = Arc<HashMap<String, Vec<ActiveGrant>>>;
+
 /// The grants a proxy applies: the last set read from the table, and when it was read.
 #[derive(Debug, Default)]
 pub struct GrantState {
-    current: RwLock<Option<(Arc<HashMap<String, Vec<ActiveGrant>>>, Instant)>>,
+    current: RwLock<Option<(ByUser, Instant)>>,
 }
 
 fn now_unix() -> f64 {
@@ -342,7 +357,10 @@ pub async fn poll(
             Err(e) => {
                 client = None;
                 if !failing {
-                    warn!("{e}; grants stop applying {} s after the last good read", STALE_AFTER.as_secs());
+                    warn!(
+                        "{e}; grants stop applying {} s after the last good read",
+                        STALE_AFTER.as_secs()
+                    );
                     failing = true;
                 }
             }
@@ -372,7 +390,12 @@ pub mod cli {
 
     /// Confirms that whoever runs the command is `user`: logs in to the `[catalog]` database as
     /// `user` with `PGPASSWORD` (none when unset), and returns the roles of `among` it is a member of.
-    fn confirm(conn: &CatalogConn, cfg: &Config, user: &str, among: &[String]) -> Result<Vec<String>> {
+    fn confirm(
+        conn: &CatalogConn,
+        cfg: &Config,
+        user: &str,
+        among: &[String],
+    ) -> Result<Vec<String>> {
         let mut pg = crate::catalog::pg_config(cfg);
         pg.user(user);
         match std::env::var("PGPASSWORD") {
@@ -443,13 +466,22 @@ pub mod cli {
     pub fn request(cfg: &Config, r: &Request<'_>) -> Result<i64> {
         let policy = policy(cfg)?;
         let Some(class) = Class::parse(r.class) else {
-            bail!("--class {:?} is not a class; use one of public, internal, sensitive, confidential", r.class);
+            bail!(
+                "--class {:?} is not a class; use one of public, internal, sensitive, confidential",
+                r.class
+            );
         };
         if !matches!(r.access, "plaintext" | "masked") {
-            bail!("--access {:?} is not grantable; use plaintext or masked", r.access);
+            bail!(
+                "--access {:?} is not grantable; use plaintext or masked",
+                r.access
+            );
         }
         let Some(seconds) = pgcloak_policy::parse_duration(r.duration) else {
-            bail!("--for {:?} is not a duration; write e.g. 30m, 1h or 1h30m", r.duration);
+            bail!(
+                "--for {:?} is not a duration; write e.g. 30m, 1h or 1h30m",
+                r.duration
+            );
         };
         if seconds > MAX_DURATION_SECS {
             bail!("--for {} is longer than the 7 days a grant may last; give a standing role in the policy instead", r.duration);
@@ -479,7 +511,10 @@ pub mod cli {
             .query("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&r.user])
             .map_err(|e| anyhow!("{e}"))?;
         if exists.is_empty() {
-            bail!("there is no PostgreSQL role {}; --user names the login that gets the access", r.user);
+            bail!(
+                "there is no PostgreSQL role {}; --user names the login that gets the access",
+                r.user
+            );
         }
         let seconds = seconds as i64;
         let row = conn
@@ -534,9 +569,9 @@ pub mod cli {
                 &[&id, &by],
             )
             .map_err(|e| anyhow!("cannot record the approval: {e}"))?;
-        rows.first()
-            .map(|r| r.get::<_, String>(0))
-            .ok_or_else(|| anyhow!("grant {id} changed while it was being approved; look at pgcloak grant list"))
+        rows.first().map(|r| r.get::<_, String>(0)).ok_or_else(|| {
+            anyhow!("grant {id} changed while it was being approved; look at pgcloak grant list")
+        })
     }
 
     /// Revokes a pending or active grant; `by` (confirmed) or else the `[catalog]` user is
@@ -647,7 +682,11 @@ mod tests {
         );
         state.install(set);
         let g = state.for_user("u").expect("one in force");
-        assert_eq!(g.tag(), "1", "the expired one is left out by the local clock");
+        assert_eq!(
+            g.tag(),
+            "1",
+            "the expired one is left out by the local clock"
+        );
         assert_eq!(state.for_user("v"), None);
         assert_eq!(state.all().len(), 1);
         // A read older than STALE_AFTER applies nothing.
@@ -669,8 +708,14 @@ mod tests {
 
     #[test]
     fn table_names_and_rows_parse() {
-        assert_eq!(parse_table("customers"), Some(("public".into(), "customers".into())));
-        assert_eq!(parse_table("crm.people"), Some(("crm".into(), "people".into())));
+        assert_eq!(
+            parse_table("customers"),
+            Some(("public".into(), "customers".into()))
+        );
+        assert_eq!(
+            parse_table("crm.people"),
+            Some(("crm".into(), "people".into()))
+        );
         for bad in ["", ".x", "x.", "a.b.c"] {
             assert_eq!(parse_table(bad), None, "{bad}");
         }

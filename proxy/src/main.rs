@@ -315,7 +315,15 @@ fn grant(path: &std::path::Path, cmd: GrantCommand) -> Result<ExitCode> {
                 ListFormat::Table => {
                     println!(
                         "{:<6} {:<16} {:<13} {:<10} {:<24} {:<9} {:<14} {:<14} {:<21} reason",
-                        "id", "user", "class", "access", "table", "state", "requested_by", "approved_by", "expires_at"
+                        "id",
+                        "user",
+                        "class",
+                        "access",
+                        "table",
+                        "state",
+                        "requested_by",
+                        "approved_by",
+                        "expires_at"
                     );
                     for g in rows {
                         println!(

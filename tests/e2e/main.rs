@@ -14,6 +14,7 @@ mod deploy;
 mod discover;
 mod drivers;
 mod fleet;
+mod grants;
 mod lifecycle;
 mod matrix;
 mod migrate;

@@ -593,7 +593,7 @@ fn column_action(data: &DataCtx, schema: &str, table: &str, column: &str) -> Opt
     let encrypted = col.encrypt.is_encrypted();
     let name = col.qualified_name();
     let ty = col.logical_type;
-    let access = data.role().read(col.class);
+    let access = data.role().read_column(col);
     if data.shadow.is_some() && access != Access::Plaintext {
         // A shadow role gets what the server returns (see DataCtx::shadow).
         return Some(ColumnAction::PassThrough);

@@ -16,19 +16,73 @@ use crate::services::DbCatalog;
 #[derive(Debug)]
 pub struct DataCtx {
     pub policy: Arc<Policy>,
+    /// The policy role (of the login user's memberships).
     pub role: String,
+    /// That role with its access raised by `grants`, which the plan was made for.
+    pub raised: Option<Arc<RolePolicy>>,
+    /// The user's just-in-time grants in force when the plan was made.
+    pub grants: Option<crate::grants::UserGrants>,
     pub catalog: Arc<DbCatalog>,
     /// A shadow role's (`enforce = "shadow"`) statement: the plan its policy would enforce, whose
     /// refusals are audited as `would_deny`; the plan served passes what the role may not read in
     /// plaintext as the server returns it.
     pub shadow: Option<Arc<Plan>>,
+    /// The statement text (of a Parse), to plan it again when the user's grants change.
+    pub sql: Option<Arc<str>>,
 }
 
 impl DataCtx {
+    /// The role the plan was made for (raised by grants, if any).
     pub fn role(&self) -> &RolePolicy {
+        match &self.raised {
+            Some(r) => r,
+            None => self.base_role(),
+        }
+    }
+
+    /// The policy role, before grants.
+    pub fn base_role(&self) -> &RolePolicy {
         self.policy
             .role_named(&self.role)
             .unwrap_or_else(|| self.policy.default_role())
+    }
+
+    /// `served under grant 7` (or `grants 7, 9`) when `sp` reads a column whose access one of
+    /// the grants raised: what its audit event says.
+    pub fn grants_used(&self, sp: &StatementPlan) -> Option<String> {
+        let grants = self.grants.as_ref()?;
+        let base = self.base_role();
+        let raised = self.role();
+        let mut used: Vec<i64> = Vec::new();
+        for c in &sp.columns {
+            let mut parts = c.name.splitn(3, '.');
+            let (Some(schema), Some(table), Some(column)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let Some(col) = self.policy.column(schema, table, column) else {
+                continue;
+            };
+            if raised.read_column(col) == base.read_column(col) {
+                continue;
+            }
+            for g in &grants.grants {
+                if g.covers(&col.schema, &col.table, col.class) && !used.contains(&g.id) {
+                    used.push(g.id);
+                }
+            }
+        }
+        if used.is_empty() {
+            return None;
+        }
+        used.sort_unstable();
+        let ids: Vec<String> = used.iter().map(i64::to_string).collect();
+        Some(format!(
+            "served under grant{} {}",
+            if used.len() > 1 { "s" } else { "" },
+            ids.join(", ")
+        ))
     }
 
     /// Storage of an encrypted column, from the catalog.
@@ -61,6 +115,8 @@ pub struct StmtCtx {
     pub refusal: Option<Refusal>,
     /// A shadow role's statement the policy would refuse (served all the same): why.
     pub would_deny: Option<String>,
+    /// The statement reads columns with access raised by grants: which (its audit `reason`).
+    pub under_grants: Option<String>,
     /// Policy, role and catalog the plan was made with (present with a plan).
     pub data: Option<Arc<DataCtx>>,
     /// The result columns as described by the server (Describe of the prepared statement, or of any
@@ -145,6 +201,7 @@ impl StmtCtx {
             index: 0,
             refusal: None,
             would_deny: None,
+            under_grants: None,
             data: None,
             described: Mutex::new(None),
             describe_sent: AtomicBool::new(false),

@@ -116,6 +116,8 @@ pub fn statement_event(info: &SessionInfo, outcome: &Outcome) -> NewEvent {
         } else if let Some(why) = &s.would_deny {
             ev.decision = Decision::WouldDeny;
             ev.reason = Some(why.clone());
+        } else if let Some(grants) = &s.under_grants {
+            ev.reason = Some(grants.clone());
         }
     }
     ev

@@ -63,7 +63,7 @@ impl Frontend<'_> {
             self.pending.push_back(Pending::Parse);
             return Ok(Forward::Original);
         };
-        let (lexed, plan, data) = match self.analyze(sql, &policy).await {
+        let (lexed, plan, data) = match self.analyze(sql, &policy, true).await {
             Ok(a) => a,
             Err(r) => return Ok(self.refuse_extended(Self::refused_ctx(r, StatementKind::Other))),
         };
@@ -101,6 +101,18 @@ impl Frontend<'_> {
             self.portals.remove(portal);
             self.pending.push_back(Pending::Bind);
             return Ok(Forward::Original);
+        };
+        let stmt = match self.regranted(stmt.clone()) {
+            Ok(s) if Arc::ptr_eq(&s, &stmt) => s,
+            Ok(s) => {
+                // Planned again: a refusal now (the grant that allowed it ended) is raised here.
+                self.statements.insert(statement, s.clone());
+                if s.refusal.is_some() {
+                    return Ok(self.refuse_extended(s));
+                }
+                s
+            }
+            Err(r) => return Ok(self.refuse_extended(Self::refused_ctx(r, stmt.kind))),
         };
         // Result formats matter only for rows the proxy rewrites: only an analysed statement's Bind
         // is decoded whole.

@@ -15,6 +15,7 @@ impl Frontend<'_> {
         &self,
         sql: &str,
         policy: &Arc<Policy>,
+        keep_sql: bool,
     ) -> Result<(Lexed, Option<Arc<Plan>>, Option<Arc<DataCtx>>), Refusal> {
         let guard = &self.shared.services;
         let lexed = lex(sql);
@@ -43,37 +44,115 @@ impl Frontend<'_> {
         };
         let memberships = guard.memberships(db, &self.info.user).await.map_err(fail)?;
         let names: Vec<&str> = memberships.iter().map(String::as_str).collect();
-        let role = policy.role_for(&names);
+        let base = policy.role_for(&names);
         let catalog = guard.catalog(db).await.map_err(fail)?;
-        let plan = guard.plan(sql, &lexed, policy, role, &catalog.catalog);
+        let granted = guard.grants.for_user(&self.info.user);
+        let (plan, data) = self.plan_as(sql, &lexed, policy, base, granted, catalog, keep_sql);
+        Ok((lexed, Some(plan), Some(data)))
+    }
+
+    /// Plans `sql` for `base` raised by `granted`, with the catalog snapshot `catalog`; `keep_sql`
+    /// keeps the text with the plan, so that it can be planned again when the grants change
+    /// ([`Frontend::regranted`]).
+    #[allow(clippy::too_many_arguments)]
+    fn plan_as(
+        &self,
+        sql: &str,
+        lexed: &Lexed,
+        policy: &Arc<Policy>,
+        base: &pgcloak_policy::RolePolicy,
+        granted: Option<crate::grants::UserGrants>,
+        catalog: Arc<crate::services::DbCatalog>,
+        keep_sql: bool,
+    ) -> (Arc<Plan>, Arc<DataCtx>) {
+        let guard = &self.shared.services;
+        let raised = granted
+            .as_ref()
+            .map(|g| Arc::new(base.raised_by(&g.raises(), &g.tag())));
+        let role = raised.as_deref().unwrap_or(base);
+        let plan = guard.plan(sql, lexed, policy, role, &catalog.catalog);
+        let mut data = DataCtx {
+            role: base.name.clone(),
+            raised: None,
+            grants: granted,
+            policy: policy.clone(),
+            catalog,
+            shadow: None,
+            sql: keep_sql.then(|| Arc::from(sql)),
+        };
         if role.shadow {
             // Served as a role that may read and write everything (so writes are still
             // encrypted), with what this role may not read in plaintext passed as stored.
             let serving = role.shadow_serving();
-            let served = guard.plan(sql, &lexed, policy, &serving, &catalog.catalog);
+            let served = guard.plan(sql, lexed, policy, &serving, &data.catalog.catalog);
             let served = Arc::new(shadow_served(&served, role));
-            let data = Arc::new(DataCtx {
-                role: role.name.clone(),
-                policy: policy.clone(),
-                catalog,
-                shadow: Some(plan),
-            });
-            return Ok((lexed, Some(served), Some(data)));
+            data.raised = raised;
+            data.shadow = Some(plan);
+            return (served, Arc::new(data));
         }
-        let plan = self.with_cursors(plan);
-        let data = Arc::new(DataCtx {
-            role: role.name.clone(),
-            policy: policy.clone(),
-            catalog,
-            shadow: None,
-        });
-        Ok((lexed, Some(plan), Some(data)))
+        data.raised = raised;
+        let tag = data.grants.as_ref().map(|g| g.tag()).unwrap_or_default();
+        (self.with_cursors(plan, &tag), Arc::new(data))
+    }
+
+    /// `stmt` as planned for the user's grants in force now: itself when they are the ones it was
+    /// planned with, else planned again (a grant was approved, revoked or expired since its Parse;
+    /// drivers that cache prepared statements send only Bind and Execute for years).
+    pub(super) fn regranted(&self, stmt: Arc<StmtCtx>) -> Result<Arc<StmtCtx>, Refusal> {
+        let Some(data) = &stmt.data else {
+            return Ok(stmt);
+        };
+        let now = self.shared.services.grants.for_user(&self.info.user);
+        if crate::grants::UserGrants::same(now.as_ref(), data.grants.as_ref()) {
+            return Ok(stmt);
+        }
+        let changed = || {
+            Refusal {
+            sqlstate: "42501",
+            message: format!(
+                "pgcloak: the grants of user {} changed since this statement was prepared and it cannot be planned again; prepare it again",
+                self.info.user
+            ),
+        }
+        };
+        let Some(sql) = data.sql.clone() else {
+            return Err(changed());
+        };
+        let lexed = lex(&sql);
+        let (plan, new_data) = self.plan_as(
+            &sql,
+            &lexed,
+            &data.policy,
+            data.base_role(),
+            now,
+            data.catalog.clone(),
+            true,
+        );
+        let old = stmt.statement_plan();
+        let new = plan.statements.get(stmt.index);
+        // Grants change reads only; what the Parse was rewritten for (encrypted parameters) stays.
+        if old.map(|o| (&o.encryptions, &o.in_lists)) != new.map(|n| (&n.encryptions, &n.in_lists))
+        {
+            return Err(changed());
+        }
+        let ctx = Self::contexts(&lexed, Some(&plan), Some(&new_data))
+            .into_iter()
+            .nth(stmt.index)
+            .ok_or_else(changed)?;
+        if let Some(t) = stmt.param_types.get() {
+            let _ = ctx.param_types.set(t.clone());
+        }
+        if let Some(a) = stmt.any_params.get() {
+            let _ = ctx.any_params.set(a.clone());
+        }
+        Ok(ctx)
     }
 
     /// Remembers the cursors `plan` declares, and gives its `FETCH`/`MOVE` statements the outputs
     /// and `max_rows` of the cursor they read (declared earlier through this session): the rows of
     /// a cursor are limited and presented as those of its query.
-    fn with_cursors(&self, plan: Arc<Plan>) -> Arc<Plan> {
+    /// `grants`: the ids of the grants in force; a cursor declared under others is not read.
+    fn with_cursors(&self, plan: Arc<Plan>, grants: &str) -> Arc<Plan> {
         use pgcloak_policy::CursorUse;
         if !plan.statements.iter().any(|s| s.cursor.is_some()) {
             return plan;
@@ -83,11 +162,17 @@ impl Frontend<'_> {
         for (i, sp) in plan.statements.iter().enumerate() {
             match &sp.cursor {
                 Some(CursorUse::Declare(name)) if sp.decision.is_allow() => {
-                    cursors.insert(name.clone(), sp.clone());
+                    cursors.insert(name.clone(), (sp.clone(), grants.to_string()));
                 }
                 Some(CursorUse::Fetch(name)) => {
-                    if let Some(declared) = cursors.get(name) {
-                        let fetched = sp.for_fetch(Some(declared));
+                    if let Some((declared, under)) = cursors.get(name) {
+                        let mut fetched = sp.for_fetch(Some(declared));
+                        if under != grants && !declared.outputs.is_empty() {
+                            fetched.decision = pgcloak_policy::Decision::Deny {
+                                sqlstate: "42501",
+                                message: format!("pgcloak: cursor {name} was declared under other grants than are in force now (one was approved, revoked or expired since); declare it again"),
+                            };
+                        }
                         let p = out.get_or_insert_with(|| (*plan).clone());
                         if let Some(slot) = p.statements.get_mut(i) {
                             *slot = fetched;
@@ -150,11 +235,16 @@ impl Frontend<'_> {
                     .and_then(|p| p.statements.get(i))
                     .and_then(|sp| sp.decision.message())
                     .map(str::to_string);
+                let under_grants = plan
+                    .and_then(|p| p.statements.get(i))
+                    .zip(data)
+                    .and_then(|(sp, d)| d.grants_used(sp));
                 Arc::new(StmtCtx {
                     plan: plan.cloned(),
                     index: i,
                     refusal,
                     would_deny,
+                    under_grants,
                     data: data.cloned(),
                     ..StmtCtx::plain(s.kind, text, fingerprint)
                 })

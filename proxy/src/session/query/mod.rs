@@ -63,7 +63,8 @@ struct Frontend<'a> {
     info: &'a SessionInfo,
     /// The plans of the cursors this session declared through pgcloak, by name: a `FETCH` gets its
     /// cursor's outputs and `max_rows` ([`pgcloak_policy::StatementPlan::for_fetch`]).
-    cursors: Mutex<std::collections::HashMap<String, pgcloak_policy::StatementPlan>>,
+    /// Each with the grants (their ids) in force at its DECLARE.
+    cursors: Mutex<std::collections::HashMap<String, (pgcloak_policy::StatementPlan, String)>>,
     /// This session as the admin console sees it.
     live: &'a Live,
     tracker: &'a Mutex<Tracker>,

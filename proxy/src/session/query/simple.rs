@@ -45,7 +45,7 @@ impl Frontend<'_> {
             return Ok(Forward::Original);
         };
         let policy = self.shared.services.policy();
-        let (lexed, plan, data) = match self.analyze(sql, &policy).await {
+        let (lexed, plan, data) = match self.analyze(sql, &policy, false).await {
             Ok(a) => a,
             Err(r) => return Ok(self.refuse_query(started, r, StatementKind::Other)),
         };
