@@ -91,7 +91,7 @@ pub use lexer::{
 pub use mask::{apply_mask, Mask, MaskedValue};
 pub use model::parse_duration;
 pub use model::{
-    Access, Class, ColumnPolicy, EncryptMode, Erased, GrantRaise, GrantsPolicy, KeyScope,
+    Access, Budget, Class, ColumnPolicy, EncryptMode, Erased, GrantRaise, GrantsPolicy, KeyScope,
     LogicalType, Policy, RolePolicy, RoleRef, TablePolicy,
 };
 pub use plan::{

@@ -238,12 +238,23 @@ pub struct RolePolicy {
     pub max_rows: Option<u64>,
     /// Whether `COPY ... TO` of classified columns is allowed (default true).
     pub copy_out: bool,
+    /// `max_rows_per_window` and `window`: rows with classified values a user of the role may
+    /// receive per window, across statements, sessions and instances.
+    pub budget: Option<Budget>,
     /// `enforce = "shadow"`: decisions are audited (`would_deny`) but not enforced on reads.
     pub shadow: bool,
     /// Read access raised for one table's columns of a class (by grants, see [`RolePolicy::raised_by`]).
     raised: Vec<TableRaise>,
     /// Line of the entry in the policy file (0 for an implicit default).
     pub line: usize,
+}
+
+/// An export budget: `rows` rows with classified values per `window_secs` (fixed windows aligned
+/// to the Unix epoch, so every instance agrees where one ends).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    pub rows: u64,
+    pub window_secs: u64,
 }
 
 /// Read access of one table's columns of one class, above the role's access to the class.
@@ -284,6 +295,7 @@ impl RolePolicy {
             write: [true, true, false, false],
             max_rows: None,
             copy_out: true,
+            budget: None,
             shadow: false,
             raised: Vec::new(),
             line,
@@ -301,6 +313,7 @@ impl RolePolicy {
             write: [true; 4],
             max_rows: None,
             copy_out: true,
+            budget: None,
             shadow: false,
             raised: Vec::new(),
             line: self.line,
@@ -444,6 +457,8 @@ struct RawRole {
     read: Option<Spanned<BTreeMap<Spanned<String>, Spanned<String>>>>,
     write: Option<Spanned<Vec<Spanned<String>>>>,
     max_rows: Option<Spanned<i64>>,
+    max_rows_per_window: Option<Spanned<i64>>,
+    window: Option<Spanned<String>>,
     copy_out: Option<bool>,
     enforce: Option<Spanned<String>>,
 }
@@ -454,6 +469,8 @@ struct RawDefault {
     read: Option<Spanned<BTreeMap<Spanned<String>, Spanned<String>>>>,
     write: Option<Spanned<Vec<Spanned<String>>>>,
     max_rows: Option<Spanned<i64>>,
+    max_rows_per_window: Option<Spanned<i64>>,
+    window: Option<Spanned<String>>,
     copy_out: Option<bool>,
     enforce: Option<Spanned<String>>,
 }
@@ -588,6 +605,54 @@ fn parse_grants(ctx: &mut Ctx<'_>, raw: Option<&Spanned<RawGrants>>) -> GrantsPo
         );
     }
     GrantsPolicy { approvers, line }
+}
+
+fn parse_budget(
+    ctx: &mut Ctx<'_>,
+    rows: &Option<Spanned<i64>>,
+    window: &Option<Spanned<String>>,
+) -> Option<Budget> {
+    let window_secs = match window {
+        None => 3600,
+        Some(w) => match parse_duration(w.get_ref()) {
+            Some(s) => s,
+            None => {
+                ctx.err(
+                    w.span(),
+                    format!(
+                        "window = {:?} is not a duration; write e.g. \"1h\", \"30m\" or \"1d\"",
+                        w.get_ref()
+                    ),
+                );
+                return None;
+            }
+        },
+    };
+    let Some(rows) = rows else {
+        if let Some(w) = window {
+            ctx.err(
+                w.span(),
+                "`window` without `max_rows_per_window` limits nothing; add max_rows_per_window = <rows> or remove window".to_string(),
+            );
+        }
+        return None;
+    };
+    match u64::try_from(*rows.get_ref()) {
+        Ok(n) => Some(Budget {
+            rows: n,
+            window_secs,
+        }),
+        Err(_) => {
+            ctx.err(
+                rows.span(),
+                format!(
+                    "max_rows_per_window = {} is negative; use a row count of 0 or more",
+                    rows.get_ref()
+                ),
+            );
+            None
+        }
+    }
 }
 
 fn parse_max_rows(ctx: &mut Ctx<'_>, max_rows: &Option<Spanned<i64>>) -> Option<u64> {
@@ -867,6 +932,7 @@ impl Policy {
             parse_read(&mut ctx, &r.read, &mut role.read);
             parse_write(&mut ctx, &r.write, &mut role.write);
             role.max_rows = parse_max_rows(&mut ctx, &r.max_rows);
+            role.budget = parse_budget(&mut ctx, &r.max_rows_per_window, &r.window);
             role.copy_out = r.copy_out.unwrap_or(true);
             role.shadow = match &r.enforce {
                 None => false,
@@ -892,6 +958,7 @@ impl Policy {
             parse_read(&mut ctx, &d.read, &mut default.read);
             parse_write(&mut ctx, &d.write, &mut default.write);
             default.max_rows = parse_max_rows(&mut ctx, &d.max_rows);
+            default.budget = parse_budget(&mut ctx, &d.max_rows_per_window, &d.window);
             default.copy_out = d.copy_out.unwrap_or(true);
             if let Some(e) = &d.enforce {
                 if e.get_ref() != "enforce" {

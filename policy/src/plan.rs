@@ -318,6 +318,9 @@ pub struct StatementPlan {
     pub outputs: Vec<Output>,
     /// The role's `max_rows`, when the statement returns sensitive/confidential values.
     pub max_rows: Option<u64>,
+    /// The statement returns sensitive/confidential values (its rows count against the role's
+    /// export budget, `max_rows_per_window`).
+    pub classified: bool,
     /// For COPY.
     pub copy: Option<CopyInfo>,
     /// `PREPARE name AS ...`: this plan is the inner statement's plan; remember it under `name`.
@@ -339,6 +342,7 @@ impl StatementPlan {
             in_lists: Vec::new(),
             outputs: Vec::new(),
             max_rows: None,
+            classified: false,
             copy: None,
             prepare: None,
             execute: None,
@@ -442,6 +446,7 @@ impl StatementPlan {
         if let Some(d) = declared {
             out.outputs = d.outputs.clone();
             out.max_rows = d.max_rows;
+            out.classified = d.classified;
             out.columns = d.columns.clone();
             out.tables = d.tables.clone();
             if !d.decision.is_allow() {

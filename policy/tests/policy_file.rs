@@ -407,3 +407,39 @@ mod raises {
         );
     }
 }
+
+#[test]
+fn export_budgets_parse_with_a_window() {
+    let text = CONTRACT_EXAMPLE.replace(
+        "max_rows = 50 ",
+        "max_rows = 50\nmax_rows_per_window = 500\nwindow = \"30m\" ",
+    );
+    let p = Policy::parse(&text, "policy.toml").expect("parses");
+    let b = p.role_named("support").unwrap().budget.expect("budget");
+    assert_eq!((b.rows, b.window_secs), (500, 1800));
+    let hourly = CONTRACT_EXAMPLE.replace("max_rows = 50 ", "max_rows_per_window = 7 ");
+    let b = Policy::parse(&hourly, "policy.toml").unwrap();
+    assert_eq!(
+        b.role_named("support")
+            .unwrap()
+            .budget
+            .map(|b| b.window_secs),
+        Some(3600),
+        "window defaults to 1h"
+    );
+    assert_eq!(b.role_named("app").unwrap().budget, None);
+    for (bad, says) in [
+        ("max_rows_per_window = -1 ", "is negative"),
+        (
+            "max_rows_per_window = 5\nwindow = \"soon\" ",
+            "is not a duration",
+        ),
+        ("window = \"1h\" ", "limits nothing"),
+    ] {
+        let text = CONTRACT_EXAMPLE.replace("max_rows = 50 ", bad);
+        let err = Policy::parse(&text, "policy.toml")
+            .expect_err(bad)
+            .to_string();
+        assert!(err.contains(says), "{bad}: {err}");
+    }
+}

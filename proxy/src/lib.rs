@@ -25,6 +25,7 @@
 
 pub mod admin;
 pub mod audit_setup;
+pub mod budgets;
 pub mod catalog;
 pub mod config;
 pub mod console;

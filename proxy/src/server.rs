@@ -115,6 +115,13 @@ pub async fn serve(
         tokio::spawn(crate::admin::serve(admin, shared.clone(), shutdown.clone()));
     }
     let workers = Workers::start(config.workers).map_err(ServeError::Workers)?;
+    // Stopped after the sessions have drained, so their last counts are written.
+    let flush_stop = tokio_util::sync::CancellationToken::new();
+    let flusher = tokio::spawn(crate::budgets::flush(
+        config.clone(),
+        shared.services.clone(),
+        flush_stop.clone(),
+    ));
     tokio::spawn(crate::grants::poll(
         config.clone(),
         shared.services.clone(),
@@ -127,6 +134,8 @@ pub async fn serve(
         shutdown.clone(),
     ));
     run(listener, shared, workers, shutdown).await;
+    flush_stop.cancel();
+    let _ = flusher.await;
     if let Some(a) = audit {
         if let Err(e) = a.shutdown().await {
             tracing::error!("audit trail did not shut down cleanly: {e}");

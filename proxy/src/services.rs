@@ -91,6 +91,8 @@ pub struct Services {
     pub stats: ServiceStats,
     /// The just-in-time grants in force (kept current by [`crate::grants::poll`]).
     pub grants: crate::grants::GrantState,
+    /// Export budget counts (written by [`crate::budgets::flush`]).
+    pub budgets: crate::budgets::Budgets,
 }
 
 /// How reloads and catalog loads went (counted off the data path).
@@ -147,6 +149,7 @@ impl Services {
             timers,
             stats: ServiceStats::default(),
             grants: crate::grants::GrantState::default(),
+            budgets: crate::budgets::Budgets::default(),
         }
     }
 

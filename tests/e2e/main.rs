@@ -6,6 +6,7 @@ mod inprocess;
 
 mod audit;
 mod auth;
+mod budgets;
 mod cli;
 mod clients;
 mod console;

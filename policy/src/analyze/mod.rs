@@ -453,6 +453,7 @@ impl<'a> Analyzer<'a> {
         }
         if classified {
             plan.max_rows = self.role.max_rows;
+            plan.classified = true;
         }
         plan.outputs = outputs;
         Ok(())
@@ -728,6 +729,7 @@ fn analyze_one(
             } else {
                 plan.outputs.clear();
                 plan.max_rows = None;
+                plan.classified = false;
             }
         }
     }

@@ -145,6 +145,7 @@ impl Analyzer<'_> {
                 // plan text shows them.
                 plan.outputs.clear();
                 plan.max_rows = None;
+                plan.classified = false;
                 plan.cursor = None;
                 plan.prepare = None;
                 Ok(())

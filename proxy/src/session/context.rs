@@ -224,6 +224,24 @@ impl StmtCtx {
     pub fn statement_plan(&self) -> Option<&StatementPlan> {
         self.plan.as_ref()?.statements.get(self.index)
     }
+
+    /// The export budget this statement's rows count against: the role's, when it returns
+    /// classified values.
+    pub fn budget(&self) -> Option<pgcloak_policy::Budget> {
+        let sp = self.statement_plan()?;
+        if !sp.classified || !sp.decision.is_allow() {
+            return None;
+        }
+        self.data.as_ref()?.role().budget
+    }
+
+    /// Whether the statement's rows are limited (`max_rows`, or an export budget): the client's
+    /// next messages wait until it completes, so that a cut statement aborts what follows.
+    pub fn row_limited(&self) -> bool {
+        self.statement_plan()
+            .is_some_and(|sp| sp.max_rows.is_some())
+            || self.budget().is_some()
+    }
 }
 
 /// Builds the one-statement Query that makes the server raise `refusal` itself: the transaction is then

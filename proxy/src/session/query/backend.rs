@@ -12,19 +12,98 @@ pub(super) struct RowState {
     /// result, as a policy change applies from the next statement.
     pub(super) keyring: Arc<Keyring>,
     pub(super) rows: u64,
+    pub(super) limit: RowLimit,
+}
+
+/// How many rows with classified values a result may still deliver: the statement's `max_rows`
+/// and what is left of the user's export budget, whichever is less.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct RowLimit {
     pub(super) limit: Option<u64>,
+    /// The budget, and what was left of it as the result started.
+    pub(super) budget: Option<(pgcloak_policy::Budget, crate::budgets::Left)>,
     pub(super) exceeded: bool,
 }
 
+impl RowLimit {
+    pub(super) fn of(stmt: &StmtCtx, guard: &Services, user: &str) -> RowLimit {
+        let max_rows = stmt.statement_plan().and_then(|sp| sp.max_rows);
+        let budget = stmt.budget().map(|b| (b, guard.budgets.left(user, b)));
+        let limit = match (max_rows, budget) {
+            (Some(m), Some((_, left))) => Some(m.min(left.rows)),
+            (Some(m), None) => Some(m),
+            (None, Some((_, left))) => Some(left.rows),
+            (None, None) => None,
+        };
+        RowLimit {
+            limit,
+            budget,
+            exceeded: false,
+        }
+    }
+
+    /// Counts one more row (of `rows` so far): false when it is over the limit (it is dropped).
+    pub(super) fn admit(&mut self, rows: u64) -> bool {
+        if self.limit.is_some_and(|l| rows > l) {
+            self.exceeded = true;
+            return false;
+        }
+        true
+    }
+
+    /// At the end of the result: charges the rows delivered to the budget, and when the limit cut
+    /// it, the error the client gets instead of the completion.
+    pub(super) fn finish(
+        &self,
+        rows: u64,
+        guard: &Services,
+        user: &str,
+        role: &str,
+    ) -> Option<Bytes> {
+        let delivered = self.limit.map_or(rows, |l| rows.min(l));
+        if let Some((b, _)) = self.budget {
+            guard.budgets.charge(user, b, delivered);
+        }
+        if !self.exceeded {
+            return None;
+        }
+        let by_budget = self
+            .budget
+            .filter(|(_, left)| Some(left.rows) == self.limit);
+        let (message, hint) = match by_budget {
+            Some((_, left)) => (
+                left.cut_message(role, delivered),
+                "Wait for the window to reset, or ask for a just-in-time grant of a role with a larger budget.",
+            ),
+            None => (
+                format!(
+                    "pgcloak: the statement returned more than {delivered} rows with classified values, the max_rows of policy role {role}; the first {delivered} rows were delivered"
+                ),
+                "Narrow the query (WHERE, LIMIT) or use a role without max_rows.",
+            ),
+        };
+        Some(error_response(
+            Severity::Error,
+            "42501",
+            &message,
+            Some(hint),
+        ))
+    }
+}
+
 impl RowState {
-    pub(super) fn new(shape: RowShape, stmt: &Arc<StmtCtx>, guard: &Services) -> RowState {
+    pub(super) fn new(
+        shape: RowShape,
+        stmt: &Arc<StmtCtx>,
+        guard: &Services,
+        user: &str,
+    ) -> RowState {
         RowState {
-            limit: stmt.statement_plan().and_then(|sp| sp.max_rows),
+            limit: RowLimit::of(stmt, guard, user),
             shape,
             stmt: stmt.clone(),
             keyring: guard.keyring(),
             rows: 0,
-            exceeded: false,
         }
     }
 }
@@ -34,6 +113,7 @@ impl Backend<'_> {
     pub(super) fn execute_rows(
         front: Option<&Pending>,
         guard: &Services,
+        user: &str,
     ) -> Option<Result<RowState, crate::rewrite::RewriteError>> {
         let Some(Pending::Execute {
             portal: Some(p), ..
@@ -55,7 +135,7 @@ impl Backend<'_> {
                 None => Err(crate::rewrite::RewriteError::UnknownRowShape),
             },
         };
-        Some(shape.map(|shape| RowState::new(shape, &p.stmt, guard)))
+        Some(shape.map(|shape| RowState::new(shape, &p.stmt, guard, user)))
     }
 
     /// Forgets the COPY TO rewriter, if any (checked first: dropping an empty one is an out-of-line
@@ -110,12 +190,14 @@ impl Backend<'_> {
                 None
             }
             // The end of a result whose rows were not looked at.
-            b'C' | b'I' | b's' if self.rows.is_none() => {
+            b'C' | b'I' | b's'
+                if self.rows.is_none() && self.copy_rows.is_none() && !self.copy_cut =>
+            {
                 self.rows_known = false;
                 self.end_copy_out();
                 None
             }
-            b'Z' | b'c' => {
+            b'Z' | b'c' if frame.tag == b'Z' || self.copy_rows.is_none() => {
                 if frame.tag == b'Z' {
                     self.live
                         .set_ready(frame.body().first().copied().unwrap_or(b'I'));
@@ -193,7 +275,14 @@ impl Backend<'_> {
                 self.saw_fatal = messages::error_fields(frame.body())
                     .map(|f| f.severity == "FATAL" || f.severity == "PANIC")
                     .unwrap_or(false);
-                self.rows = None;
+                // What was delivered before the error still counts against the budget.
+                let guard = &self.shared.services;
+                if let Some(rs) = self.rows.take() {
+                    let _ = rs.limit.finish(rs.rows, guard, &self.info.user, "");
+                }
+                if let Some((_, limit, rows)) = self.copy_rows.take() {
+                    let _ = limit.finish(rows, guard, &self.info.user, "");
+                }
                 self.rows_known = false;
                 self.end_copy_out();
                 // A refusal raised for a simple Query: drop the PL/pgSQL context of the DO block.
@@ -238,7 +327,12 @@ impl Backend<'_> {
                             replacement = Some(Some(b.into()));
                         }
                         if is_query {
-                            self.rows = Some(RowState::new(shape, &stmt, &self.shared.services));
+                            self.rows = Some(RowState::new(
+                                shape,
+                                &stmt,
+                                &self.shared.services,
+                                &self.info.user,
+                            ));
                         } else {
                             remember_shape(&stmt, portal.as_deref(), shape);
                         }
@@ -249,14 +343,15 @@ impl Backend<'_> {
                 if self.rows.is_none() && !self.rows_known {
                     // Once per result: a statement that was not analysed keeps `rows` empty.
                     self.rows_known = true;
-                    if let Some(r) = Self::execute_rows(t.front(), &self.shared.services) {
+                    if let Some(r) =
+                        Self::execute_rows(t.front(), &self.shared.services, &self.info.user)
+                    {
                         self.rows = Some(r.map_err(fail)?);
                     }
                 }
                 if let Some(rs) = self.rows.as_mut() {
                     rs.rows += 1;
-                    if rs.limit.is_some_and(|l| rs.rows > l) {
-                        rs.exceeded = true;
+                    if !rs.limit.admit(rs.rows) {
                         replacement = Some(None);
                     } else if !rs.shape.is_passthrough() {
                         let ctx = apply::row_ctx(&self.shared.services, &rs.keyring);
@@ -275,27 +370,31 @@ impl Backend<'_> {
             }
             b'C' | b'I' | b's' => {
                 self.rows_known = false;
-                if let Some(rs) = self.rows.take() {
-                    if rs.exceeded {
-                        let limit = rs.limit.unwrap_or(0);
-                        let role = rs
-                            .stmt
-                            .data
-                            .as_ref()
-                            .map(|d| d.role.clone())
-                            .unwrap_or_default();
-                        replacement = Some(Some(Replacement::Bytes(error_response(
-                            Severity::Error,
-                            "42501",
-                            &format!(
-                                "pgcloak: the statement returned more than {limit} rows with classified values, the max_rows of policy role {role}; the first {limit} rows were delivered"
-                            ),
-                            Some("Narrow the query (WHERE, LIMIT) or use a role without max_rows."),
-                        ))));
-                        self.max_rows_hit = true;
-                        if let Some(b) = t.barrier.as_mut() {
-                            b.exceeded = true;
-                        }
+                let role = |stmt: &StmtCtx| {
+                    stmt.data
+                        .as_ref()
+                        .map(|d| d.role.clone())
+                        .unwrap_or_default()
+                };
+                let guard = &self.shared.services;
+                let user = &self.info.user;
+                if std::mem::take(&mut self.copy_cut) {
+                    // The error already took the place of the COPY's end (CopyDone).
+                    self.end_copy_out();
+                    return Ok(Some(None));
+                }
+                let cut = if let Some(rs) = self.rows.take() {
+                    rs.limit.finish(rs.rows, guard, user, &role(&rs.stmt))
+                } else if let Some((stmt, limit, rows)) = self.copy_rows.take() {
+                    limit.finish(rows, guard, user, &role(&stmt))
+                } else {
+                    None
+                };
+                if let Some(error) = cut {
+                    replacement = Some(Some(Replacement::Bytes(error)));
+                    self.max_rows_hit = true;
+                    if let Some(b) = t.barrier.as_mut() {
+                        b.exceeded = true;
                     }
                 }
                 self.end_copy_out();
@@ -303,6 +402,10 @@ impl Backend<'_> {
             b'H' => {
                 let stmt = t.current_statement().cloned();
                 if let Some(stmt) = stmt {
+                    if stmt.budget().is_some() {
+                        let limit = RowLimit::of(&stmt, &self.shared.services, &self.info.user);
+                        self.copy_rows = Some((stmt.clone(), limit, 0));
+                    }
                     self.copy_out = apply::copy_out_rewriter(&stmt, frame.body())
                         .map_err(fail)?
                         .map(|rewriter| CopyOut {
@@ -311,7 +414,40 @@ impl Backend<'_> {
                         });
                 }
             }
+            // The end of a COPY TO counted against a budget: when it was cut, the error is sent
+            // in place of CopyDone (as the server reports a COPY that fails midway), since
+            // clients stop reading at CopyDone; the CommandComplete after it is dropped.
+            b'c' => {
+                self.end_copy_out();
+                self.rows = None;
+                self.rows_known = false;
+                if self.copy_rows.as_ref().is_some_and(|(_, l, _)| l.exceeded) {
+                    if let Some((stmt, limit, rows)) = self.copy_rows.take() {
+                        let role = stmt
+                            .data
+                            .as_ref()
+                            .map(|d| d.role.clone())
+                            .unwrap_or_default();
+                        if let Some(error) =
+                            limit.finish(rows, &self.shared.services, &self.info.user, &role)
+                        {
+                            replacement = Some(Some(Replacement::Bytes(error)));
+                            self.copy_cut = true;
+                            self.max_rows_hit = true;
+                            if let Some(b) = t.barrier.as_mut() {
+                                b.exceeded = true;
+                            }
+                        }
+                    }
+                }
+            }
             b'd' => {
+                if let Some((_, limit, rows)) = self.copy_rows.as_mut() {
+                    *rows += 1;
+                    if !limit.admit(*rows) {
+                        return Ok(Some(None));
+                    }
+                }
                 if let Some(c) = self.copy_out.as_mut() {
                     let ctx = apply::row_ctx(&self.shared.services, &c.keyring);
                     let out = c.rewriter.rewrite(frame.body(), &ctx).map_err(fail)?;

@@ -114,6 +114,9 @@ impl Frontend<'_> {
             }
             Err(r) => return Ok(self.refuse_extended(Self::refused_ctx(r, stmt.kind))),
         };
+        if let Some(r) = self.budget_spent(&stmt) {
+            return Ok(self.refuse_extended(Self::refused_ctx(r, stmt.kind)));
+        }
         // Result formats matter only for rows the proxy rewrites: only an analysed statement's Bind
         // is decoded whole.
         if stmt.data.is_some() && !self.encoding.is_utf8() {
@@ -179,10 +182,7 @@ impl Frontend<'_> {
                 Err(r) => return Ok(self.refuse_extended(Self::refused_ctx(r, s.kind))),
             }
         }
-        let limited = stmt
-            .as_ref()
-            .and_then(|s| s.statement_plan())
-            .is_some_and(|sp| sp.max_rows.is_some());
+        let limited = stmt.as_ref().is_some_and(|s| s.row_limited());
         // Only an analysed statement's rows are looked at.
         let portal = portal.filter(|p| p.stmt.data.is_some());
         let describe = portal

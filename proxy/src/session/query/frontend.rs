@@ -48,7 +48,60 @@ impl Frontend<'_> {
         let catalog = guard.catalog(db).await.map_err(fail)?;
         let granted = guard.grants.for_user(&self.info.user);
         let (plan, data) = self.plan_as(sql, &lexed, policy, base, granted, catalog, keep_sql);
+        let plan = self.within_budget(plan, &data, !keep_sql).await?;
         Ok((lexed, Some(plan), Some(data)))
+    }
+
+    /// Reads the user's export budget count when `plan` reads classified values under one (once
+    /// per window on this instance), and with `refuse_spent` (a simple Query, which runs now)
+    /// refuses those statements when nothing is left. An extended-protocol statement is checked at
+    /// each Bind instead (it may run long after its Parse).
+    async fn within_budget(
+        &self,
+        plan: Arc<Plan>,
+        data: &DataCtx,
+        refuse_spent: bool,
+    ) -> Result<Arc<Plan>, Refusal> {
+        let Some(budget) = data.role().budget else {
+            return Ok(plan);
+        };
+        let reads = |sp: &pgcloak_policy::StatementPlan| sp.classified && sp.decision.is_allow();
+        if !plan.statements.iter().any(reads) {
+            return Ok(plan);
+        }
+        let budgets = &self.shared.services.budgets;
+        budgets
+            .ensure(&self.info.user, budget)
+            .await
+            .map_err(|e| Refusal {
+                sqlstate: "42501",
+                message: format!(
+                    "pgcloak: {e}; the statement reads classified values under the export budget of policy role {} and is refused",
+                    data.role
+                ),
+            })?;
+        let left = budgets.left(&self.info.user, budget);
+        if !refuse_spent || left.rows > 0 {
+            return Ok(plan);
+        }
+        let mut spent = (*plan).clone();
+        for sp in spent.statements.iter_mut().filter(|sp| reads(sp)) {
+            sp.decision = pgcloak_policy::Decision::Deny {
+                sqlstate: "42501",
+                message: left.spent_message(&data.role),
+            };
+        }
+        Ok(Arc::new(spent))
+    }
+
+    /// The refusal of a statement whose user's export budget is spent (checked at each Bind).
+    pub(super) fn budget_spent(&self, stmt: &StmtCtx) -> Option<Refusal> {
+        let budget = stmt.budget()?;
+        let left = self.shared.services.budgets.left(&self.info.user, budget);
+        (left.rows == 0).then(|| Refusal {
+            sqlstate: "42501",
+            message: left.spent_message(stmt.data.as_ref().map_or("", |d| d.role.as_str())),
+        })
     }
 
     /// Plans `sql` for `base` raised by `granted`, with the catalog snapshot `catalog`; `keep_sql`

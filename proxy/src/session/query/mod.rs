@@ -114,6 +114,11 @@ struct Backend<'a> {
     copy_out: Option<CopyOut>,
     /// The statement finishing now exceeded max_rows (its outcome is a refusal).
     max_rows_hit: bool,
+    /// The COPY TO STDOUT streaming now counts against an export budget: its statement, limit
+    /// and rows so far (one CopyData per row).
+    copy_rows: Option<(Arc<StmtCtx>, backend::RowLimit, u64)>,
+    /// A budget cut that COPY TO: its error replaced CopyDone, so its CommandComplete is dropped.
+    copy_cut: bool,
     /// What replaces the message `on_frame` just declined to pass unchanged (see
     /// [`Backend::take_change`]).
     change: Option<Result<Option<Replacement>, SessionError>>,
@@ -250,6 +255,8 @@ where
         rows_known: false,
         copy_out: None,
         max_rows_hit: false,
+        copy_rows: None,
+        copy_cut: false,
         change: None,
         row: Vec::new(),
         released: &released,

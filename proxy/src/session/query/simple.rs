@@ -100,9 +100,7 @@ impl Frontend<'_> {
                 Forward::Replaced(messages::query(&text))
             }
         };
-        let limited = stmts
-            .iter()
-            .any(|s| s.statement_plan().is_some_and(|sp| sp.max_rows.is_some()));
+        let limited = stmts.iter().any(|s| s.row_limited());
         self.pending.push_back(Pending::Query {
             started,
             stmts,
