@@ -210,6 +210,7 @@ pub fn gauges(shared: &Shared) -> Gauges {
             .collect(),
         sessions_by_state,
         server_connections: sessions.iter().filter(|l| !l.is_console()).count() as u64,
+        grants_active: services.grants.all().len() as u64,
         max_connections: u64::from(shared.config.max_connections),
         policy_generation: services.policy_generation(),
         policy_version: policy.version_hex().to_string(),

@@ -317,12 +317,18 @@ fn policy(shared: &Shared) -> Table {
         if let Some(n) = r.max_rows {
             let _ = write!(limits, ", max_rows {n}");
         }
+        if let Some(b) = r.budget {
+            let _ = write!(
+                limits,
+                ", max_rows_per_window {} per {}s",
+                b.rows, b.window_secs
+            );
+        }
         t.row(vec![text("role"), text(&r.name), None, text(limits)]);
     }
     t
 }
 
-/// Key versions, never key material.
 /// The grants this proxy applies now (read from pgcloak.grants at most a second ago).
 fn grants(shared: &Shared) -> Table {
     let mut t = Table::new(
@@ -361,6 +367,7 @@ fn grants(shared: &Shared) -> Table {
     t
 }
 
+/// Key versions, never key material.
 fn keys(shared: &Shared) -> Table {
     let keyring = shared.services.keyring();
     let mut t = Table::new(

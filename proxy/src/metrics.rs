@@ -281,6 +281,8 @@ pub struct Gauges {
     /// them hold a server connection (every session but admin console ones).
     pub sessions_by_state: Vec<(&'static str, u64)>,
     pub server_connections: u64,
+    /// Just-in-time grants this proxy applies now.
+    pub grants_active: u64,
     pub plan_cache_entries: u64,
     pub audit: Option<pgcloak_audit::AuditStatus>,
     pub uptime_seconds: f64,
@@ -321,6 +323,12 @@ impl Metrics {
             GAUGE,
             "Connections to PostgreSQL held for client sessions (one per session; pgcloak does not pool, so no client ever waits for one).",
             g.server_connections,
+        );
+        x.single(
+            "pgcloak_grants_active",
+            GAUGE,
+            "Just-in-time grants (pgcloak grant) this proxy applies now.",
+            g.grants_active,
         );
         x.single(
             "pgcloak_client_connections_total",

@@ -192,7 +192,11 @@ async fn admin_console_commands_kill_reload_and_refusals() {
 
     // Several commands in one Query; psql as a client too.
     let both = admin.simple_query("SHOW HELP; SHOW KEYS").await.unwrap();
-    assert_eq!(rows(&both).len(), 8 + 1);
+    assert_eq!(
+        rows(&both).len(),
+        9 + 1,
+        "9 commands (with SHOW GRANTS) and one key"
+    );
     let (ok, out, err) = psql(
         &proxy.url("app_user", "app-pw", "pgcloak"),
         &["-X", "-A", "-t", "-c", "SHOW SESSIONS"],
