@@ -97,6 +97,6 @@ pub use model::{
 pub use plan::{
     ColumnKey, ColumnTouch, CopyColumn, CopyDirection, CopyEndpoint, CopyFormat, CopyInfo,
     CursorUse, Decision, Encrypt, ExecuteArg, ExecuteInfo, InList, ListElement, Output,
-    OutputAction, Plan, SessionEffect, Site, SiteRole, Source, StatementPlan, TouchAccess,
-    ValueRef,
+    OutputAction, Plan, SessionEffect, Site, SiteRole, Source, StatementPlan, SubjectValue,
+    TouchAccess, ValueRef,
 };

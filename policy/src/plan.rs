@@ -39,6 +39,22 @@ pub struct Encrypt {
     /// parameter as often as it is written). The proxy rewrites by these, never by reading the SQL
     /// around the value again.
     pub sites: Vec<Site>,
+    /// For a column encrypted with each subject's key (`key = "subject"`): where the statement
+    /// gives the subject the value belongs to. Always present for such a column (a statement that
+    /// does not determine the subject is refused).
+    pub subject: Option<SubjectValue>,
+}
+
+/// The subject id a value of a subject-keyed column belongs to, as the statement gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubjectValue {
+    /// A literal or parameter holding the subject id: the same row's subject column in
+    /// `INSERT ... VALUES`, or `subject = v` in the top-level `WHERE` conjunction of the
+    /// statement (or, for `ON CONFLICT DO UPDATE`, the one row inserted).
+    Value(ValueRef),
+    /// `INSERT ... SELECT * FROM UNNEST(...)`: the array of subject ids; element i belongs to
+    /// subject i.
+    Elements(ValueRef),
 }
 
 /// One occurrence of a value to encrypt.
@@ -258,6 +274,9 @@ pub struct CopyInfo {
     pub header: bool,
     pub quote: Option<char>,
     pub escape: Option<char>,
+    /// `COPY ... FROM` with subject-keyed columns: the position (in `columns`) of the field
+    /// naming each row's subject.
+    pub subject: Option<usize>,
 }
 
 /// Session-level effects the proxy should know about.

@@ -130,6 +130,8 @@ type ByUser = Arc<HashMap<String, Vec<ActiveGrant>>>;
 #[derive(Debug, Default)]
 pub struct GrantState {
     current: RwLock<Option<(ByUser, Instant)>>,
+    /// Whether the last read found any grant (read without the lock on every Bind).
+    any: std::sync::atomic::AtomicBool,
 }
 
 fn now_unix() -> f64 {
@@ -140,8 +142,11 @@ fn now_unix() -> f64 {
 
 impl GrantState {
     /// The grants of `user` in force now; `None` when there are none (or the table has not been
-    /// read for [`STALE_AFTER`]). Cheap when no grant is active: one read lock.
+    /// read for [`STALE_AFTER`]). Cheap when no grant is active: one atomic load.
     pub fn for_user(&self, user: &str) -> Option<UserGrants> {
+        if !self.any() {
+            return None;
+        }
         let guard = self.current.read().unwrap_or_else(|p| p.into_inner());
         let (set, read_at) = guard.as_ref()?;
         if set.is_empty() || read_at.elapsed() > STALE_AFTER {
@@ -176,13 +181,21 @@ impl GrantState {
         out
     }
 
+    /// Whether any grant may be in force (false: none was read, cheaper than [`GrantState::for_user`]).
+    pub fn any(&self) -> bool {
+        self.any.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     fn install(&self, set: HashMap<String, Vec<ActiveGrant>>) {
+        self.any
+            .store(!set.is_empty(), std::sync::atomic::Ordering::Release);
         *self.current.write().unwrap_or_else(|p| p.into_inner()) =
             Some((Arc::new(set), Instant::now()));
     }
 
     /// Forgets every grant (grants were turned off by a policy reload).
     fn clear(&self) {
+        self.any.store(false, std::sync::atomic::Ordering::Release);
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = None;
     }
 }

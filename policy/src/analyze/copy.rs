@@ -24,6 +24,7 @@ impl Analyzer<'_> {
         // COPY options carry literals (delimiter, null string): the plan depends on them.
         self.cacheable = false;
         let mut info = CopyInfo {
+            subject: None,
             direction: if to {
                 CopyDirection::To
             } else {
@@ -136,6 +137,21 @@ impl Analyzer<'_> {
                             name: name.clone(),
                             encrypt: enc,
                         });
+                    }
+                    if let Some((schema, table)) = &rel.table {
+                        if let Some(subject) = self.subject_column(schema, table) {
+                            info.subject = targets.iter().position(|(n, _)| *n == subject);
+                            let keyed = targets
+                                .iter()
+                                .filter_map(|(_, id)| *id)
+                                .find(|c| self.subject_keyed(*c));
+                            if let (Some(c), None) = (keyed, info.subject) {
+                                return Err(Fail::Deny(format!(
+                                    "pgcloak: column {} is encrypted with each subject's key, and the COPY does not say whose each row is; list the subject column {schema}.{table}.{subject} among the COPY columns",
+                                    self.col_name(c)
+                                )));
+                            }
+                        }
                     }
                     plan.copy = Some(info);
                     return Ok(());

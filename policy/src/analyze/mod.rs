@@ -25,6 +25,7 @@ mod predicate;
 mod query;
 mod scope;
 mod stmt;
+mod subject;
 
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
@@ -158,6 +159,10 @@ pub(crate) struct Analyzer<'a> {
     pub returning_outs: Option<Vec<OutCol>>,
     /// The top SELECT has INTO.
     pub select_into: bool,
+    /// The subject each value of a subject-keyed column belongs to (see `subject.rs`).
+    pub subjects: HashMap<ValueRef, crate::plan::SubjectValue>,
+    /// The subject of the row being written now (values stored into subject-keyed columns belong to it).
+    pub row_subject: Option<crate::plan::SubjectValue>,
 }
 
 impl<'a> Analyzer<'a> {
@@ -344,6 +349,9 @@ impl<'a> Analyzer<'a> {
                     "pgcloak: one value is used with two encrypted columns ({a} and {b}); pass it twice, once for each"
                 )));
             }
+            if stored {
+                self.record_subject(r, c)?;
+            }
             if let Some(e) = self.encryptions.iter_mut().find(|e| e.target == r) {
                 // Stored anywhere: PostgreSQL's assignment rules apply, and an array must not carry
                 // other key versions' ciphertexts into the table.
@@ -359,6 +367,9 @@ impl<'a> Analyzer<'a> {
         }
         let cp = self.col(c)?;
         self.enc_targets.insert(r, c);
+        if stored {
+            self.record_subject(r, c)?;
+        }
         self.encryptions.push(Encrypt {
             target: r,
             column: cp.qualified_name(),
@@ -368,6 +379,7 @@ impl<'a> Analyzer<'a> {
             array,
             assignment: stored,
             sites: vec![Site { token, role }],
+            subject: None,
         });
         Ok(())
     }
@@ -715,8 +727,12 @@ fn analyze_one(
         cacheable: true,
         returning_outs: None,
         select_into: false,
+        subjects: HashMap::new(),
+        row_subject: None,
     };
-    let result = an.statement(&stmt, &mut plan);
+    let result = an
+        .statement(&stmt, &mut plan)
+        .and_then(|()| an.attach_subjects());
     drop(stmt);
     let involves_protected =
         names_protected || an.touched_protected_table || !an.touches.is_empty();

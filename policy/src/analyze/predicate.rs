@@ -12,6 +12,14 @@ use crate::plan::{InList, ListElement, SiteRole};
 impl Analyzer<'_> {
     /// A boolean condition (WHERE, ON, HAVING, FILTER, CASE WHEN). Returns the protected columns used.
     pub(crate) fn predicate(&mut self, e: &Expr, sc: &Scope<'_>) -> R<Vec<ColId>> {
+        let from = self.encryptions.len();
+        let cols = self.predicate_walk(e, sc)?;
+        // Comparisons with subject-keyed columns use the subject this condition names.
+        self.subjects_of_condition(e, sc, from)?;
+        Ok(cols)
+    }
+
+    fn predicate_walk(&mut self, e: &Expr, sc: &Scope<'_>) -> R<Vec<ColId>> {
         self.enter()?;
         let mut acc = Vec::new();
         // AND/OR/NOT chains are walked with a stack: ORMs emit long ones.

@@ -53,9 +53,12 @@ impl Analyzer<'_> {
                 if let Some((s, t)) = &target.table {
                     self.refuse_write_through_view(s, t)?;
                 }
+                self.row_subject =
+                    self.update_subject(&target, assignments, selection.as_ref(), &sc)?;
                 for a in assignments {
                     self.assignment(&a.target, &a.value, &target, &sc)?;
                 }
+                self.row_subject = None;
                 if let Some(w) = selection {
                     self.predicate(w, &sc)?;
                 }
@@ -438,11 +441,25 @@ impl Analyzer<'_> {
             }
         }
         let target_at = |i: usize| targets.get(i).and_then(|(_, id)| *id);
+        // Where each row names its subject, when the table has subject-keyed columns.
+        let subject_at = rel
+            .table
+            .as_ref()
+            .and_then(|(s, t)| self.subject_column(s, t))
+            .and_then(|sub| targets.iter().position(|(n, _)| *n == sub));
+        self.row_subject = None;
         if let Some(src) = &ins.source {
             if let Some(arrays) = unnest_source(src) {
                 // `INSERT INTO t (a, b) SELECT * FROM UNNEST($1::int[], $2::text[])` (Django's
                 // bulk_create): array i holds the values of target column i, each element encrypted.
                 let sc = Scope::new(None);
+                self.row_subject = match subject_at.and_then(|k| arrays.get(k)) {
+                    Some(e) => {
+                        let v = self.eval(e, &sc)?;
+                        Self::subject_of(&v, true)
+                    }
+                    None => None,
+                };
                 for (i, e) in arrays.iter().enumerate() {
                     let v = self.eval(e, &sc)?;
                     match (target_at(i), v) {
@@ -452,17 +469,33 @@ impl Analyzer<'_> {
                         (t, v) => self.store_value(t, v)?,
                     }
                 }
-                return self.insert_rest(ins, &rel, plan);
+                self.row_subject = None;
+                return self.insert_rest(ins, &rel, plan, None);
             }
             match (&*src.body, &src.with) {
                 (SetExpr::Values(values), None) => {
                     let sc = Scope::new(None);
+                    let mut only = None;
                     for row in &values.rows {
+                        self.row_subject = match subject_at.and_then(|k| row.get(k)) {
+                            Some(e) => {
+                                let v = self.eval(e, &sc)?;
+                                Self::subject_of(&v, false)
+                            }
+                            None => None,
+                        };
                         for (i, e) in row.iter().enumerate() {
                             let v = self.eval(e, &sc)?;
                             self.store_value(target_at(i), v)?;
                         }
+                        only = if values.rows.len() == 1 {
+                            self.row_subject
+                        } else {
+                            None
+                        };
                     }
+                    self.row_subject = None;
+                    return self.insert_rest(ins, &rel, plan, only);
                 }
                 _ => {
                     let outs = self.query(src, None)?;
@@ -485,11 +518,18 @@ impl Analyzer<'_> {
                 }
             }
         }
-        self.insert_rest(ins, &rel, plan)
+        self.insert_rest(ins, &rel, plan, None)
     }
 
-    /// What follows an INSERT's source: ON CONFLICT and RETURNING.
-    fn insert_rest(&mut self, ins: &Insert, rel: &Rel, plan: &mut StatementPlan) -> R<()> {
+    /// What follows an INSERT's source: ON CONFLICT and RETURNING. `subject`: the subject of the
+    /// one row inserted, which its `DO UPDATE SET` writes too.
+    fn insert_rest(
+        &mut self,
+        ins: &Insert,
+        rel: &Rel,
+        plan: &mut StatementPlan,
+        subject: Option<crate::plan::SubjectValue>,
+    ) -> R<()> {
         if !ins.assignments.is_empty() || ins.insert_alias.is_some() {
             return Err(Fail::Unsupported("INSERT ... SET".into()));
         }
@@ -507,9 +547,11 @@ impl Analyzer<'_> {
                     let mut excluded = rel.clone();
                     excluded.alias = "excluded".into();
                     with_excluded.rels.push(excluded);
+                    self.row_subject = subject;
                     for a in &du.assignments {
                         self.assignment(&a.target, &a.value, &rel, &with_excluded)?;
                     }
+                    self.row_subject = None;
                     if let Some(w) = &du.selection {
                         self.predicate(w, &with_excluded)?;
                     }

@@ -29,6 +29,8 @@ pub struct DataCtx {
     pub shadow: Option<Arc<Plan>>,
     /// The statement text (of a Parse), to plan it again when the user's grants change.
     pub sql: Option<Arc<str>>,
+    /// The role's export budget (kept here: it is looked at for every execution).
+    pub budget: Option<pgcloak_policy::Budget>,
 }
 
 impl DataCtx {
@@ -232,7 +234,7 @@ impl StmtCtx {
         if !sp.classified || !sp.decision.is_allow() {
             return None;
         }
-        self.data.as_ref()?.role().budget
+        self.data.as_ref()?.budget
     }
 
     /// Whether the statement's rows are limited (`max_rows`, or an export budget): the client's

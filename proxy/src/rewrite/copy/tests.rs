@@ -8,6 +8,7 @@ fn copy_info(
     cols: &[(&str, Option<(&str, pgcloak_policy::LogicalType)>)],
 ) -> CopyInfo {
     CopyInfo {
+        subject: None,
         direction: CopyDirection::From,
         endpoint: CopyEndpoint::Stdin,
         table: Some("public.customers".into()),

@@ -102,9 +102,9 @@ impl Frontend<'_> {
             self.pending.push_back(Pending::Bind);
             return Ok(Forward::Original);
         };
-        let stmt = match self.regranted(stmt.clone()) {
-            Ok(s) if Arc::ptr_eq(&s, &stmt) => s,
-            Ok(s) => {
+        let stmt = match self.regranted(&stmt) {
+            Ok(None) => stmt,
+            Ok(Some(s)) => {
                 // Planned again: a refusal now (the grant that allowed it ended) is raised here.
                 self.statements.insert(statement, s.clone());
                 if s.refusal.is_some() {

@@ -62,7 +62,7 @@ impl Frontend<'_> {
         data: &DataCtx,
         refuse_spent: bool,
     ) -> Result<Arc<Plan>, Refusal> {
-        let Some(budget) = data.role().budget else {
+        let Some(budget) = data.budget else {
             return Ok(plan);
         };
         let reads = |sp: &pgcloak_policy::StatementPlan| sp.classified && sp.decision.is_allow();
@@ -132,6 +132,7 @@ impl Frontend<'_> {
             catalog,
             shadow: None,
             sql: keep_sql.then(|| Arc::from(sql)),
+            budget: role.budget,
         };
         if role.shadow {
             // Served as a role that may read and write everything (so writes are still
@@ -151,13 +152,14 @@ impl Frontend<'_> {
     /// `stmt` as planned for the user's grants in force now: itself when they are the ones it was
     /// planned with, else planned again (a grant was approved, revoked or expired since its Parse;
     /// drivers that cache prepared statements send only Bind and Execute for years).
-    pub(super) fn regranted(&self, stmt: Arc<StmtCtx>) -> Result<Arc<StmtCtx>, Refusal> {
+    /// `None`: unchanged.
+    pub(super) fn regranted(&self, stmt: &StmtCtx) -> Result<Option<Arc<StmtCtx>>, Refusal> {
         let Some(data) = &stmt.data else {
-            return Ok(stmt);
+            return Ok(None);
         };
         let now = self.shared.services.grants.for_user(&self.info.user);
         if crate::grants::UserGrants::same(now.as_ref(), data.grants.as_ref()) {
-            return Ok(stmt);
+            return Ok(None);
         }
         let changed = || {
             Refusal {
@@ -198,7 +200,7 @@ impl Frontend<'_> {
         if let Some(a) = stmt.any_params.get() {
             let _ = ctx.any_params.set(a.clone());
         }
-        Ok(ctx)
+        Ok(Some(ctx))
     }
 
     /// Remembers the cursors `plan` declares, and gives its `FETCH`/`MOVE` statements the outputs
