@@ -19,6 +19,9 @@
 //! - [`subject`] — data subjects: [`SubjectRef`] (keyed HMAC of a subject id), per-subject data
 //!   keys wrapped by the master key ([`SubjectKeyWrapper`]), a bounded LRU of unwrapped keys
 //!   ([`KeyCache`]).
+//! - [`matching`] — match terms for `LIKE`/`ILIKE` on encrypted text: a keyed trigram Bloom
+//!   filter ([`matching::MatchKey`]) with no false negatives, and the exact matcher
+//!   ([`matching::like_match`]) the proxy runs on decrypted candidates. Not used by the proxy yet.
 //! - [`keyring`] — [`KeyringDoc`] (the editable JSON document of wrapped keys), [`Keyring`] (the
 //!   unlocked data-path view), [`KeyringStore`] + [`update_with_retry`] (compare-and-swap writes).
 //! - [`error`] — [`KeyError`], the one error enum, and [`StoreError`].
@@ -147,6 +150,7 @@ pub mod cipher;
 pub mod envelope;
 pub mod error;
 pub mod keyring;
+pub mod matching;
 pub mod secret;
 pub mod subject;
 pub mod typed;
