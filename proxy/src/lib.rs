@@ -47,6 +47,7 @@ pub mod server;
 pub mod services;
 pub mod session;
 pub mod state;
+pub mod subjects;
 #[cfg(debug_assertions)]
 pub mod testhook;
 pub mod timer;

@@ -21,5 +21,6 @@ mod matrix;
 mod migrate;
 mod operations;
 mod robustness;
+mod subjects;
 mod tls;
 mod wire;
