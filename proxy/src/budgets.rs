@@ -292,14 +292,24 @@ pub async fn flush(
             _ = stop.cancelled() => true,
             _ = tick.tick() => false,
         };
+        let changed = services.policy_changed.notified();
         let policy = services.policy();
         let any = policy
             .roles()
             .iter()
             .chain(std::iter::once(policy.default_role()))
             .any(|r| r.budget.is_some());
+        drop(policy);
         if !any && !stopping {
-            continue;
+            let pending = budgets.lock().values().any(|e| e.pending + e.in_flight > 0);
+            if !pending {
+                // Nothing to count until a policy with a budget is loaded.
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = changed => {}
+                }
+                continue;
+            }
         }
         let result = async {
             let current = budgets

@@ -340,9 +340,15 @@ pub async fn poll(
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
+        // Created before the policy is read, so a swap right after the read still wakes it.
+        let changed = services.policy_changed.notified();
         if !grants_enabled(&services.policy()) {
             services.grants.clear();
             client = None;
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = changed => {}
+            }
             continue;
         }
         let result = async {

@@ -93,6 +93,9 @@ pub struct Services {
     pub grants: crate::grants::GrantState,
     /// Export budget counts (written by [`crate::budgets::flush`]).
     pub budgets: crate::budgets::Budgets,
+    /// Woken by every policy swap: tasks a policy may turn on (grants, budgets) sleep on it while
+    /// the policy has them off, instead of waking every second.
+    pub policy_changed: tokio::sync::Notify,
 }
 
 /// How reloads and catalog loads went (counted off the data path).
@@ -150,6 +153,7 @@ impl Services {
             stats: ServiceStats::default(),
             grants: crate::grants::GrantState::default(),
             budgets: crate::budgets::Budgets::default(),
+            policy_changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -189,6 +193,7 @@ impl Services {
     pub fn set_policy(&self, policy: Policy) {
         *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
         self.policy_generation.fetch_add(1, Ordering::Release);
+        self.policy_changed.notify_waiters();
         self.plans.clear();
         // Which views read protected tables depends on the policy.
         self.mark_catalogs_stale();

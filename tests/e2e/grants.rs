@@ -432,3 +432,70 @@ async fn grants_raise_access_fleet_wide_and_end_on_time() {
         assert!(ok, "{out}{err}");
     }
 }
+
+/// Grants turned on by a policy reload apply within the usual 2 seconds (the poll sleeps while the
+/// policy has no [grants], and wakes at the reload).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_turned_on_by_a_reload_apply() {
+    let c = cluster();
+    let db = c.fresh_db("grants_reload");
+    c.psql_direct(
+        &db,
+        "CREATE TABLE customers (id int PRIMARY KEY, phone text); GRANT ALL ON customers TO PUBLIC",
+    );
+    let catalog = c.fresh_db("grants_reload_catalog");
+    c.psql_direct(
+        "postgres",
+        "DO $$ BEGIN \
+           IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'grants_officer') THEN \
+             CREATE ROLE grants_officer; \
+             CREATE ROLE sec_user LOGIN PASSWORD 'sec-pw' IN ROLE grants_officer; \
+           END IF; END $$",
+    );
+    let off = POLICY.replace("[grants]\napprovers = [\"grants_officer\"]\n", "");
+    assert!(!off.contains("[grants]"));
+    let proxy = Proxy::start_with(ProxyOptions {
+        policy: Some(off),
+        extra: format!(
+            "[catalog]\nuser = \"{SUPERUSER}\"\npassword = \"{SUPERPASS}\"\ndatabase = \"{catalog}\"\n"
+        ),
+        ..Default::default()
+    });
+    let app = connect(&proxy.url("app_user", "app-pw", &db)).await;
+    app.execute("INSERT INTO customers VALUES ($1, $2)", &[&1i32, &PHONE])
+        .await
+        .unwrap();
+    let support = connect(&proxy.url("support_user", "support-pw", &db)).await;
+    assert_ne!(phone(&support).await, PHONE);
+    let request = [
+        "request",
+        "--user",
+        "support_user",
+        "--class",
+        "confidential",
+        "--access",
+        "plaintext",
+        "--for",
+        "1h",
+        "--reason",
+        "ticket 4713",
+    ];
+    let (ok, out) = grant(&proxy, "support-pw", &request);
+    assert!(!ok && out.contains("grants are off"), "{out}");
+
+    std::fs::write(proxy.config_path().with_file_name("policy.toml"), POLICY).unwrap();
+    proxy.signal("HUP");
+    let (ok, out) = grant(&proxy, "support-pw", &request);
+    assert!(ok, "{out}");
+    let id = grant_id(&out);
+    let (ok, out) = grant(&proxy, "sec-pw", &["approve", &id, "--by", "sec_user"]);
+    assert!(ok, "{out}");
+    let approved = Instant::now();
+    while phone(&support).await != PHONE {
+        assert!(
+            approved.elapsed() < Duration::from_secs(2),
+            "the grant did not apply within 2 s of its approval"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -229,6 +229,7 @@ impl StmtCtx {
 
     /// The export budget this statement's rows count against: the role's, when it returns
     /// classified values.
+    #[inline]
     pub fn budget(&self) -> Option<pgcloak_policy::Budget> {
         let sp = self.statement_plan()?;
         if !sp.classified || !sp.decision.is_allow() {
@@ -239,6 +240,7 @@ impl StmtCtx {
 
     /// Whether the statement's rows are limited (`max_rows`, or an export budget): the client's
     /// next messages wait until it completes, so that a cut statement aborts what follows.
+    #[inline]
     pub fn row_limited(&self) -> bool {
         self.statement_plan()
             .is_some_and(|sp| sp.max_rows.is_some())

@@ -58,7 +58,7 @@ impl RowLimit {
         rows: u64,
         guard: &Services,
         user: &str,
-        role: &str,
+        stmt: &StmtCtx,
     ) -> Option<Bytes> {
         let delivered = self.limit.map_or(rows, |l| rows.min(l));
         if let Some((b, _)) = self.budget {
@@ -67,6 +67,7 @@ impl RowLimit {
         if !self.exceeded {
             return None;
         }
+        let role = stmt.data.as_ref().map_or("", |d| d.role.as_str());
         let by_budget = self
             .budget
             .filter(|(_, left)| Some(left.rows) == self.limit);
@@ -278,10 +279,10 @@ impl Backend<'_> {
                 // What was delivered before the error still counts against the budget.
                 let guard = &self.shared.services;
                 if let Some(rs) = self.rows.take() {
-                    let _ = rs.limit.finish(rs.rows, guard, &self.info.user, "");
+                    let _ = rs.limit.finish(rs.rows, guard, &self.info.user, &rs.stmt);
                 }
-                if let Some((_, limit, rows)) = self.copy_rows.take() {
-                    let _ = limit.finish(rows, guard, &self.info.user, "");
+                if let Some((stmt, limit, rows)) = self.copy_rows.take() {
+                    let _ = limit.finish(rows, guard, &self.info.user, &stmt);
                 }
                 self.rows_known = false;
                 self.end_copy_out();
@@ -370,12 +371,6 @@ impl Backend<'_> {
             }
             b'C' | b'I' | b's' => {
                 self.rows_known = false;
-                let role = |stmt: &StmtCtx| {
-                    stmt.data
-                        .as_ref()
-                        .map(|d| d.role.clone())
-                        .unwrap_or_default()
-                };
                 let guard = &self.shared.services;
                 let user = &self.info.user;
                 if std::mem::take(&mut self.copy_cut) {
@@ -384,9 +379,9 @@ impl Backend<'_> {
                     return Ok(Some(None));
                 }
                 let cut = if let Some(rs) = self.rows.take() {
-                    rs.limit.finish(rs.rows, guard, user, &role(&rs.stmt))
+                    rs.limit.finish(rs.rows, guard, user, &rs.stmt)
                 } else if let Some((stmt, limit, rows)) = self.copy_rows.take() {
-                    limit.finish(rows, guard, user, &role(&stmt))
+                    limit.finish(rows, guard, user, &stmt)
                 } else {
                     None
                 };
@@ -423,13 +418,8 @@ impl Backend<'_> {
                 self.rows_known = false;
                 if self.copy_rows.as_ref().is_some_and(|(_, l, _)| l.exceeded) {
                     if let Some((stmt, limit, rows)) = self.copy_rows.take() {
-                        let role = stmt
-                            .data
-                            .as_ref()
-                            .map(|d| d.role.clone())
-                            .unwrap_or_default();
                         if let Some(error) =
-                            limit.finish(rows, &self.shared.services, &self.info.user, &role)
+                            limit.finish(rows, &self.shared.services, &self.info.user, &stmt)
                         {
                             replacement = Some(Some(Replacement::Bytes(error)));
                             self.copy_cut = true;

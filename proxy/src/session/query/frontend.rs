@@ -95,8 +95,14 @@ impl Frontend<'_> {
     }
 
     /// The refusal of a statement whose user's export budget is spent (checked at each Bind).
+    #[inline]
     pub(super) fn budget_spent(&self, stmt: &StmtCtx) -> Option<Refusal> {
         let budget = stmt.budget()?;
+        self.spent_refusal(stmt, budget)
+    }
+
+    #[inline(never)]
+    fn spent_refusal(&self, stmt: &StmtCtx, budget: pgcloak_policy::Budget) -> Option<Refusal> {
         let left = self.shared.services.budgets.left(&self.info.user, budget);
         (left.rows == 0).then(|| Refusal {
             sqlstate: "42501",
@@ -152,11 +158,24 @@ impl Frontend<'_> {
     /// `stmt` as planned for the user's grants in force now: itself when they are the ones it was
     /// planned with, else planned again (a grant was approved, revoked or expired since its Parse;
     /// drivers that cache prepared statements send only Bind and Execute for years).
-    /// `None`: unchanged.
+    /// `None`: unchanged. Inline: on every Bind, and almost always answered by two loads.
+    #[inline]
     pub(super) fn regranted(&self, stmt: &StmtCtx) -> Result<Option<Arc<StmtCtx>>, Refusal> {
         let Some(data) = &stmt.data else {
             return Ok(None);
         };
+        if data.grants.is_none() && !self.shared.services.grants.any() {
+            return Ok(None);
+        }
+        self.replan_for_grants(stmt, data)
+    }
+
+    #[inline(never)]
+    fn replan_for_grants(
+        &self,
+        stmt: &StmtCtx,
+        data: &DataCtx,
+    ) -> Result<Option<Arc<StmtCtx>>, Refusal> {
         let now = self.shared.services.grants.for_user(&self.info.user);
         if crate::grants::UserGrants::same(now.as_ref(), data.grants.as_ref()) {
             return Ok(None);
