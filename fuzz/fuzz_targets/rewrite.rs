@@ -113,6 +113,7 @@ fn copy_info(format: CopyFormat, ty: P, selector: u8) -> CopyInfo {
         logical_type: ty,
     };
     CopyInfo {
+        subject: None,
         direction: CopyDirection::From,
         endpoint: CopyEndpoint::Stdin,
         table: Some("public.t".into()),
