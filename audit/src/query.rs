@@ -40,6 +40,21 @@ pub struct Filter {
     pub since: Option<OffsetDateTime>,
     /// Before this time (exclusive).
     pub until: Option<OffsetDateTime>,
+    /// A just-in-time grant: its steps (`kind = "grant"`, `fingerprint = "grant:<id>"`) and the
+    /// statements served under it (`reason = "served under grant <id>"`, or among `grants ...`).
+    pub grant: Option<i64>,
+}
+
+/// Whether a statement event's reason says it was served under grant `id`.
+fn served_under(reason: Option<&str>, id: i64) -> bool {
+    let Some(r) = reason else { return false };
+    let Some(ids) = r
+        .strip_prefix("served under grants ")
+        .or_else(|| r.strip_prefix("served under grant "))
+    else {
+        return false;
+    };
+    ids.split(", ").any(|x| x.parse() == Ok(id))
 }
 
 fn name_matches(full: &str, wanted: &str) -> bool {
@@ -68,6 +83,12 @@ impl Filter {
         }
         if let Some(c) = &self.column {
             if !ev.columns.iter().any(|x| name_matches(&x.name, c)) {
+                return false;
+            }
+        }
+        if let Some(g) = self.grant {
+            let step = ev.fingerprint.as_deref() == Some(format!("grant:{g}").as_str());
+            if !step && !served_under(ev.reason.as_deref(), g) {
                 return false;
             }
         }
@@ -211,6 +232,13 @@ pub async fn query_postgres(
         add(
             "EXISTS (SELECT 1 FROM jsonb_array_elements(columns) c(v) WHERE c.v->>'name' = $? OR c.v->>'name' LIKE '%.' || $?)",
             Box::new(c.clone()),
+        );
+    }
+    if let Some(g) = filter.grant {
+        add(
+            "(fingerprint = 'grant:' || $? OR (reason LIKE 'served under grant%' AND \
+              $? = ANY (string_to_array(regexp_replace(reason, '^served under grants? ', ''), ', '))))",
+            Box::new(g.to_string()),
         );
     }
     if let Some(s) = filter.since {
@@ -623,6 +651,15 @@ mod tests {
             .filter(|e| f.matches(e))
             .map(|e| e.seq)
             .collect()
+    }
+
+    #[test]
+    fn grant_reasons_name_their_ids() {
+        assert!(served_under(Some("served under grant 7"), 7));
+        assert!(served_under(Some("served under grants 3, 7"), 7));
+        assert!(!served_under(Some("served under grants 3, 17"), 7));
+        assert!(!served_under(Some("pgcloak: refused"), 7));
+        assert!(!served_under(None, 7));
     }
 
     #[test]

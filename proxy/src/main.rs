@@ -180,7 +180,7 @@ enum AuditCommand {
         #[arg(long, value_parser = ["allow", "deny", "would_deny"])]
         decision: Option<String>,
         /// connect, disconnect, auth_failed, select, insert, update, delete, copy, ddl, other, gap, start,
-        /// shutdown, error, admin
+        /// shutdown, error, admin, grant
         #[arg(long)]
         kind: Option<String>,
         /// RFC 3339 time or date (inclusive)
@@ -194,6 +194,9 @@ enum AuditCommand {
         /// Count reads per user and classified column instead of listing records (breach scope).
         #[arg(long)]
         summary: bool,
+        /// Only the steps of just-in-time grant ID and the statements served under it.
+        #[arg(long, value_name = "ID")]
+        grant: Option<i64>,
     },
 }
 
@@ -730,6 +733,7 @@ fn audit(path: &std::path::Path, cmd: AuditCommand) -> Result<ExitCode> {
             until,
             format,
             summary,
+            grant,
         } => {
             let filter = pgcloak_audit::query::Filter {
                 user,
@@ -746,6 +750,7 @@ fn audit(path: &std::path::Path, cmd: AuditCommand) -> Result<ExitCode> {
                 },
                 since: time_arg(&since, "since")?,
                 until: time_arg(&until, "until")?,
+                grant,
             };
             let format: pgcloak_audit::query::Format = format.parse()?;
             let events = audit_events(&rt, source, &filter, || load(path))?;

@@ -147,7 +147,7 @@ async fn grants_raise_access_fleet_wide_and_end_on_time() {
                 "instance = \"grants-{n}\"\n\
                  [catalog]\nuser = \"{SUPERUSER}\"\npassword = \"{SUPERPASS}\"\ndatabase = \"{catalog}\"\n\
                  [keys]\nmaster_key_file = \"{key}\"\nkeyring = \"postgres\"\n\
-                 [audit]\nfile = \"audit.jsonl\"\n\
+                 [audit]\nfile = \"audit.jsonl\"\npostgres = true\n\
                  [admin]\nusers = [\"app_user\"]\n",
                 key = shared.path().join("master.key").display(),
             ),
@@ -430,6 +430,46 @@ async fn grants_raise_access_fleet_wide_and_end_on_time() {
     for p in [&a, &b] {
         let (ok, out, err) = p.cli(&["audit", "verify"]);
         assert!(ok, "{out}{err}");
+    }
+    // An auditor's question: everything about grant <first>, on either instance.
+    let mut about = 0;
+    let mut reads = 0;
+    for p in [&a, &b] {
+        let (ok, out, err) = p.cli(&["audit", "query", "--grant", &first, "--format", "json"]);
+        assert!(ok, "{err}");
+        for line in out.lines() {
+            let e: Value = serde_json::from_str(line).unwrap();
+            let step = e["fingerprint"] == format!("grant:{first}");
+            let read = e["reason"] == format!("served under grant {first}");
+            assert!(step || read, "{line}");
+            about += 1;
+            reads += usize::from(read);
+        }
+    }
+    assert_eq!(about - reads, 3, "requested, approved, revoked");
+    assert_eq!(reads, used, "every statement served under it");
+    // The same answer from the PostgreSQL table both instances write.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (ok, out, err) = a.cli(&[
+            "audit",
+            "query",
+            "--postgres",
+            "--grant",
+            &first,
+            "--format",
+            "json",
+        ]);
+        assert!(ok, "{err}");
+        let n = out.lines().count();
+        if n == about {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} events in the table, {about} in the files"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
