@@ -441,22 +441,28 @@ pub mod cli {
                     c
                 }
             };
+            // By oid: roles of the list that do not exist are simply not matched.
             let rows = client
                 .query(
-                    "SELECT r FROM unnest($1::text[]) r \
-                     WHERE EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) AND pg_has_role(current_user, r, 'MEMBER')",
+                    "SELECT rolname::text FROM pg_roles \
+                     WHERE rolname = ANY ($1::text[]) AND pg_has_role(current_user, oid, 'MEMBER')",
                     &[&among],
                 )
-                .await?;
+                .await
+                .map_err(|e| {
+                    anyhow!(
+                        "cannot read the role memberships of {user}: {}",
+                        crate::catalog::describe(&e)
+                    )
+                })?;
             Ok::<_, anyhow::Error>(rows.iter().map(|r| r.get::<_, String>(0)).collect())
         })
-        .map_err(|e| {
-            anyhow!(
+        .map_err(|e| match e.downcast_ref::<tokio_postgres::Error>() {
+            Some(pg) => anyhow!(
                 "cannot log in to PostgreSQL as {user} to confirm who you are: {}; set PGPASSWORD to {user}'s password",
-                e.downcast_ref::<tokio_postgres::Error>()
-                    .map(crate::catalog::describe)
-                    .unwrap_or_else(|| e.to_string())
-            )
+                crate::catalog::describe(pg)
+            ),
+            None => e,
         })
     }
 

@@ -458,14 +458,20 @@ fn check(path: &std::path::Path) -> Result<ExitCode> {
                 if !offline.is_empty() {
                     problems.extend(offline.iter().map(|p| p.to_string()));
                 } else {
-                    match pgcloak::catalog::CatalogConn::connect_blocking(&config)
-                        .and_then(|conn| storage_types(&conn))
-                    {
-                        Ok(types) => problems.extend(
-                            pgcloak_policy::check_text(&text, &file, Some(&types))
-                                .iter()
-                                .map(|p| p.to_string()),
-                        ),
+                    match pgcloak::catalog::CatalogConn::connect_blocking(&config).and_then(|conn| {
+                        let types = storage_types(&conn)?;
+                        Ok((conn, types))
+                    }) {
+                        Ok((conn, types)) => {
+                            problems.extend(
+                                pgcloak_policy::check_text(&text, &file, Some(&types))
+                                    .iter()
+                                    .map(|p| p.to_string()),
+                            );
+                            if let Ok(p) = pgcloak_policy::Policy::parse(&text, &file) {
+                                warn_missing_approvers(&conn, &p, &file);
+                            }
+                        }
                         Err(e) => eprintln!(
                             "pgcloak: note: database not reachable ({e}); checked the policy offline only"
                         ),
@@ -483,6 +489,32 @@ fn check(path: &std::path::Path) -> Result<ExitCode> {
         }
         eprintln!("pgcloak check: {} problem(s)", problems.len());
         Ok(ExitCode::FAILURE)
+    }
+}
+
+/// Warns about `[grants] approvers` roles the database does not have (nobody could approve
+/// through them).
+fn warn_missing_approvers(
+    conn: &pgcloak::catalog::CatalogConn,
+    policy: &pgcloak_policy::Policy,
+    file: &str,
+) {
+    let g = policy.grants();
+    if g.approvers.is_empty() {
+        return;
+    }
+    let Ok(rows) = conn.query(
+        "SELECT r FROM unnest($1::text[]) r WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r)",
+        &[&g.approvers],
+    ) else {
+        return;
+    };
+    for r in rows {
+        let role: String = r.get(0);
+        eprintln!(
+            "{file}:{}: warning: [grants] approvers names role {role}, which does not exist in the database; create it (CREATE ROLE {role}; GRANT {role} TO <approver>) or fix the name",
+            g.line
+        );
     }
 }
 

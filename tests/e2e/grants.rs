@@ -523,7 +523,18 @@ async fn grants_turned_on_by_a_reload_apply() {
     let (ok, out) = grant(&proxy, "support-pw", &request);
     assert!(!ok && out.contains("grants are off"), "{out}");
 
-    std::fs::write(proxy.config_path().with_file_name("policy.toml"), POLICY).unwrap();
+    let on = POLICY.replace(
+        "approvers = [\"grants_officer\"]",
+        "approvers = [\"grants_officer\", \"no_such_approver\"]",
+    );
+    std::fs::write(proxy.config_path().with_file_name("policy.toml"), on).unwrap();
+    // (check looks at the [catalog] database, which has no application tables here.)
+    let (_, _, err) = proxy.cli(&["check"]);
+    assert!(
+        err.contains("approvers names role no_such_approver, which does not exist")
+            && !err.contains("role grants_officer,"),
+        "{err}"
+    );
     proxy.signal("HUP");
     let (ok, out) = grant(&proxy, "support-pw", &request);
     assert!(ok, "{out}");
