@@ -321,11 +321,14 @@ pub async fn flush(
             let client = match current {
                 Some(c) => c,
                 None => {
-                    let c = crate::catalog::connect(&config).await?;
-                    c.batch_execute(DDL)
-                        .await
-                        .map_err(|e| CatalogError::read("the budget table (pgcloak.budgets)", e))?;
-                    let c = Arc::new(c);
+                    let c = Arc::new(
+                        crate::catalog::connect_for_tables(
+                            &config,
+                            DDL,
+                            "the budget table (pgcloak.budgets)",
+                        )
+                        .await?,
+                    );
                     *budgets.client.write().unwrap_or_else(|p| p.into_inner()) = Some(c.clone());
                     c
                 }

@@ -126,6 +126,21 @@ pub async fn connect(cfg: &Config) -> Result<tokio_postgres::Client, CatalogErro
     Ok(client)
 }
 
+/// Opens a side connection to the `[catalog]` database for one of the proxy's own tables and
+/// creates them (`ddl`, idempotent); `what` names them in the error.
+pub async fn connect_for_tables(
+    cfg: &Config,
+    ddl: &str,
+    what: &str,
+) -> Result<tokio_postgres::Client, CatalogError> {
+    let client = connect(cfg).await?;
+    client
+        .batch_execute(ddl)
+        .await
+        .map_err(|e| CatalogError::read(what, e))?;
+    Ok(client)
+}
+
 /// A readable description of a tokio-postgres error (its Display hides the server message).
 pub use pgcloak_audit::describe_pg_error as describe;
 

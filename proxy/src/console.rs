@@ -343,13 +343,9 @@ fn grants(shared: &Shared) -> Table {
         ],
     );
     for (user, g) in shared.services.grants.all() {
-        let expires = time::OffsetDateTime::from_unix_timestamp(g.expires_at as i64)
-            .ok()
-            .and_then(|t| {
-                t.format(&time::format_description::well_known::Rfc3339)
-                    .ok()
-            })
-            .unwrap_or_default();
+        let expires = rfc3339(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(g.expires_at.max(0.0)),
+        );
         t.row(vec![
             text(g.id.to_string()),
             text(user),

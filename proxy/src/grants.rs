@@ -353,11 +353,14 @@ pub async fn poll(
         }
         let result = async {
             if client.as_ref().is_none_or(|c| c.is_closed()) {
-                let c = crate::catalog::connect(&config).await?;
-                c.batch_execute(DDL)
-                    .await
-                    .map_err(|e| CatalogError::read("the grant tables (pgcloak.grants)", e))?;
-                client = Some(c);
+                client = Some(
+                    crate::catalog::connect_for_tables(
+                        &config,
+                        DDL,
+                        "the grant tables (pgcloak.grants)",
+                    )
+                    .await?,
+                );
             }
             let Some(c) = client.as_ref() else {
                 return Ok(());
