@@ -298,3 +298,87 @@ async fn export_budgets_hold_across_statements_cursors_copy_and_instances() {
     );
     let _ = app;
 }
+
+/// A budget whose table cannot be reached fails closed: classified reads of a budgeted role are
+/// refused with the reason, everything else keeps working; grants cannot be requested and say why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_budget_table_refuses_budgeted_reads_with_the_reason() {
+    let c = cluster();
+    let db = c.fresh_db("budgets_dead");
+    c.psql_direct(
+        &db,
+        "CREATE TABLE customers (id int PRIMARY KEY, phone text, city text); \
+         GRANT ALL ON customers TO PUBLIC",
+    );
+    c.psql_direct(
+        "postgres",
+        "DO $$ BEGIN \
+           IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'budgeted') THEN \
+             CREATE ROLE budgeted; \
+           END IF; \
+           IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'budget_z') THEN \
+             CREATE ROLE budget_z LOGIN PASSWORD 'budget-pw' IN ROLE budgeted; \
+           END IF; END $$",
+    );
+    let policy = format!("{POLICY}\n[grants]\napprovers = [\"budgeted\"]\n");
+    let proxy = Proxy::start_with(ProxyOptions {
+        policy: Some(policy),
+        // The [catalog] login works for the application database (memberships, catalog), but its
+        // own database, where the budget and grant tables live, does not exist.
+        extra: format!(
+            "[catalog]\nuser = \"{SUPERUSER}\"\npassword = \"{SUPERPASS}\"\ndatabase = \"no_such_catalog_db\"\n"
+        ),
+        ..Default::default()
+    });
+    let app = connect(&proxy.url("app_user", "app-pw", &db)).await;
+    app.execute(
+        "INSERT INTO customers VALUES (1, $1, 'Berlin')",
+        &[&"+49 30 1"],
+    )
+    .await
+    .unwrap();
+    let user = connect(&proxy.url("budget_z", "budget-pw", &db)).await;
+    let err = one_row(&user, 1).await.expect_err("fails closed");
+    let t = error_text(&err);
+    assert!(
+        t.contains("42501")
+            && t.contains("pgcloak.budgets")
+            && t.contains("export budget of policy role budgeted"),
+        "{t}"
+    );
+    let rows = user
+        .simple_query("SELECT city FROM customers")
+        .await
+        .expect("unclassified reads still work");
+    assert_eq!(
+        rows.iter()
+            .filter(|m| matches!(m, SimpleQueryMessage::Row(_)))
+            .count(),
+        1
+    );
+    let (ok, out, err) = proxy.cli(&[
+        "grant",
+        "request",
+        "--user",
+        "budget_z",
+        "--class",
+        "confidential",
+        "--access",
+        "plaintext",
+        "--for",
+        "1h",
+        "--reason",
+        "x",
+    ]);
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("no_such_catalog_db") && !err.contains("panicked"),
+        "{err}"
+    );
+    let log = proxy.log_text();
+    assert!(
+        log.contains("no_such_catalog_db")
+            && log.contains("export budget counts are kept in memory"),
+        "the log says what fails and what that means"
+    );
+}
