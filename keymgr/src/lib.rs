@@ -22,6 +22,9 @@
 //! - [`matching`] — match terms for `LIKE`/`ILIKE` on encrypted text: a keyed trigram Bloom
 //!   filter ([`matching::MatchKey`]) with no false negatives, and the exact matcher
 //!   ([`matching::like_match`]) the proxy runs on decrypted candidates. Not used by the proxy yet.
+//! - [`order`] — order terms for range queries: a keyed order-preserving encoding of 64-bit
+//!   values whose bytes compare like the values (so a plain btree index works; why not an
+//!   order-revealing scheme is in the module docs). Not used by the proxy yet.
 //! - [`keyring`] — [`KeyringDoc`] (the editable JSON document of wrapped keys), [`Keyring`] (the
 //!   unlocked data-path view), [`KeyringStore`] + [`update_with_retry`] (compare-and-swap writes).
 //! - [`error`] — [`KeyError`], the one error enum, and [`StoreError`].
@@ -151,6 +154,7 @@ pub mod envelope;
 pub mod error;
 pub mod keyring;
 pub mod matching;
+pub mod order;
 pub mod secret;
 pub mod subject;
 pub mod typed;
