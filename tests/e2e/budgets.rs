@@ -49,6 +49,26 @@ async fn one_row(c: &tokio_postgres::Client, id: i32) -> Result<(), tokio_postgr
     Ok(())
 }
 
+/// The policy role and its login users, created once per test run (both tests use them).
+fn ensure_roles() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let mut sql = String::from(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'budgeted') THEN \
+               CREATE ROLE budgeted; END IF; END $$;\n",
+        );
+        for u in [
+            "budget_a", "budget_b", "budget_c", "budget_d", "budget_e", "budget_z",
+        ] {
+            sql.push_str(&format!(
+                "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{u}') THEN \
+                   CREATE ROLE {u} LOGIN PASSWORD 'budget-pw' IN ROLE budgeted; END IF; END $$;\n"
+            ));
+        }
+        cluster().psql_direct("postgres", &sql);
+    });
+}
+
 /// Runs a COPY TO: the rows received, and the error it ended with (also a refused start).
 async fn copy_rows(
     c: &tokio_postgres::Client,
@@ -79,16 +99,7 @@ async fn export_budgets_hold_across_statements_cursors_copy_and_instances() {
          GRANT ALL ON customers TO PUBLIC",
     );
     let catalog = c.fresh_db("budgets_catalog");
-    c.psql_direct(
-        "postgres",
-        "DO $$ BEGIN \
-           IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'budgeted') THEN \
-             CREATE ROLE budgeted; \
-             CREATE ROLE budget_a LOGIN PASSWORD 'budget-pw' IN ROLE budgeted; \
-             CREATE ROLE budget_b LOGIN PASSWORD 'budget-pw' IN ROLE budgeted; \
-             CREATE ROLE budget_c LOGIN PASSWORD 'budget-pw' IN ROLE budgeted; \
-           END IF; END $$",
-    );
+    ensure_roles();
     let shared = tempfile::tempdir().unwrap();
     let start = |n: u32| {
         Proxy::start_with(ProxyOptions {
@@ -235,14 +246,7 @@ async fn export_budgets_hold_across_statements_cursors_copy_and_instances() {
     drop(on_d);
 
     // COPY TO with some budget left is cut at it (the app role has no budget).
-    let fresh = {
-        c.psql_direct(
-            "postgres",
-            "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'budget_d') THEN \
-               CREATE ROLE budget_d LOGIN PASSWORD 'budget-pw' IN ROLE budgeted; END IF; END $$",
-        );
-        connect(&a.url("budget_d", "budget-pw", &db)).await
-    };
+    let fresh = connect(&a.url("budget_d", "budget-pw", &db)).await;
     let (copied, copy_err) = copy_rows(
         &fresh,
         "COPY (SELECT phone FROM customers ORDER BY id) TO STDOUT",
@@ -256,11 +260,6 @@ async fn export_budgets_hold_across_statements_cursors_copy_and_instances() {
         error_text(&e)
     );
     // psql (the simple protocol): the COPY is cut, psql reports the error and fails.
-    c.psql_direct(
-        "postgres",
-        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'budget_e') THEN \
-           CREATE ROLE budget_e LOGIN PASSWORD 'budget-pw' IN ROLE budgeted; END IF; END $$",
-    );
     let (ok, out, err) = crate::harness::psql(
         &b.url("budget_e", "budget-pw", &db),
         &[
@@ -310,16 +309,7 @@ async fn an_unreachable_budget_table_refuses_budgeted_reads_with_the_reason() {
         "CREATE TABLE customers (id int PRIMARY KEY, phone text, city text); \
          GRANT ALL ON customers TO PUBLIC",
     );
-    c.psql_direct(
-        "postgres",
-        "DO $$ BEGIN \
-           IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'budgeted') THEN \
-             CREATE ROLE budgeted; \
-           END IF; \
-           IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'budget_z') THEN \
-             CREATE ROLE budget_z LOGIN PASSWORD 'budget-pw' IN ROLE budgeted; \
-           END IF; END $$",
-    );
+    ensure_roles();
     let policy = format!("{POLICY}\n[grants]\napprovers = [\"budgeted\"]\n");
     let proxy = Proxy::start_with(ProxyOptions {
         policy: Some(policy),

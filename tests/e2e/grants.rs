@@ -36,6 +36,22 @@ approvers = ["grants_officer"]
 
 const PHONE: &str = "+4915112345678";
 
+/// The approver role and its member, created once per test run (both tests use them, and
+/// concurrent CREATE ROLEs of one name collide).
+fn ensure_roles() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        cluster().psql_direct(
+            "postgres",
+            "DO $$ BEGIN \
+               IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'grants_officer') THEN \
+                 CREATE ROLE grants_officer; \
+                 CREATE ROLE sec_user LOGIN PASSWORD 'sec-pw' IN ROLE grants_officer; \
+               END IF; END $$",
+        );
+    });
+}
+
 /// Runs `pgcloak grant ARGS` against `proxy`'s config with PGPASSWORD = `password`.
 fn grant(proxy: &Proxy, password: &str, args: &[&str]) -> (bool, String) {
     let cfg = proxy.config_path();
@@ -131,14 +147,7 @@ async fn grants_raise_access_fleet_wide_and_end_on_time() {
          GRANT ALL ON customers, notes TO PUBLIC",
     );
     let catalog = c.fresh_db("grants_catalog");
-    c.psql_direct(
-        "postgres",
-        "DO $$ BEGIN \
-           IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'grants_officer') THEN \
-             CREATE ROLE grants_officer; \
-             CREATE ROLE sec_user LOGIN PASSWORD 'sec-pw' IN ROLE grants_officer; \
-           END IF; END $$",
-    );
+    ensure_roles();
     let shared = tempfile::tempdir().unwrap();
     let start = |n: u32| {
         Proxy::start_with(ProxyOptions {
@@ -484,14 +493,7 @@ async fn grants_turned_on_by_a_reload_apply() {
         "CREATE TABLE customers (id int PRIMARY KEY, phone text); GRANT ALL ON customers TO PUBLIC",
     );
     let catalog = c.fresh_db("grants_reload_catalog");
-    c.psql_direct(
-        "postgres",
-        "DO $$ BEGIN \
-           IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'grants_officer') THEN \
-             CREATE ROLE grants_officer; \
-             CREATE ROLE sec_user LOGIN PASSWORD 'sec-pw' IN ROLE grants_officer; \
-           END IF; END $$",
-    );
+    ensure_roles();
     let off = POLICY.replace("[grants]\napprovers = [\"grants_officer\"]\n", "");
     assert!(!off.contains("[grants]"));
     let proxy = Proxy::start_with(ProxyOptions {
