@@ -93,11 +93,20 @@ impl CatalogError {
 
 /// Opens a side connection and drives it on a spawned task.
 pub async fn connect(cfg: &Config) -> Result<tokio_postgres::Client, CatalogError> {
-    let pg = pg_config(cfg);
     let who = format!(
         "catalog connection to {} as user {} (database {})",
         cfg.upstream, cfg.catalog.user, cfg.catalog.database
     );
+    connect_with(cfg, pg_config(cfg), who).await
+}
+
+/// Opens a connection with parameters `pg` (e.g. [`pg_config`] as another user), with the TLS of
+/// `[upstream_tls]`, and drives it on a spawned task; `who` names it in errors.
+pub async fn connect_with(
+    cfg: &Config,
+    pg: tokio_postgres::Config,
+    who: String,
+) -> Result<tokio_postgres::Client, CatalogError> {
     let tls = crate::tls::upstream_config(cfg).map_err(|e| CatalogError::Tls {
         who: who.clone(),
         cause: Arc::new(e),

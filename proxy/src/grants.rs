@@ -420,30 +420,19 @@ pub mod cli {
     ) -> Result<Vec<String>> {
         let mut pg = crate::catalog::pg_config(cfg);
         pg.user(user);
-        match std::env::var("PGPASSWORD") {
-            Ok(p) => {
-                pg.password(p);
-            }
-            Err(_) => {
-                pg.password(Vec::<u8>::new());
-            }
-        }
+        // No PGPASSWORD: an empty one (trust or peer setups need none).
+        pg.password(std::env::var("PGPASSWORD").unwrap_or_default());
         conn.block_on(async {
-            let tls = crate::tls::upstream_config(cfg)?;
-            let client = match tls {
-                Some(t) => {
-                    let (c, k) = pg
-                        .connect(tokio_postgres_rustls::MakeRustlsConnect::new((*t).clone()))
-                        .await?;
-                    tokio::spawn(k);
-                    c
-                }
-                None => {
-                    let (c, k) = pg.connect(tokio_postgres::NoTls).await?;
-                    tokio::spawn(k);
-                    c
-                }
-            };
+            let who = format!("login as {user}");
+            let client = crate::catalog::connect_with(cfg, pg, who)
+                .await
+                .map_err(|e| match e {
+                    CatalogError::Connect { cause, .. } => anyhow!(
+                        "cannot log in to PostgreSQL as {user} to confirm who you are: {}; set PGPASSWORD to {user}'s password",
+                        crate::catalog::describe(&cause)
+                    ),
+                    other => anyhow!(other),
+                })?;
             // By oid: roles of the list that do not exist are simply not matched.
             let rows = client
                 .query(
@@ -459,13 +448,6 @@ pub mod cli {
                     )
                 })?;
             Ok::<_, anyhow::Error>(rows.iter().map(|r| r.get::<_, String>(0)).collect())
-        })
-        .map_err(|e| match e.downcast_ref::<tokio_postgres::Error>() {
-            Some(pg) => anyhow!(
-                "cannot log in to PostgreSQL as {user} to confirm who you are: {}; set PGPASSWORD to {user}'s password",
-                crate::catalog::describe(pg)
-            ),
-            None => e,
         })
     }
 

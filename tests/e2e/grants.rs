@@ -67,6 +67,31 @@ fn grant(proxy: &Proxy, password: &str, args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// `grant request` of plaintext confidential access for support_user for 1h ("ticket 4711"), with
+/// `changes` (`--option value` pairs) replacing or adding options.
+fn plaintext_request<'a>(changes: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "request",
+        "--user",
+        "support_user",
+        "--class",
+        "confidential",
+        "--access",
+        "plaintext",
+        "--for",
+        "1h",
+        "--reason",
+        "ticket 4711",
+    ];
+    for pair in changes.chunks(2) {
+        match args.iter().position(|x| *x == pair[0]) {
+            Some(i) => args[i + 1] = pair[1],
+            None => args.extend_from_slice(pair),
+        }
+    }
+    args
+}
+
 fn grant_id(out: &str) -> String {
     out.split_whitespace()
         .nth(1)
@@ -196,67 +221,22 @@ async fn grants_raise_access_fleet_wide_and_end_on_time() {
             "no confidential column in public.orders",
         ),
     ] {
-        let mut full = vec![
-            "request",
-            "--user",
-            "support_user",
-            "--class",
-            "confidential",
-            "--access",
-            "plaintext",
-            "--for",
-            "1h",
-            "--reason",
-            "ticket 4711",
-        ];
-        for pair in args.chunks(2) {
-            let at = full.iter().position(|x| *x == pair[0]);
-            match at {
-                Some(i) => full[i + 1] = pair[1],
-                None => full.extend_from_slice(pair),
-            }
-        }
-        let (ok, out) = grant(&a, "support-pw", &full);
+        let (ok, out) = grant(&a, "support-pw", &plaintext_request(&args));
         assert!(!ok && out.contains(says), "{args:?}: {out}");
     }
-    let (ok, out) = grant(
-        &a,
-        "wrong-pw",
-        &[
-            "request",
-            "--user",
-            "support_user",
-            "--class",
-            "confidential",
-            "--access",
-            "plaintext",
-            "--for",
-            "1h",
-            "--reason",
-            "ticket 4711",
-        ],
-    );
+    let (ok, out) = grant(&a, "wrong-pw", &plaintext_request(&[]));
     assert!(!ok && out.contains("PGPASSWORD"), "{out}");
 
     // Request, refused approvals, approval.
     let (ok, out) = grant(
         &a,
         "support-pw",
-        &[
-            "request",
-            "--user",
-            "support_user",
-            "--class",
-            "confidential",
-            "--access",
-            "plaintext",
-            "--for",
-            "1h",
+        &plaintext_request(&[
             "--table",
             "public.customers",
             "--reason",
             "ticket 4711: caller verification",
-        ],
+        ]),
     );
     assert!(ok, "{out}");
     let first = grant_id(&out);
@@ -340,19 +320,7 @@ async fn grants_raise_access_fleet_wide_and_end_on_time() {
     let (ok, out) = grant(
         &b,
         "support-pw",
-        &[
-            "request",
-            "--user",
-            "support_user",
-            "--class",
-            "confidential",
-            "--access",
-            "plaintext",
-            "--for",
-            "3s",
-            "--reason",
-            "ticket 4712",
-        ],
+        &plaintext_request(&["--for", "3s", "--reason", "ticket 4712"]),
     );
     assert!(ok, "{out}");
     let second = grant_id(&out);
@@ -509,19 +477,7 @@ async fn grants_turned_on_by_a_reload_apply() {
         .unwrap();
     let support = connect(&proxy.url("support_user", "support-pw", &db)).await;
     assert_ne!(phone(&support).await, PHONE);
-    let request = [
-        "request",
-        "--user",
-        "support_user",
-        "--class",
-        "confidential",
-        "--access",
-        "plaintext",
-        "--for",
-        "1h",
-        "--reason",
-        "ticket 4713",
-    ];
+    let request = plaintext_request(&["--reason", "ticket 4713"]);
     let (ok, out) = grant(&proxy, "support-pw", &request);
     assert!(!ok && out.contains("grants are off"), "{out}");
 
