@@ -75,6 +75,7 @@ fn ctx() -> RowCtx<'static> {
         keyring: keyring(),
         may_read_plaintext: &ALL,
         mask_hash_key: b"k",
+        subjects: &pgcloak::rewrite::NoSubjects,
     }
 }
 

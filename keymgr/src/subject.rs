@@ -505,6 +505,27 @@ impl SubjectHeader {
     }
 }
 
+/// Every armoured subject-keyed envelope starts with this: the prefix plus the base64 of magic +
+/// format 2 (`C1 0A 02` encodes to `wQoC`).
+const SUBJECT_ARMOR_LEAD: &[u8] = b"pgc1:wQoC";
+
+/// Decodes an armoured subject-keyed envelope onto the end of `out`: false (and `out` as it was)
+/// when `text` is not one.
+pub fn dearmor_subject_into(text: &[u8], out: &mut Vec<u8>) -> bool {
+    if !text.starts_with(SUBJECT_ARMOR_LEAD) {
+        return false;
+    }
+    let start = out.len();
+    let body = text.get(ARMOR_PREFIX.len()..).unwrap_or_default();
+    if !crate::envelope::decode_base64url_into(body, out)
+        || SubjectHeader::parse(out.get(start..).unwrap_or_default()).is_err()
+    {
+        out.truncate(start);
+        return false;
+    }
+    true
+}
+
 /// The raw envelope of a stored value: dearmoured when it is armoured text, else as stored.
 fn raw_of(stored: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>> {
     match stored.strip_prefix(ARMOR_PREFIX) {

@@ -47,19 +47,6 @@ pub fn check_text(text: &str, file: &str, db: Option<&StorageTypes>) -> Vec<Prob
 /// Every problem of a parsed policy against the database's storage types (if given).
 pub fn check(policy: &Policy, db: Option<&StorageTypes>) -> Vec<Problem> {
     let mut out = Vec::new();
-    for c in policy
-        .columns()
-        .iter()
-        .filter(|c| c.key == crate::model::KeyScope::Subject)
-    {
-        out.push(Problem {
-            location: Some(format!("{}:{}", policy.file(), c.line)),
-            message: format!(
-                "column {} has key = \"subject\": subject keys are validated but not yet served by this pgcloak (the data path encrypts with column keys only); use key = \"column\" for now",
-                c.qualified_name()
-            ),
-        });
-    }
     let Some(db) = db else { return out };
     for t in policy.tables() {
         let subject = format!("{}.{}.{}", t.schema, t.table, t.subject);

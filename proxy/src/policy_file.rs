@@ -17,13 +17,6 @@ pub enum PolicyLoadError {
     /// It does not parse or check (the error names the file, line and fix).
     #[error(transparent)]
     Invalid(#[from] pgcloak_policy::PolicyError),
-    /// It names a feature this build validates but does not serve.
-    #[error("{file}:{line}: column {column} has key = \"subject\": subject keys are validated but not yet served by this pgcloak; use key = \"column\" for now")]
-    NotServed {
-        file: String,
-        line: usize,
-        column: String,
-    },
 }
 
 /// Loads and parses the configured policy; no policy file means an empty policy (nothing protected).
@@ -35,20 +28,7 @@ pub fn load_policy(config: &Config) -> Result<Policy, PolicyLoadError> {
                 file: p.display().to_string(),
                 cause,
             })?;
-            let policy = Policy::parse(&text, &p.display().to_string())?;
-            // Fail closed: never serve a subject-keyed column with column keys.
-            if let Some(c) = policy
-                .columns()
-                .iter()
-                .find(|c| c.key == pgcloak_policy::KeyScope::Subject)
-            {
-                return Err(PolicyLoadError::NotServed {
-                    file: policy.file().to_string(),
-                    line: c.line,
-                    column: c.qualified_name(),
-                });
-            }
-            Ok(policy)
+            Ok(Policy::parse(&text, &p.display().to_string())?)
         }
     }
 }

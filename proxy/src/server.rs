@@ -87,6 +87,7 @@ pub async fn serve(
     info!(columns = keyring.list().len(), policy = %policy.version_hex(), "keyring and policy loaded");
     let signer = crate::audit_setup::signer(&master)?;
     let mask_key = master.mask_hash_key()?;
+    let subject_keys = crate::subjects::SubjectKeys::new(&master)?;
     let audit = match crate::audit_setup::writer_config(&config) {
         None => {
             warn!("audit trail disabled: [audit] file is \"\", postgres = false and no nats");
@@ -104,6 +105,7 @@ pub async fn serve(
         Arc::new(keyring),
         audit.clone(),
         mask_key,
+        subject_keys,
         crate::timer::Timers::new(tokio::runtime::Handle::current()),
     ));
     let (trigger, reload_requests) = crate::reload::channel();
@@ -123,6 +125,11 @@ pub async fn serve(
         flush_stop.clone(),
     ));
     tokio::spawn(crate::grants::poll(
+        config.clone(),
+        shared.services.clone(),
+        shutdown.clone(),
+    ));
+    tokio::spawn(crate::subjects::watch(
         config.clone(),
         shared.services.clone(),
         shutdown.clone(),

@@ -93,6 +93,10 @@ pub struct Services {
     pub grants: crate::grants::GrantState,
     /// Export budget counts (written by [`crate::budgets::flush`]).
     pub budgets: crate::budgets::Budgets,
+    /// Data subjects' keys (kept current by [`crate::subjects::watch`]).
+    pub subject_keys: crate::subjects::SubjectKeys,
+    /// Whether the policy in force has subject-keyed columns (read at every Bind).
+    subject_columns: AtomicBool,
     /// Woken by every policy swap: tasks a policy may turn on (grants, budgets) sleep on it while
     /// the policy has them off, instead of waking every second.
     pub policy_changed: tokio::sync::Notify,
@@ -136,8 +140,10 @@ impl Services {
         keyring: Arc<Keyring>,
         audit: Option<AuditHandle>,
         mask_key: zeroize::Zeroizing<[u8; 32]>,
+        subject_keys: crate::subjects::SubjectKeys,
         timers: crate::timer::Timers,
     ) -> Services {
+        let subject_columns = AtomicBool::new(crate::subjects::subjects_enabled(&policy));
         Services {
             config,
             policy: RwLock::new(Arc::new(policy)),
@@ -153,6 +159,8 @@ impl Services {
             stats: ServiceStats::default(),
             grants: crate::grants::GrantState::default(),
             budgets: crate::budgets::Budgets::default(),
+            subject_keys,
+            subject_columns,
             policy_changed: tokio::sync::Notify::new(),
         }
     }
@@ -191,6 +199,10 @@ impl Services {
 
     /// Installs a reloaded policy: plans and memberships are recomputed from the next statement on.
     pub fn set_policy(&self, policy: Policy) {
+        self.subject_columns.store(
+            crate::subjects::subjects_enabled(&policy),
+            Ordering::Release,
+        );
         *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
         self.policy_generation.fetch_add(1, Ordering::Release);
         self.policy_changed.notify_waiters();
@@ -205,6 +217,11 @@ impl Services {
     }
 
     /// Whether the policy names any table at all (else nothing is ever analysed).
+    /// Whether the policy in force has subject-keyed columns (one atomic load).
+    pub fn has_subject_columns(&self) -> bool {
+        self.subject_columns.load(Ordering::Acquire)
+    }
+
     pub fn has_protected_tables(&self) -> bool {
         !self.policy().protected_table_names().is_empty()
     }

@@ -296,6 +296,8 @@ pub enum MigrateError {
     NotInPolicy { column: String, file: String },
     #[error("column {column} is not encrypted in the policy ({location}: encrypt = \"none\"); set encrypt = \"randomized\" or \"deterministic\" there first")]
     NotEncrypted { column: String, location: String },
+    #[error("column {column} is subject-keyed ({location}: key = \"subject\"); `pgcloak encrypt` and `reencrypt` do not migrate subject-keyed columns yet: write its values through pgcloak (INSERT/UPDATE), or migrate with key = \"column\" first")]
+    SubjectKeyed { column: String, location: String },
     #[error(transparent)]
     Policy(#[from] crate::policy_file::PolicyLoadError),
 

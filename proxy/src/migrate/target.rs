@@ -57,6 +57,12 @@ pub(super) fn resolve_policy_column(config: &Config, column: &str) -> Result<Tar
             location: format!("{}:{}", policy_path.display(), cp.line),
         });
     }
+    if cp.key == pgcloak_policy::KeyScope::Subject {
+        return Err(MigrateError::SubjectKeyed {
+            column: name,
+            location: format!("{}:{}", policy_path.display(), cp.line),
+        });
+    }
     let logical = cp.logical_type;
     Ok(Target {
         name,

@@ -142,6 +142,16 @@ pub enum RewriteError {
         /// What was not where the plan puts it.
         detail: &'static str,
     },
+    /// A subject-keyed value whose subject key is not cached: the session fetches it and rewrites
+    /// the row again (a client never sees this one).
+    #[error("pgcloak: the key of a data subject of column {column} is being fetched")]
+    SubjectKeyUnknown {
+        column: String,
+        key: pgcloak_keymgr::SubjectKeyId,
+    },
+    /// The subject key table cannot be read, so subject-keyed values cannot be shown.
+    #[error("pgcloak: values of subject-keyed column {column} cannot be decrypted now: {reason}")]
+    SubjectKeysUnavailable { column: String, reason: String },
     /// A crypto primitive or the system RNG failed.
     #[error("pgcloak: encryption for column {column} failed internally ({detail}); this is a pgcloak bug or a broken system random number generator")]
     Internal {
@@ -180,6 +190,8 @@ impl RewriteError {
             RewriteError::BinaryCopyOut { .. } => "0A000",
             RewriteError::DecryptFailed { .. } => "XX001",
             RewriteError::StaleKeyring { .. } | RewriteError::NoKey { .. } => "55000",
+            RewriteError::SubjectKeyUnknown { .. }
+            | RewriteError::SubjectKeysUnavailable { .. } => "58000",
             RewriteError::WrongColumnKey { .. } => "42501",
             RewriteError::UnknownStorage { .. } => "42804",
             RewriteError::Internal { .. }

@@ -244,6 +244,51 @@ pub struct ColumnTarget<'k> {
     pub storage: Storage,
     /// The column's class (values are counted per class).
     pub class: Class,
+    /// For a subject-keyed column: the ciphers of the subject the value belongs to.
+    pub subject: Option<&'k SubjectTarget>,
+}
+
+/// The ciphers of one subject for one subject-keyed column: the active key version's first, then
+/// (for equality lookups on a rotated deterministic column) the older live versions'.
+#[derive(Debug)]
+pub struct SubjectTarget {
+    pub ciphers: Vec<pgcloak_keymgr::SubjectCipher>,
+}
+
+/// What the subject keys of a result are, for reading subject-keyed values (see
+/// [`crate::subjects::SubjectKeys`]): looked up without waiting; a key not known yet makes the
+/// row fail with [`RewriteError::SubjectKeyUnknown`], which the session answers by fetching it and
+/// rewriting the row again.
+pub trait SubjectSource: Sync {
+    /// The key of `id`.
+    fn key(&self, id: &pgcloak_keymgr::SubjectKeyId) -> SubjectLookup;
+    /// What a value of an erased subject of `column` reads as.
+    fn erased(&self, column: &str) -> pgcloak_policy::Erased;
+}
+
+/// A [`SubjectSource`] without keys (tests, tools): subject-keyed values cannot be shown.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoSubjects;
+
+impl SubjectSource for NoSubjects {
+    fn key(&self, _: &pgcloak_keymgr::SubjectKeyId) -> SubjectLookup {
+        SubjectLookup::Unavailable("no subject keys here".into())
+    }
+    fn erased(&self, _: &str) -> pgcloak_policy::Erased {
+        pgcloak_policy::Erased::Null
+    }
+}
+
+/// One answer of a [`SubjectSource`].
+#[derive(Debug, Clone)]
+pub enum SubjectLookup {
+    Key(std::sync::Arc<pgcloak_keymgr::SubjectDek>),
+    /// There is none: the subject was erased (a value cannot exist before its key).
+    Absent,
+    /// Not known yet.
+    Unknown,
+    /// The key table cannot be read: the value cannot be shown (the reason).
+    Unavailable(String),
 }
 
 impl<'k> ColumnTarget<'k> {
@@ -263,6 +308,7 @@ impl<'k> ColumnTarget<'k> {
             ty,
             storage,
             class,
+            subject: None,
         })
     }
 
@@ -285,7 +331,10 @@ impl<'k> ColumnTarget<'k> {
     /// than one live key version).
     pub fn has_variants(&self) -> bool {
         self.cipher.mode() == pgcloak_keymgr::Mode::Deterministic
-            && self.cipher.versions().len() > 1
+            && match self.subject {
+                Some(s) => s.ciphers.len() > 1,
+                None => self.cipher.versions().len() > 1,
+            }
     }
 }
 

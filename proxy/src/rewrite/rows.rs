@@ -12,7 +12,10 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use pgcloak_keymgr::{envelope, typed, Envelope, KeyError, Keyring, LogicalType};
+use pgcloak_keymgr::subject::SUBJECT_FORMAT_VERSION;
+use pgcloak_keymgr::{
+    envelope, typed, Envelope, KeyError, Keyring, LogicalType, SubjectCipher, SubjectHeader,
+};
 use pgcloak_policy::{apply_mask, Class, Mask, MaskedValue, Output, OutputAction};
 
 use super::error::{Result, RewriteError};
@@ -113,6 +116,8 @@ pub struct RowCtx<'a> {
     pub may_read_plaintext: &'a (dyn Fn(&str) -> bool + Sync),
     /// Key of the `hash` mask.
     pub mask_hash_key: &'a [u8],
+    /// The keys of data subjects (subject-keyed columns).
+    pub subjects: &'a dyn super::SubjectSource,
 }
 
 impl std::fmt::Debug for RowCtx<'_> {
@@ -344,10 +349,21 @@ pub(crate) enum Presented {
     Written,
 }
 
+/// What [`open`] made of a stored value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Opened {
+    /// The canonical plaintext is now `buf[start..]` (`own`: it belongs to the expected column
+    /// itself).
+    Shown { own: bool },
+    /// It may not be shown.
+    Hidden,
+    /// Its data subject was erased: it reads as the column's `erased` says.
+    Erased,
+}
+
 /// Opens a stored value of encrypted column `expected` (see the module docs for the rules) onto the
-/// end of `buf`, where the envelope is decoded and then decrypted in place: `Some(own)` when the
-/// canonical plaintext is now `buf[start..]` (`own`: it belongs to `expected` itself), `None` when
-/// it may not be shown. On `None` and on error `buf` is as it was.
+/// end of `buf`, where the envelope is decoded and then decrypted in place. Unless it is
+/// [`Opened::Shown`], and on error, `buf` is as it was.
 fn open(
     value: &[u8],
     col: &ColSpec,
@@ -355,7 +371,7 @@ fn open(
     ty: LogicalType,
     ctx: &RowCtx<'_>,
     buf: &mut Vec<u8>,
-) -> Result<Option<bool>> {
+) -> Result<Opened> {
     let start = buf.len();
     let damaged = || RewriteError::DecryptFailed {
         column: expected.to_string(),
@@ -365,7 +381,7 @@ fn open(
             envelope::dearmor_into(value, buf).map_err(|_| damaged())?;
             true
         } else {
-            false
+            pgcloak_keymgr::subject::dearmor_subject_into(value, buf)
         }
     } else {
         match (col.format, col.storage) {
@@ -380,6 +396,18 @@ fn open(
             (Format::Text, _) => false,
         }
     };
+    if decoded
+        && buf.get(start..).unwrap_or_default().get(..3)
+            == Some(
+                &[
+                    envelope::MAGIC[0],
+                    envelope::MAGIC[1],
+                    SUBJECT_FORMAT_VERSION,
+                ][..],
+            )
+    {
+        return open_subject(expected, ctx, buf, start);
+    }
     let key_id = match buf.get(start..).unwrap_or_default() {
         raw if decoded && raw.starts_with(&envelope::MAGIC) => match Envelope::parse(raw) {
             Ok(env) => Some(env.key_id()),
@@ -396,22 +424,22 @@ fn open(
         if col.storage == Some(Storage::Text) {
             if let Ok(c) = typed::canonical_from_text(ty, value) {
                 buf.extend_from_slice(&c);
-                return Ok(Some(true));
+                return Ok(Opened::Shown { own: true });
             }
         }
-        return Ok(None);
+        return Ok(Opened::Hidden);
     };
     let Some(cipher) = ctx.keyring.cipher_for_key_id(key_id) else {
         buf.truncate(start);
-        return Ok(None);
+        return Ok(Opened::Hidden);
     };
     let own = cipher.column() == expected;
     if !own && !(ctx.may_read_plaintext)(cipher.column()) {
         buf.truncate(start);
-        return Ok(None);
+        return Ok(Opened::Hidden);
     }
     match cipher.decrypt_in_place(buf, start) {
-        Ok(()) => Ok(Some(own)),
+        Ok(()) => Ok(Opened::Shown { own }),
         Err(e) => {
             buf.truncate(start);
             Err(match e {
@@ -424,6 +452,80 @@ fn open(
                 },
             })
         }
+    }
+}
+
+/// [`open`] of a subject-keyed envelope (format 2, decoded at `buf[start..]`): decrypted with the
+/// key of the subject it names, found through `ctx.subjects`.
+fn open_subject(
+    expected: &str,
+    ctx: &RowCtx<'_>,
+    buf: &mut Vec<u8>,
+    start: usize,
+) -> Result<Opened> {
+    let damaged = |buf: &mut Vec<u8>| {
+        buf.truncate(start);
+        RewriteError::DecryptFailed {
+            column: expected.to_string(),
+        }
+    };
+    let Ok(header) = SubjectHeader::parse(buf.get(start..).unwrap_or_default()) else {
+        return Err(damaged(buf));
+    };
+    let Some(cipher) = ctx.keyring.cipher_for_key_id(header.key.key_id) else {
+        buf.truncate(start);
+        return Ok(Opened::Hidden);
+    };
+    let own = cipher.column() == expected;
+    if !own && !(ctx.may_read_plaintext)(cipher.column()) {
+        buf.truncate(start);
+        return Ok(Opened::Hidden);
+    }
+    let dek = match ctx.subjects.key(&header.key) {
+        super::SubjectLookup::Key(k) => k,
+        super::SubjectLookup::Absent => {
+            buf.truncate(start);
+            return Ok(Opened::Erased);
+        }
+        super::SubjectLookup::Unknown => {
+            buf.truncate(start);
+            return Err(RewriteError::SubjectKeyUnknown {
+                column: cipher.column().to_string(),
+                key: header.key,
+            });
+        }
+        super::SubjectLookup::Unavailable(reason) => {
+            buf.truncate(start);
+            return Err(RewriteError::SubjectKeysUnavailable {
+                column: cipher.column().to_string(),
+                reason,
+            });
+        }
+    };
+    let plain = SubjectCipher::new(cipher.column(), header.mode, header.key, &dek)
+        .and_then(|c| c.decrypt(buf.get(start..).unwrap_or_default()));
+    match plain {
+        Ok(p) => {
+            buf.truncate(start);
+            buf.extend_from_slice(&p);
+            Ok(Opened::Shown { own })
+        }
+        Err(_) => Err(damaged(buf)),
+    }
+}
+
+/// The text a value of an erased subject reads as with `erased = "marker"`.
+pub const ERASED_MARKER: &str = "[erased]";
+
+/// A value of an erased subject as its column's `erased` says: NULL, or the marker for a text
+/// column (text's binary format is its text, so both formats carry the same bytes).
+fn erased(column: &str, ty: LogicalType, ctx: &RowCtx<'_>, out: &mut Vec<u8>) -> Presented {
+    match ctx.subjects.erased(column) {
+        pgcloak_policy::Erased::Marker if ty == LogicalType::Text => {
+            out.extend_from_slice(ERASED_MARKER.as_bytes());
+            Presented::Written
+        }
+        _ => Presented::Null,
     }
 }
 
@@ -475,8 +577,10 @@ fn present_value(
         }
         ColumnAction::Null { .. } => Ok(Presented::Null),
         ColumnAction::Decrypt { column, ty, .. } => {
-            let Some(own) = open(value, col, column, *ty, ctx, out)? else {
-                return Ok(Presented::Null);
+            let own = match open(value, col, column, *ty, ctx, out)? {
+                Opened::Shown { own } => own,
+                Opened::Hidden => return Ok(Presented::Null),
+                Opened::Erased => return Ok(erased(column, *ty, ctx, out)),
             };
             let shown = match col.format {
                 Format::Text => typed::to_text_in_place(*ty, out, start),
@@ -503,8 +607,10 @@ fn present_value(
             ..
         } => {
             let text = if *encrypted {
-                if open(value, col, column, *ty, ctx, out)?.is_none() {
-                    return Ok(Presented::Null);
+                match open(value, col, column, *ty, ctx, out)? {
+                    Opened::Shown { .. } => {}
+                    Opened::Hidden => return Ok(Presented::Null),
+                    Opened::Erased => return Ok(erased(column, *ty, ctx, out)),
                 }
                 let text = text_for_mask(*ty, out.get(start..).unwrap_or_default());
                 out.truncate(start);

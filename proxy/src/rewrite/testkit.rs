@@ -90,6 +90,7 @@ pub(crate) fn ctx<'a>(
         keyring,
         may_read_plaintext: readable,
         mask_hash_key: HASH_KEY,
+        subjects: &super::NoSubjects,
     }
 }
 

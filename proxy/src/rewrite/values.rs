@@ -101,7 +101,13 @@ pub fn param_value_into(
     out: &mut Vec<u8>,
 ) -> Result<()> {
     let canonical = target.canonical_from_wire(value, format)?;
-    encrypt_wire_into(target.cipher, target.storage, &canonical, format, out)?;
+    match target.subject {
+        None => encrypt_wire_into(target.cipher, target.storage, &canonical, format, out)?,
+        Some(_) => {
+            let stored = target.seal(&canonical)?;
+            out.extend_from_slice(&stored_wire(target.storage, &stored, format));
+        }
+    }
     target.count();
     Ok(())
 }
@@ -150,9 +156,24 @@ impl ColumnTarget<'_> {
     /// Encrypts a canonical plaintext under the active version, in the storage's form
     /// ([`encrypt_for_storage`]).
     pub fn encrypt(&self, canonical: &[u8]) -> Result<Vec<u8>> {
-        let stored = encrypt_for_storage(self.cipher, self.storage, canonical)?;
+        let stored = self.seal(canonical)?;
         self.count();
         Ok(stored)
+    }
+
+    /// The stored form of a canonical plaintext under the active version: the column's key, or
+    /// the subject's for a subject-keyed column.
+    fn seal(&self, canonical: &[u8]) -> Result<Vec<u8>> {
+        match self.subject.and_then(|s| s.ciphers.first()) {
+            Some(c) => c
+                .encrypt(canonical, self.storage.encoding())
+                .map_err(|e| RewriteError::from_key(self.column(), e)),
+            None if self.subject.is_some() => Err(RewriteError::Internal {
+                column: self.column().to_string(),
+                detail: "no subject key was resolved for the value".into(),
+            }),
+            None => encrypt_for_storage(self.cipher, self.storage, canonical),
+        }
     }
 
     /// Counts one value encrypted on its way in.
@@ -164,7 +185,16 @@ impl ColumnTarget<'_> {
     /// The stored forms an equality lookup must match, newest key version first: every live version
     /// for a deterministic column with several versions, else just the active one.
     pub fn encrypt_variants(&self, canonical: &[u8]) -> Result<Vec<Vec<u8>>> {
-        if self.has_variants() {
+        if let (true, Some(s)) = (self.has_variants(), self.subject) {
+            let variants = s
+                .ciphers
+                .iter()
+                .map(|c| c.encrypt(canonical, self.storage.encoding()))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| RewriteError::from_key(self.column(), e))?;
+            self.count();
+            Ok(variants)
+        } else if self.has_variants() {
             let variants = self
                 .cipher
                 .equality_variants(canonical, self.storage.encoding())

@@ -8,12 +8,13 @@ use pgcloak_policy::{
 };
 
 use super::context::{DataCtx, Refusal, StmtCtx};
+use super::subject_targets::SubjectTargets;
 use crate::protocol::messages::{self, Bind};
 use crate::protocol::reader::Reader;
 use crate::rewrite::{
     self, apply_edits, literal_edit, params::param_oid, rows::RowDescription, BindParam,
     ColumnAction, ColumnTarget, CopyOutColumn, CopyOutRewriter, Edit, ListPiece, Replaced, RowCtx,
-    RowShape, Storage,
+    RowShape, Storage, SubjectTarget,
 };
 use crate::services::Services;
 
@@ -29,36 +30,58 @@ fn target<'k>(
     keyring: &'k pgcloak_keymgr::Keyring,
     data: &DataCtx,
     enc: &pgcloak_policy::Encrypt,
+    subject: Option<&'k SubjectTarget>,
 ) -> Result<ColumnTarget<'k>, Refusal> {
-    target_stored(keyring, enc, data.storage(&enc.column))
+    target_stored(keyring, enc, data.storage(&enc.column), subject)
 }
 
 /// [`target`] with the column's storage already looked up (`None`: it cannot hold ciphertext).
+/// A subject-keyed value must come with its subject's ciphers (never sealed with the column key).
 fn target_stored<'k>(
     keyring: &'k pgcloak_keymgr::Keyring,
     enc: &pgcloak_policy::Encrypt,
     storage: Option<Storage>,
+    subject: Option<&'k SubjectTarget>,
 ) -> Result<ColumnTarget<'k>, Refusal> {
-    let storage = storage.ok_or_else(|| Refusal {
+    if enc.subject.is_some() && subject.is_none() {
+        return Err(Refusal {
+            sqlstate: "XX000",
+            message: format!(
+                "pgcloak: no subject key was resolved for a value of subject-keyed column {}; this is a pgcloak bug, please report the statement's shape",
+                enc.column
+            ),
+        });
+    }
+    let storage = storage.ok_or_else(|| no_storage(enc))?;
+    let mut t = ColumnTarget::for_encrypt(keyring, enc, storage).map_err(refusal)?;
+    t.subject = subject;
+    Ok(t)
+}
+
+/// The refusal of a value for an encrypted column whose storage cannot hold ciphertext.
+fn no_storage(enc: &pgcloak_policy::Encrypt) -> Refusal {
+    Refusal {
         sqlstate: "42804",
         message: format!(
             "pgcloak: column {} is not stored as bytea, text or varchar (or does not exist), so it cannot hold ciphertext; run `pgcloak check`",
             enc.column
         ),
-    })?;
-    ColumnTarget::for_encrypt(keyring, enc, storage).map_err(refusal)
+    }
 }
 
 /// Encrypts the literals the plans of `stmts` (statements of one SQL string) ask for, in `sql[..end]`.
 /// Returns the rewritten text, or `None` when nothing changes.
+/// `subjects`: each statement's subject ciphers ([`SubjectTargets`], in the order of `stmts`; empty
+/// when none has subject-keyed values).
 pub fn rewrite_literals<'a>(
     guard: &Services,
     sql: &str,
     lexed: &Lexed,
     stmts: impl IntoIterator<Item = &'a StmtCtx>,
     end: usize,
+    subjects: &[SubjectTargets],
 ) -> Result<Option<String>, Refusal> {
-    let edits = literal_edits(guard, sql, lexed, stmts, end)?;
+    let edits = literal_edits(guard, sql, lexed, stmts, end, subjects)?;
     if edits.is_empty() {
         return Ok(None);
     }
@@ -72,14 +95,21 @@ fn literal_edits<'a>(
     lexed: &Lexed,
     stmts: impl IntoIterator<Item = &'a StmtCtx>,
     end: usize,
+    subjects: &[SubjectTargets],
 ) -> Result<Vec<rewrite::Edit>, Refusal> {
     let keyring = guard.keyring();
     let mut edits = Vec::new();
-    for s in stmts {
+    for (k, s) in stmts.into_iter().enumerate() {
         let (Some(sp), Some(data)) = (s.statement_plan(), s.data.as_deref()) else {
             continue;
         };
-        for enc in &sp.encryptions {
+        let subject_of = |e: usize| {
+            subjects
+                .get(k)
+                .and_then(|t| t.get(e))
+                .and_then(Option::as_ref)
+        };
+        for (e, enc) in sp.encryptions.iter().enumerate() {
             let ValueRef::Literal(i) = enc.target else {
                 continue;
             };
@@ -95,7 +125,7 @@ fn literal_edits<'a>(
             if lit.span.end > end {
                 continue;
             }
-            let t = target(&keyring, data, enc)?;
+            let t = target(&keyring, data, enc, subject_of(e))?;
             // A literal occurs once: its one site.
             let role = enc.sites.first().map_or(SiteRole::Other, |site| site.role);
             edits.push(
@@ -212,6 +242,7 @@ pub fn rewrite_parse(
     stmt: &StmtCtx,
     sql: &str,
     lexed: &Lexed,
+    subjects: &SubjectTargets,
 ) -> Result<Option<Bytes>, Refusal> {
     let (Some(sp), Some(data)) = (stmt.statement_plan(), stmt.data.as_deref()) else {
         return Ok(None);
@@ -221,14 +252,28 @@ pub fn rewrite_parse(
         sqlstate: "08P01",
         message: format!("pgcloak: {e}"),
     })?;
-    let mut edits = literal_edits(guard, sql, lexed, [stmt], sql.len())?;
+    let mut edits = literal_edits(
+        guard,
+        sql,
+        lexed,
+        [stmt],
+        sql.len(),
+        std::slice::from_ref(subjects),
+    )?;
     let tokens = statement_params(lexed, sp);
     let arrays = array_params(sp);
     let mut types = msg.param_types.clone();
     let mut types_changed = false;
     let mut lists: Vec<(u32, Edit)> = Vec::new();
     for (n, enc) in param_encryptions(sp) {
-        let t = target(&keyring, data, enc)?;
+        // Only the types and the text around the parameter matter here (its value is encrypted
+        // at Bind, under its subject's key for a subject-keyed column).
+        let t = ColumnTarget::for_encrypt(
+            &keyring,
+            enc,
+            data.storage(&enc.column).ok_or_else(|| no_storage(enc))?,
+        )
+        .map_err(refusal)?;
         let as_array = arrays.contains(&n);
         for site in &enc.sites {
             let span = param_span(tokens, site.token, n, enc)?;
@@ -394,6 +439,7 @@ pub fn rewrite_bind(
     guard: &Services,
     bind: &Bind<'_>,
     stmt: &StmtCtx,
+    subjects: &SubjectTargets,
 ) -> Result<Option<Bytes>, Refusal> {
     let (Some(sp), Some(data)) = (stmt.statement_plan(), stmt.data.as_deref()) else {
         return Ok(None);
@@ -406,10 +452,17 @@ pub fn rewrite_bind(
             .collect()
     });
     let mut params = Vec::with_capacity(storage.len());
+    let subject_of = |enc: &pgcloak_policy::Encrypt| {
+        if subjects.is_empty() {
+            return None;
+        }
+        let e = sp.encryptions.iter().position(|x| std::ptr::eq(x, enc))?;
+        subjects.get(e)?.as_ref()
+    };
     for ((n, enc), &storage) in param_encryptions(sp).zip(storage) {
         params.push(BindParam {
             index: n,
-            target: target_stored(&keyring, enc, storage)?,
+            target: target_stored(&keyring, enc, storage, subject_of(enc))?,
             array: enc.array,
             assignment: enc.assignment,
         });
@@ -706,7 +759,11 @@ pub fn describe_rows(
 /// another column (copied there around the proxy) stays closed even for a role that could read its
 /// own column, as its associated data binds it to that column. Columns the analysis cannot place
 /// (views, expressions) keep their ciphertext.
-pub fn row_ctx<'a>(guard: &'a Services, keyring: &'a pgcloak_keymgr::Keyring) -> RowCtx<'a> {
+pub fn row_ctx<'a>(
+    guard: &'a Services,
+    keyring: &'a pgcloak_keymgr::Keyring,
+    subjects: &'a Subjects<'a>,
+) -> RowCtx<'a> {
     fn never(_: &str) -> bool {
         false
     }
@@ -714,6 +771,47 @@ pub fn row_ctx<'a>(guard: &'a Services, keyring: &'a pgcloak_keymgr::Keyring) ->
         keyring,
         may_read_plaintext: &never,
         mask_hash_key: guard.mask_key(),
+        subjects,
+    }
+}
+
+/// The subject keys as a result's rows see them: the proxy's cache, and why the key table cannot
+/// be read when the last fetch failed (then a key not cached fails the row instead of being
+/// fetched again).
+pub struct Subjects<'a> {
+    pub services: &'a Services,
+    pub unavailable: Option<&'a str>,
+    /// Keys fetched for this session's current results.
+    pub fetched: &'a std::collections::HashMap<
+        pgcloak_keymgr::SubjectKeyId,
+        Option<std::sync::Arc<pgcloak_keymgr::SubjectDek>>,
+    >,
+}
+
+impl rewrite::SubjectSource for Subjects<'_> {
+    fn key(&self, id: &pgcloak_keymgr::SubjectKeyId) -> rewrite::SubjectLookup {
+        match self.services.subject_keys.cached(id) {
+            crate::subjects::Lookup::Key(k) => rewrite::SubjectLookup::Key(k),
+            crate::subjects::Lookup::Absent => rewrite::SubjectLookup::Absent,
+            crate::subjects::Lookup::Unknown => match (self.fetched.get(id), self.unavailable) {
+                (Some(Some(k)), _) => rewrite::SubjectLookup::Key(k.clone()),
+                (Some(None), _) => rewrite::SubjectLookup::Absent,
+                (None, Some(r)) => rewrite::SubjectLookup::Unavailable(r.to_string()),
+                (None, None) => rewrite::SubjectLookup::Unknown,
+            },
+        }
+    }
+
+    fn erased(&self, column: &str) -> pgcloak_policy::Erased {
+        let mut parts = column.splitn(3, '.');
+        let (Some(schema), Some(table), Some(col)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return pgcloak_policy::Erased::Null;
+        };
+        self.services
+            .policy()
+            .column(schema, table, col)
+            .map_or(pgcloak_policy::Erased::Null, |c| c.erased)
     }
 }
 

@@ -16,6 +16,7 @@ pub mod lookup;
 pub mod query;
 mod select3;
 pub mod startup;
+pub mod subject_targets;
 pub mod track;
 pub mod upstream;
 

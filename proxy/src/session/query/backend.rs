@@ -202,6 +202,7 @@ impl Backend<'_> {
                 if frame.tag == b'Z' {
                     self.live
                         .set_ready(frame.body().first().copied().unwrap_or(b'I'));
+                    self.forget_fetched_keys();
                 }
                 self.end_copy_out();
                 self.rows = None;
@@ -209,6 +210,7 @@ impl Backend<'_> {
                 None
             }
             _ => match self.inspect(t, frame) {
+                Ok(_) if self.need_key.is_some() => return false,
                 Ok(r) => r,
                 Err(e) => {
                     self.change = Some(Err(e));
@@ -355,14 +357,28 @@ impl Backend<'_> {
                     if !rs.limit.admit(rs.rows) {
                         replacement = Some(None);
                     } else if !rs.shape.is_passthrough() {
-                        let ctx = apply::row_ctx(&self.shared.services, &rs.keyring);
-                        let rewritten = crate::rewrite::rewrite_data_row(
+                        let subjects = apply::Subjects {
+                            services: &self.shared.services,
+                            unavailable: self.subject_failure.as_deref(),
+                            fetched: &self.fetched,
+                        };
+                        let ctx = apply::row_ctx(&self.shared.services, &rs.keyring, &subjects);
+                        let rewritten = match crate::rewrite::rewrite_data_row(
                             frame.body(),
                             &rs.shape,
                             &ctx,
                             &mut self.row,
-                        )
-                        .map_err(fail)?;
+                        ) {
+                            Err(crate::rewrite::RewriteError::SubjectKeyUnknown {
+                                key, ..
+                            }) => {
+                                // Looked at again once the key is here.
+                                rs.rows -= 1;
+                                self.need_key = Some(key);
+                                return Ok(None);
+                            }
+                            r => r.map_err(fail)?,
+                        };
                         if rewritten {
                             replacement = Some(Some(Replacement::Row));
                         }
@@ -439,8 +455,22 @@ impl Backend<'_> {
                     }
                 }
                 if let Some(c) = self.copy_out.as_mut() {
-                    let ctx = apply::row_ctx(&self.shared.services, &c.keyring);
-                    let out = c.rewriter.rewrite(frame.body(), &ctx).map_err(fail)?;
+                    let subjects = apply::Subjects {
+                        services: &self.shared.services,
+                        unavailable: self.subject_failure.as_deref(),
+                        fetched: &self.fetched,
+                    };
+                    let ctx = apply::row_ctx(&self.shared.services, &c.keyring, &subjects);
+                    let out = match c.rewriter.rewrite(frame.body(), &ctx) {
+                        Err(crate::rewrite::RewriteError::SubjectKeyUnknown { key, .. }) => {
+                            if let Some((_, _, rows)) = self.copy_rows.as_mut() {
+                                *rows -= 1;
+                            }
+                            self.need_key = Some(key);
+                            return Ok(None);
+                        }
+                        r => r.map_err(fail)?,
+                    };
                     if let Some(b) = out {
                         replacement = Some(Some(messages::copy_data(&b).into()));
                     }
@@ -454,6 +484,32 @@ impl Backend<'_> {
             _ => {}
         }
         Ok(replacement)
+    }
+
+    /// Fetches the subject key a row waits for ([`Backend::need_key`]) into [`Backend::fetched`];
+    /// when the key table cannot be read, remembers why, so the row then fails with it.
+    pub(super) async fn fetch_subject_key(&mut self, key: pgcloak_keymgr::SubjectKeyId) {
+        match self
+            .shared
+            .services
+            .subject_keys
+            .resolve(&[key], false)
+            .await
+        {
+            Ok(mut found) => {
+                self.fetched.insert(key, found.pop().flatten());
+            }
+            Err(e) => self.subject_failure = Some(e),
+        }
+    }
+
+    /// Forgets the subject keys fetched for this session's results (at ReadyForQuery: an erasure
+    /// applies from the next statement at the latest).
+    fn forget_fetched_keys(&mut self) {
+        if !self.fetched.is_empty() {
+            self.fetched.clear();
+        }
+        self.subject_failure = None;
     }
 
     pub(super) fn statement_done(&mut self, outcome: crate::session::track::Outcome) {

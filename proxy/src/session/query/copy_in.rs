@@ -24,6 +24,23 @@ impl Frontend<'_> {
         if copy.columns.iter().all(|c| c.encrypt.is_none()) {
             return Ok(Some(None));
         }
+        if let (Some(d), Some(table)) = (stmt.data.as_deref(), &copy.table) {
+            let (schema, name) = table.split_once('.').unwrap_or(("public", table));
+            let keyed = copy.columns.iter().find(|c| {
+                d.policy
+                    .column(schema, name, &c.name)
+                    .is_some_and(|p| p.key == pgcloak_policy::KeyScope::Subject)
+            });
+            if let Some(c) = keyed {
+                return Err(Refusal {
+                    sqlstate: "0A000",
+                    message: format!(
+                        "pgcloak: COPY FROM into subject-keyed column {table}.{} is not supported yet; insert the rows with INSERT ... VALUES",
+                        c.name
+                    ),
+                });
+            }
+        }
         let data = stmt.data.clone();
         let storage_of = move |c: &str| data.as_ref().and_then(|d| d.storage(c));
         CopyInRewriter::new(copy, self.shared.services.keyring(), &storage_of)

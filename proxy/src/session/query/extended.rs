@@ -78,8 +78,28 @@ impl Frontend<'_> {
         if let Ok(m) = messages::parse_message(frame.body()) {
             let _ = ctx.param_types.set(m.param_types);
         }
-        let out = match apply::rewrite_parse(&self.shared.services, frame.body(), &ctx, sql, &lexed)
+        let subjects = match subject_targets::resolve(
+            &self.shared.services,
+            &ctx,
+            subject_targets::Values::Literals,
+            subject_targets::SubjectSources {
+                sql: Some((sql, &lexed)),
+                bind: None,
+            },
+        )
+        .await
         {
+            Ok(s) => s,
+            Err(r) => return Ok(self.refuse_extended(Self::refused_ctx(r, ctx.kind))),
+        };
+        let out = match apply::rewrite_parse(
+            &self.shared.services,
+            frame.body(),
+            &ctx,
+            sql,
+            &lexed,
+            &subjects,
+        ) {
             Ok(None) => Forward::Original,
             Ok(Some(b)) => Forward::Replaced(b),
             Err(r) => return Ok(self.refuse_extended(Self::refused_ctx(r, ctx.kind))),
@@ -93,7 +113,41 @@ impl Frontend<'_> {
         Ok(out)
     }
 
-    pub(super) fn on_bind(&mut self, frame: &FrameRef<'_>) -> Result<Forward, SessionError> {
+    /// A Bind whose parameters are encrypted under their subjects' keys: the keys are resolved
+    /// first (the key table may have to be read), then the Bind is handled as any other.
+    pub(super) async fn on_subject_bind(
+        &mut self,
+        frame: &FrameRef<'_>,
+    ) -> Result<Forward, SessionError> {
+        let (_, statement) = messages::bind_names(frame.body()).map_err(SessionError::Client)?;
+        let Some(stmt) = self.statements.get(statement).cloned() else {
+            return self.on_bind(frame, &Vec::new());
+        };
+        let bind = messages::Bind::decode(frame.body()).map_err(SessionError::Client)?;
+        // A literal subject of a prepared statement is read from its text.
+        let sql = stmt.data.as_ref().and_then(|d| d.sql.clone());
+        let lexed = sql.as_deref().map(pgcloak_policy::lex);
+        let resolved = subject_targets::resolve(
+            &self.shared.services,
+            &stmt,
+            subject_targets::Values::Params,
+            subject_targets::SubjectSources {
+                sql: sql.as_deref().zip(lexed.as_ref()),
+                bind: Some(&bind),
+            },
+        )
+        .await;
+        match resolved {
+            Ok(subjects) => self.on_bind(frame, &subjects),
+            Err(r) => Ok(self.refuse_extended(Self::refused_ctx(r, stmt.kind))),
+        }
+    }
+
+    pub(super) fn on_bind(
+        &mut self,
+        frame: &FrameRef<'_>,
+        subjects: &subject_targets::SubjectTargets,
+    ) -> Result<Forward, SessionError> {
         let (portal, statement) =
             messages::bind_names(frame.body()).map_err(SessionError::Client)?;
         let Some(stmt) = self.statements.get(statement).cloned() else {
@@ -128,7 +182,7 @@ impl Frontend<'_> {
             None => (Forward::Original, None),
             Some(_) => {
                 let bind = messages::Bind::decode(frame.body()).map_err(SessionError::Client)?;
-                let out = match apply::rewrite_bind(&self.shared.services, &bind, &stmt) {
+                let out = match apply::rewrite_bind(&self.shared.services, &bind, &stmt, subjects) {
                     Ok(None) => Forward::Original,
                     Ok(Some(b)) => Forward::Replaced(b),
                     Err(r) => return Ok(self.refuse_extended(Self::refused_ctx(r, stmt.kind))),

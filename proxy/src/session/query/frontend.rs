@@ -413,6 +413,7 @@ impl Frontend<'_> {
                     Some(r) => r,
                     None => return Step::Statement,
                 },
+                b'B' if self.binds_subject_values(frame) => return Step::Statement,
                 _ => self.on_message(frame),
             }
         };
@@ -435,14 +436,29 @@ impl Frontend<'_> {
     ) -> Result<Forward, SessionError> {
         match frame.tag {
             b'Q' => self.on_query(frame).await,
+            b'B' => self.on_subject_bind(frame).await,
             _ => self.on_parse(frame).await,
         }
+    }
+
+    /// Whether a Bind's statement encrypts parameters under subjects' keys (then it is handled
+    /// by [`Frontend::on_subject_bind`], which may wait for the key table).
+    fn binds_subject_values(&self, frame: &FrameRef<'_>) -> bool {
+        if !self.shared.services.has_subject_columns() {
+            return false;
+        }
+        let Ok((_, statement)) = messages::bind_names(frame.body()) else {
+            return false;
+        };
+        self.statements
+            .get(statement)
+            .is_some_and(|s| crate::session::subject_targets::binds_subject_values(s))
     }
 
     /// Any client message other than Query and Parse.
     pub(super) fn on_message(&mut self, frame: &FrameRef<'_>) -> Result<Forward, SessionError> {
         match frame.tag {
-            b'B' => return self.on_bind(frame),
+            b'B' => return self.on_bind(frame, &Vec::new()),
             b'd' | b'c' | b'f' => return self.on_copy_data(frame),
             b'E' => return self.on_execute(frame),
             b'D' => self.on_describe(frame)?,

@@ -26,6 +26,7 @@ use super::context::{lock_shape, raise_sql, PortalCtx, Refusal, StmtCtx};
 use super::encoding::{self, ClientEncoding};
 use super::io::{FrameReader, Outbox, ReadError, ReadReady};
 use super::lookup::{NameMap, RecentParses};
+use super::subject_targets;
 use super::SessionInfo;
 use crate::config::Config;
 use crate::error::SessionError;
@@ -128,7 +129,22 @@ struct Backend<'a> {
     released: &'a Notify,
     /// Whether the client's text is UTF-8.
     encoding: &'a ClientEncoding,
+    /// The subject key a row waits for: set by `on_frame` when it declined a row for it; the pump
+    /// fetches the key and hands the same row in again.
+    need_key: Option<pgcloak_keymgr::SubjectKeyId>,
+    /// The subject keys fetched for the results of this session since its last ReadyForQuery
+    /// (found even if the proxy's cache could not keep them).
+    fetched: SubjectKeysFetched,
+    /// Why the subject key table could not be read at the last fetch (rows needing a key not
+    /// cached then fail instead of waiting again).
+    subject_failure: Option<String>,
 }
+
+/// Subject keys fetched for a session's results (`None`: there is none).
+type SubjectKeysFetched = std::collections::HashMap<
+    pgcloak_keymgr::SubjectKeyId,
+    Option<Arc<pgcloak_keymgr::SubjectDek>>,
+>;
 
 /// The COPY TO STDOUT data streaming now, with the keyring taken as it started (not per row).
 struct CopyOut {
@@ -261,6 +277,9 @@ where
         row: Vec::new(),
         released: &released,
         encoding,
+        need_key: None,
+        fetched: Default::default(),
+        subject_failure: None,
     };
     let idle = shared
         .config
@@ -427,14 +446,28 @@ where
                         pos += len;
                         continue;
                     }
+                    if let Some(key) = be.need_key.take() {
+                        break Some(Err(key));
+                    }
                     match be.take_change() {
-                        Ok(replacement) => break Some((len, replacement)),
+                        Ok(replacement) => break Some(Ok((len, replacement))),
                         Err(e) => return End::Error(e),
                     }
                 }
             };
-            let Some((len, replacement)) = changed else {
-                break;
+            let (len, replacement) = match changed {
+                None => break,
+                Some(Ok(change)) => change,
+                // A row needs a subject key not cached: what came before it goes out, the key is
+                // fetched, and the same row is looked at again.
+                Some(Err(key)) => {
+                    if let Err(e) = client_out.send(server_in.bytes(run..pos)).await {
+                        return End::Error(SessionError::ClientIo(e));
+                    }
+                    run = pos;
+                    be.fetch_subject_key(key).await;
+                    continue;
+                }
             };
             let mut sent = client_out.send(server_in.bytes(run..pos)).await;
             if let (Ok(()), Some(r)) = (&sent, replacement) {

@@ -65,6 +65,25 @@ impl Frontend<'_> {
             .map(|k| lexed.statements[k].range.start.min(sql.len()))
             .unwrap_or(sql.len());
         let allowed = denied.unwrap_or(stmts.len());
+        let mut subjects = Vec::new();
+        if self.shared.services.has_subject_columns() {
+            for s in &stmts[..allowed] {
+                let resolved = subject_targets::resolve(
+                    &self.shared.services,
+                    s,
+                    subject_targets::Values::Literals,
+                    subject_targets::SubjectSources {
+                        sql: Some((sql, &lexed)),
+                        bind: None,
+                    },
+                )
+                .await;
+                match resolved {
+                    Ok(t) => subjects.push(t),
+                    Err(r) => return Ok(self.refuse_query(started, r, s.kind)),
+                }
+            }
+        }
         let rewritten = if plan.is_some() {
             match apply::rewrite_literals(
                 &self.shared.services,
@@ -72,6 +91,7 @@ impl Frontend<'_> {
                 &lexed,
                 stmts[..allowed].iter().map(|s| s.as_ref()),
                 end,
+                &subjects,
             ) {
                 Ok(r) => r,
                 Err(r) => return Ok(self.refuse_query(started, r, first_kind)),
