@@ -202,7 +202,9 @@ impl Backend<'_> {
                 if frame.tag == b'Z' {
                     self.live
                         .set_ready(frame.body().first().copied().unwrap_or(b'I'));
-                    self.forget_fetched_keys();
+                    if !self.fetched.is_empty() || self.subject_failure.is_some() {
+                        self.forget_fetched_keys();
+                    }
                 }
                 self.end_copy_out();
                 self.rows = None;
@@ -505,10 +507,9 @@ impl Backend<'_> {
 
     /// Forgets the subject keys fetched for this session's results (at ReadyForQuery: an erasure
     /// applies from the next statement at the latest).
+    #[inline(never)]
     fn forget_fetched_keys(&mut self) {
-        if !self.fetched.is_empty() {
-            self.fetched.clear();
-        }
+        self.fetched.clear();
         self.subject_failure = None;
     }
 

@@ -413,7 +413,11 @@ impl Frontend<'_> {
                     Some(r) => r,
                     None => return Step::Statement,
                 },
-                b'B' if self.binds_subject_values(frame) => return Step::Statement,
+                b'B' if self.shared.services.has_subject_columns()
+                    && self.binds_subject_values(frame) =>
+                {
+                    return Step::Statement
+                }
                 _ => self.on_message(frame),
             }
         };
@@ -443,10 +447,8 @@ impl Frontend<'_> {
 
     /// Whether a Bind's statement encrypts parameters under subjects' keys (then it is handled
     /// by [`Frontend::on_subject_bind`], which may wait for the key table).
+    #[inline(never)]
     fn binds_subject_values(&self, frame: &FrameRef<'_>) -> bool {
-        if !self.shared.services.has_subject_columns() {
-            return false;
-        }
         let Ok((_, statement)) = messages::bind_names(frame.body()) else {
             return false;
         };
