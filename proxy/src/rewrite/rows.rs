@@ -429,15 +429,10 @@ fn open(
         }
         return Ok(Opened::Hidden);
     };
-    let Some(cipher) = ctx.keyring.cipher_for_key_id(key_id) else {
+    let Some((cipher, own)) = readable_cipher(ctx, key_id, expected) else {
         buf.truncate(start);
         return Ok(Opened::Hidden);
     };
-    let own = cipher.column() == expected;
-    if !own && !(ctx.may_read_plaintext)(cipher.column()) {
-        buf.truncate(start);
-        return Ok(Opened::Hidden);
-    }
     match cipher.decrypt_in_place(buf, start) {
         Ok(()) => Ok(Opened::Shown { own }),
         Err(e) => {
@@ -453,6 +448,18 @@ fn open(
             })
         }
     }
+}
+
+/// The column cipher of `key_id` when the value may be shown where `expected` was read: its own
+/// column's (`true`), or another column's the role may read in plaintext (`false`).
+fn readable_cipher<'k>(
+    ctx: &RowCtx<'k>,
+    key_id: u32,
+    expected: &str,
+) -> Option<(&'k pgcloak_keymgr::ColumnCipher, bool)> {
+    let cipher = ctx.keyring.cipher_for_key_id(key_id)?;
+    let own = cipher.column() == expected;
+    (own || (ctx.may_read_plaintext)(cipher.column())).then_some((cipher, own))
 }
 
 /// [`open`] of a subject-keyed envelope (format 2, decoded at `buf[start..]`): decrypted with the
@@ -472,15 +479,10 @@ fn open_subject(
     let Ok(header) = SubjectHeader::parse(buf.get(start..).unwrap_or_default()) else {
         return Err(damaged(buf));
     };
-    let Some(cipher) = ctx.keyring.cipher_for_key_id(header.key.key_id) else {
+    let Some((cipher, own)) = readable_cipher(ctx, header.key.key_id, expected) else {
         buf.truncate(start);
         return Ok(Opened::Hidden);
     };
-    let own = cipher.column() == expected;
-    if !own && !(ctx.may_read_plaintext)(cipher.column()) {
-        buf.truncate(start);
-        return Ok(Opened::Hidden);
-    }
     let dek = match ctx.subjects.key(&header.key) {
         super::SubjectLookup::Key(k) => k,
         super::SubjectLookup::Absent => {
